@@ -1,0 +1,5 @@
+"""LangChain retriever over an ``SAEMemory``: ``SAEMemoryRetriever``."""
+
+from langchain_saememory.retriever import SAEMemoryRetriever, to_message_dicts
+
+__all__ = ["SAEMemoryRetriever", "to_message_dicts"]

@@ -1,0 +1,166 @@
+"""A LangChain ``BaseRetriever`` over ``saememory.SAEMemory``; all logic stays in the core."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Iterable, Mapping
+
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.messages import BaseMessage
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict, Field
+
+from saememory import SAEMemory
+
+# LangChain message types to chat roles.
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
+_PASSED_THROUGH = ("session_id", "timestamp", "user_id")
+
+
+def to_message_dicts(
+    messages: Iterable[BaseMessage | Mapping[str, Any]],
+    session_id: str | None = None,
+    user_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Turns LangChain messages (or dicts) into saememory message dicts.
+
+    A ``BaseMessage`` gives ``role`` from its type, ``content`` from its text and ``id`` from its
+    id; ``session_id``, ``timestamp`` and ``user_id`` are read from its ``additional_kwargs`` when
+    present. ``session_id`` and ``user_id`` here fill in where a message has none.
+    """
+    out = []
+    for message in messages:
+        if isinstance(message, BaseMessage):
+            data: dict[str, Any] = {
+                "content": message.text if isinstance(message.content, list) else message.content,
+                "role": _ROLES.get(message.type, message.type),
+            }
+            if message.id:
+                data["id"] = message.id
+            data.update({k: message.additional_kwargs[k] for k in _PASSED_THROUGH if k in message.additional_kwargs})
+        else:
+            data = dict(message)
+        if session_id is not None:
+            data.setdefault("session_id", session_id)
+        if user_id is not None:
+            data.setdefault("user_id", user_id)
+        out.append(data)
+    return out
+
+
+class SAEMemoryRetriever(BaseRetriever):
+    """Retrieves past chat messages from an interpretable SAE memory.
+
+    Each ``Document`` has ``id`` set to the message id and metadata holding the message's
+    ``role``, ``session_id``, ``timestamp``, ``user_id``, ``truncated``, its ``score``,
+    ``dense_score``, ``sparse_score`` and ``rank``, its strongest SAE ``features`` and the
+    ``shared_features`` that made it match.
+
+    Example:
+        .. code-block:: python
+
+            retriever = SAEMemoryRetriever.from_messages(
+                [HumanMessage("My sister Ana lives in Lisbon.")], k=3
+            )
+            docs = retriever.invoke("Where does my sister live?", k=1)
+
+    Args:
+        memory: The ``SAEMemory`` to search.
+        k: Messages per query. Defaults to 10; ``invoke(query, k=3)`` overrides it per call.
+        user_id: Whose memories this retriever reads. Defaults to None, the default user.
+        session_id: Restrict to one session. Defaults to None (all sessions of the user).
+        min_score: Drop hits with a lower combined score. Defaults to None.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    memory: SAEMemory = Field(exclude=True)
+    k: int = 10
+    user_id: str | None = None
+    session_id: str | None = None
+    min_score: float | None = None
+
+    @classmethod
+    def from_messages(
+        cls,
+        messages: Iterable[BaseMessage | Mapping[str, Any]],
+        k: int = 10,
+        user_id: str | None = None,
+        *,
+        session_id: str | None = None,
+        encoder: Any = None,
+        show_progress: bool = False,
+        **kwargs: Any,
+    ) -> SAEMemoryRetriever:
+        """Builds a memory from messages and a retriever over it.
+
+        Args:
+            messages: LangChain messages or dicts with ``role``/``content`` and optionally
+                ``session_id``, ``timestamp``, ``user_id``, ``id``.
+            k: Messages per query. Defaults to 10.
+            user_id: Owner of messages that name none, and the user this retriever reads.
+                Defaults to None (the default user).
+            session_id: Session of messages that name none. Defaults to None ("default").
+            encoder: An ``Encoder`` or ``EncoderConfig``. Defaults to the bundled MiniLM + SAE.
+            show_progress: Progress bar while encoding. Defaults to False.
+            **kwargs: Memory settings (``fusion``, ``index_type``, ...) and retriever fields
+                (``min_score``, ...).
+        """
+        memory_keys = {"index_type", "fusion", "dense_weight", "sparse_weight", "rrf_k", "candidates", "top_features"}
+        memory = SAEMemory(encoder, **{key: kwargs.pop(key) for key in list(kwargs) if key in memory_keys})
+        memory.add(to_message_dicts(messages, session_id, user_id), show_progress=show_progress)
+        return cls(memory=memory, k=k, user_id=user_id, **kwargs)
+
+    @classmethod
+    def from_memory(cls, memory: SAEMemory, k: int = 10, **kwargs: Any) -> SAEMemoryRetriever:
+        """A retriever over an existing memory."""
+        return cls(memory=memory, k=k, **kwargs)
+
+    def add_messages(self, messages: Iterable[BaseMessage | Mapping[str, Any]], session_id: str | None = None) -> list[str]:
+        """Adds messages to the memory, owned by this retriever's user; searchable at once."""
+        return self.memory.add(to_message_dicts(messages, session_id or self.session_id, self.user_id))
+
+    async def aadd_messages(
+        self, messages: Iterable[BaseMessage | Mapping[str, Any]], session_id: str | None = None
+    ) -> list[str]:
+        """Async ``add_messages``; encoding runs in a worker thread."""
+        return await asyncio.to_thread(self.add_messages, list(messages), session_id)
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        session_id: str | None = None,
+        min_score: float | None = None,
+    ) -> list[Document]:
+        hits = self.memory.search(
+            query,
+            k=self.k if k is None else k,
+            user_id=self.user_id,
+            session_id=session_id if session_id is not None else self.session_id,
+            min_score=min_score if min_score is not None else self.min_score,
+        )
+        return [Document(id=hit.id, page_content=hit.content, metadata=hit.to_metadata()) for hit in hits]
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+        session_id: str | None = None,
+        min_score: float | None = None,
+    ) -> list[Document]:
+        # Encoding is CPU-bound torch work: run it off the event loop.
+        return await asyncio.to_thread(
+            self._get_relevant_documents,
+            query,
+            run_manager=run_manager.get_sync(),
+            k=k,
+            session_id=session_id,
+            min_score=min_score,
+        )
+

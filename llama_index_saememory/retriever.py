@@ -1,0 +1,135 @@
+"""A LlamaIndex ``BaseRetriever`` over ``saememory.SAEMemory``; all logic stays in the core."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Iterable, Mapping
+
+from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.retrievers import BaseRetriever
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+from saememory import EXPLANATION_KEYS, Hit, SAEMemory
+
+_MEMORY_KEYS = {"index_type", "fusion", "dense_weight", "sparse_weight", "rrf_k", "candidates", "top_features"}
+_PASSED_THROUGH = ("id", "session_id", "timestamp", "user_id")
+
+
+def to_message_dicts(
+    messages: Iterable[ChatMessage | Mapping[str, Any]],
+    session_id: str | None = None,
+    user_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Turns LlamaIndex ``ChatMessage``s (or dicts) into saememory message dicts.
+
+    ``id``, ``session_id``, ``timestamp`` and ``user_id`` are read from a ``ChatMessage``'s
+    ``additional_kwargs`` when present; ``session_id`` and ``user_id`` here fill in the rest.
+    """
+    out = []
+    for message in messages:
+        if isinstance(message, ChatMessage):
+            data: dict[str, Any] = {"content": message.content, "role": getattr(message.role, "value", message.role)}
+            data.update({k: message.additional_kwargs[k] for k in _PASSED_THROUGH if k in message.additional_kwargs})
+        else:
+            data = dict(message)
+        if session_id is not None:
+            data.setdefault("session_id", session_id)
+        if user_id is not None:
+            data.setdefault("user_id", user_id)
+        out.append(data)
+    return out
+
+
+def hit_to_node(hit: Hit) -> NodeWithScore:
+    """A node whose id is the message id; scores and features are kept from the LLM and embedder."""
+    metadata = hit.to_metadata()
+    node = TextNode(
+        id_=hit.id,
+        text=hit.content,
+        metadata=metadata,
+        excluded_llm_metadata_keys=[k for k in metadata if k in EXPLANATION_KEYS or k in ("id", "user_id")],
+        excluded_embed_metadata_keys=list(metadata),
+    )
+    return NodeWithScore(node=node, score=hit.score)
+
+
+class SAEMemoryRetriever(BaseRetriever):
+    """Retrieves past chat messages from an interpretable SAE memory.
+
+    Node ids are the stable message ids; node metadata holds the same keys as the LangChain
+    retriever's documents (``role``, ``session_id``, ``timestamp``, ``user_id``, ``score``,
+    ``dense_score``, ``sparse_score``, ``rank``, ``truncated``, ``features``,
+    ``shared_features``), of which the LLM sees only role, session and timestamp.
+
+    Args:
+        memory: The ``SAEMemory`` to search.
+        similarity_top_k: Messages per query. Defaults to 10.
+        user_id: Whose memories this retriever reads. Defaults to None, the default user.
+        session_id: Restrict to one session. Defaults to None (all sessions of the user).
+        min_score: Drop hits with a lower combined score. Defaults to None.
+        callback_manager: LlamaIndex callback manager. Defaults to a new one.
+    """
+
+    def __init__(
+        self,
+        memory: SAEMemory,
+        similarity_top_k: int = 10,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        min_score: float | None = None,
+        callback_manager: CallbackManager | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.memory = memory
+        self.similarity_top_k = similarity_top_k
+        self.user_id = user_id
+        self.session_id = session_id
+        self.min_score = min_score
+        super().__init__(callback_manager=callback_manager, verbose=verbose)
+
+    @classmethod
+    def from_messages(
+        cls,
+        messages: Iterable[ChatMessage | Mapping[str, Any]],
+        similarity_top_k: int = 10,
+        user_id: str | None = None,
+        *,
+        session_id: str | None = None,
+        encoder: Any = None,
+        show_progress: bool = False,
+        **kwargs: Any,
+    ) -> SAEMemoryRetriever:
+        """Builds a memory from messages and a retriever over it.
+
+        Args:
+            messages: ``ChatMessage``s or dicts with ``role``/``content`` and optionally
+                ``session_id``, ``timestamp``, ``user_id``, ``id``.
+            similarity_top_k: Messages per query. Defaults to 10.
+            user_id: Owner of messages that name none, and the user this retriever reads.
+            session_id: Session of messages that name none. Defaults to None ("default").
+            encoder: An ``Encoder`` or ``EncoderConfig``. Defaults to the bundled MiniLM + SAE.
+            show_progress: Progress bar while encoding. Defaults to False.
+            **kwargs: Memory settings (``fusion``, ``index_type``, ...) and retriever arguments.
+        """
+        memory = SAEMemory(encoder, **{key: kwargs.pop(key) for key in list(kwargs) if key in _MEMORY_KEYS})
+        memory.add(to_message_dicts(messages, session_id, user_id), show_progress=show_progress)
+        return cls(memory, similarity_top_k=similarity_top_k, user_id=user_id, **kwargs)
+
+    def add_messages(self, messages: Iterable[ChatMessage | Mapping[str, Any]], session_id: str | None = None) -> list[str]:
+        """Adds messages to the memory, owned by this retriever's user; searchable at once."""
+        return self.memory.add(to_message_dicts(messages, session_id or self.session_id, self.user_id))
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        hits = self.memory.search(
+            query_bundle.query_str,
+            k=self.similarity_top_k,
+            user_id=self.user_id,
+            session_id=self.session_id,
+            min_score=self.min_score,
+        )
+        return [hit_to_node(hit) for hit in hits]
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        # The default runs _retrieve on the event loop; encoding is CPU-bound, so use a thread.
+        return await asyncio.to_thread(self._retrieve, query_bundle)

@@ -1,0 +1,506 @@
+"""``SAEMemory``: index a chat history, retrieve what matters, and say why.
+
+    >>> memory = SAEMemory()
+    >>> memory.add([{"role": "user", "content": "My sister Ana lives in Lisbon.", "session_id": "s1"}])
+    >>> hit = memory.search("Where does my sister live?", k=1)[0]
+    >>> hit.content, hit.score, hit.shared_features[0]["label"]
+
+Every message belongs to one user (``"default"`` when none is given); every search reads one
+user's messages only.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import scipy.sparse as sp
+
+from saememory.encoder import Encoded, Encoder, EncoderConfig
+from saememory.index import MemoryIndex
+from saememory.scoring import FUSIONS, check_fusion, combine, top_k
+
+DEFAULT_USER = "default"
+DEFAULT_SESSION = "default"
+_FIELDS = ("id", "content", "role", "session_id", "timestamp", "user_id")
+# Hit metadata an LLM prompt or an embedder should not see: scores and SAE explanations.
+EXPLANATION_KEYS = ("score", "dense_score", "sparse_score", "rank", "truncated", "features", "shared_features")
+
+
+@dataclass
+class Message:
+    """One chat message.
+
+    Args:
+        content: The text.
+        role: Who said it, e.g. ``"user"`` or ``"assistant"``. Defaults to ``"user"``.
+        id: A stable, unique id. Defaults to a new UUID.
+        session_id: The conversation it belongs to. Defaults to ``"default"``.
+        timestamp: When it was said, any string (ISO 8601 recommended). Defaults to None.
+        user_id: Whose memory it is. Defaults to ``"default"``.
+        metadata: Extra JSON-serialisable fields, returned with every hit. Defaults to empty.
+    """
+
+    content: str
+    role: str = "user"
+    id: str | None = None
+    session_id: str = DEFAULT_SESSION
+    timestamp: str | None = None
+    user_id: str = DEFAULT_USER
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Hit:
+    """A retrieved message with its scores and the SAE features behind them.
+
+    Attributes:
+        id, content, role, session_id, timestamp, user_id, metadata: The stored message.
+        score: The combined score the ranking used.
+        dense_score: Cosine similarity of the dense embeddings.
+        sparse_score: Cosine similarity of the SAE codes.
+        rank: 1-based position in the results.
+        truncated: True if the message was longer than the model's window and was encoded
+            truncated.
+        features: The message's strongest SAE features: ``id``, ``activation``, ``label``.
+        shared_features: Features active in both query and message, with ``contribution``: their
+            share of ``sparse_score`` (the contributions of all shared features sum to it).
+    """
+
+    id: str
+    content: str
+    role: str
+    session_id: str
+    timestamp: str | None
+    user_id: str
+    score: float
+    dense_score: float
+    sparse_score: float
+    rank: int
+    truncated: bool = False
+    features: list[dict[str, Any]] = field(default_factory=list)
+    shared_features: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_metadata(self) -> dict[str, Any]:
+        """A flat dict for framework documents and nodes (``content`` excluded)."""
+        data = asdict(self)
+        data.pop("content")
+        extra = data.pop("metadata")
+        return {**extra, **data}
+
+
+class SAEMemory:
+    """An interpretable long-term chat memory.
+
+    Args:
+        encoder: An ``Encoder``, an ``EncoderConfig``, or None for the default (all-MiniLM-L6-v2
+            with the bundled layer-4 residual SAE, fully offline). Any object with the same
+            ``encode_documents``, ``encode_query``, ``identity``, ``dim``, ``d_sae`` and ``sae``
+            members works; its output is validated.
+        index_type: FAISS index over inner product, as an ``index_factory`` string. Defaults to
+            ``"Flat"`` (exact).
+        fusion: How dense and sparse similarities combine; see ``saememory.scoring``. Defaults
+            to ``"sqrt"``, the poster's ``sqrt(dense² + sparse²)`` with negative dense clamped at 0.
+        dense_weight: Dense weight for ``fusion="weighted"``. Defaults to 1.0.
+        sparse_weight: Sparse weight for ``fusion="weighted"``. Defaults to 1.0.
+        rrf_k: Constant for ``fusion="rrf"``. Defaults to 60.
+        candidates: Candidates per signal with an approximate ``index_type``. Defaults to 200.
+        top_features: SAE features reported per hit (strongest and shared). Defaults to 5.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder | EncoderConfig | None = None,
+        *,
+        index_type: str = "Flat",
+        fusion: str = "sqrt",
+        dense_weight: float = 1.0,
+        sparse_weight: float = 1.0,
+        rrf_k: int = 60,
+        candidates: int = 200,
+        top_features: int = 5,
+    ) -> None:
+        if encoder is None or isinstance(encoder, EncoderConfig):
+            encoder = Encoder(encoder)
+        self.encoder = encoder
+        self.settings = {
+            "fusion": check_fusion(fusion),
+            "dense_weight": float(dense_weight),
+            "sparse_weight": float(sparse_weight),
+            "rrf_k": _positive_int("rrf_k", rrf_k),
+            "candidates": _positive_int("candidates", candidates),
+            "top_features": _non_negative_int("top_features", top_features),
+        }
+        self.index = MemoryIndex(encoder.dim, encoder.d_sae, index_type)
+        # Encoding happens outside the lock; only index mutation and reads take it, so one
+        # slow add never blocks searches for long, and no search sees half of an add.
+        self._lock = threading.RLock()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def users(self) -> list[str]:
+        """Users that have at least one message."""
+        with self._lock:
+            return self.index.users()
+
+    def get(self, message_id: str) -> dict[str, Any]:
+        """The stored record of one message.
+
+        Raises:
+            KeyError: If no message has this id.
+        """
+        with self._lock:
+            row = self.index.row_of.get(message_id)
+            if row is None:
+                raise KeyError(f"No message with id {message_id!r}.")
+            return dict(self.index.records[row])
+
+    def messages(self, user_id: str | None = None, session_id: str | None = None) -> list[dict[str, Any]]:
+        """The stored records of one user (and session), in insertion order."""
+        with self._lock:
+            rows = self.index.rows_for(user_id or DEFAULT_USER, session_id)
+            return [dict(self.index.records[r]) for r in rows.tolist()]
+
+    # Writing ---------------------------------------------------------------------------------
+
+    def add(self, messages: Iterable[Message | Mapping[str, Any]], show_progress: bool = False) -> list[str]:
+        """Adds messages; all are added or, on any error, none.
+
+        Args:
+            messages: ``Message`` objects or dicts with ``content`` and optionally ``role``,
+                ``id``, ``session_id``, ``timestamp``, ``user_id`` and ``metadata``.
+            show_progress: Show a progress bar while encoding. Defaults to False.
+
+        Returns:
+            The ids of the added messages, in order.
+
+        Raises:
+            TypeError: If a message or its content is of the wrong type.
+            ValueError: If content is empty, an id is repeated or already stored (use
+                ``update``), or the encoder returned vectors of the wrong shape or with NaN.
+        """
+        records = [_to_record(m, i) for i, m in enumerate(messages)]
+        if not records:
+            return []
+        ids = [r["id"] for r in records]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"Message ids must be unique; repeated in this batch: {repeated[:5]}.")
+        with self._lock:
+            stored = [i for i in ids if i in self.index.row_of]
+        if stored:
+            raise ValueError(f"Message ids already stored: {stored[:5]}. Use update() to replace them.")
+        encoded = self._encode_documents([r["content"] for r in records], show_progress)
+        for record, truncated in zip(records, encoded.truncated.tolist()):
+            record["truncated"] = bool(truncated)
+        with self._lock:
+            stored = [i for i in ids if i in self.index.row_of]  # another thread may have added them
+            if stored:
+                raise ValueError(f"Message ids already stored: {stored[:5]}. Use update() to replace them.")
+            self.index.add(records, encoded.dense, encoded.sparse)
+        return ids
+
+    def delete(self, message_ids: str | Iterable[str]) -> None:
+        """Deletes messages by id; all or, if any id is unknown, none.
+
+        Raises:
+            KeyError: Naming the ids that are not stored.
+        """
+        ids = [message_ids] if isinstance(message_ids, str) else list(message_ids)
+        with self._lock:
+            missing = [i for i in ids if i not in self.index.row_of]
+            if missing:
+                raise KeyError(f"No messages with ids {missing[:5]}; nothing was deleted.")
+            self.index.delete(list(dict.fromkeys(ids)))
+
+    def update(self, messages: Iterable[Message | Mapping[str, Any]]) -> list[str]:
+        """Replaces stored messages (matched by ``id``) with new content or metadata.
+
+        The new versions are encoded first; the swap is atomic, so a failure leaves the old
+        versions in place.
+
+        Raises:
+            KeyError: If a message has no id or its id is not stored.
+        """
+        messages = list(messages)
+        for position, message in enumerate(messages):
+            if not (message.id if isinstance(message, Message) else dict(message).get("id")):
+                raise KeyError(f"Message {position} has no id; update() replaces stored messages by id.")
+        records = [_to_record(m, i) for i, m in enumerate(messages)]
+        ids = [r["id"] for r in records]
+        encoded = self._encode_documents([r["content"] for r in records], False)
+        for record, truncated in zip(records, encoded.truncated.tolist()):
+            record["truncated"] = bool(truncated)
+        with self._lock:
+            missing = [i for i in ids if i not in self.index.row_of]
+            if missing:
+                raise KeyError(f"No messages with ids {missing[:5]} to update; add() them instead.")
+            self.index.delete(ids)
+            self.index.add(records, encoded.dense, encoded.sparse)
+        return ids
+
+    # Reading ---------------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        min_score: float | None = None,
+        fusion: str | None = None,
+    ) -> list[Hit]:
+        """The ``k`` messages of one user that best match ``query``, best first.
+
+        Args:
+            query: The question or text to match.
+            k: How many messages at most. If the user has fewer, all are returned.
+            user_id: Whose memory to search. Defaults to ``"default"``. An unknown user has no
+                messages, so the result is empty.
+            session_id: Restrict to one session of that user. Defaults to all sessions.
+            min_score: Drop hits whose combined score is below this. Defaults to none.
+            fusion: Override the memory's fusion for this call. Defaults to the memory's.
+
+        Raises:
+            TypeError: If ``query`` is not a string or ``k`` not an integer.
+            ValueError: If ``query`` is empty or blank, or ``k <= 0``.
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}.")
+        if not query.strip():
+            raise ValueError("query is empty or whitespace; pass the text to search for.")
+        k = _positive_int("k", k)
+        settings = dict(self.settings, fusion=check_fusion(fusion) if fusion else self.settings["fusion"])
+        q = self._encode_query(query)
+        q_dense, q_sparse = q.dense[0], q.sparse[0]
+        with self._lock:
+            rows, dense, sparse = self.index.score(
+                user_id or DEFAULT_USER, session_id, q_dense, q_sparse, settings["candidates"]
+            )
+            if rows.size == 0:
+                return []
+            scores = combine(dense, sparse, settings["fusion"], settings["dense_weight"],
+                             settings["sparse_weight"], settings["rrf_k"])
+            chosen = top_k(scores, k, min_score)
+            return [
+                self._hit(int(rows[p]), rank, float(scores[p]), float(dense[p]), float(sparse[p]), q_sparse)
+                for rank, p in enumerate(chosen.tolist(), start=1)
+            ]
+
+    def explain(self, query: str, message_id: str) -> Hit:
+        """Scores and features of one stored message against ``query``, whatever its rank."""
+        record = self.get(message_id)
+        for hit in self.search(query, k=len(self), user_id=record["user_id"], session_id=record["session_id"]):
+            if hit.id == message_id:
+                return hit
+        raise KeyError(f"Message {message_id!r} was deleted meanwhile.")
+
+    def _hit(self, row: int, rank: int, score: float, dense: float, sparse: float, q_sparse: sp.csr_matrix) -> Hit:
+        record = self.index.records[row]
+        features, shared = self._features(self.index.code(row), q_sparse)
+        return Hit(
+            id=record["id"],
+            content=record["content"],
+            role=record["role"],
+            session_id=record["session_id"],
+            timestamp=record["timestamp"],
+            user_id=record["user_id"],
+            score=score,
+            dense_score=dense,
+            sparse_score=sparse,
+            rank=rank,
+            truncated=record.get("truncated", False),
+            features=features,
+            shared_features=shared,
+            metadata=dict(record.get("metadata") or {}),
+        )
+
+    def _features(self, code: sp.csr_matrix, q_sparse: sp.csr_matrix) -> tuple[list[dict], list[dict]]:
+        n = self.settings["top_features"]
+        if n == 0 or code.nnz == 0:
+            return [], []
+        label = self.encoder.sae.label if self.encoder.sae is not None else (lambda f: None)
+        ids, acts = code.indices, code.data
+        strongest = [
+            {"id": int(ids[i]), "activation": round(float(acts[i]), 6), "label": label(int(ids[i]))}
+            for i in np.argsort(-acts, kind="stable")[:n]
+        ]
+        q_acts = dict(zip(q_sparse.indices.tolist(), q_sparse.data.tolist()))
+        both = [(int(f), float(a) * q_acts[int(f)]) for f, a in zip(ids, acts) if int(f) in q_acts]
+        both.sort(key=lambda item: -item[1])
+        shared = [
+            {"id": f, "contribution": round(c, 6), "query_activation": round(q_acts[f], 6), "label": label(f)}
+            for f, c in both[:n]
+        ]
+        return strongest, shared
+
+    # Encoding with validation ----------------------------------------------------------------
+
+    def _encode_documents(self, texts: list[str], show_progress: bool) -> Encoded:
+        return self._checked(self.encoder.encode_documents(texts, show_progress=show_progress), len(texts))
+
+    def _encode_query(self, text: str) -> Encoded:
+        return self._checked(self.encoder.encode_query(text), 1)
+
+    def _checked(self, encoded: Encoded, n: int) -> Encoded:
+        """Rejects encoder output that would corrupt the index, before anything is stored."""
+        dense = np.asarray(encoded.dense, dtype=np.float32)
+        if dense.shape != (n, self.index.dim):
+            raise ValueError(
+                f"Encoder returned dense vectors of shape {dense.shape}, expected {(n, self.index.dim)}. "
+                "A custom encoder must return one row per text of the memory's width."
+            )
+        sparse = sp.csr_matrix(encoded.sparse, dtype=np.float32)
+        if sparse.shape != (n, self.index.d_sae):
+            raise ValueError(f"Encoder returned sparse codes of shape {sparse.shape}, expected {(n, self.index.d_sae)}.")
+        if not np.isfinite(dense).all() or not np.isfinite(sparse.data).all():
+            raise ValueError("Encoder returned NaN or infinite values; nothing was stored.")
+        truncated = np.asarray(getattr(encoded, "truncated", np.zeros(n, bool)), dtype=bool).reshape(-1)
+        if truncated.shape != (n,):
+            truncated = np.zeros(n, dtype=bool)
+        return Encoded(dense=np.ascontiguousarray(dense), sparse=sparse, truncated=truncated)
+
+    # Persistence -----------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Saves the memory to a directory, atomically: a crash leaves the previous save readable.
+
+        No pickle: FAISS' own format, ``.npy``/``.npz`` arrays, JSON records and a JSON manifest
+        naming the format version, the encoder (model, SAE and its hash) and the settings.
+        """
+        manifest = {
+            "saememory_version": _version(),
+            "encoder": self.encoder.identity(),
+            "encoder_config": getattr(getattr(self.encoder, "config", None), "to_dict", lambda: None)(),
+            "settings": self.settings,
+        }
+        with self._lock:
+            self.index.save(path, manifest)
+
+    @classmethod
+    def load(cls, path: str | Path, encoder: Encoder | EncoderConfig | None = None) -> SAEMemory:
+        """Loads a saved memory.
+
+        Args:
+            path: The directory given to ``save``.
+            encoder: The encoder to use. Defaults to the one recorded in the manifest.
+
+        Raises:
+            FileNotFoundError: If ``path`` holds no saved memory.
+            ValueError: If it is corrupt, of another format version, or made with another model
+                or SAE than ``encoder``.
+        """
+        _, manifest = MemoryIndex.read_manifest(path)
+        if encoder is None:
+            config = manifest.get("encoder_config")
+            if config is None:
+                raise ValueError(f"{path} was saved with a custom encoder; pass encoder= to load it.")
+            encoder = EncoderConfig.from_dict(config)
+        memory = cls(encoder, index_type=manifest["index_type"], **manifest["settings"])
+        mismatch = _identity_mismatch(manifest["encoder"], memory.encoder.identity())
+        if mismatch:
+            raise ValueError(f"{path} was saved with another encoder: {mismatch}. Load it with the encoder it was made with.")
+        memory.index, _ = MemoryIndex.load(path)
+        return memory
+
+
+def format_hit(content: str, metadata: Mapping[str, Any], width: int = 100) -> str:
+    """A readable explanation of one retrieved message: scores, strongest and shared features.
+
+    Works on ``Hit.to_metadata()`` and so on LangChain documents' and LlamaIndex nodes' metadata.
+    """
+
+    def name(feature: Mapping[str, Any]) -> str:
+        return f"#{feature['id']}" + (f" {feature['label']!r}" if feature.get("label") else "")
+
+    text = content if len(content) <= width else content[: width - 1] + "…"
+    lines = [
+        f"[{metadata.get('rank', '?')}] score={metadata['score']:.3f} dense={metadata['dense_score']:.3f} "
+        f"sparse={metadata['sparse_score']:.3f}  ({metadata.get('session_id')}, {metadata.get('timestamp')}, "
+        f"{metadata.get('role')}){' [truncated]' if metadata.get('truncated') else ''}",
+        f"    {text}",
+    ]
+    if metadata.get("shared_features"):
+        shared = ", ".join(f"{name(f)} +{f['contribution']:.3f}" for f in metadata["shared_features"])
+        lines.append(f"    matched on: {shared}")
+    if metadata.get("features"):
+        lines.append("    strongest: " + ", ".join(f"{name(f)} {f['activation']:.2f}" for f in metadata["features"]))
+    return "\n".join(lines)
+
+
+def _identity_mismatch(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> str | None:
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _identity_mismatch(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key} is {a!r} in the saved memory but {b!r} now"
+    return None
+
+
+def _to_record(message: Message | Mapping[str, Any], position: int) -> dict[str, Any]:
+    """Validates one message and turns it into the stored JSON record."""
+    if isinstance(message, Message):
+        data = asdict(message)
+    elif isinstance(message, Mapping):
+        data = dict(message)
+    else:
+        raise TypeError(
+            f"Message {position} is a {type(message).__name__}; pass a saememory.Message or a dict "
+            "with 'content' (and optionally role, id, session_id, timestamp, user_id, metadata)."
+        )
+    content = data.get("content")
+    if not isinstance(content, str):
+        raise TypeError(f"Message {position}: content must be a str, got {type(content).__name__}.")
+    if not content.strip():
+        raise ValueError(f"Message {position}: content is empty or whitespace; there is nothing to remember.")
+    unknown = set(data) - set(_FIELDS) - {"metadata"}
+    metadata = dict(data.get("metadata") or {})
+    metadata.update({key: data[key] for key in unknown})  # extra keys travel as metadata
+    record = {
+        "id": data.get("id") or uuid.uuid4().hex,
+        "content": content,
+        "role": data.get("role") or "user",
+        "session_id": data.get("session_id") or DEFAULT_SESSION,
+        "timestamp": data.get("timestamp"),
+        "user_id": data.get("user_id") or DEFAULT_USER,
+        "metadata": metadata,
+    }
+    for key in ("id", "role", "session_id", "user_id"):
+        if not isinstance(record[key], str):
+            raise TypeError(f"Message {position}: {key} must be a str, got {type(record[key]).__name__}.")
+    if record["timestamp"] is not None:
+        record["timestamp"] = str(record["timestamp"])
+    return record
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}.")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}.")
+    return int(value)
+
+
+def _non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+    return int(value)
+
+
+def _version() -> str:
+    from saememory import __version__
+
+    return __version__
+
+
+__all__ = ["SAEMemory", "Message", "Hit", "FUSIONS", "DEFAULT_USER", "EXPLANATION_KEYS", "format_hit"]
