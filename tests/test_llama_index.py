@@ -1,0 +1,55 @@
+"""llama_index_saememory: a LlamaIndex retriever over the memory, sync and async."""
+
+from __future__ import annotations
+
+from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.schema import MetadataMode, QueryBundle
+
+from langchain_saememory import SAEMemoryRetriever as LangChainRetriever
+from llama_index_saememory import SAEMemoryRetriever
+from tests.helpers import CONVERSATION, PLANTED, QUESTION
+
+
+def test_from_chat_messages(encoder):
+    messages = [
+        ChatMessage(role="user", content="I adopted a beagle named Biscuit.", additional_kwargs={"id": "m1", "session_id": "s9"}),
+        ChatMessage(role="assistant", content="Congratulations on Biscuit!"),
+        ChatMessage(role="user", content=PLANTED),
+    ]
+    retriever = SAEMemoryRetriever.from_messages(messages, similarity_top_k=2, encoder=encoder)
+    nodes = retriever.retrieve("What is my dog called?")
+    assert len(nodes) == 2 and nodes[0].node.node_id == "m1"
+    assert nodes[0].node.metadata["session_id"] == "s9" and nodes[0].node.metadata["role"] == "user"
+
+
+def test_nodes_have_message_ids_scores_and_hidden_features(encoder):
+    retriever = SAEMemoryRetriever.from_messages(CONVERSATION, similarity_top_k=3, encoder=encoder)
+    nodes = retriever.retrieve(QUESTION)
+    top = nodes[0]
+    assert top.node.node_id == "planted" and top.node.get_content() == PLANTED
+    assert top.score == top.node.metadata["score"] and top.node.metadata["shared_features"]
+    llm_view = top.node.get_content(metadata_mode=MetadataMode.LLM)
+    assert "session_id" in llm_view and "features" not in llm_view and "dense_score" not in llm_view
+    assert top.node.get_content(metadata_mode=MetadataMode.EMBED) == PLANTED
+
+
+async def test_async_matches_sync(encoder):
+    retriever = SAEMemoryRetriever.from_messages(CONVERSATION, similarity_top_k=3, encoder=encoder)
+    sync = [(n.node.node_id, n.score) for n in retriever.retrieve(QUESTION)]
+    nodes = await retriever.aretrieve(QueryBundle(QUESTION))
+    assert [(n.node.node_id, n.score) for n in nodes] == sync
+
+
+def test_same_ranking_as_langchain(encoder):
+    lc = LangChainRetriever.from_messages(CONVERSATION, k=6, encoder=encoder)
+    li = SAEMemoryRetriever(lc.memory, similarity_top_k=6)
+    for query in [QUESTION, "guitar lessons", "insurance renewal"]:
+        expected = [(d.id, d.metadata["score"]) for d in lc.invoke(query)]
+        assert [(n.node.node_id, n.score) for n in li.retrieve(query)] == expected
+
+
+def test_user_scope(encoder):
+    retriever = SAEMemoryRetriever.from_messages(CONVERSATION, user_id="alice", encoder=encoder)
+    assert retriever.retrieve(QUESTION)[0].node.metadata["user_id"] == "alice"
+    other = SAEMemoryRetriever(retriever.memory, user_id="mallory")
+    assert other.retrieve(QUESTION) == []

@@ -1,0 +1,318 @@
+"""saememory.memory: retrieval, isolation, delete/update, persistence and bad input."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import faiss
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from saememory import Encoded, Encoder, EncoderConfig, Message, SAEMemory
+from tests.helpers import CONVERSATION, DISTRACTORS, PLANTED, QUESTION
+
+
+def ranking(memory: SAEMemory, query: str = QUESTION, **kwargs) -> list[tuple[str, float]]:
+    return [(h.id, round(h.score, 6)) for h in memory.search(query, k=len(memory), **kwargs)]
+
+
+# Retrieval and explanations ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fusion", ["sqrt", "weighted", "rrf", "dense", "sparse"])
+def test_planted_fact_ranks_first(memory, fusion):
+    hits = memory.search(QUESTION, k=3, fusion=fusion)
+    assert hits[0].id == "planted", [h.content for h in hits]
+
+
+def test_hit_carries_scores_and_features(memory):
+    hit = memory.search(QUESTION, k=1)[0]
+    assert hit.content == PLANTED and hit.rank == 1 and hit.session_id == "s2"
+    assert hit.timestamp == "2024-04-12" and hit.role == "user" and hit.user_id == "default"
+    assert hit.score == pytest.approx(np.sqrt(max(hit.dense_score, 0) ** 2 + hit.sparse_score**2), abs=1e-6)
+    assert 0 < hit.sparse_score <= 1 and -1 <= hit.dense_score <= 1
+    assert len(hit.features) == 5
+    activations = [f["activation"] for f in hit.features]
+    assert activations == sorted(activations, reverse=True) and activations[0] > 0
+    assert hit.shared_features and all(f["contribution"] > 0 for f in hit.shared_features)
+    # With every shared feature listed, contributions add up to the sparse score.
+    full = SAEMemory(memory.encoder, top_features=10_000)
+    full.add(CONVERSATION)
+    top = full.search(QUESTION, k=1)[0]
+    assert sum(f["contribution"] for f in top.shared_features) == pytest.approx(top.sparse_score, abs=1e-4)
+
+
+def test_k_larger_than_memory_returns_everything(memory):
+    assert len(memory.search(QUESTION, k=1000)) == len(CONVERSATION)
+
+
+def test_min_score_filters(memory):
+    scores = [h.score for h in memory.search(QUESTION, k=100)]
+    threshold = scores[2]
+    kept = memory.search(QUESTION, k=100, min_score=threshold)
+    assert len(kept) == 3 and all(h.score >= threshold for h in kept)
+
+
+def test_session_filter(memory):
+    hits = memory.search(QUESTION, k=100, session_id="s1")
+    assert {h.session_id for h in hits} == {"s1"} and len(hits) == 6
+
+
+def test_explain_any_message(memory):
+    hit = memory.explain(QUESTION, "planted")
+    assert hit.id == "planted" and hit.rank >= 1 and hit.shared_features
+
+
+# Isolation ------------------------------------------------------------------------------------
+
+
+def test_users_never_see_each_other(encoder):
+    memory = SAEMemory(encoder)
+    memory.add([{"content": "Alice's secret: the vault code is 4812.", "user_id": "alice", "id": "a1"}])
+    memory.add([{"content": "Bob likes jazz records.", "user_id": "bob", "id": "b1"},
+                {"content": "Bob's dentist is on Main Street.", "user_id": "bob", "id": "b2"}])
+    for query in ["vault code", "What is Alice's secret vault code 4812?", "jazz"]:
+        for k in (1, 10, 1000):
+            assert {h.user_id for h in memory.search(query, k=k, user_id="bob")} <= {"bob"}
+            assert {h.id for h in memory.search(query, k=k, user_id="alice")} == {"a1"}
+    assert memory.search("vault code", user_id="carol") == []  # unknown user: no memories
+    assert memory.search("vault code") == []  # the default user owns nothing here
+    assert memory.search("vault code", user_id="bob", session_id="default", k=5)
+    assert memory.users() == ["alice", "bob"]
+
+
+def test_isolation_survives_deletes_and_approximate_index(encoder):
+    memory = SAEMemory(encoder, index_type="HNSW32", candidates=2)
+    memory.add([{"content": t, "user_id": "u1" if i % 2 else "u2"} for i, t in enumerate(DISTRACTORS)])
+    u1 = [m["id"] for m in memory.messages("u1")]
+    memory.delete(u1[:3])
+    hits = memory.search("hiking in the mountains", k=50, user_id="u1")
+    assert {h.user_id for h in hits} == {"u1"} and not set(u1[:3]) & {h.id for h in hits}
+
+
+# Delete and update ---------------------------------------------------------------------------
+
+
+def test_delete(memory):
+    memory.delete("planted")
+    assert "planted" not in [h.id for h in memory.search(QUESTION, k=100)]
+    assert len(memory) == len(CONVERSATION) - 1
+    with pytest.raises(KeyError, match="planted"):
+        memory.get("planted")
+
+
+def test_delete_unknown_id_deletes_nothing(memory):
+    first_id = memory.messages()[0]["id"]
+    with pytest.raises(KeyError, match="nope"):
+        memory.delete([first_id, "nope"])
+    assert len(memory) == len(CONVERSATION)
+
+
+def test_update_replaces_content(memory):
+    memory.update([{"id": "planted", "content": "My sister Ana now lives in Porto.", "session_id": "s2"}])
+    assert memory.get("planted")["content"] == "My sister Ana now lives in Porto."
+    assert len(memory) == len(CONVERSATION)
+    assert memory.search("sister Porto", k=1)[0].id == "planted"
+
+
+def test_update_unknown_or_missing_id(memory):
+    with pytest.raises(KeyError, match="ghost"):
+        memory.update([{"id": "ghost", "content": "x"}])
+    with pytest.raises(KeyError, match="no id"):
+        memory.update([{"content": "x"}])
+    assert len(memory) == len(CONVERSATION)
+
+
+# Persistence ---------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip(memory, tmp_path, encoder):
+    memory.delete(memory.messages(session_id="s1")[0]["id"])  # a tombstone to compact
+    before = ranking(memory)
+    memory.save(tmp_path / "mem")
+    loaded = SAEMemory.load(tmp_path / "mem", encoder=encoder)
+    assert ranking(loaded) == before
+    assert loaded.get("planted") == memory.get("planted")
+    assert ranking(SAEMemory.load(tmp_path / "mem")) == before  # encoder rebuilt from the manifest
+    loaded.add([{"content": "A new memory after loading."}])
+    assert len(loaded) == len(memory) + 1
+    files = {p.name for p in (tmp_path / "mem").rglob("*") if p.is_file()}
+    assert {"manifest.json", "dense.npy", "sparse.npz", "faiss.index", "records.jsonl", "CURRENT"} <= files
+    assert not any(name.endswith((".pkl", ".pickle")) for name in files)
+
+
+def test_interrupted_save_keeps_previous(memory, tmp_path, monkeypatch):
+    path = tmp_path / "mem"
+    memory.save(path)
+    before = ranking(memory)
+    memory.add([{"content": "Something said after the first save."}])
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(faiss, "write_index", crash)  # dies midway: arrays written, index not
+    with pytest.raises(OSError, match="disk full"):
+        memory.save(path)
+    monkeypatch.undo()
+    assert ranking(SAEMemory.load(path, encoder=memory.encoder)) == before
+    memory.save(path)  # a later save succeeds and cleans up the leftovers
+    assert len(SAEMemory.load(path, encoder=memory.encoder)) == len(memory)
+    assert [p.name for p in path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_load_errors_name_the_problem(memory, tmp_path, encoder):
+    with pytest.raises(FileNotFoundError, match="no saved memory"):
+        SAEMemory.load(tmp_path / "empty")
+    path = tmp_path / "mem"
+    memory.save(path)
+    snapshot = path / (path / "CURRENT").read_text()
+    (snapshot / "dense.npy").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        SAEMemory.load(path, encoder=encoder)
+    memory.save(path)
+    snapshot = path / (path / "CURRENT").read_text()
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    manifest["n_messages"] += 1
+    (snapshot / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="corrupt.*shape"):
+        SAEMemory.load(path, encoder=encoder)
+    manifest["format_version"] = 99
+    (snapshot / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="format_version 99"):
+        SAEMemory.load(path, encoder=encoder)
+
+
+def test_load_with_another_sae_fails(memory, tmp_path, encoder):
+    memory.save(tmp_path / "mem")
+    other = Encoder(EncoderConfig(sae="minilm-emb-topk4k"), model=encoder.model)
+    with pytest.raises(ValueError, match="another encoder: sae"):
+        SAEMemory.load(tmp_path / "mem", encoder=other)
+    mean = Encoder(EncoderConfig(pooling="mean"), model=encoder.model, sae=encoder.sae)
+    with pytest.raises(ValueError, match="pooling"):
+        SAEMemory.load(tmp_path / "mem", encoder=mean)
+
+
+# Bad input -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query,error,match", [
+    ("", ValueError, "empty"),
+    ("   \n", ValueError, "empty"),
+    (None, TypeError, "str"),
+    (42, TypeError, "str"),
+])
+def test_bad_query(memory, query, error, match):
+    with pytest.raises(error, match=match):
+        memory.search(query)
+
+
+@pytest.mark.parametrize("k,error", [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)])
+def test_bad_k(memory, k, error):
+    with pytest.raises(error, match="k"):
+        memory.search(QUESTION, k=k)
+
+
+def test_empty_memory(encoder):
+    assert SAEMemory(encoder).search(QUESTION) == []
+
+
+@pytest.mark.parametrize("message,error,match", [
+    ({"content": 3}, TypeError, "content must be a str"),
+    ({"content": None}, TypeError, "content must be a str"),
+    ({"content": "  "}, ValueError, "empty"),
+    ({"role": "user"}, TypeError, "content"),
+    ("just a string", TypeError, "Message"),
+    ({"content": "ok", "user_id": 7}, TypeError, "user_id"),
+])
+def test_bad_messages_store_nothing(memory, message, error, match):
+    with pytest.raises(error, match=match):
+        memory.add([{"content": "A valid message in the same batch."}, message])
+    assert len(memory) == len(CONVERSATION)
+
+
+def test_duplicate_ids(memory):
+    with pytest.raises(ValueError, match="repeated"):
+        memory.add([{"content": "a", "id": "x"}, {"content": "b", "id": "x"}])
+    with pytest.raises(ValueError, match="already stored"):
+        memory.add([{"content": "again", "id": "planted"}])
+    assert memory.get("planted")["content"] == PLANTED and len(memory) == len(CONVERSATION)
+
+
+def test_long_message_is_kept_and_flagged(memory):
+    memory.add([Message(content="My sister Ana lives in Lisbon. " + "Filler words go on and on. " * 200, id="long")])
+    assert memory.get("long")["truncated"] is True
+    hit = memory.explain(QUESTION, "long")
+    assert hit.truncated is True
+
+
+class _BrokenEncoder:
+    """A custom encoder that returns what it is told to."""
+
+    def __init__(self, real: Encoder, mode: str) -> None:
+        self.real, self.mode = real, mode
+        self.dim, self.d_sae, self.sae = real.dim, real.d_sae, real.sae
+
+    def identity(self):
+        return {"model": "broken"}
+
+    def encode_query(self, text):
+        return self.real.encode_query(text)
+
+    def encode_documents(self, texts, show_progress=False):
+        out = self.real.encode_documents(texts)
+        if self.mode == "nan":
+            out.dense[0, 0] = np.nan
+        elif self.mode == "narrow":
+            out = Encoded(out.dense[:, :10], out.sparse, out.truncated)
+        elif self.mode == "rows":
+            out = Encoded(out.dense[:1], sp.csr_matrix(out.sparse[:1]), out.truncated[:1])
+        return out
+
+
+@pytest.mark.parametrize("mode,match", [("nan", "NaN"), ("narrow", "shape"), ("rows", "shape")])
+def test_bad_custom_encoder_output_stores_nothing(encoder, mode, match):
+    memory = SAEMemory(_BrokenEncoder(encoder, "ok"))
+    memory.add([{"content": "kept"}])
+    memory.encoder = _BrokenEncoder(encoder, mode)
+    with pytest.raises(ValueError, match=match):
+        memory.add([{"content": "one"}, {"content": "two"}])
+    assert len(memory) == 1 and memory.search("kept")[0].content == "kept"
+
+
+def test_bad_settings(encoder):
+    with pytest.raises(ValueError, match="fusion"):
+        SAEMemory(encoder, fusion="sum")
+    with pytest.raises(ValueError, match="index_type"):
+        SAEMemory(encoder, index_type="NotAnIndex")
+    with pytest.raises(ValueError, match="candidates"):
+        SAEMemory(encoder, candidates=0)
+
+
+def test_concurrent_adds_and_searches(encoder):
+    memory = SAEMemory(encoder)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(5):
+                memory.add([{"content": f"Writer {n} note {i}: {DISTRACTORS[(n + i) % len(DISTRACTORS)]}", "id": f"{n}-{i}"}])
+        except BaseException as err:  # surfaced below
+            errors.append(err)
+
+    def reader() -> None:
+        try:
+            for _ in range(10):
+                for hit in memory.search("hiking plans", k=5):
+                    assert memory.get(hit.id)["content"] == hit.content
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)] + [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(memory) == 20
