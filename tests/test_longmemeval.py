@@ -1,0 +1,273 @@
+"""LongMemEval: metrics on hand-made rankings, haystack parsing on the dev30 file, and smoke runs
+of the example agent and the benchmark script on a trimmed two-question file."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from saememory import Encoder, EncoderConfig
+from saememory import longmemeval as lme
+
+from tests.helpers import save_sae_lens_sae
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV30 = ROOT / ".." / "shared" / "data" / "longmemeval" / "longmemeval_s_cleaned_dev30.json.gz"
+SMOKE_IDS = ("e47becba", "gpt4_59c863d7")  # single-session-user; multi-session evidence
+
+
+def load_script(path: Path):
+    """Imports a script by path (registered in sys.modules, as its dataclasses need)."""
+    name = f"_lme_script_{path.parent.name}_{path.stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def dev30() -> list[dict]:
+    return lme.load(DEV30)
+
+
+@pytest.fixture(scope="module")
+def trimmed(dev30, tmp_path_factory) -> Path:
+    """Two dev30 questions, each haystack cut to its evidence sessions plus two others (fast to encode)."""
+    out = []
+    for q in dev30:
+        if q["question_id"] not in SMOKE_IDS:
+            continue
+        keep = [i for i, sid in enumerate(q["haystack_session_ids"]) if sid in q["answer_session_ids"]]
+        keep += [i for i, sid in enumerate(q["haystack_session_ids"]) if sid not in q["answer_session_ids"]][:2]
+        keep.sort()
+        q = dict(q)
+        for key in ("haystack_session_ids", "haystack_dates", "haystack_sessions"):
+            q[key] = [q[key][i] for i in keep]
+        out.append(q)
+    path = tmp_path_factory.mktemp("lme") / "trimmed.json.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        json.dump(out, handle)
+    return path
+
+
+@pytest.fixture(scope="module")
+def saes(tmp_path_factory) -> dict[str, Path]:
+    """Random sae-lens TopK SAEs on MiniLM: one reading layer 4, one reading the sentence embedding."""
+    root = tmp_path_factory.mktemp("saes")
+    emb = save_sae_lens_sae(root / "emb", "topk", d_in=384, d_sae=128, k=8, seed=1)
+    res = save_sae_lens_sae(root / "res", "topk", d_in=384, d_sae=128, k=8, seed=2)
+    cfg = json.loads((res / "cfg.json").read_text())
+    cfg["metadata"]["hook_name"] = "hidden_states.4"
+    (res / "cfg.json").write_text(json.dumps(cfg))
+    return {"res": res, "emb": emb}
+
+
+# Metrics -------------------------------------------------------------------------------------
+
+
+def test_recall_any_vs_all():
+    ranked = ["g1", "x", "y", "g2"]
+    assert lme.recall_any(ranked, ["g1", "g2"], 3) == 1.0
+    assert lme.recall_all(ranked, ["g1", "g2"], 3) == 0.0
+    assert lme.recall_all(ranked, ["g1", "g2"], 4) == 1.0
+    assert lme.recall_any(ranked, ["z"], 4) == 0.0
+    # Without gold items the official code gives any 0 and all 1 (vacuous).
+    assert lme.recall_any(ranked, [], 4) == 0.0 and lme.recall_all(ranked, [], 4) == 1.0
+
+
+def test_ndcg_with_two_gold_items():
+    ranked = ["x", "g1", "y", "g2", "z"]
+    # DCG = 0 + 1/log2(2) + 0 + 1/log2(4) = 1.5; ideal = 1 + 1/log2(2) = 2.
+    assert lme.ndcg_any(ranked, ["g1", "g2"], 5) == pytest.approx(0.75)
+    # At k = 2 only g1 is in: DCG 1, ideal 2.
+    assert lme.ndcg_any(ranked, ["g1", "g2"], 2) == pytest.approx(0.5)
+    assert lme.ndcg_any(["g2", "g1", "x"], ["g1", "g2"], 3) == pytest.approx(1.0)
+    # One gold item at rank 3 (0-based 2): 1 / log2(3).
+    assert lme.ndcg_any(["x", "y", "g1"], ["g1"], 10) == pytest.approx(1 / math.log2(3))
+    assert lme.ndcg_any(["x"], [], 10) == 0.0
+    assert lme.dcg([1, 1, 1]) == pytest.approx(1 + 1 + 1 / math.log2(3))
+
+
+def test_retrieval_metrics_keys_and_values():
+    m = lme.retrieval_metrics(["g1", "x", "g2"], ["g1", "g2"], ks=(1, 3))
+    assert set(m) == {f"{n}@{k}" for n in ("recall_any", "recall_all", "ndcg_any") for k in (1, 3)}
+    assert m["recall_any@1"] == 1.0 and m["recall_all@1"] == 0.0 and m["recall_all@3"] == 1.0
+    assert m["ndcg_any@1"] == 1.0
+
+
+def test_turn_to_session_conversion():
+    # Session ids may end in _<n> themselves; only the turn suffix is stripped.
+    assert lme.session_of("07b7a667_1_3") == "07b7a667_1"
+    ranked = ["s1_3", "s2_1", "s1_5", "07b7a667_1_3", "s3_1"]
+    assert lme.turns_to_sessions(ranked) == ["s1", "s2", "07b7a667_1", "s3"]
+    sessions = lme.turns_to_sessions(ranked)
+    assert lme.recall_all(sessions, ["s1", "07b7a667_1"], 3) == 1.0
+    assert lme.recall_all(ranked, ["s1_3", "07b7a667_1_3"], 3) == 0.0
+
+
+def test_context_precision_chars_and_format():
+    assert lme.context_precision(["a", "b", "c"], ["a", "c"]) == 1.0
+    assert lme.context_precision(["a", "b"], ["a", "c"]) == 0.0
+    assert lme.context_chars(["abc", "de"]) == 5
+    text = lme.format_context([{"timestamp": "2023/05/30 (Tue) 17:27", "role": "user", "content": "hi"}])
+    assert text == "[2023/05/30 (Tue) 17:27] user: hi"
+
+
+def test_average_strict_and_no_abs():
+    rows = [
+        {"question_id": "a", "n_gold_turns": 1, "metrics": {"r": 1.0}},
+        {"question_id": "b", "n_gold_turns": 0, "metrics": {"r": 1.0}},  # assistant-side evidence only
+        {"question_id": "c", "n_gold_turns": 2, "metrics": {"r": 0.0}},
+        {"question_id": "d_abs", "n_gold_turns": 0, "metrics": {"r": 0.0}},
+    ]
+    assert lme.average(rows, subset="strict") == {"r": 0.5, "n": 2}
+    assert lme.average(rows, subset="no_abs") == {"r": pytest.approx(2 / 3), "n": 3}
+    with pytest.raises(ValueError, match="subset"):
+        lme.average(rows, subset="all")
+
+
+# Haystack parsing ----------------------------------------------------------------------------
+
+
+def test_haystack_parsing_on_dev30(dev30):
+    q = dev30[0]
+    assert q["question_id"] == "e47becba"
+    users = lme.messages(q, "user")
+    everything = lme.messages(q, "all")
+    raw_users = sum(t["role"] == "user" and bool(t["content"].strip()) for s in q["haystack_sessions"] for t in s)
+    assert len(users) == raw_users and all(m["role"] == "user" for m in users)
+    assert len(everything) == sum(bool(t["content"].strip()) for s in q["haystack_sessions"] for t in s)
+    by_session = dict(zip(q["haystack_session_ids"], q["haystack_sessions"]))
+    dates = dict(zip(q["haystack_session_ids"], q["haystack_dates"]))
+    for m in everything:
+        # The suffix is the 1-based index over ALL turns of the session.
+        index = int(m["id"].rsplit("_", 1)[1]) - 1
+        turn = by_session[m["session_id"]][index]
+        assert m["id"] == f"{m['session_id']}_{index + 1}"
+        assert (turn["content"], turn["role"]) == (m["content"], m["role"])
+        assert m["timestamp"] == dates[m["session_id"]]
+    # User turns of a session that starts with the user get odd numbers: 1, 3, 5, ...
+    sid = next(s for s, turns in by_session.items()
+               if turns[0]["role"] == "user" and sum(t["role"] == "user" for t in turns) >= 2)
+    assert [m["id"] for m in users if m["session_id"] == sid][:2] == [f"{sid}_1", f"{sid}_3"]
+    assert lme.gold_turn_ids(q) == ["answer_280352e9_5"]
+    assert lme.gold_session_ids(q) == ["answer_280352e9"]
+    gold = next(m for m in users if m["id"] == "answer_280352e9_5")
+    assert gold["metadata"]["has_answer"] is True and "Business Administration" in gold["content"]
+    sessions = lme.session_documents(q)
+    assert len(sessions) == len(set(q["haystack_session_ids"]))
+    assert sessions[0]["content"] == " ".join(t["content"] for t in q["haystack_sessions"][0] if t["role"] == "user")
+
+
+def test_gold_roles_and_repeated_sessions(dev30):
+    by_id = {q["question_id"]: q for q in dev30}
+    assistant_q = next(q for q in dev30 if q["question_type"] == "single-session-assistant")
+    assert lme.gold_turn_ids(assistant_q, "all")  # evidence on the assistant side
+    assert set(lme.gold_turn_ids(assistant_q, "user")) <= set(lme.gold_turn_ids(assistant_q, "all"))
+    # 58bf7951 repeats an identical session id in its haystack: it is indexed once, ids stay unique.
+    q = by_id["58bf7951"]
+    assert len(q["haystack_session_ids"]) > len(set(q["haystack_session_ids"]))
+    ids = [m["id"] for m in lme.messages(q, "all")]
+    assert len(ids) == len(set(ids))
+
+
+def test_load_errors_and_plain_json(tmp_path, dev30):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        lme.load(tmp_path / "missing.json")
+    plain = tmp_path / "one.json"
+    plain.write_text(json.dumps(dev30[:1]))
+    assert lme.load(plain)[0]["question_id"] == "e47becba"
+    (tmp_path / "bad.json").write_text(json.dumps({"a": 1}))
+    with pytest.raises(ValueError, match="not a LongMemEval file"):
+        lme.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="roles='assistant'"):
+        lme.messages(dev30[0], "assistant")
+
+
+# Smoke runs -----------------------------------------------------------------------------------
+
+
+def test_agent_retrieval_only(trimmed, saes, tmp_path, capsys):
+    agent = load_script(ROOT / "examples" / "longmemeval_agent.py")
+    out = tmp_path / "agent.jsonl"
+    argv = [str(trimmed), "--sae", str(saes["res"]), "--k", "5", "--out", str(out)]
+    agent.main(argv)
+    printed = capsys.readouterr().out
+    assert "retrieval only" in printed
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["question_id"] for r in records] == list(SMOKE_IDS)
+    first = records[0]
+    assert len(first["retrieved_ids"]) == 5 and first["hypothesis"] is None
+    assert first["gold_ids"] == ["answer_280352e9_5"]
+    assert first["context"].startswith("[") and "] user: " in first["context"]
+    assert {"score", "dense_score", "sparse_score"} == set(first["scores"][0])
+    assert not agent.hypothesis_path(out).exists()
+    # Resume: a second run skips both questions.
+    agent.main(argv)
+    assert "0 questions to run (2 already in" in capsys.readouterr().out
+    assert len(out.read_text().splitlines()) == 2
+
+
+def test_agent_hf_flag_forms_the_download(monkeypatch):
+    import huggingface_hub
+
+    calls = {}
+
+    def fake_download(**kwargs):
+        calls.update(kwargs)
+        return "/nowhere/longmemeval_s_cleaned.json"
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert lme.hf_download() == "/nowhere/longmemeval_s_cleaned.json"
+    assert calls == {"repo_id": "xiaowu0162/longmemeval-cleaned", "filename": "longmemeval_s_cleaned.json",
+                     "repo_type": "dataset", "revision": lme.HF_REVISION}
+
+
+def test_embedding_codes_from_cached_dense_match_the_encoder(saes):
+    bench = load_script(ROOT / "benchmarks" / "longmemeval.py")
+    encoder = Encoder(EncoderConfig(sae=str(saes["emb"])))
+    texts = ["My sister moved to Lisbon.", "How long should I steep green tea?"]
+    encoded = encoder.encode_documents(texts)
+    derived = bench.embedding_sae_codes(encoder.sae, encoded.dense)
+    assert isinstance(derived, sp.csr_matrix)
+    np.testing.assert_allclose(derived.toarray(), encoded.sparse.toarray(), atol=1e-5)
+
+
+def test_benchmark_smoke(trimmed, saes, tmp_path):
+    bench = load_script(ROOT / "benchmarks" / "longmemeval.py")
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\nOther section.\n")
+    argv = ["--data", str(trimmed), "--split", "all", "--sae-residual", str(saes["res"]),
+            "--sae-embedding", str(saes["emb"]), "--cache", str(tmp_path / "cache"),
+            "--out-dir", str(tmp_path), "--md", str(md), "--rows", str(tmp_path / "rows.jsonl")]
+    result = bench.main(argv + ["--latency-questions", "1"])
+    summary = result["summary"]
+    strict = summary["official"]["strict"]
+    names = list(strict)
+    assert names[0] == "dense (MiniLM)" and len(names) == 17
+    assert all(strict[n]["n"] == 2 for n in names)
+    for name in names:
+        for key, value in strict[name].items():
+            assert key == "n" or 0.0 <= value <= 1.0, (name, key, value)
+    assert summary["latency"]["dense (MiniLM)"]["question_ratio"] == pytest.approx(1.0)
+    # Through SAEMemory and through the numpy scoring, ours rank alike.
+    assert min(min(v) for v in summary["agreement"].values()) >= 0.8
+    text = md.read_text()
+    assert "Other section." in text and text.count(bench.MD_START) == 1
+    assert "LangChain EnsembleRetriever" in text and "(b) Poster's protocol" in text
+    assert (tmp_path / "longmemeval_recall_vs_context.png").stat().st_size > 1000
+    # A second run reads every vector from the cache and replaces the section in place.
+    again = bench.main(argv + ["--latency-questions", "0"])
+    assert again["meta"]["n_encoded"] == 0
+    assert md.read_text().count(bench.MD_START) == 1
+    assert again["summary"]["official"]["strict"] == strict
