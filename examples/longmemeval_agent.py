@@ -109,10 +109,12 @@ def run_question(question: dict[str, Any], encoder: Encoder, args: argparse.Name
         {"timestamp": d.metadata["timestamp"], "role": d.metadata["role"], "content": d.page_content} for d in docs
     )
     ids = [d.id for d in docs]
+    gold_turns = lme.gold_turn_ids(question, args.roles)
+    gold_sessions = list(dict.fromkeys(lme.session_of(t) for t in gold_turns))
     if args.granularity == "session":
-        gold, ranked_sessions = lme.gold_session_ids(question), ids
+        gold, ranked_sessions = gold_sessions, ids
     else:
-        gold, ranked_sessions = lme.gold_turn_ids(question, args.roles), lme.turns_to_sessions(ids)
+        gold, ranked_sessions = gold_turns, lme.turns_to_sessions(ids)
     record = {
         "question_id": question["question_id"],
         "question_type": question["question_type"],
@@ -132,7 +134,7 @@ def run_question(question: dict[str, Any], encoder: Encoder, args: argparse.Name
         "context_chars": lme.context_chars(d.page_content for d in docs),
         "gold_ids": gold,
         "recall_all": lme.recall_all(ids, gold, args.k),
-        "session_recall_all": lme.recall_all(ranked_sessions, lme.gold_session_ids(question), args.k),
+        "session_recall_all": lme.recall_all(ranked_sessions, gold_sessions, args.k),
         "answer_model": args.chat_model,
         "hypothesis": None,
     }

@@ -271,3 +271,17 @@ def test_benchmark_smoke(trimmed, saes, tmp_path):
     assert again["meta"]["n_encoded"] == 0
     assert md.read_text().count(bench.MD_START) == 1
     assert again["summary"]["official"]["strict"] == strict
+
+
+def test_agent_answers_and_writes_hypotheses(trimmed, tmp_path, monkeypatch, capsys):
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    agent = load_script(ROOT / "examples" / "longmemeval_agent.py")
+    monkeypatch.setattr(agent, "chat_model", lambda spec: FakeListChatModel(responses=["Business Administration "]))
+    out = tmp_path / "answered.jsonl"
+    agent.main([str(trimmed), "--chat-model", "fake:model", "--sae", "none", "--limit", "1", "--out", str(out)])
+    assert "retrieval only" not in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["hypothesis"] == "Business Administration" and record["answer_model"] == "fake:model"
+    hypotheses = [json.loads(line) for line in agent.hypothesis_path(out).read_text().splitlines()]
+    assert hypotheses == [{"question_id": "e47becba", "hypothesis": "Business Administration"}]
