@@ -96,3 +96,46 @@ async def test_added_messages_are_searchable_at_once(retriever):
 def test_bad_query_is_a_clear_error(retriever):
     with pytest.raises(ValueError, match="empty"):
         retriever.invoke("  ")
+
+
+# LangChain's own standard suite, unmodified ---------------------------------------------------
+
+from functools import lru_cache  # noqa: E402
+
+from langchain_tests.integration_tests import RetrieversIntegrationTests  # noqa: E402
+
+from saememory import SAEMemory  # noqa: E402
+
+
+@lru_cache(maxsize=1)
+def _standard_memory() -> SAEMemory:
+    memory = SAEMemory()
+    memory.add(CONVERSATION)
+    return memory
+
+
+class TestStandardRetrieverSuite(RetrieversIntegrationTests):
+    @property
+    def retriever_constructor(self) -> type[SAEMemoryRetriever]:
+        return SAEMemoryRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"memory": _standard_memory()}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return QUESTION
+
+
+def test_user_is_configurable_per_call(encoder):
+    from langchain_core.runnables import ConfigurableField
+
+    retriever = SAEMemoryRetriever.from_messages(
+        [{"content": "Alice's bike is red.", "user_id": "alice"}, {"content": "Bob's bike is blue.", "user_id": "bob"}],
+        encoder=encoder,
+    ).configurable_fields(user_id=ConfigurableField(id="user_id"), session_id=ConfigurableField(id="session_id"))
+    for user in ("alice", "bob"):
+        docs = retriever.invoke("What colour is my bike?", config={"configurable": {"user_id": user}})
+        assert [d.metadata["user_id"] for d in docs] == [user]
+    assert retriever.invoke("What colour is my bike?") == []  # the default user owns nothing
