@@ -139,3 +139,21 @@ def test_user_is_configurable_per_call(encoder):
         docs = retriever.invoke("What colour is my bike?", config={"configurable": {"user_id": user}})
         assert [d.metadata["user_id"] for d in docs] == [user]
     assert retriever.invoke("What colour is my bike?") == []  # the default user owns nothing
+
+
+async def test_concurrent_async_writers_and_readers(encoder):
+    retriever = SAEMemoryRetriever.from_messages(CONVERSATION[:3], k=5, encoder=encoder)
+
+    async def writer(n: int) -> None:
+        for i in range(4):
+            await retriever.aadd_messages([{"role": "user", "content": f"Note {n}-{i}: I like colour {n * 10 + i}.", "id": f"w{n}-{i}"}])
+
+    async def reader() -> None:
+        for _ in range(6):
+            for doc in await retriever.ainvoke("Which colour do I like?"):
+                stored = retriever.memory.get(doc.id)
+                assert stored["content"] == doc.page_content  # never a half-written message
+
+    await asyncio.gather(*(writer(n) for n in range(4)), *(reader() for _ in range(3)))
+    assert len(retriever.memory) == 3 + 16
+    assert all(f"w{n}-{i}" in retriever.memory for n in range(4) for i in range(4))

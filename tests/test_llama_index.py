@@ -53,3 +53,48 @@ def test_user_scope(encoder):
     assert retriever.retrieve(QUESTION)[0].node.metadata["user_id"] == "alice"
     other = SAEMemoryRetriever(retriever.memory, user_id="mallory")
     assert other.retrieve(QUESTION) == []
+
+
+# Inside LlamaIndex's own machinery --------------------------------------------------------------
+
+
+def test_inside_query_fusion_retriever_and_postprocessors(encoder):
+    from llama_index.core.llms import MockLLM
+    from llama_index.core.postprocessor import SimilarityPostprocessor
+    from llama_index.core.retrievers import QueryFusionRetriever
+
+    ours = SAEMemoryRetriever.from_messages(CONVERSATION, similarity_top_k=4, encoder=encoder)
+    fusion = QueryFusionRetriever([ours], llm=MockLLM(), num_queries=1, mode="relative_score",
+                                  similarity_top_k=3, use_async=False)
+    nodes = fusion.retrieve(QUESTION)
+    assert nodes[0].node.node_id == "planted" and len(nodes) == 3
+    assert len({n.node.node_id for n in nodes}) == 3  # ids are message ids, so de-duplication is right
+    raw = ours.retrieve(QUESTION)
+    cutoff = raw[1].score
+    kept = SimilarityPostprocessor(similarity_cutoff=cutoff).postprocess_nodes(raw)
+    assert [n.node.node_id for n in kept] == [n.node.node_id for n in raw[:2]]
+
+
+async def test_memory_block_indexes_everything_and_recalls_old_turns(encoder):
+    from llama_index.core.memory import Memory
+
+    from llama_index_saememory import SAEMemoryBlock
+    from saememory import SAEMemory
+
+    block = SAEMemoryBlock(memory=SAEMemory(encoder), k=2)
+    memory = Memory.from_defaults(session_id="s", token_limit=60, chat_history_token_ratio=0.5,
+                                  token_flush_size=20, memory_blocks=[block])
+    await memory.aput_messages([ChatMessage(role="user", content=PLANTED)])
+    for text in ["I like tea.", "The weather is mild today.", "My laptop is slow.", "I bought new shoes."]:
+        await memory.aput_messages([ChatMessage(role="user", content=text), ChatMessage(role="assistant", content="Noted.")])
+    in_queue = await memory.aget()
+    assert PLANTED not in [m.content for m in in_queue]  # flushed out of the short-term queue
+    with_blocks = await memory.aget(input=QUESTION)
+    injected = with_blocks[0].content
+    assert PLANTED in injected and "features" not in injected
+    # Every message was indexed, flushed or not, once each ("Noted." twice is one message).
+    assert len(block.memory) == 6
+    # Messages still in the short-term queue are already in the prompt: not injected again.
+    recalled = await block.aget(in_queue + [ChatMessage(role="user", content="I bought new shoes?")], session_id="s")
+    assert "I bought new shoes." not in recalled and recalled
+    assert len(block.memory) == 6

@@ -144,6 +144,10 @@ class SAEMemory:
     def __len__(self) -> int:
         return len(self.index)
 
+    def __contains__(self, message_id: object) -> bool:
+        with self._lock:
+            return message_id in self.index.row_of
+
     def users(self) -> list[str]:
         """Users that have at least one message."""
         with self._lock:

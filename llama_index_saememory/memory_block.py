@@ -1,0 +1,103 @@
+"""A LlamaIndex ``Memory`` block that recalls relevant past messages from an ``SAEMemory``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.memory.memory import BaseMemoryBlock
+from pydantic import ConfigDict, Field
+
+from saememory import SAEMemory
+from llama_index_saememory.retriever import to_message_dicts
+
+
+def message_id(message: ChatMessage, session_id: str | None) -> str:
+    """A stable id: the message's own ``additional_kwargs["id"]``, else a hash of session, role and text.
+
+    Identical text said twice by the same role in one session is stored once.
+    """
+    given = message.additional_kwargs.get("id")
+    if given:
+        return str(given)
+    role = getattr(message.role, "value", message.role)
+    key = f"{session_id}\x1f{role}\x1f{message.content}"
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()
+
+
+class SAEMemoryBlock(BaseMemoryBlock[str]):
+    """Indexes every message of the conversation and injects the relevant past ones.
+
+    LlamaIndex hands memory blocks only the messages flushed out of the short-term queue; this
+    block also indexes every message it is shown when the memory is read (system messages
+    excepted: they are instructions, not conversation). Nothing said is
+    missed, and a message is searchable from the next turn on. It searches with the newest
+    message, leaves out messages still in the short-term chat history (they are in the prompt
+    already), and returns them as ``[timestamp] role: content`` lines. SAE features and scores
+    stay out of the prompt.
+
+    Args:
+        memory: The ``SAEMemory`` to write to and read from.
+        k: Past messages injected per turn. Defaults to 5.
+        user_id: Owner of the messages. Defaults to None (the default user).
+        min_score: Inject only hits with at least this combined score. Defaults to None.
+        name: Block name in the memory template. Defaults to ``"saememory"``.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str = "saememory"
+    description: str | None = "Relevant messages from earlier in the conversation."
+    memory: SAEMemory = Field(exclude=True)
+    k: int = 5
+    user_id: str | None = None
+    min_score: float | None = None
+
+    def _index(self, messages: list[ChatMessage], session_id: str | None) -> set[str]:
+        """Adds the messages not stored yet; returns the ids of all of them."""
+        ids, new = [], []
+        for message in messages:
+            if not isinstance(message.content, str) or not message.content.strip():
+                continue  # tool calls and empty turns carry nothing to recall
+            if getattr(message.role, "value", message.role) == "system":
+                continue  # instructions (and this block's own injected text), not conversation
+            mid = message_id(message, session_id)
+            ids.append(mid)
+            if mid not in self.memory and mid not in {m["id"] for m in new}:
+                (record,) = to_message_dicts([message], session_id, self.user_id)
+                new.append({**record, "id": mid})
+        if new:
+            try:
+                self.memory.add(new)
+            except ValueError:
+                # Another task stored some of them meanwhile: add the rest one by one.
+                for record in new:
+                    if record["id"] not in self.memory:
+                        self.memory.add([record])
+        return set(ids)
+
+    def _recall(self, messages: list[ChatMessage], session_id: str | None) -> str:
+        if not messages:
+            return ""
+        query = messages[-1].content if isinstance(messages[-1].content, str) else ""
+        in_prompt = self._index(messages[:-1], session_id)
+        seen = {(getattr(m.role, "value", m.role), m.content) for m in messages[:-1]}
+        if not query.strip() or len(self.memory) == 0:
+            return ""
+        hits = self.memory.search(query, k=self.k + len(messages), user_id=self.user_id, min_score=self.min_score)
+        lines = [
+            f"[{h.timestamp or h.session_id}] {h.role}: {h.content}"
+            for h in hits
+            if h.id not in in_prompt and (h.role, h.content) not in seen
+        ]
+        return "\n".join(lines[: self.k])
+
+    async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
+        # Encoding is CPU-bound: keep it off the event loop.
+        return await asyncio.to_thread(self._recall, list(messages or []), block_kwargs.get("session_id"))
+
+    async def _aput(self, messages: list[ChatMessage]) -> None:
+        session = messages[0].additional_kwargs.get("session_id") if messages else None
+        await asyncio.to_thread(self._index, messages, session)
