@@ -71,6 +71,9 @@ class SAEMemoryRetriever(BaseRetriever):
         user_id: Whose memories this retriever reads. Defaults to None, the default user.
         session_id: Restrict to one session. Defaults to None (all sessions of the user).
         min_score: Drop hits with a lower combined score. Defaults to None.
+        steer: SAE features to boost or suppress in every query (feature id or label text to
+            strength; see ``SAEMemory.search``). Defaults to None; ``invoke(q, steer=...)``
+            overrides it per call.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -80,6 +83,7 @@ class SAEMemoryRetriever(BaseRetriever):
     user_id: str | None = None
     session_id: str | None = None
     min_score: float | None = None
+    steer: dict[int | str, float] | None = None
 
     @classmethod
     def from_messages(
@@ -135,6 +139,7 @@ class SAEMemoryRetriever(BaseRetriever):
         k: int | None = None,
         session_id: str | None = None,
         min_score: float | None = None,
+        steer: dict[int | str, float] | None = None,
     ) -> list[Document]:
         hits = self.memory.search(
             query,
@@ -142,6 +147,7 @@ class SAEMemoryRetriever(BaseRetriever):
             user_id=self.user_id,
             session_id=session_id if session_id is not None else self.session_id,
             min_score=min_score if min_score is not None else self.min_score,
+            steer=steer if steer is not None else self.steer,
         )
         return [Document(id=hit.id, page_content=hit.content, metadata=hit.to_metadata()) for hit in hits]
 
@@ -153,6 +159,7 @@ class SAEMemoryRetriever(BaseRetriever):
         k: int | None = None,
         session_id: str | None = None,
         min_score: float | None = None,
+        steer: dict[int | str, float] | None = None,
     ) -> list[Document]:
         # Encoding is CPU-bound torch work: run it off the event loop.
         return await asyncio.to_thread(
@@ -162,5 +169,6 @@ class SAEMemoryRetriever(BaseRetriever):
             k=k,
             session_id=session_id,
             min_score=min_score,
+            steer=steer,
         )
 

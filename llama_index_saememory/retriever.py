@@ -68,6 +68,8 @@ class SAEMemoryRetriever(BaseRetriever):
         user_id: Whose memories this retriever reads. Defaults to None, the default user.
         session_id: Restrict to one session. Defaults to None (all sessions of the user).
         min_score: Drop hits with a lower combined score. Defaults to None.
+        steer: SAE features to boost or suppress in every query (feature id or label text to
+            strength; see ``SAEMemory.search``). Defaults to None.
         callback_manager: LlamaIndex callback manager. Defaults to a new one.
     """
 
@@ -78,6 +80,7 @@ class SAEMemoryRetriever(BaseRetriever):
         user_id: str | None = None,
         session_id: str | None = None,
         min_score: float | None = None,
+        steer: dict[int | str, float] | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
@@ -86,6 +89,7 @@ class SAEMemoryRetriever(BaseRetriever):
         self.user_id = user_id
         self.session_id = session_id
         self.min_score = min_score
+        self.steer = steer
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @classmethod
@@ -127,6 +131,7 @@ class SAEMemoryRetriever(BaseRetriever):
             user_id=self.user_id,
             session_id=self.session_id,
             min_score=self.min_score,
+            steer=self.steer,
         )
         return [hit_to_node(hit) for hit in hits]
 

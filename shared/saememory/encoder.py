@@ -235,6 +235,41 @@ class Encoder:
         """Encodes one query (with the query prefix)."""
         return self._encode([self.config.query_prefix + text], False)
 
+    def steer(self, query: Encoded, strengths: dict[int, float]) -> Encoded:
+        """Boosts or suppresses SAE features of an encoded query before ranking.
+
+        The sparse code's feature ``f`` is set to ``strengths[f]`` times the code's largest entry
+        (1.0: as strong as the query's strongest feature; 0: suppressed), then the code is
+        normalised again. For the embedding source, the dense query moves too: by the decoder's
+        reconstruction of the same change to the raw code, then normalised.
+
+        Raises:
+            ValueError: Without an SAE, for an unknown feature id, or a negative strength.
+        """
+        if self.sae is None:
+            raise ValueError("Steering needs an SAE; this encoder is dense only.")
+        for feature, strength in strengths.items():
+            if not 0 <= int(feature) < self.sae.cfg.d_sae:
+                raise ValueError(f"Feature {feature} is outside 0..{self.sae.cfg.d_sae - 1}.")
+            if not strength >= 0:
+                raise ValueError(f"Steering strength of feature {feature} must be >= 0 (0 suppresses), got {strength}.")
+        code = query.sparse.toarray()[0]
+        peak = float(code.max()) if code.max() > 0 else 1.0
+        for feature, strength in strengths.items():
+            code[int(feature)] = strength * peak
+        dense = query.dense
+        if self.layer is None:
+            raw = self.sae.encode(torch.from_numpy(query.dense))[0]
+            steered = raw.clone()
+            raw_peak = float(raw.max()) if raw.max() > 0 else 1.0
+            for feature, strength in strengths.items():
+                steered[int(feature)] = strength * raw_peak
+            delta = self.sae.decode(steered[None]) - self.sae.decode(raw[None])
+            dense = torch.nn.functional.normalize(torch.from_numpy(query.dense) + delta, dim=-1).numpy()
+        norm = np.linalg.norm(code)
+        sparse = sp.csr_matrix(code / norm if norm > 0 else code, dtype=np.float32)
+        return Encoded(dense=dense.astype(np.float32), sparse=sparse, truncated=query.truncated)
+
     def token_states(self, texts: list[str], layer: int) -> tuple[torch.Tensor, np.ndarray]:
         """States of layer ``layer`` for every real token, and each text's dense embedding.
 

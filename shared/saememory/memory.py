@@ -260,6 +260,7 @@ class SAEMemory:
         session_id: str | None = None,
         min_score: float | None = None,
         fusion: str | None = None,
+        steer: Mapping[int | str, float] | None = None,
     ) -> list[Hit]:
         """The ``k`` messages of one user that best match ``query``, best first.
 
@@ -271,6 +272,10 @@ class SAEMemory:
             session_id: Restrict to one session of that user. Defaults to all sessions.
             min_score: Drop hits whose combined score is below this. Defaults to none.
             fusion: Override the memory's fusion for this call. Defaults to the memory's.
+            steer: Features to boost or suppress in the query before ranking: feature id (or a
+                text matched against feature labels, up to 5 features) to strength, where 1.0
+                makes the feature as strong as the query's strongest and 0 suppresses it.
+                Defaults to none. See ``Encoder.steer``.
 
         Raises:
             TypeError: If ``query`` is not a string or ``k`` not an integer.
@@ -283,6 +288,8 @@ class SAEMemory:
         k = _positive_int("k", k)
         settings = dict(self.settings, fusion=check_fusion(fusion) if fusion else self.settings["fusion"])
         q = self._encode_query(query)
+        if steer:
+            q = self._checked(self.encoder.steer(q, self.resolve_features(steer)), 1)
         q_dense, q_sparse = q.dense[0], q.sparse[0]
         with self._lock:
             rows, dense, sparse = self.index.score(
@@ -297,6 +304,16 @@ class SAEMemory:
                 self._hit(int(rows[p]), rank, float(scores[p]), float(dense[p]), float(sparse[p]), q_sparse)
                 for rank, p in enumerate(chosen.tolist(), start=1)
             ]
+
+    def resolve_features(self, steer: Mapping[int | str, float]) -> dict[int, float]:
+        """Turns a steering spec with feature ids or label texts into feature ids."""
+        if self.encoder.sae is None:
+            raise ValueError("Steering needs an SAE; this memory's encoder is dense only.")
+        out: dict[int, float] = {}
+        for key, strength in steer.items():
+            features = self.encoder.sae.find_features(key) if isinstance(key, str) else [int(key)]
+            out.update({f: float(strength) for f in features})
+        return out
 
     def explain(self, query: str, message_id: str) -> Hit:
         """Scores and features of one stored message against ``query``, whatever its rank."""

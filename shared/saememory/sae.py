@@ -5,6 +5,10 @@ A directory holds ``cfg.json`` and ``sae_weights.safetensors`` exactly as
 ``sae_lens.SAE.load_from_disk``. Importing sae_lens takes about ten seconds, so the
 query path uses this module instead; ``tests/test_sae.py`` proves both encode alike.
 An optional ``labels.json`` beside the weights names the features.
+
+Besides sae-lens' own ``topk``, ``standard`` and ``jumprelu`` SAEs it reads ``kronsae`` SAEs
+(Kurochkin et al. 2025), trained by ``saememory.kronsae``; the mAND maths lives here so that
+inference and training share one implementation.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from safetensors.torch import load_file
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 LABELS_FILENAME = "labels.json"
-ARCHITECTURES = ("topk", "standard", "jumprelu")
+ARCHITECTURES = ("topk", "standard", "jumprelu", "kronsae")
 
 
 @dataclass
@@ -31,13 +35,16 @@ class SAEConfig:
     Args:
         d_in: Width of the vectors the SAE reads.
         d_sae: Number of features.
-        architecture: ``"topk"``, ``"standard"`` (ReLU) or ``"jumprelu"``.
-        k: Active features per vector; required for ``"topk"``.
+        architecture: ``"topk"``, ``"standard"`` (ReLU), ``"jumprelu"`` or ``"kronsae"``.
+        k: Active features per vector; required for ``"topk"`` and ``"kronsae"``.
         apply_b_dec_to_input: Subtract the decoder bias before encoding. Defaults to True.
         rescale_acts_by_decoder_norm: Scale pre-activations by decoder row norms (sae-lens
             TopK). Defaults to False.
         normalize_activations: Must be ``"none"``; other input normalisations are not supported.
         metadata: sae-lens metadata; saememory reads ``model_name`` and ``hook_name``.
+        h: KronSAE heads; required for ``"kronsae"`` (``d_sae = h * m * n``). Defaults to None.
+        m: KronSAE rows of P per head (the first mAND argument). Defaults to None.
+        n: KronSAE rows of Q per head (the second mAND argument). Defaults to None.
     """
 
     d_in: int
@@ -48,6 +55,9 @@ class SAEConfig:
     rescale_acts_by_decoder_norm: bool = False
     normalize_activations: str = "none"
     metadata: dict[str, Any] = field(default_factory=dict)
+    h: int | None = None
+    m: int | None = None
+    n: int | None = None
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -55,13 +65,24 @@ class SAEConfig:
                 f"SAE architecture {self.architecture!r} is not supported; expected one of "
                 f"{ARCHITECTURES}. Convert the SAE to one of these or encode it with sae_lens."
             )
-        if self.architecture == "topk" and (self.k is None or not 0 < self.k <= self.d_sae):
-            raise ValueError(f"A topk SAE needs 0 < k <= d_sae={self.d_sae}, got k={self.k}.")
+        if self.architecture in ("topk", "kronsae") and (self.k is None or not 0 < self.k <= self.d_sae):
+            raise ValueError(
+                f"A {self.architecture} SAE needs 0 < k <= d_sae={self.d_sae}, got k={self.k}."
+            )
+        if self.architecture == "kronsae":
+            check_kron_shape(self.d_sae, self.h, self.m, self.n)
         if self.normalize_activations != "none":
             raise ValueError(
                 f"normalize_activations={self.normalize_activations!r} is not supported; only 'none'. "
                 "Fold the normalisation into the weights (sae-lens can) and save again."
             )
+
+    @property
+    def encoder_width(self) -> int:
+        """Columns of ``W_enc``: ``h * (m + n)`` for KronSAE, else ``d_sae``."""
+        if self.architecture == "kronsae":
+            return self.h * (self.m + self.n)
+        return self.d_sae
 
     @property
     def hook_name(self) -> str | None:
@@ -89,6 +110,9 @@ class SAEConfig:
             rescale_acts_by_decoder_norm=bool(cfg.get("rescale_acts_by_decoder_norm", False)),
             normalize_activations=cfg.get("normalize_activations") or "none",
             metadata=dict(cfg.get("metadata") or {}),
+            h=cfg.get("h"),
+            m=cfg.get("m"),
+            n=cfg.get("n"),
         )
 
 
@@ -97,8 +121,8 @@ class SparseAutoencoder:
 
     Args:
         cfg: The SAE's configuration.
-        weights: ``W_enc`` (d_in x d_sae), ``b_enc``, ``W_dec`` (d_sae x d_in), ``b_dec`` and,
-            for JumpReLU, ``threshold``.
+        weights: ``W_enc`` (d_in x d_sae; d_in x h(m+n) for KronSAE), ``b_enc``, ``W_dec``
+            (d_sae x d_in), ``b_dec`` and, for JumpReLU, ``threshold``.
         labels: Feature id to human-readable label. Defaults to none.
         name: A short identity for manifests and model cards. Defaults to ``"custom"``.
         sha256: Hash of the weights file, so a saved memory can tell whether the SAE changed.
@@ -114,8 +138,8 @@ class SparseAutoencoder:
     ) -> None:
         self.cfg = cfg
         expected = {
-            "W_enc": (cfg.d_in, cfg.d_sae),
-            "b_enc": (cfg.d_sae,),
+            "W_enc": (cfg.d_in, cfg.encoder_width),
+            "b_enc": (cfg.encoder_width,),
             "W_dec": (cfg.d_sae, cfg.d_in),
             "b_dec": (cfg.d_in,),
         }
@@ -173,9 +197,11 @@ class SparseAutoencoder:
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
         pre = x @ self.W_enc + self.b_enc
+        if self.cfg.architecture == "kronsae":
+            pre = kron_latents(pre, self.cfg.h, self.cfg.m, self.cfg.n)
         if self._dec_norm is not None:
             pre = pre * self._dec_norm
-        if self.cfg.architecture == "topk":
+        if self.cfg.architecture in ("topk", "kronsae"):
             values, indices = torch.topk(pre, k=self.cfg.k, dim=-1, sorted=False)
             return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
         acts = pre.relu()
@@ -193,6 +219,22 @@ class SparseAutoencoder:
     def label(self, feature: int) -> str | None:
         return self.labels.get(int(feature))
 
+    def find_features(self, text: str, limit: int = 5) -> list[int]:
+        """Features whose label contains ``text`` (case-insensitive), best matches first.
+
+        A label that equals the text ranks before one that only contains it; then shorter labels.
+
+        Raises:
+            ValueError: If the SAE has no labels, or none matches.
+        """
+        if not self.labels:
+            raise ValueError(f"SAE {self.name!r} has no feature labels; steer by feature id instead.")
+        needle = text.strip().lower()
+        found = [(label.lower() != needle, len(label), f) for f, label in self.labels.items() if needle in label.lower()]
+        if not needle or not found:
+            raise ValueError(f"No feature label of SAE {self.name!r} contains {text!r}; steer by feature id instead.")
+        return [f for _, _, f in sorted(found)[:limit]]
+
     def identity(self) -> dict[str, Any]:
         """What a saved memory records to recognise this SAE again."""
         return {
@@ -203,6 +245,48 @@ class SparseAutoencoder:
             "architecture": self.cfg.architecture,
             "hook_name": self.cfg.hook_name,
         }
+
+
+def check_kron_shape(d_sae: int, h: int | None, m: int | None, n: int | None) -> None:
+    """Raises ValueError unless h, m, n are positive integers with ``h * m * n == d_sae``."""
+    if not all(isinstance(v, int) and v > 0 for v in (h, m, n)):
+        raise ValueError(
+            f"A kronsae SAE needs positive integers h, m, n, got h={h}, m={m}, n={n}; "
+            "set them in cfg.json (sae-lens writes them for saememory.kronsae SAEs)."
+        )
+    if h * m * n != d_sae:
+        raise ValueError(
+            f"A kronsae SAE has d_sae = h * m * n, but h={h}, m={m}, n={n} gives {h * m * n}, "
+            f"not d_sae={d_sae}. Choose h, m, n whose product is d_sae."
+        )
+
+
+def mand(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KronSAE's mAND: ``sqrt(p * q)`` where both are positive, else 0 (broadcasting).
+
+    The square root is taken only where the product is positive, so gradients stay finite.
+    """
+    prod = p.relu() * q.relu()
+    return torch.where(prod > 0, prod.clamp_min(1e-12).sqrt(), torch.zeros_like(prod))
+
+
+def kron_latents(pre: torch.Tensor, h: int, m: int, n: int) -> torch.Tensor:
+    """KronSAE latents from the fused encoder output, before TopK.
+
+    Args:
+        pre: (..., h * (m + n)) encoder pre-activations; per head the first ``m`` columns are
+            ``P_k x`` and the next ``n`` are ``Q_k x``.
+        h: Heads.
+        m: Rows of P per head.
+        n: Rows of Q per head.
+
+    Returns:
+        (..., h * m * n) latents; latent ``(k, i, j)`` sits at ``k * m * n + i * n + j`` and
+        equals ``mand(relu(P_k x)_i, relu(Q_k x)_j)``.
+    """
+    heads = pre.reshape(*pre.shape[:-1], h, m + n)
+    p, q = heads[..., :m], heads[..., m:]
+    return mand(p.unsqueeze(-1), q.unsqueeze(-2)).reshape(*pre.shape[:-1], h * m * n)
 
 
 def load_labels(path: str | Path) -> dict[int, str]:

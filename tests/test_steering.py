@@ -1,0 +1,103 @@
+"""Steering: boosting or suppressing SAE features of the query changes the ranking as asked."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from saememory import Encoder, EncoderConfig, SAEMemory
+from tests.helpers import CONVERSATION, QUESTION
+
+TARGET = "I started learning the guitar two weeks ago."
+
+
+def rank_of(memory: SAEMemory, message_id: str, **kwargs) -> int:
+    hits = memory.search(QUESTION, k=len(memory), **kwargs)
+    return next(h.rank for h in hits if h.id == message_id)
+
+
+def target_features(memory: SAEMemory, target_id: str, n: int = 3) -> list[int]:
+    """The target's strongest features that the query does not already share."""
+    hit = memory.explain(QUESTION, target_id)
+    shared = {f["id"] for f in hit.shared_features}
+    full = SAEMemory(memory.encoder, top_features=50)
+    full.add([{"content": TARGET, "id": "t"}])
+    return [f["id"] for f in full.search(TARGET, k=1)[0].features if f["id"] not in shared][:n]
+
+
+@pytest.fixture
+def target_id(memory) -> str:
+    return next(m["id"] for m in memory.messages() if m["content"] == TARGET)
+
+
+def test_boosting_the_targets_features_raises_it(memory, target_id):
+    before = rank_of(memory, target_id)
+    features = target_features(memory, target_id)
+    after = rank_of(memory, target_id, steer={f: 1.0 for f in features})
+    assert before > 1 and after < before
+
+
+def test_suppressing_shared_features_lowers_the_sparse_score(memory):
+    top = memory.search(QUESTION, k=1)[0]
+    shared = {f["id"]: 0.0 for f in top.shared_features}
+    hits = memory.search(QUESTION, k=len(memory), steer=shared)
+    again = next(h for h in hits if h.id == top.id)
+    assert again.sparse_score < top.sparse_score
+    assert again.dense_score == pytest.approx(top.dense_score, abs=1e-6)  # residual: dense untouched
+
+
+def test_steering_by_label(memory, target_id):
+    features = target_features(memory, target_id, n=2)
+    sae = copy.copy(memory.encoder.sae)
+    sae.labels = {features[0]: "guitar / music lessons", features[1]: "learning an instrument"}
+    labelled = SAEMemory(Encoder(memory.encoder.config, model=memory.encoder.model, sae=sae))
+    labelled.add(CONVERSATION)
+    target_id = next(m["id"] for m in labelled.messages() if m["content"] == TARGET)
+    assert labelled.resolve_features({"GUITAR": 1.0}) == {features[0]: 1.0}
+    before = rank_of(labelled, target_id)
+    assert rank_of(labelled, target_id, steer={"guitar": 1.0, "instrument": 1.0}) < before
+    with pytest.raises(ValueError, match="No feature label"):
+        labelled.search(QUESTION, steer={"submarine": 1.0})
+
+
+def test_embedding_source_moves_the_dense_query(encoder):
+    emb = SAEMemory(Encoder(EncoderConfig(sae="minilm-emb-topk4k"), model=encoder.model))
+    emb.add(CONVERSATION)
+    target_id = next(m["id"] for m in emb.messages() if m["content"] == TARGET)
+    before = emb.explain(QUESTION, target_id)
+    features = target_features(emb, target_id)
+    hits = emb.search(QUESTION, k=len(emb), steer={f: 2.0 for f in features})
+    after = next(h for h in hits if h.id == target_id)
+    assert after.dense_score > before.dense_score and after.rank < before.rank
+
+
+def test_bad_steering(memory, encoder):
+    unlabelled = copy.copy(memory.encoder.sae)
+    unlabelled.labels = {}
+    no_labels = SAEMemory(Encoder(memory.encoder.config, model=encoder.model, sae=unlabelled))
+    no_labels.add(CONVERSATION[:2])
+    with pytest.raises(ValueError, match="no feature labels"):
+        no_labels.search(QUESTION, steer={"guitar": 1.0})
+    with pytest.raises(ValueError, match=">= 0"):
+        memory.search(QUESTION, steer={3: -1.0})
+    with pytest.raises(ValueError, match="outside"):
+        memory.search(QUESTION, steer={10**6: 1.0})
+    dense_only = SAEMemory(Encoder(EncoderConfig(sae=None), model=encoder.model))
+    dense_only.add(CONVERSATION[:2])
+    with pytest.raises(ValueError, match="needs an SAE"):
+        dense_only.search(QUESTION, steer={1: 1.0})
+
+
+def test_steering_through_both_adapters(memory, target_id):
+    from langchain_saememory import SAEMemoryRetriever as LangChainRetriever
+    from llama_index_saememory import SAEMemoryRetriever as LlamaIndexRetriever
+
+    steer = {f: 1.0 for f in target_features(memory, target_id)}
+    expected = [(h.id, h.score) for h in memory.search(QUESTION, k=5, steer=steer)]
+    lc = LangChainRetriever.from_memory(memory, k=5)
+    assert [(d.id, d.metadata["score"]) for d in lc.invoke(QUESTION, steer=steer)] == expected
+    assert [(d.id, d.metadata["score"]) for d in LangChainRetriever.from_memory(memory, k=5, steer=steer).invoke(QUESTION)] == expected
+    li = LlamaIndexRetriever(memory, similarity_top_k=5, steer=steer)
+    assert [(n.node.node_id, n.score) for n in li.retrieve(QUESTION)] == expected
+    assert [d.id for d in lc.invoke(QUESTION)] != [i for i, _ in expected]  # steering changed the ranking
