@@ -316,3 +316,43 @@ def test_concurrent_adds_and_searches(encoder):
         t.join()
     assert not errors
     assert len(memory) == 20
+
+
+# Signals, fusion and selection -----------------------------------------------------------------
+
+
+def test_every_signal_is_explained(encoder):
+    memory = SAEMemory(encoder, bm25_weight=1.0, normalization="minmax", fusion="weighted")
+    memory.add(CONVERSATION)
+    hit = memory.search("Lisbon sister", k=1)[0]
+    assert hit.id == "planted" and hit.bm25_score > 0
+    assert set(hit.signals) == {"dense", "sparse", "bm25"}
+    assert sum(s["share"] for s in hit.signals.values()) == pytest.approx(1.0)
+    assert hit.signals["bm25"]["raw"] == pytest.approx(hit.bm25_score)
+    assert hit.score == pytest.approx(sum(s["normalized"] for s in hit.signals.values()))
+    assert "signals" in hit.to_metadata() and "calibrated_score" in hit.to_metadata()
+
+
+def test_lexical_signal_alone(encoder):
+    memory = SAEMemory(encoder, fusion="bm25")
+    memory.add(CONVERSATION)
+    hits = memory.search("octopuses documentary", k=3)
+    assert "octopuses" in hits[0].content and hits[0].score == pytest.approx(hits[0].bm25_score)
+
+
+def test_adaptive_selection_returns_what_stands_out(encoder):
+    memory = SAEMemory(encoder, selection="adaptive", threshold=2.0)
+    memory.add(CONVERSATION)
+    hits = memory.search(QUESTION, k=10)
+    assert 1 <= len(hits) < 10 and hits[0].id == "planted"
+    assert all(h.calibrated_score >= 2.0 for h in hits[1:])
+    strict = SAEMemory(memory.encoder, selection="adaptive", threshold=100.0)
+    strict.add(CONVERSATION)
+    assert [h.id for h in strict.search(QUESTION, k=10)] == ["planted"]  # at least the best one
+
+
+def test_new_settings_are_validated(encoder):
+    for kwargs, match in [({"bm25_weight": -1}, "bm25_weight"), ({"normalization": "l2"}, "normalization"),
+                          ({"selection": "all"}, "selection"), ({"sparse_weight": "1"}, "sparse_weight")]:
+        with pytest.raises(ValueError, match=match):
+            SAEMemory(encoder, **kwargs)

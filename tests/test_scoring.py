@@ -46,3 +46,57 @@ def test_top_k_with_min_score():
     assert top_k(scores, 2).tolist() == [1, 3]
     assert top_k(scores, 10, min_score=0.5).tolist() == [1, 3, 2]
     assert top_k(scores, 10, min_score=0.95).tolist() == []
+
+
+from saememory.scoring import calibrate, fuse, normalize  # noqa: E402
+
+
+def test_normalizations():
+    s = np.array([1.0, 3.0, 2.0])
+    np.testing.assert_allclose(normalize(s, "minmax"), [0.0, 1.0, 0.5])
+    np.testing.assert_allclose(normalize(s, "zscore"), (s - 2.0) / np.std(s))
+    np.testing.assert_allclose(normalize(s, "rank"), [1 / 3, 1.0, 2 / 3])
+    np.testing.assert_allclose(normalize(s, "none"), s)
+    assert normalize(np.array([0.4, 0.4]), "minmax").tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="normalization"):
+        normalize(s, "softmax")
+
+
+def test_three_signal_weighted_fusion_and_shares():
+    signals = {"dense": np.array([0.2, 0.6]), "sparse": np.array([0.5, 0.1]), "bm25": np.array([0.0, 4.0])}
+    weights = {"dense": 1.0, "sparse": 2.0, "bm25": 0.5}
+    scores, normalized, shares = fuse(signals, weights, "weighted", "minmax")
+    # minmax over two candidates: dense [0, 1], sparse [1, 0], bm25 [0, 1]
+    np.testing.assert_allclose(scores, [2.0, 1.5])
+    np.testing.assert_allclose(shares["sparse"], [1.0, 0.0])
+    np.testing.assert_allclose(shares["dense"][1], 1.0 / 1.5)
+    np.testing.assert_allclose(sum(shares.values()), [1.0, 1.0])
+
+
+def test_zero_weight_leaves_a_signal_out():
+    signals = {"dense": np.array([0.1, 0.9]), "sparse": np.array([0.9, 0.1])}
+    scores, normalized, _ = fuse(signals, {"dense": 1.0, "sparse": 0.0}, "weighted")
+    np.testing.assert_allclose(scores, [0.1, 0.9])
+    assert set(normalized) == {"dense"}
+    with pytest.raises(ValueError, match="bm25"):
+        fuse(signals, {"dense": 1.0, "bm25": 1.0}, "weighted")
+
+
+def test_sqrt_on_normalized_scores():
+    signals = {"dense": np.array([-0.5, 0.5, 0.0]), "sparse": np.array([0.0, 0.3, 0.6])}
+    scores, _, shares = fuse(signals, {"dense": 1.0, "sparse": 1.0}, "sqrt", "minmax")
+    # minmax: dense [0, 1, 0.5], sparse [0, 0.5, 1]
+    np.testing.assert_allclose(scores, [0.0, np.sqrt(1.25), np.sqrt(1.25)])
+    np.testing.assert_allclose(shares["dense"], [0.0, 0.8, 0.2])
+
+
+def test_weighted_rrf():
+    signals = {"dense": np.array([0.9, 0.1]), "bm25": np.array([0.0, 2.0])}
+    scores, _, _ = fuse(signals, {"dense": 2.0, "bm25": 1.0}, "rrf", rrf_k=10)
+    np.testing.assert_allclose(scores, [2 / 11 + 1 / 12, 2 / 12 + 1 / 11])
+
+
+def test_calibrate_is_scale_free():
+    s = np.array([0.1, 0.2, 0.3, 0.9])
+    np.testing.assert_allclose(calibrate(s), calibrate(10 * s + 3))
+    assert calibrate(s).argmax() == 3 and calibrate(np.array([0.5, 0.5])).tolist() == [0.0, 0.0]

@@ -19,59 +19,11 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
+from saememory.arrays import GrowableCSR, GrowableMatrix
+from saememory.lexical import LexicalIndex
+
 FORMAT_VERSION = 1
 CURRENT = "CURRENT"
-
-
-class _Growable:
-    """A row-appendable float32 matrix with amortised O(1) appends."""
-
-    def __init__(self, width: int) -> None:
-        self._data = np.zeros((16, width), dtype=np.float32)
-        self.n = 0
-
-    def append(self, rows: np.ndarray) -> None:
-        need = self.n + rows.shape[0]
-        if need > self._data.shape[0]:
-            grown = np.zeros((max(need, 2 * self._data.shape[0]), self._data.shape[1]), dtype=np.float32)
-            grown[: self.n] = self._data[: self.n]
-            self._data = grown
-        self._data[self.n : need] = rows
-        self.n = need
-
-    @property
-    def view(self) -> np.ndarray:
-        return self._data[: self.n]
-
-
-class _GrowableCSR:
-    """A row-appendable CSR matrix; ``view`` is a zero-copy ``csr_matrix``."""
-
-    def __init__(self, width: int) -> None:
-        self.width = width
-        self.indptr = [0]
-        self.indices = np.zeros(1024, dtype=np.int32)
-        self.data = np.zeros(1024, dtype=np.float32)
-
-    def append(self, block: sp.csr_matrix) -> None:
-        block = sp.csr_matrix(block)
-        start, nnz = self.indptr[-1], block.nnz
-        if start + nnz > self.data.shape[0]:
-            size = max(start + nnz, 2 * self.data.shape[0])
-            self.indices = np.resize(self.indices, size)
-            self.data = np.resize(self.data, size)
-        self.indices[start : start + nnz] = block.indices
-        self.data[start : start + nnz] = block.data
-        self.indptr.extend((block.indptr[1:] + start).tolist())
-
-    @property
-    def view(self) -> sp.csr_matrix:
-        nnz, rows = self.indptr[-1], len(self.indptr) - 1
-        return sp.csr_matrix(
-            (self.data[:nnz], self.indices[:nnz], np.asarray(self.indptr, dtype=np.int64)),
-            shape=(rows, self.width),
-            copy=False,
-        )
 
 
 class MemoryIndex:
@@ -88,8 +40,9 @@ class MemoryIndex:
     def __init__(self, dim: int, d_sae: int, index_type: str = "Flat") -> None:
         self.dim, self.d_sae, self.index_type = dim, d_sae, index_type
         self._faiss = self._new_faiss()
-        self._dense = _Growable(dim)
-        self._sparse = _GrowableCSR(d_sae)
+        self._dense = GrowableMatrix(dim)
+        self._sparse = GrowableCSR(d_sae)
+        self.lexical = LexicalIndex()
         self.records: list[dict[str, Any] | None] = []  # None marks a deleted row
         self.row_of: dict[str, int] = {}
         self._user_rows: dict[str, set[int]] = {}
@@ -123,6 +76,7 @@ class MemoryIndex:
         self._faiss.add_with_ids(dense, ids)
         self._dense.append(dense)
         self._sparse.append(sparse)
+        self.lexical.add([record["content"] for record in records])
         for row, record in zip(ids.tolist(), records):
             self.records.append(record)
             self.row_of[record["id"]] = row
@@ -147,20 +101,32 @@ class MemoryIndex:
         return np.fromiter(sorted(rows), dtype=np.int64, count=len(rows))
 
     def score(
-        self, user_id: str, session_id: str | None, q_dense: np.ndarray, q_sparse: sp.csr_matrix, candidates: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Dense and sparse similarities of the query to one user's candidate rows.
+        self,
+        user_id: str,
+        session_id: str | None,
+        q_dense: np.ndarray,
+        q_sparse: sp.csr_matrix,
+        candidates: int,
+        query_text: str | None = None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Similarities of the query to one user's candidate rows, per signal.
 
         With an exact index every row of the user is a candidate. Otherwise the candidates are
-        the union of FAISS' top ``candidates`` and the sparse top ``candidates``.
+        the union of FAISS' top ``candidates`` and the top ``candidates`` of each other signal.
+
+        Args:
+            query_text: When given, BM25 scores are computed too.
 
         Returns:
-            ``(rows, dense, sparse)``, aligned arrays.
+            ``(rows, signals)``: the candidate rows and, aligned with them, ``"dense"`` and
+            ``"sparse"`` (and ``"bm25"``) scores.
         """
         allowed = self.rows_for(user_id, session_id)
         if allowed.size == 0:
-            return allowed, np.zeros(0, np.float32), np.zeros(0, np.float32)
-        sparse_all = self._sparse_scores(q_sparse, allowed)
+            return allowed, {"dense": np.zeros(0, np.float32), "sparse": np.zeros(0, np.float32)}
+        others = {"sparse": self._sparse_scores(q_sparse, allowed)}
+        if query_text is not None:
+            others["bm25"] = self.lexical.scores(query_text, allowed)
         n_faiss = allowed.size if self.exact else min(allowed.size, candidates)
         params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
         found_scores, found = self._faiss.search(q_dense.reshape(1, -1), n_faiss, params=params)
@@ -172,11 +138,13 @@ class MemoryIndex:
         if self.exact:
             rows, dense = found, found_scores
         else:
-            top_sparse = allowed[np.argsort(-sparse_all, kind="stable")[:candidates]]
-            rows = np.union1d(found, top_sparse)
+            tops = [allowed[np.argsort(-scores, kind="stable")[:candidates]] for scores in others.values()]
+            rows = np.unique(np.concatenate([found, *tops]))
             dense = self._dense.view[rows] @ q_dense.reshape(-1)
         position = np.searchsorted(allowed, rows)
-        return rows, dense.astype(np.float32), sparse_all[position].astype(np.float32)
+        signals = {"dense": dense.astype(np.float32)}
+        signals.update({name: scores[position].astype(np.float32) for name, scores in others.items()})
+        return rows, signals
 
     def _sparse_scores(self, q_sparse: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
         if self.d_sae == 0 or q_sparse.nnz == 0:
@@ -211,6 +179,7 @@ class MemoryIndex:
             faiss_index.add_with_ids(dense, np.arange(live.size, dtype=np.int64))
         np.save(tmp / "dense.npy", dense, allow_pickle=False)
         sp.save_npz(tmp / "sparse.npz", sp.csr_matrix(sparse, dtype=np.float32))
+        self.lexical.select(live).save(tmp)
         faiss.write_index(faiss_index, str(tmp / "faiss.index"))
         with open(tmp / "records.jsonl", "w", encoding="utf-8") as handle:
             for row in live.tolist():
@@ -267,6 +236,7 @@ class MemoryIndex:
             dense = np.load(snapshot / "dense.npy", allow_pickle=False)
             sparse = sp.load_npz(snapshot / "sparse.npz").tocsr()
             stored = faiss.read_index(str(snapshot / "faiss.index"))
+            lexical = LexicalIndex.load(snapshot)
             with open(snapshot / "records.jsonl", encoding="utf-8") as handle:
                 records = [json.loads(line) for line in handle if line.strip()]
         except Exception as err:  # numpy, scipy, faiss and json each raise their own kinds
@@ -277,10 +247,12 @@ class MemoryIndex:
             "sparse.npz": (sparse.shape, (n, manifest["d_sae"])),
             "faiss.index": ((stored.ntotal, stored.d), (n, manifest["dim"])),
             "records.jsonl": ((len(records),), (n,)),
+            "bm25_tf.npz": ((len(lexical),), (n,)),
         }
         for name, (got, want) in shapes.items():
             if tuple(got) != tuple(want):
                 raise ValueError(f"Saved memory at {path} is corrupt: {name} has shape {got}, manifest says {want}.")
+        index.lexical = lexical
         if n:
             index._faiss = stored
             index._dense.append(dense.astype(np.float32))

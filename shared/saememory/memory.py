@@ -22,13 +22,15 @@ import scipy.sparse as sp
 
 from saememory.encoder import Encoded, Encoder, EncoderConfig
 from saememory.index import MemoryIndex
-from saememory.scoring import FUSIONS, check_fusion, combine, top_k
+from saememory.scoring import FUSIONS, SIGNALS, calibrate, check_fusion, check_normalization, fuse, top_k
 
 DEFAULT_USER = "default"
 DEFAULT_SESSION = "default"
 _FIELDS = ("id", "content", "role", "session_id", "timestamp", "user_id")
 # Hit metadata an LLM prompt or an embedder should not see: scores and SAE explanations.
-EXPLANATION_KEYS = ("score", "dense_score", "sparse_score", "rank", "truncated", "features", "shared_features")
+EXPLANATION_KEYS = ("score", "dense_score", "sparse_score", "bm25_score", "calibrated_score", "signals", "rank",
+                    "truncated", "features", "shared_features")
+SELECTIONS = ("topk", "adaptive")
 
 
 @dataclass
@@ -63,6 +65,12 @@ class Hit:
         score: The combined score the ranking used.
         dense_score: Cosine similarity of the dense embeddings.
         sparse_score: Cosine similarity of the SAE codes.
+        bm25_score: BM25 score of the message among the user's messages (0.0 when the lexical
+            signal is off).
+        calibrated_score: How far the combined score stands above the user's other messages for
+            this query, in standard deviations; comparable across queries.
+        signals: Per signal used in the ranking: ``raw`` and ``normalized`` score and ``share``
+            of the combined score.
         rank: 1-based position in the results.
         truncated: True if the message was longer than the model's window and was encoded
             truncated.
@@ -81,6 +89,9 @@ class Hit:
     dense_score: float
     sparse_score: float
     rank: int
+    bm25_score: float = 0.0
+    calibrated_score: float = 0.0
+    signals: dict[str, dict[str, float]] = field(default_factory=dict)
     truncated: bool = False
     features: list[dict[str, Any]] = field(default_factory=list)
     shared_features: list[dict[str, Any]] = field(default_factory=list)
@@ -106,9 +117,17 @@ class SAEMemory:
             ``"Flat"`` (exact).
         fusion: How dense and sparse similarities combine; see ``saememory.scoring``. Defaults
             to ``"sqrt"``, the poster's ``sqrt(dense² + sparse²)`` with negative dense clamped at 0.
-        dense_weight: Dense weight for ``fusion="weighted"``. Defaults to 1.0.
-        sparse_weight: Sparse weight for ``fusion="weighted"``. Defaults to 1.0.
+        dense_weight: Weight of the dense signal. Defaults to 1.0.
+        sparse_weight: Weight of the SAE signal. Defaults to 1.0.
+        bm25_weight: Weight of the lexical BM25 signal (per user, always in step with adds and
+            deletes); 0 leaves it out. Defaults to 0.0.
+        normalization: Per-query normalisation of each signal before fusion: ``"none"``,
+            ``"minmax"``, ``"zscore"`` or ``"rank"``. Defaults to ``"none"``.
         rrf_k: Constant for ``fusion="rrf"``. Defaults to 60.
+        selection: ``"topk"`` returns the ``k`` best; ``"adaptive"`` returns, up to ``k``, the
+            messages whose calibrated score reaches ``threshold`` (at least the best one), so
+            fewer come back when few stand out. Defaults to ``"topk"``.
+        threshold: Calibrated-score cut-off for ``selection="adaptive"``. Defaults to 2.0.
         candidates: Candidates per signal with an approximate ``index_type``. Defaults to 200.
         top_features: SAE features reported per hit (strongest and shared). Defaults to 5.
     """
@@ -121,7 +140,11 @@ class SAEMemory:
         fusion: str = "sqrt",
         dense_weight: float = 1.0,
         sparse_weight: float = 1.0,
+        bm25_weight: float = 0.0,
+        normalization: str = "none",
         rrf_k: int = 60,
+        selection: str = "topk",
+        threshold: float = 2.0,
         candidates: int = 200,
         top_features: int = 5,
     ) -> None:
@@ -130,9 +153,13 @@ class SAEMemory:
         self.encoder = encoder
         self.settings = {
             "fusion": check_fusion(fusion),
-            "dense_weight": float(dense_weight),
-            "sparse_weight": float(sparse_weight),
+            "dense_weight": _weight("dense_weight", dense_weight),
+            "sparse_weight": _weight("sparse_weight", sparse_weight),
+            "bm25_weight": _weight("bm25_weight", bm25_weight),
+            "normalization": check_normalization(normalization),
             "rrf_k": _positive_int("rrf_k", rrf_k),
+            "selection": _choice("selection", selection, SELECTIONS),
+            "threshold": float(threshold),
             "candidates": _positive_int("candidates", candidates),
             "top_features": _non_negative_int("top_features", top_features),
         }
@@ -291,19 +318,34 @@ class SAEMemory:
         if steer:
             q = self._checked(self.encoder.steer(q, self.resolve_features(steer)), 1)
         q_dense, q_sparse = q.dense[0], q.sparse[0]
+        weights = {name: settings[f"{name}_weight"] for name in SIGNALS}
+        fusion = settings["fusion"]
+        lexical = fusion == "bm25" or (fusion not in SIGNALS and weights["bm25"] > 0)
         with self._lock:
-            rows, dense, sparse = self.index.score(
-                user_id or DEFAULT_USER, session_id, q_dense, q_sparse, settings["candidates"]
+            rows, signals = self.index.score(
+                user_id or DEFAULT_USER, session_id, q_dense, q_sparse, settings["candidates"],
+                query_text=query if lexical else None,
             )
             if rows.size == 0:
                 return []
-            scores = combine(dense, sparse, settings["fusion"], settings["dense_weight"],
-                             settings["sparse_weight"], settings["rrf_k"])
-            chosen = top_k(scores, k, min_score)
-            return [
-                self._hit(int(rows[p]), rank, float(scores[p]), float(dense[p]), float(sparse[p]), q_sparse)
-                for rank, p in enumerate(chosen.tolist(), start=1)
-            ]
+            scores, normalized, shares = fuse(signals, weights, fusion, settings["normalization"], settings["rrf_k"])
+            calibrated = calibrate(scores)
+            if settings["selection"] == "adaptive":
+                chosen = top_k(calibrated, k, settings["threshold"])
+                chosen = chosen if chosen.size else top_k(scores, 1)
+                chosen = chosen[scores[chosen] >= min_score] if min_score is not None else chosen
+            else:
+                chosen = top_k(scores, k, min_score)
+            hits = []
+            for rank, p in enumerate(chosen.tolist(), start=1):
+                explained = {
+                    name: {"raw": float(signals[name][p]), "normalized": float(normalized[name][p]),
+                           "share": float(shares[name][p])}
+                    for name in normalized
+                }
+                hits.append(self._hit(int(rows[p]), rank, float(scores[p]), {n: float(v[p]) for n, v in signals.items()},
+                                      float(calibrated[p]), explained, q_sparse))
+            return hits
 
     def resolve_features(self, steer: Mapping[int | str, float]) -> dict[int, float]:
         """Turns a steering spec with feature ids or label texts into feature ids."""
@@ -323,7 +365,16 @@ class SAEMemory:
                 return hit
         raise KeyError(f"Message {message_id!r} was deleted meanwhile.")
 
-    def _hit(self, row: int, rank: int, score: float, dense: float, sparse: float, q_sparse: sp.csr_matrix) -> Hit:
+    def _hit(
+        self,
+        row: int,
+        rank: int,
+        score: float,
+        raw: dict[str, float],
+        calibrated: float,
+        signals: dict[str, dict[str, float]],
+        q_sparse: sp.csr_matrix,
+    ) -> Hit:
         record = self.index.records[row]
         features, shared = self._features(self.index.code(row), q_sparse)
         return Hit(
@@ -334,8 +385,11 @@ class SAEMemory:
             timestamp=record["timestamp"],
             user_id=record["user_id"],
             score=score,
-            dense_score=dense,
-            sparse_score=sparse,
+            dense_score=raw["dense"],
+            sparse_score=raw["sparse"],
+            bm25_score=raw.get("bm25", 0.0),
+            calibrated_score=calibrated,
+            signals=signals,
             rank=rank,
             truncated=record.get("truncated", False),
             features=features,
@@ -510,6 +564,18 @@ def _positive_int(name: str, value: Any) -> int:
     if value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}.")
     return int(value)
+
+
+def _weight(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0 (0 leaves the signal out), got {value!r}.")
+    return float(value)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {allowed}.")
+    return value
 
 
 def _non_negative_int(name: str, value: Any) -> int:

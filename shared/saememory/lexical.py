@@ -1,0 +1,103 @@
+"""BM25 over the stored messages, per user, always in step with adds and deletes.
+
+Term counts live in a CSR matrix row-aligned with the message index; document frequencies,
+the document count and the average length are computed at query time over the searching
+user's live rows. Each user's memory is its own BM25 corpus, and a delete takes effect at
+once, without a rebuild. Tokenisation and the formula are bm25s' defaults (lowercase,
+``\\w\\w+`` tokens, English stopwords, the Lucene variant with k1 = 1.5 and b = 0.75);
+``tests/test_lexical.py`` checks parity with bm25s itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from saememory.arrays import GrowableCSR
+
+
+
+def tokenize(texts: list[str]) -> list[list[str]]:
+    """bm25s' default tokenisation (lowercase, ``\\w\\w+``, English stopwords)."""
+    import bm25s
+
+    tokens = bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
+    return [[t for t in doc if t] for doc in tokens]
+
+
+class LexicalIndex:
+    """Term counts of every stored message, row-aligned with ``MemoryIndex``.
+
+    Args:
+        k1: BM25 term-frequency saturation. Defaults to 1.5.
+        b: BM25 length normalisation. Defaults to 0.75.
+    """
+
+    def __init__(self, k1: float = 1.5, b: float = 0.75) -> None:
+        self.k1, self.b = k1, b
+        self.vocab: dict[str, int] = {}
+        self._tf = GrowableCSR(0)
+        self._lengths: list[int] = []
+
+    def add(self, texts: list[str]) -> None:
+        """Appends one row of term counts per text (in the index's row order)."""
+        rows, cols, counts = [], [], []
+        for row, doc in enumerate(tokenize(texts)):
+            ids, freq = np.unique([self.vocab.setdefault(t, len(self.vocab)) for t in doc], return_counts=True)
+            rows.extend([row] * len(ids))
+            cols.extend(ids.tolist())
+            counts.extend(freq.tolist())
+            self._lengths.append(len(doc))
+        self._tf.width = len(self.vocab)
+        block = sp.csr_matrix((np.asarray(counts, np.float32), (rows, cols)), shape=(len(texts), len(self.vocab)))
+        self._tf.append(block)
+
+    def scores(self, query: str, rows: np.ndarray) -> np.ndarray:
+        """BM25 scores of ``query`` against ``rows``, with ``rows`` as the whole corpus."""
+        out = np.zeros(rows.size, dtype=np.float32)
+        known = [self.vocab[t] for t in tokenize([query])[0] if t in self.vocab]
+        if not known or rows.size == 0:
+            return out
+        terms, repeats = np.unique(known, return_counts=True)  # a repeated query term counts again, as in bm25s
+        tf = self._tf.view[rows][:, terms].toarray()
+        lengths = np.asarray(self._lengths, dtype=np.float32)[rows]
+        n = rows.size
+        df = (tf > 0).sum(axis=0)
+        idf = np.log(1.0 + (n - df + 0.5) / (df + 0.5))
+        avg = max(float(lengths.mean()), 1e-9)
+        norm = self.k1 * (1.0 - self.b + self.b * lengths / avg)
+        return ((tf / (tf + norm[:, None])) * (idf * repeats)).sum(axis=1).astype(np.float32)
+
+    def select(self, rows: np.ndarray) -> LexicalIndex:
+        """A compacted copy holding only ``rows``, renumbered from 0 (for saving)."""
+        out = LexicalIndex(self.k1, self.b)
+        out.vocab = dict(self.vocab)
+        out._tf.width = len(self.vocab)
+        if rows.size:
+            out._tf.append(self._tf.view[rows])
+        out._lengths = [self._lengths[r] for r in rows.tolist()]
+        return out
+
+    def save(self, folder: Path) -> None:
+        sp.save_npz(folder / "bm25_tf.npz", sp.csr_matrix(self._tf.view, dtype=np.float32))
+        np.save(folder / "bm25_lengths.npy", np.asarray(self._lengths, dtype=np.int64), allow_pickle=False)
+        terms = sorted(self.vocab, key=self.vocab.get)
+        (folder / "bm25_vocab.json").write_text(json.dumps({"k1": self.k1, "b": self.b, "terms": terms}))
+
+    @classmethod
+    def load(cls, folder: Path) -> LexicalIndex:
+        params = json.loads((folder / "bm25_vocab.json").read_text())
+        out = cls(params["k1"], params["b"])
+        out.vocab = {t: i for i, t in enumerate(params["terms"])}
+        out._tf.width = len(out.vocab)
+        tf = sp.load_npz(folder / "bm25_tf.npz").tocsr()
+        if tf.shape[0]:
+            out._tf.append(tf)
+        out._lengths = np.load(folder / "bm25_lengths.npy", allow_pickle=False).tolist()
+        return out
+
+    def __len__(self) -> int:
+        return len(self._lengths)

@@ -1,0 +1,61 @@
+"""saememory.lexical: BM25 per user equals bm25s on that user's messages, through deletes and saves."""
+
+from __future__ import annotations
+
+import bm25s
+import numpy as np
+import pytest
+
+from saememory import SAEMemory
+from saememory.lexical import LexicalIndex
+from tests.helpers import CONVERSATION, DISTRACTORS
+
+QUERIES = ["my sister lives in Lisbon", "guitar guitar lessons", "insurance for the car", "zebra quantum"]
+
+
+def bm25s_scores(docs: list[str], query: str) -> np.ndarray:
+    """The reference: bm25s with its defaults, over exactly ``docs``."""
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(docs, stopwords="en", show_progress=False), show_progress=False)
+    tokens = bm25s.tokenize([query], stopwords="en", show_progress=False)
+    if not tokens.vocab:
+        return np.zeros(len(docs))
+    found, scores = retriever.retrieve(tokens, k=len(docs), show_progress=False)
+    out = np.zeros(len(docs))
+    out[found[0]] = scores[0]
+    return out
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_parity_with_bm25s(query):
+    docs = [m["content"] for m in CONVERSATION]
+    lexical = LexicalIndex()
+    lexical.add(docs[:5])
+    lexical.add(docs[5:])  # added in two batches, as a live conversation grows
+    np.testing.assert_allclose(lexical.scores(query, np.arange(len(docs))), bm25s_scores(docs, query), atol=1e-5)
+
+
+def test_each_user_is_its_own_corpus_and_deletes_take_effect(encoder):
+    memory = SAEMemory(encoder, bm25_weight=1.0)
+    memory.add([{"content": t, "user_id": "a", "id": f"a{i}"} for i, t in enumerate(DISTRACTORS[:10])])
+    memory.add([{"content": t, "user_id": "b", "id": f"b{i}"} for i, t in enumerate(DISTRACTORS[5:])])
+    memory.delete(["a1", "a4"])
+    for user in ("a", "b"):
+        stored = memory.messages(user)
+        docs = [m["content"] for m in stored]
+        for query in QUERIES + ["plants that survive low light", "meeting on Friday"]:
+            expected = dict(zip([m["id"] for m in stored], bm25s_scores(docs, query)))
+            for hit in memory.search(query, k=100, user_id=user):
+                assert hit.bm25_score == pytest.approx(expected[hit.id], abs=1e-5)
+
+
+def test_lexical_index_is_saved_and_loaded(encoder, tmp_path):
+    memory = SAEMemory(encoder, bm25_weight=0.5, normalization="minmax", fusion="weighted")
+    memory.add(CONVERSATION)
+    memory.delete(memory.messages()[0]["id"])
+    before = [(h.id, round(h.bm25_score, 6), round(h.score, 6)) for h in memory.search("sister Lisbon", k=20)]
+    memory.save(tmp_path / "m")
+    loaded = SAEMemory.load(tmp_path / "m", encoder=encoder)
+    assert loaded.settings == memory.settings
+    assert [(h.id, round(h.bm25_score, 6), round(h.score, 6)) for h in loaded.search("sister Lisbon", k=20)] == before
+    assert any(b > 0 for _, b, _ in before)
