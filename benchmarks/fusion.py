@@ -1,0 +1,257 @@
+"""Fusion ablations on LongMemEval-S: which signals, normalisation and selection rank best.
+
+    python benchmarks/fusion.py --split report --every 5 --offset 2
+
+Runs on the embeddings cached by ``benchmarks/longmemeval.py`` (same questions, same vectors;
+questions not cached yet are skipped and counted), user turns only, ``_abs`` left out,
+strict questions (with user-side evidence). All scoring goes through saememory's own
+``scoring.fuse`` and ``lexical.LexicalIndex`` (BM25 with bm25s parity). Writes the fusion
+section of BENCHMARKS.md and a selection plot (context precision against context length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import longmemeval as bench  # noqa: E402  (the LongMemEval harness: caches, splits, machine info)
+
+from saememory import Encoder, EncoderConfig  # noqa: E402
+from saememory import longmemeval as lme  # noqa: E402
+from saememory.lexical import LexicalIndex  # noqa: E402
+from saememory.scoring import calibrate, fuse  # noqa: E402
+
+ROOT = bench.ROOT
+MD_START, MD_END = "<!-- fusion:start -->", "<!-- fusion:end -->"
+KS = (5, 10)
+FIXED_K = (1, 3, 5, 10, 20)
+THRESHOLDS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+ADAPTIVE_CAP = 20
+PEER = "minmax: dense + bm25"  # the strongest simple peer (REFERENCE §5)
+
+
+def configurations() -> dict[str, dict[str, Any]]:
+    """Every ablation: signal subsets x normalisations, plus the poster's formula and RRF."""
+    out: dict[str, dict[str, Any]] = {}
+    for signal in ("dense", "sparse", "bm25"):
+        out[signal] = {"weights": {signal: 1.0}, "fusion": "weighted", "normalization": "none"}
+    for size in (2, 3):
+        for subset in combinations(("dense", "sparse", "bm25"), size):
+            for norm in ("minmax", "zscore", "rank"):
+                name = f"{norm}: {' + '.join(subset)}"
+                out[name] = {"weights": dict.fromkeys(subset, 1.0), "fusion": "weighted", "normalization": norm}
+            out[f"rrf: {' + '.join(subset)}"] = {"weights": dict.fromkeys(subset, 1.0), "fusion": "rrf", "normalization": "none"}
+    out["poster sqrt (raw, clamped): dense + sparse"] = {"weights": {"dense": 1.0, "sparse": 1.0}, "fusion": "sqrt", "normalization": "none"}
+    out["poster sqrt (raw, unclamped): dense + sparse"] = {"weights": {"dense": 1.0, "sparse": 1.0}, "fusion": "sqrt_unclamped", "normalization": "none"}
+    out["poster sqrt (minmax): dense + sparse"] = {"weights": {"dense": 1.0, "sparse": 1.0}, "fusion": "sqrt", "normalization": "minmax"}
+    out["poster sqrt (minmax): dense + sparse + bm25"] = {"weights": dict.fromkeys(("dense", "sparse", "bm25"), 1.0), "fusion": "sqrt", "normalization": "minmax"}
+    out["minmax 2:1: dense + bm25"] = {"weights": {"dense": 2.0, "bm25": 1.0}, "fusion": "weighted", "normalization": "minmax"}
+    return out
+
+
+def question_signals(q: dict[str, Any], caches: bench.Caches) -> dict[str, Any] | None:
+    """Cached dense and residual-SAE similarities and BM25 of one question's user turns."""
+    items = lme.messages(q, "user")
+    corpus = bench.build_corpus(items, q["question"], caches) if not caches.base.missing(
+        [bench.text_key("doc", m["content"]) for m in items] + [bench.text_key("query", q["question"])]) else None
+    if corpus is None:
+        return None
+    lexical = LexicalIndex()
+    lexical.add(corpus.texts)
+    rows = np.arange(len(items))
+    return {
+        "ids": corpus.ids,
+        "lengths": np.array([len(t) for t in corpus.texts]),
+        "gold": lme.gold_turn_ids(q, "user"),
+        "gold_sessions": lme.gold_session_ids(q),
+        "type": q["question_type"],
+        "signals": {
+            "dense": corpus.dense @ corpus.q_dense,
+            "sparse": (corpus.sparse["res"] @ corpus.q_sparse["res"].T).toarray().ravel(),
+            "bm25": lexical.scores(q["question"], rows),
+        },
+    }
+
+
+def evaluate(data: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    scores, _, _ = fuse(data["signals"], cfg["weights"], cfg["fusion"], cfg["normalization"])
+    order = np.argsort(-scores, kind="stable")
+    ranked = [data["ids"][i] for i in order[:50]]
+    metrics = lme.retrieval_metrics(ranked, data["gold"], KS)
+    sessions = lme.retrieval_metrics(lme.turns_to_sessions(ranked), data["gold_sessions"], KS)
+    out = {f"turn/{k}": v for k, v in metrics.items()}
+    out.update({f"session/{k}": v for k, v in sessions.items()})
+    chars = np.cumsum(data["lengths"][order])
+    for k in FIXED_K:
+        out[f"cp@{k}"] = lme.context_precision(ranked[:k], data["gold"])
+        out[f"chars@{k}"] = float(chars[min(k, len(order)) - 1])
+    z = calibrate(scores)[order]
+    for t in THRESHOLDS:
+        n = int(max(1, min(ADAPTIVE_CAP, (z >= t).sum())))
+        out[f"cp@z{t}"] = lme.context_precision(ranked[:n], data["gold"])
+        out[f"chars@z{t}"] = float(chars[n - 1])
+        out[f"n@z{t}"] = n
+    return out
+
+
+def bootstrap(diff: np.ndarray, n: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of paired differences."""
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(n, diff.size))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def length_bucket(data: dict[str, Any]) -> str:
+    gold = set(data["gold"])
+    longest = max(int(l) for i, l in zip(data["ids"], data["lengths"]) if i in gold)
+    return "evidence < 500 chars" if longest < 500 else ("500-1000" if longest <= 1000 else "> 1000")
+
+
+def signal_costs(texts: list[str]) -> dict[str, float]:
+    """Per-message indexing cost of each signal on real haystack turns, measured here."""
+    base = Encoder(EncoderConfig(sae=None))
+    res = Encoder(EncoderConfig(), model=base.model)
+    base.encode_documents(texts[:8])  # warm-up
+    costs: dict[str, float] = {}
+    for name, enc in (("dense", base), ("dense + residual SAE", res)):
+        start = time.perf_counter()
+        out = enc.encode_documents(texts)
+        costs[f"{name} s/message"] = (time.perf_counter() - start) / len(texts)
+        if name != "dense":
+            costs["sparse nnz/message"] = out.sparse.nnz / len(texts)
+    start = time.perf_counter()
+    lexical = LexicalIndex()
+    lexical.add(texts)
+    costs["bm25 s/message"] = (time.perf_counter() - start) / len(texts)
+    costs["bm25 nnz/message"] = lexical._tf.view.nnz / len(texts)
+    return costs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--split", choices=("report", "dev", "all"), default="report")
+    parser.add_argument("--every", type=int, default=5)
+    parser.add_argument("--offset", type=int, default=2)
+    parser.add_argument("--cost-messages", type=int, default=200, help="haystack turns timed for the cost table; default 200")
+    parser.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "fusion_selection.png")
+    args = parser.parse_args(argv)
+
+    questions = lme.load(bench.DEFAULT_DATA)
+    dev = bench.dev_ids(questions, Path(bench.DEFAULT_DEV)) if args.split != "all" else set()
+    chosen = bench.select(questions, args.split, dev, args.every, args.offset, None)
+    base = Encoder(EncoderConfig(pooling="max"))
+    caches = bench.Caches(Path(ROOT / "benchmarks" / ".cache"), base)
+    data = [d for d in (question_signals(q, caches) for _, q in chosen) if d is not None and d["gold"]]
+    skipped = len(chosen) - len(data)
+    if not data:
+        sys.exit("No cached strict questions: run benchmarks/longmemeval.py on the same selection first.")
+    cfgs = configurations()
+    results = {name: [evaluate(d, cfg) for d in data] for name, cfg in cfgs.items()}
+    mean = {name: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for name, rows in results.items()}
+
+    lines = [MD_START, "## Fusion ablations (LongMemEval-S, turn level, user turns)", ""]
+    lines += [
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit `{bench.commit()}`; machine: {bench.machine()}",
+        f"- data: `{os.path.relpath(bench.DEFAULT_DATA, ROOT)}`, split `{args.split}`, positions i % {args.every} == {args.offset}, "
+        f"strict questions with cached embeddings: n = {len(data)} ({skipped} selected but skipped: not cached or no user-side evidence)",
+        f"- encoder: all-MiniLM-L6-v2 + `{base.sae.name}` (sha256 {base.sae.sha256[:12]}), max pooling; BM25: saememory's per-user "
+        "index (bm25s parity), English stopwords",
+        f"- command: `python {' '.join(shlex.quote(a) for a in ['benchmarks/fusion.py'] + (argv if argv is not None else sys.argv[1:]))}`",
+        "- none of these questions was used to choose anything; the choices below come from the dev split "
+        "(REFERENCE §10's probe on the i % 5 in {0, 1} questions)",
+        "",
+        "| configuration | turn R_all@5 | turn R_all@10 | turn nDCG@10 | session R_all@5 | session nDCG@10 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in sorted(mean, key=lambda n: -mean[n]["turn/recall_all@10"]):
+        m = mean[name]
+        lines.append(f"| {name} | {m['turn/recall_all@5']:.3f} | {m['turn/recall_all@10']:.3f} | {m['turn/ndcg_any@10']:.3f} | "
+                     f"{m['session/recall_all@5']:.3f} | {m['session/ndcg_any@10']:.3f} |")
+
+    best = max((n for n in mean if n != PEER), key=lambda n: mean[n]["turn/recall_all@10"])
+    lines += ["", f"Paired against the best peer, `{PEER}` (10,000 bootstrap resamples of questions):", "",
+              "| configuration | metric | mean diff | 95% interval | wins / losses / ties |", "|---|---|---|---|---|"]
+    for name in dict.fromkeys([best, "minmax: dense + sparse + bm25", "poster sqrt (raw, clamped): dense + sparse", "dense"]):
+        for metric in ("turn/recall_all@10", "turn/ndcg_any@10"):
+            diff = np.array([a[metric] - b[metric] for a, b in zip(results[name], results[PEER])])
+            low, high = bootstrap(diff)
+            lines.append(f"| {name} | {metric} | {diff.mean():+.3f} | [{low:+.3f}, {high:+.3f}] | "
+                         f"{int((diff > 0).sum())} / {int((diff < 0).sum())} / {int((diff == 0).sum())} |")
+
+    focus = [PEER, "minmax: dense + sparse + bm25", "minmax: dense + sparse", "dense", "bm25", "sparse"]
+    for title, key_of in (("question type", lambda d: d["type"]), ("length of the longest evidence turn", length_bucket)):
+        groups: dict[str, list[int]] = {}
+        for i, d in enumerate(data):
+            groups.setdefault(key_of(d), []).append(i)
+        lines += ["", f"turn R_all@10 by {title}:", "", "| group | n | " + " | ".join(focus) + " |", "|---|---|" + "---|" * len(focus)]
+        for group, idx in sorted(groups.items()):
+            cells = [f"{np.mean([results[n][i]['turn/recall_all@10'] for i in idx]):.3f}" for n in focus]
+            lines.append(f"| {group} | {len(idx)} | " + " | ".join(cells) + " |")
+
+    lines += ["", "Selection: context precision (all evidence turns selected) against context length, for fixed k and for "
+              f"the adaptive mode (calibrated z-score >= threshold, at least 1, at most {ADAPTIVE_CAP}):", "",
+              "| configuration | selection | context precision | mean chars | mean messages |", "|---|---|---|---|---|"]
+    for name in ("minmax: dense + sparse + bm25", PEER):
+        for k in FIXED_K:
+            lines.append(f"| {name} | top {k} | {mean[name][f'cp@{k}']:.3f} | {mean[name][f'chars@{k}']:.0f} | {k} |")
+        for t in THRESHOLDS:
+            lines.append(f"| {name} | z >= {t} | {mean[name][f'cp@z{t}']:.3f} | {mean[name][f'chars@z{t}']:.0f} | "
+                         f"{mean[name][f'n@z{t}']:.1f} |")
+    plot_selection(mean, args.plot)
+    lines += ["", f"![selection]({os.path.relpath(args.plot, args.md.resolve().parent)})"]
+
+    texts = [m["content"] for _, q in chosen[:3] for m in lme.messages(q, "user")][: args.cost_messages]
+    costs = signal_costs(texts)
+    lines += ["", f"Cost per message, measured on {len(texts)} haystack user turns (one process, this machine, other work running):", "",
+              "| measure | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in costs.items()]
+    lines += ["", "Memory per message: dense 384 x 4 B = 1,536 B; SAE code and BM25 counts ~8 B per non-zero (value + index) "
+              "plus row pointers; see the nnz rows above.", MD_END]
+    write(args.md, "\n".join(lines) + "\n")
+    (ROOT / "benchmarks" / "fusion_results.json").write_text(json.dumps({"mean": mean, "n": len(data), "costs": costs}, indent=1))
+    print("\n".join(lines[:40]))
+
+
+def plot_selection(mean: dict[str, dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, style in (("minmax: dense + sparse + bm25", "-"), (PEER, "--")):
+        ax.plot([mean[name][f"chars@{k}"] for k in FIXED_K], [mean[name][f"cp@{k}"] for k in FIXED_K], "o" + style, label=f"{name}, top k")
+        ax.plot([mean[name][f"chars@z{t}"] for t in THRESHOLDS], [mean[name][f"cp@z{t}"] for t in THRESHOLDS], "s" + style,
+                label=f"{name}, adaptive")
+    ax.set_xlabel("mean context length (chars)")
+    ax.set_ylabel("context precision (all evidence retrieved)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write(md_path: Path, section: str) -> None:
+    text = md_path.read_text() if md_path.is_file() else "# Benchmarks\n\n"
+    if MD_START in text and MD_END in text:
+        head, rest = text.split(MD_START, 1)
+        text = head + section.rstrip("\n") + rest.split(MD_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    md_path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
