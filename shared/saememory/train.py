@@ -71,7 +71,7 @@ class TrainConfig:
         holdout: Fraction of messages held out for evaluation. Defaults to 0.05.
         epochs: Passes over the training vectors. Defaults to 2.0.
         batch_size: Vectors per step. Defaults to 1024.
-        lr: Peak Adam learning rate. Defaults to 1e-3.
+        lr: Peak Adam learning rate. Defaults to 4e-3.
         lr_end_fraction: The cosine decay ends at ``lr * lr_end_fraction``. Defaults to 0.1.
         warmup_fraction: Share of the steps spent warming the learning rate up. Defaults to 0.05.
         aux_loss_coefficient: Weight of sae-lens' TopK auxiliary loss, which makes dead latents
@@ -103,7 +103,7 @@ class TrainConfig:
     holdout: float = 0.05
     epochs: float = 2.0
     batch_size: int = 1024
-    lr: float = 1e-3
+    lr: float = 4e-3
     lr_end_fraction: float = 0.1
     warmup_fraction: float = 0.05
     aux_loss_coefficient: float = 1.0
@@ -322,7 +322,8 @@ def fit(cfg: TrainConfig, sae: Any, data: torch.Tensor, checkpoint_dir: Path | N
         checkpoint_dir: Where checkpoints go; None disables checkpointing.
 
     Returns:
-        The schedule plus ``resumed_from_step`` (None for a fresh run) and ``train_seconds``.
+        The schedule plus ``resumed_from_step`` (None for a fresh run), ``train_seconds`` (wall)
+        and ``train_cpu_seconds`` (this process's CPU time, all threads).
 
     Raises:
         FileNotFoundError: If ``cfg.resume`` is set but there is no checkpoint.
@@ -349,7 +350,7 @@ def fit(cfg: TrainConfig, sae: Any, data: torch.Tensor, checkpoint_dir: Path | N
     if cfg.resume:
         resumed = _load_checkpoint(cfg, trainer, checkpoint_dir)
     stream = batches(data, batch, cfg.seed, skip=trainer.n_training_steps)
-    started = time.time()
+    started, started_cpu = time.time(), time.process_time()
     with tqdm(total=steps, initial=trainer.n_training_steps, desc="Training SAE", unit="step") as bar:
         while trainer.n_training_steps < steps:
             trainer.maybe_reset_sparsity()
@@ -362,7 +363,8 @@ def fit(cfg: TrainConfig, sae: Any, data: torch.Tensor, checkpoint_dir: Path | N
                 bar.set_postfix(mse=f"{output.losses['mse_loss'].item():.3f}")
             bar.update(1)
     trainer.set_final_sae_metadata()
-    return {**plan, "resumed_from_step": resumed, "train_seconds": round(time.time() - started, 1)}
+    return {**plan, "resumed_from_step": resumed, "train_seconds": round(time.time() - started, 1),
+            "train_cpu_seconds": round(time.process_time() - started_cpu, 1)}
 
 
 def _checkpoint_settings(cfg: TrainConfig) -> dict[str, Any]:
