@@ -111,10 +111,9 @@ class SAEMemoryRetriever(BaseRetriever):
             **kwargs: Memory settings (``fusion``, ``index_type``, ...) and retriever fields
                 (``min_score``, ...).
         """
-        memory_keys = {"index_type", "fusion", "dense_weight", "sparse_weight", "rrf_k", "candidates", "top_features"}
-        memory = SAEMemory(encoder, **{key: kwargs.pop(key) for key in list(kwargs) if key in memory_keys})
-        memory.add(to_message_dicts(messages, session_id, user_id), show_progress=show_progress)
-        return cls(memory=memory, k=k, user_id=user_id, **kwargs)
+        dicts = to_message_dicts(messages, session_id, user_id)
+        memory, fields = SAEMemory.from_messages(dicts, encoder, show_progress, **kwargs)
+        return cls(memory=memory, k=k, user_id=user_id, **fields)
 
     @classmethod
     def from_memory(cls, memory: SAEMemory, k: int = 10, **kwargs: Any) -> SAEMemoryRetriever:

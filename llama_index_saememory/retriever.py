@@ -12,7 +12,6 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from saememory import EXPLANATION_KEYS, Hit, SAEMemory
 
-_MEMORY_KEYS = {"index_type", "fusion", "dense_weight", "sparse_weight", "rrf_k", "candidates", "top_features"}
 _PASSED_THROUGH = ("id", "session_id", "timestamp", "user_id")
 
 
@@ -116,9 +115,9 @@ class SAEMemoryRetriever(BaseRetriever):
             show_progress: Progress bar while encoding. Defaults to False.
             **kwargs: Memory settings (``fusion``, ``index_type``, ...) and retriever arguments.
         """
-        memory = SAEMemory(encoder, **{key: kwargs.pop(key) for key in list(kwargs) if key in _MEMORY_KEYS})
-        memory.add(to_message_dicts(messages, session_id, user_id), show_progress=show_progress)
-        return cls(memory, similarity_top_k=similarity_top_k, user_id=user_id, **kwargs)
+        dicts = to_message_dicts(messages, session_id, user_id)
+        memory, rest = SAEMemory.from_messages(dicts, encoder, show_progress, **kwargs)
+        return cls(memory, similarity_top_k=similarity_top_k, user_id=user_id, **rest)
 
     def add_messages(self, messages: Iterable[ChatMessage | Mapping[str, Any]], session_id: str | None = None) -> list[str]:
         """Adds messages to the memory, owned by this retriever's user; searchable at once."""

@@ -31,6 +31,9 @@ _FIELDS = ("id", "content", "role", "session_id", "timestamp", "user_id")
 EXPLANATION_KEYS = ("score", "dense_score", "sparse_score", "bm25_score", "calibrated_score", "signals", "rank",
                     "truncated", "features", "shared_features")
 SELECTIONS = ("topk", "adaptive")
+# Keyword arguments of SAEMemory() besides the encoder.
+SETTINGS = ("index_type", "fusion", "dense_weight", "sparse_weight", "bm25_weight", "normalization", "rrf_k",
+            "selection", "threshold", "candidates", "top_features")
 
 
 @dataclass
@@ -170,6 +173,26 @@ class SAEMemory:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    @classmethod
+    def from_messages(
+        cls,
+        messages: Iterable[Message | Mapping[str, Any]],
+        encoder: Encoder | EncoderConfig | None = None,
+        show_progress: bool = False,
+        **kwargs: Any,
+    ) -> tuple[SAEMemory, dict[str, Any]]:
+        """A new memory holding ``messages``, built with the memory settings found in ``kwargs``.
+
+        Returns:
+            ``(memory, rest)``: the memory, and the keyword arguments that were not memory
+            settings (for the caller, e.g. a retriever's own fields).
+        """
+        settings = {key: kwargs.pop(key) for key in list(kwargs) if key in SETTINGS}
+        memory = cls(encoder, **settings)
+        memory.add(messages, show_progress=show_progress)
+        return memory, kwargs
+
 
     def __contains__(self, message_id: object) -> bool:
         with self._lock:
