@@ -356,3 +356,11 @@ def test_new_settings_are_validated(encoder):
                           ({"selection": "all"}, "selection"), ({"sparse_weight": "1"}, "sparse_weight")]:
         with pytest.raises(ValueError, match=match):
             SAEMemory(encoder, **kwargs)
+
+
+def test_update_rejects_the_same_id_twice(memory):
+    with pytest.raises(ValueError, match="once per call"):
+        memory.update([{"id": "planted", "content": "a"}, {"id": "planted", "content": "b"}])
+    assert memory.get("planted")["content"] == PLANTED and len(memory) == len(CONVERSATION)
+    with pytest.raises(TypeError, match="Message 0"):
+        memory.update(["not a message"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -193,7 +194,6 @@ class SAEMemory:
         memory.add(messages, show_progress=show_progress)
         return memory, kwargs
 
-
     def __contains__(self, message_id: object) -> bool:
         with self._lock:
             return message_id in self.index.row_of
@@ -243,22 +243,21 @@ class SAEMemory:
         if not records:
             return []
         ids = [r["id"] for r in records]
-        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
         if repeated:
             raise ValueError(f"Message ids must be unique; repeated in this batch: {repeated[:5]}.")
         with self._lock:
-            stored = [i for i in ids if i in self.index.row_of]
-        if stored:
-            raise ValueError(f"Message ids already stored: {stored[:5]}. Use update() to replace them.")
-        encoded = self._encode_documents([r["content"] for r in records], show_progress)
-        for record, truncated in zip(records, encoded.truncated.tolist()):
-            record["truncated"] = bool(truncated)
+            self._refuse_stored(ids)  # fail before the costly encoding
+        encoded = self._encode_records(records, show_progress)
         with self._lock:
-            stored = [i for i in ids if i in self.index.row_of]  # another thread may have added them
-            if stored:
-                raise ValueError(f"Message ids already stored: {stored[:5]}. Use update() to replace them.")
+            self._refuse_stored(ids)  # another thread may have added them meanwhile
             self.index.add(records, encoded.dense, encoded.sparse)
         return ids
+
+    def _refuse_stored(self, ids: list[str]) -> None:
+        stored = [i for i in ids if i in self.index.row_of]
+        if stored:
+            raise ValueError(f"Message ids already stored: {stored[:5]}. Use update() to replace them.")
 
     def delete(self, message_ids: str | Iterable[str]) -> None:
         """Deletes messages by id; all or, if any id is unknown, none.
@@ -284,13 +283,15 @@ class SAEMemory:
         """
         messages = list(messages)
         for position, message in enumerate(messages):
-            if not (message.id if isinstance(message, Message) else dict(message).get("id")):
+            given = message.id if isinstance(message, Message) else message.get("id") if isinstance(message, Mapping) else 1
+            if not given:
                 raise KeyError(f"Message {position} has no id; update() replaces stored messages by id.")
         records = [_to_record(m, i) for i, m in enumerate(messages)]
         ids = [r["id"] for r in records]
-        encoded = self._encode_documents([r["content"] for r in records], False)
-        for record, truncated in zip(records, encoded.truncated.tolist()):
-            record["truncated"] = bool(truncated)
+        repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+        if repeated:
+            raise ValueError(f"Each id may be updated once per call; repeated: {repeated[:5]}.")
+        encoded = self._encode_records(records, False)
         with self._lock:
             missing = [i for i in ids if i not in self.index.row_of]
             if missing:
@@ -441,8 +442,13 @@ class SAEMemory:
 
     # Encoding with validation ----------------------------------------------------------------
 
-    def _encode_documents(self, texts: list[str], show_progress: bool) -> Encoded:
-        return self._checked(self.encoder.encode_documents(texts, show_progress=show_progress), len(texts))
+    def _encode_records(self, records: list[dict[str, Any]], show_progress: bool) -> Encoded:
+        """Encodes the records' contents and marks each record truncated or not."""
+        texts = [r["content"] for r in records]
+        encoded = self._checked(self.encoder.encode_documents(texts, show_progress=show_progress), len(texts))
+        for record, truncated in zip(records, encoded.truncated.tolist()):
+            record["truncated"] = bool(truncated)
+        return encoded
 
     def _encode_query(self, text: str) -> Encoded:
         return self._checked(self.encoder.encode_query(text), 1)
