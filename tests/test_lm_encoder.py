@@ -19,6 +19,7 @@ import torch
 
 from saememory import DEFAULT_MODEL, Encoder, SAEMemory, SparseAutoencoder
 from saememory import encoder as encoder_module
+from saememory.index import MemoryIndex
 from saememory import lm_encoder
 from saememory.lm_encoder import (
     DENSE_PRESETS,
@@ -397,8 +398,8 @@ def test_memory_add_search_save_load_and_steer(lm, tokenizer, sae_dir, tmp_path)
     assert planted.sparse_score == pytest.approx(float(by_hand), abs=1e-5)
 
     memory.save(tmp_path / "mem")
-    with pytest.raises(ValueError, match="Unknown encoder settings"):
-        SAEMemory.load(tmp_path / "mem")  # the manifest's config is an LMEncoderConfig
+    _, manifest = MemoryIndex.read_manifest(tmp_path / "mem")
+    assert LMEncoderConfig.from_dict(manifest["encoder_config"]) == enc.config
     loaded = SAEMemory.load(tmp_path / "mem", encoder=enc)
     assert [h.id for h in loaded.search(QUESTION, k=3)] == [h.id for h in hits]
     with pytest.raises(ValueError, match="another encoder: pooling"):
