@@ -334,10 +334,12 @@ def write_export(path: Path) -> Path:
 def test_neuronpedia_labels_keep_only_this_saes_records(tmp_path):
     export = write_export(tmp_path / "export.json")
     assert neuronpedia_labels(export, NP_ID) == {5: "family members", 7: "cities in Europe"}
-    with pytest.raises(ValueError, match=r"no labelled record of 'gemma-2b-it/12-res-jb'.*tiny-gemma/1-res-test"):
+    with pytest.raises(ValueError, match=r"no record of 'gemma-2b-it/12-res-jb'.*tiny-gemma/1-res-test"):
         neuronpedia_labels(export, "gemma-2b-it/12-res-jb")
-    with pytest.raises(ValueError, match="neuronpedia_id=None is not '<modelId>/<layer>'"):
+    with pytest.raises(ValueError, match="several SAEs; set LMEncoderConfig.neuronpedia_id"):
         neuronpedia_labels(export, None)
+    with pytest.raises(ValueError, match="not '<modelId>/<layer>'"):
+        neuronpedia_labels(export, "gemma-2b-it")
     plain = tmp_path / "plain.json"  # saememory's own layout carries no model: read as it is
     plain.write_text(json.dumps({"labels": {"3": "weather"}}))
     assert neuronpedia_labels(plain, NP_ID) == {3: "weather"}

@@ -119,6 +119,28 @@ def load_sae(sae: str | Path) -> SparseAutoencoder:
     return SparseAutoencoder.from_disk(path)
 
 
+def steer_code(code: sp.csr_matrix, strengths: dict[int, float], d_sae: int) -> sp.csr_matrix:
+    """A query's sparse code with features boosted or suppressed, normalised again.
+
+    Feature ``f`` is set to ``strengths[f]`` times the code's largest entry (1.0: as strong as
+    the query's strongest feature; 0: suppressed).
+
+    Raises:
+        ValueError: For a feature id outside ``0..d_sae-1`` or a negative strength.
+    """
+    for feature, strength in strengths.items():
+        if not 0 <= int(feature) < d_sae:
+            raise ValueError(f"Feature {feature} is outside 0..{d_sae - 1}.")
+        if not strength >= 0:
+            raise ValueError(f"Steering strength of feature {feature} must be >= 0 (0 suppresses), got {strength}.")
+    row = code.toarray()[0]
+    peak = float(row.max()) if row.max() > 0 else 1.0
+    for feature, strength in strengths.items():
+        row[int(feature)] = strength * peak
+    norm = np.linalg.norm(row)
+    return sp.csr_matrix(row / norm if norm > 0 else row, dtype=np.float32)
+
+
 @lru_cache(maxsize=4)
 def load_sentence_transformer(model: str, device: str = "cpu", trust_remote_code: bool = False):
     """Loads (once per process) a sentence-transformers model; MiniLM comes from the bundled package."""
@@ -238,25 +260,16 @@ class Encoder:
     def steer(self, query: Encoded, strengths: dict[int, float]) -> Encoded:
         """Boosts or suppresses SAE features of an encoded query before ranking.
 
-        The sparse code's feature ``f`` is set to ``strengths[f]`` times the code's largest entry
-        (1.0: as strong as the query's strongest feature; 0: suppressed), then the code is
-        normalised again. For the embedding source, the dense query moves too: by the decoder's
-        reconstruction of the same change to the raw code, then normalised.
+        The sparse code changes as ``steer_code`` says. For the embedding source, the dense
+        query moves too: by the decoder's reconstruction of the same change to the raw code,
+        then normalised.
 
         Raises:
             ValueError: Without an SAE, for an unknown feature id, or a negative strength.
         """
         if self.sae is None:
             raise ValueError("Steering needs an SAE; this encoder is dense only.")
-        for feature, strength in strengths.items():
-            if not 0 <= int(feature) < self.sae.cfg.d_sae:
-                raise ValueError(f"Feature {feature} is outside 0..{self.sae.cfg.d_sae - 1}.")
-            if not strength >= 0:
-                raise ValueError(f"Steering strength of feature {feature} must be >= 0 (0 suppresses), got {strength}.")
-        code = query.sparse.toarray()[0]
-        peak = float(code.max()) if code.max() > 0 else 1.0
-        for feature, strength in strengths.items():
-            code[int(feature)] = strength * peak
+        sparse = steer_code(query.sparse, strengths, self.sae.cfg.d_sae)
         dense = query.dense
         if self.layer is None:
             raw = self.sae.encode(torch.from_numpy(query.dense))[0]
@@ -266,8 +279,6 @@ class Encoder:
                 steered[int(feature)] = strength * raw_peak
             delta = self.sae.decode(steered[None]) - self.sae.decode(raw[None])
             dense = torch.nn.functional.normalize(torch.from_numpy(query.dense) + delta, dim=-1).numpy()
-        norm = np.linalg.norm(code)
-        sparse = sp.csr_matrix(code / norm if norm > 0 else code, dtype=np.float32)
         return Encoded(dense=dense.astype(np.float32), sparse=sparse, truncated=query.truncated)
 
     def token_states(self, texts: list[str], layer: int) -> tuple[torch.Tensor, np.ndarray]:

@@ -39,7 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from saememory.encoder import POOLINGS, Encoded, Encoder, EncoderConfig
+from saememory.encoder import POOLINGS, Encoded, Encoder, EncoderConfig, steer_code
 from saememory.sae import SAEConfig, SparseAutoencoder, load_labels
 
 logger = logging.getLogger(__name__)
@@ -243,38 +243,21 @@ def from_sae_lens(sae: Any, name: str = "custom") -> SparseAutoencoder:
 
 
 def neuronpedia_labels(path: str | Path, neuronpedia_id: str | None) -> dict[int, str]:
-    """Feature labels of one SAE from a Neuronpedia explanations export.
+    """Feature labels of one SAE from a Neuronpedia explanations export (or saememory's layout).
 
     Only records whose ``modelId`` and ``layer`` match ``neuronpedia_id`` (``"<modelId>/<layer>"``,
-    e.g. ``"gemma-2b-it/12-res-jb"``) are kept; when a feature has several, the first wins. A file
-    whose records name no ``modelId`` (saememory's own layouts) is read with
-    ``saememory.sae.load_labels`` as it is.
+    e.g. ``"gemma-2b-it/12-res-jb"``) are kept; see ``saememory.sae.load_labels``.
 
     Raises:
-        ValueError: If the id is missing or malformed, or no record matches it.
+        ValueError: If an export names models but the id is missing or matches no record.
     """
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, list) or not any(isinstance(r, dict) and "modelId" in r for r in data):
-        return load_labels(path)
-    model_id, _, layer = (neuronpedia_id or "").partition("/")
-    if not model_id or not layer:
+    if isinstance(data, list) and any(isinstance(r, dict) and "modelId" in r for r in data) and not neuronpedia_id:
         raise ValueError(
-            f"neuronpedia_id={neuronpedia_id!r} is not '<modelId>/<layer>' (e.g. 'gemma-2b-it/12-res-jb'); "
-            f"set LMEncoderConfig.neuronpedia_id to pick this SAE's records out of {path}."
+            f"{path} holds explanations of several SAEs; set LMEncoderConfig.neuronpedia_id "
+            "('<modelId>/<layer>', e.g. 'gemma-2b-it/12-res-jb') to pick this SAE's records."
         )
-    labels: dict[int, str] = {}
-    for record in data:
-        if isinstance(record, dict) and record.get("modelId") == model_id and str(record.get("layer")) == layer:
-            description = str(record.get("description") or "").strip()
-            if description:
-                labels.setdefault(int(record["index"]), description)
-    if not labels:
-        found = sorted({f"{r.get('modelId')}/{r.get('layer')}" for r in data if isinstance(r, dict)})
-        raise ValueError(
-            f"{path} has no labelled record of {neuronpedia_id!r}; it holds {found[:5]}. "
-            "Export the explanations of this SAE from Neuronpedia, or fix neuronpedia_id."
-        )
-    return labels
+    return load_labels(path, neuronpedia_id)
 
 
 def parse_hook(hook_name: str | None, n_layers: int, what: str = "The SAE") -> tuple[int, str]:
@@ -309,15 +292,6 @@ def decoder_layers(model: Any) -> torch.nn.ModuleList:
 
 class _Stop(Exception):
     """Raised by the capture hook to end the forward pass at the hooked block."""
-
-
-def _move_sae(sae: SparseAutoencoder, device: str | torch.device) -> None:
-    # SparseAutoencoder has no .to(); its tensors are moved in place so codes are computed on
-    # the LM's device.
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "_dec_norm"):
-        value = getattr(sae, name, None)
-        if value is not None:
-            setattr(sae, name, value.to(device))
 
 
 class LMResidualEncoder:
@@ -363,7 +337,7 @@ class LMResidualEncoder:
                 "Use an SAE trained on this model."
             )
         self.device = next(model.parameters()).device
-        _move_sae(sae, self.device)
+        sae.to(self.device)
 
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids per text (BOS first, cut at ``max_tokens``) and which texts were cut."""
@@ -533,7 +507,7 @@ class LMEncoder:
             )
         )
         self.sae = sae
-        self.layer = self.residual.layer  # read by Encoder.steer: the residual (sparse-only) path
+        self.layer = self.residual.layer  # the LM block the sparse side reads
         self.dim = self.dense.dim
         self.cache = CodeCache(cache_dir)
         key = {"identity": self.identity(), "dtype": str(next(lm.parameters()).dtype)}
@@ -583,12 +557,14 @@ class LMEncoder:
         return Encoded(dense=dense.dense, sparse=sparse, truncated=dense.truncated | truncated)
 
     def steer(self, query: Encoded, strengths: dict[int, float]) -> Encoded:
-        """Boosts or suppresses SAE features of an encoded query; see ``Encoder.steer``.
+        """Boosts or suppresses SAE features of an encoded query; see ``saememory.encoder.steer_code``.
 
         The sparse code changes as for saememory's residual source; the dense vector does not.
         """
-        # Encoder.steer reads only self.sae and self.layer (not None: the residual path).
-        return Encoder.steer(self, query, strengths)  # type: ignore[arg-type]
+        if self.sae is None:
+            raise ValueError("Steering needs an SAE.")
+        sparse = steer_code(query.sparse, strengths, self.sae.cfg.d_sae)
+        return Encoded(dense=query.dense, sparse=sparse, truncated=query.truncated)
 
 
 def poster_encoder(device: str = "cuda", dtype: str = "bfloat16", **overrides: Any) -> LMEncoder:

@@ -119,19 +119,23 @@ class SAEMemory:
             members works; its output is validated.
         index_type: FAISS index over inner product, as an ``index_factory`` string. Defaults to
             ``"Flat"`` (exact).
-        fusion: How dense and sparse similarities combine; see ``saememory.scoring``. Defaults
-            to ``"sqrt"``, the poster's ``sqrt(dense² + sparse²)`` with negative dense clamped at 0.
+        fusion: How the signals combine; see ``saememory.scoring``. Defaults to ``"weighted"``:
+            with the default min-max normalisation and equal weights, the sum of the three
+            signals each scaled to [0, 1] over the user's messages for this query. This ranked
+            best on the dev split of LongMemEval-S (BENCHMARKS.md); ``"sqrt"`` is the poster's
+            ``sqrt(dense² + sparse²)`` with negative dense clamped at 0.
         dense_weight: Weight of the dense signal. Defaults to 1.0.
         sparse_weight: Weight of the SAE signal. Defaults to 1.0.
         bm25_weight: Weight of the lexical BM25 signal (per user, always in step with adds and
-            deletes); 0 leaves it out. Defaults to 0.0.
+            deletes); 0 leaves it out. Defaults to 1.0.
         normalization: Per-query normalisation of each signal before fusion: ``"none"``,
-            ``"minmax"``, ``"zscore"`` or ``"rank"``. Defaults to ``"none"``.
+            ``"minmax"``, ``"zscore"`` or ``"rank"``. Defaults to ``"minmax"``.
         rrf_k: Constant for ``fusion="rrf"``. Defaults to 60.
         selection: ``"topk"`` returns the ``k`` best; ``"adaptive"`` returns, up to ``k``, the
             messages whose calibrated score reaches ``threshold`` (at least the best one), so
             fewer come back when few stand out. Defaults to ``"topk"``.
-        threshold: Calibrated-score cut-off for ``selection="adaptive"``. Defaults to 2.0.
+        threshold: Calibrated-score cut-off for ``selection="adaptive"``. Defaults to 2.5
+            (chosen on the dev split).
         candidates: Candidates per signal with an approximate ``index_type``. Defaults to 200.
         top_features: SAE features reported per hit (strongest and shared). Defaults to 5.
     """
@@ -141,14 +145,14 @@ class SAEMemory:
         encoder: Encoder | EncoderConfig | None = None,
         *,
         index_type: str = "Flat",
-        fusion: str = "sqrt",
+        fusion: str = "weighted",
         dense_weight: float = 1.0,
         sparse_weight: float = 1.0,
-        bm25_weight: float = 0.0,
-        normalization: str = "none",
+        bm25_weight: float = 1.0,
+        normalization: str = "minmax",
         rrf_k: int = 60,
         selection: str = "topk",
-        threshold: float = 2.0,
+        threshold: float = 2.5,
         candidates: int = 200,
         top_features: int = 5,
     ) -> None:
@@ -506,7 +510,12 @@ class SAEMemory:
             config = manifest.get("encoder_config")
             if config is None:
                 raise ValueError(f"{path} was saved with a custom encoder; pass encoder= to load it.")
-            encoder = EncoderConfig.from_dict(config)
+            if "lm" in config:  # saved with saememory.lm_encoder's LMEncoder
+                from saememory.lm_encoder import LMEncoder, LMEncoderConfig
+
+                encoder = LMEncoder(LMEncoderConfig.from_dict(config))
+            else:
+                encoder = EncoderConfig.from_dict(config)
         memory = cls(encoder, index_type=manifest["index_type"], **manifest["settings"])
         mismatch = _identity_mismatch(manifest["encoder"], memory.encoder.identity())
         if mismatch:

@@ -188,6 +188,14 @@ class SparseAutoencoder:
         labels = load_labels(path / LABELS_FILENAME) if (path / LABELS_FILENAME).is_file() else None
         return cls(cfg, weights, labels, name=name or path.name, sha256=hashlib.sha256(raw).hexdigest())
 
+    def to(self, device: str | torch.device) -> SparseAutoencoder:
+        """Moves the weights to ``device`` (in place) and returns the SAE."""
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "_dec_norm"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+        return self
+
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations of ``x`` (..., d_in), the same as sae-lens' ``SAE.encode``."""
@@ -289,15 +297,21 @@ def kron_latents(pre: torch.Tensor, h: int, m: int, n: int) -> torch.Tensor:
     return mand(p.unsqueeze(-1), q.unsqueeze(-2)).reshape(*pre.shape[:-1], h * m * n)
 
 
-def load_labels(path: str | Path) -> dict[int, str]:
+def load_labels(path: str | Path, neuronpedia_id: str | None = None) -> dict[int, str]:
     """Reads feature labels from a JSON file.
 
     Two layouts are accepted: saememory's ``{"labels": {"<id>": "<label>", ...}}`` (or the bare
     mapping) and a Neuronpedia explanations export, a list of records with ``index`` and
     ``description``. When a feature has several explanations the first one wins.
 
+    Args:
+        path: The JSON file.
+        neuronpedia_id: ``"<modelId>/<layer>"`` (e.g. ``"gemma-2b-it/12-res-jb"``). When given and
+            the export's records carry ``modelId``, only records of that SAE are kept. Defaults
+            to None (all records).
+
     Raises:
-        ValueError: If the file is in neither layout.
+        ValueError: If the file is in neither layout, the id is malformed, or no record matches it.
     """
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if isinstance(data, dict) and isinstance(data.get("labels"), dict):
@@ -310,13 +324,25 @@ def load_labels(path: str | Path) -> dict[int, str]:
             if value:
                 labels[int(key)] = str(value)
         return labels
-    if isinstance(data, list):
-        for record in data:
-            if not isinstance(record, dict) or "index" not in record:
-                raise ValueError(
-                    f"{path}: a list of labels must hold records with 'index' and 'description' "
-                    f"(a Neuronpedia export); got {str(record)[:80]!r}."
-                )
-            labels.setdefault(int(record["index"]), str(record.get("description", "")).strip())
-        return labels
-    raise ValueError(f"{path}: expected a mapping of feature id to label or a list of records.")
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a mapping of feature id to label or a list of records.")
+    for record in data:
+        if not isinstance(record, dict) or "index" not in record:
+            raise ValueError(
+                f"{path}: a list of labels must hold records with 'index' and 'description' "
+                f"(a Neuronpedia export); got {str(record)[:80]!r}."
+            )
+    if neuronpedia_id is not None and any("modelId" in r for r in data):
+        model_id, _, layer = neuronpedia_id.partition("/")
+        if not model_id or not layer:
+            raise ValueError(f"neuronpedia_id={neuronpedia_id!r} is not '<modelId>/<layer>', e.g. 'gemma-2b-it/12-res-jb'.")
+        kept = [r for r in data if r.get("modelId") == model_id and str(r.get("layer")) == layer]
+        if not kept:
+            found = sorted({f"{r.get('modelId')}/{r.get('layer')}" for r in data})
+            raise ValueError(f"{path} has no record of {neuronpedia_id!r}; it holds {found[:5]}. Export this SAE's explanations.")
+        data = kept
+    for record in data:
+        description = str(record.get("description") or "").strip()
+        if description:
+            labels.setdefault(int(record["index"]), description)
+    return labels
