@@ -516,7 +516,8 @@ def measure_latency(q: dict[str, Any], caches: Caches, rs: list[Retriever], enco
             encoder = CachedEncoder(cache, caches.base_encoder, sae)
 
             def build_and_query(encoder=encoder, fusion=r.fusion):
-                memory = SAEMemory(encoder, fusion=fusion)
+                # The numpy path is combine(): raw dense and sparse, no BM25; pin the memory to it.
+                memory = SAEMemory(encoder, fusion=fusion, normalization="none", bm25_weight=0.0)
                 memory.add(items)
                 return memory, memory.search(query, k=POSTER_TOP)
 
@@ -759,6 +760,11 @@ def write_section(md_path: Path, section: str) -> None:
 # Main ------------------------------------------------------------------------------------------
 
 
+def sae_label(sae: Any) -> str:
+    """An SAE's name and the start of its weights' sha256, as BENCHMARKS.md shows it."""
+    return "none" if sae is None else f"`{sae.name}` (weights sha256 {sae.sha256[:12]}…)"
+
+
 def resolve_sae(value: str) -> str | None:
     return None if value.lower() == "none" else value
 
@@ -850,8 +856,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "n_questions": len(chosen),
         "question_ids": [q["question_id"] for _, q in chosen],
         "machine": machine() + f", torch threads {torch.get_num_threads()}",
-        "encoders": f"all-MiniLM-L6-v2; residual SAE {base.sae.name if base.sae else None} (max pooling); "
-                    f"embedding SAE {emb_encoder.sae.name if emb_encoder else None} (codes from the cached dense vectors)",
+        "encoders": f"all-MiniLM-L6-v2; residual SAE {sae_label(base.sae)} (max pooling); "
+                    f"embedding SAE {sae_label(emb_encoder.sae if emb_encoder else None)} (codes from the cached dense vectors)",
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
         "n_encoded": n_encoded,
         "encode_s": encode_s,
