@@ -31,7 +31,9 @@ def test_hit_carries_scores_and_features(memory):
     hit = memory.search(QUESTION, k=1)[0]
     assert hit.content == PLANTED and hit.rank == 1 and hit.session_id == "s2"
     assert hit.timestamp == "2024-04-12" and hit.role == "user" and hit.user_id == "default"
-    assert hit.score == pytest.approx(np.sqrt(max(hit.dense_score, 0) ** 2 + hit.sparse_score**2), abs=1e-6)
+    # The default: min-max normalised signals, summed with equal weights.
+    assert set(hit.signals) == {"dense", "sparse", "bm25"}
+    assert hit.score == pytest.approx(sum(s["normalized"] for s in hit.signals.values()), abs=1e-6)
     assert 0 < hit.sparse_score <= 1 and -1 <= hit.dense_score <= 1
     assert len(hit.features) == 5
     activations = [f["activation"] for f in hit.features]
@@ -42,6 +44,14 @@ def test_hit_carries_scores_and_features(memory):
     full.add(CONVERSATION)
     top = full.search(QUESTION, k=1)[0]
     assert sum(f["contribution"] for f in top.shared_features) == pytest.approx(top.sparse_score, abs=1e-4)
+
+
+def test_poster_formula_on_raw_scores(encoder):
+    poster = SAEMemory(encoder, fusion="sqrt", normalization="none", bm25_weight=0.0)
+    poster.add(CONVERSATION)
+    for hit in poster.search(QUESTION, k=5):
+        assert hit.score == pytest.approx(np.sqrt(max(hit.dense_score, 0) ** 2 + hit.sparse_score**2), abs=1e-6)
+        assert set(hit.signals) == {"dense", "sparse"}
 
 
 def test_k_larger_than_memory_returns_everything(memory):
