@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", choices=("report", "dev", "all"), default="report")
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--offset", type=int, default=2)
+    parser.add_argument("--max-questions", type=int, default=None, help="at most this many selected questions; default all")
+    parser.add_argument("--fill", action="store_true", help="encode (and cache) the user turns of questions not cached yet")
     parser.add_argument("--cost-messages", type=int, default=200, help="haystack turns timed for the cost table; default 200")
     parser.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "fusion_selection.png")
@@ -150,9 +152,14 @@ def main(argv: list[str] | None = None) -> None:
 
     questions = lme.load(bench.DEFAULT_DATA)
     dev = bench.dev_ids(questions, Path(bench.DEFAULT_DEV)) if args.split != "all" else set()
-    chosen = bench.select(questions, args.split, dev, args.every, args.offset, None)
+    chosen = bench.select(questions, args.split, dev, args.every, args.offset, args.max_questions)
     base = Encoder(EncoderConfig(pooling="max"))
     caches = bench.Caches(Path(ROOT / "benchmarks" / ".cache"), base)
+    if args.fill:
+        from tqdm.auto import tqdm
+
+        for _, q in tqdm(chosen, desc="Encoding user turns (cached)", unit="question"):
+            caches.fill([m["content"] for m in lme.messages(q, "user")], [q["question"]])
     data = [d for d in (question_signals(q, caches) for _, q in chosen) if d is not None and d["gold"]]
     skipped = len(chosen) - len(data)
     if not data:

@@ -534,10 +534,12 @@ def format_hit(content: str, metadata: Mapping[str, Any], width: int = 100) -> s
         return f"#{feature['id']}" + (f" {feature['label']!r}" if feature.get("label") else "")
 
     text = content if len(content) <= width else content[: width - 1] + "…"
+    bm25 = f" bm25={metadata['bm25_score']:.2f}" if "bm25" in (metadata.get("signals") or {}) else ""
     lines = [
-        f"[{metadata.get('rank', '?')}] score={metadata['score']:.3f} dense={metadata['dense_score']:.3f} "
-        f"sparse={metadata['sparse_score']:.3f}  ({metadata.get('session_id')}, {metadata.get('timestamp')}, "
-        f"{metadata.get('role')}){' [truncated]' if metadata.get('truncated') else ''}",
+        f"[{metadata.get('rank', '?')}] score={metadata['score']:.3f} (z={metadata.get('calibrated_score', 0.0):.1f}) "
+        f"dense={metadata['dense_score']:.3f} sparse={metadata['sparse_score']:.3f}{bm25}  "
+        f"({metadata.get('session_id')}, {metadata.get('timestamp')}, {metadata.get('role')})"
+        f"{' [truncated]' if metadata.get('truncated') else ''}",
         f"    {text}",
     ]
     if metadata.get("shared_features"):
