@@ -33,7 +33,6 @@ from saememory.lexical import LexicalIndex  # noqa: E402
 from saememory.scoring import calibrate, fuse  # noqa: E402
 
 ROOT = bench.ROOT
-MD_START, MD_END = "<!-- fusion:start -->", "<!-- fusion:end -->"
 KS = (5, 10)
 FIXED_K = (1, 3, 5, 10, 20)
 THRESHOLDS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
@@ -147,8 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fill", action="store_true", help="encode (and cache) the user turns of questions not cached yet")
     parser.add_argument("--cost-messages", type=int, default=200, help="haystack turns timed for the cost table; default 200")
     parser.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
-    parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "fusion_selection.png")
+    parser.add_argument("--plot", type=Path, default=None, help="default benchmarks/fusion_selection_<split>.png")
     args = parser.parse_args(argv)
+    args.plot = args.plot or ROOT / "benchmarks" / f"fusion_selection_{args.split}.png"
 
     questions = lme.load(bench.DEFAULT_DATA)
     dev = bench.dev_ids(questions, Path(bench.DEFAULT_DEV)) if args.split != "all" else set()
@@ -168,7 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     results = {name: [evaluate(d, cfg) for d in data] for name, cfg in cfgs.items()}
     mean = {name: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for name, rows in results.items()}
 
-    lines = [MD_START, "## Fusion ablations (LongMemEval-S, turn level, user turns)", ""]
+    start, end = f"<!-- fusion-{args.split}:start -->", f"<!-- fusion-{args.split}:end -->"
+    purpose = ("the dev split: what the defaults were chosen on" if args.split == "dev"
+               else "held-out questions: nothing was chosen on them")
+    lines = [start, f"## Fusion ablations, {purpose} (LongMemEval-S, turn level, user turns)", ""]
     lines += [
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit `{bench.commit()}`; machine: {bench.machine()}",
         f"- data: `{os.path.relpath(bench.DEFAULT_DATA, ROOT)}`, split `{args.split}`, positions i % {args.every} == {args.offset}, "
@@ -176,8 +179,9 @@ def main(argv: list[str] | None = None) -> None:
         f"- encoder: all-MiniLM-L6-v2 + `{base.sae.name}` (sha256 {base.sae.sha256[:12]}), max pooling; BM25: saememory's per-user "
         "index (bm25s parity), English stopwords",
         f"- command: `python {' '.join(shlex.quote(a) for a in ['benchmarks/fusion.py'] + (argv if argv is not None else sys.argv[1:]))}`",
-        "- none of these questions was used to choose anything; the choices below come from the dev split "
-        "(REFERENCE §10's probe on the i % 5 in {0, 1} questions)",
+        ("- the defaults (min-max dense + SAE + BM25, equal weights; adaptive threshold 2.5) were chosen on this split"
+         if args.split == "dev" else
+         "- none of these questions was used to choose anything; the defaults were chosen on the dev split (section above)"),
         "",
         "| configuration | turn R_all@5 | turn R_all@10 | turn nDCG@10 | session R_all@5 | session nDCG@10 |",
         "|---|---|---|---|---|---|",
@@ -225,9 +229,9 @@ def main(argv: list[str] | None = None) -> None:
               "| measure | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" for k, v in costs.items()]
     lines += ["", "Memory per message: dense 384 x 4 B = 1,536 B; SAE code and BM25 counts ~8 B per non-zero (value + index) "
-              "plus row pointers; see the nnz rows above.", MD_END]
-    write(args.md, "\n".join(lines) + "\n")
-    (ROOT / "benchmarks" / "fusion_results.json").write_text(json.dumps({"mean": mean, "n": len(data), "costs": costs}, indent=1))
+              "plus row pointers; see the nnz rows above.", end]
+    write(args.md, "\n".join(lines) + "\n", start, end)
+    (ROOT / "benchmarks" / f"fusion_results_{args.split}.json").write_text(json.dumps({"mean": mean, "n": len(data), "costs": costs}, indent=1))
     print("\n".join(lines[:40]))
 
 
@@ -250,11 +254,11 @@ def plot_selection(mean: dict[str, dict[str, float]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def write(md_path: Path, section: str) -> None:
+def write(md_path: Path, section: str, start: str, end: str) -> None:
     text = md_path.read_text() if md_path.is_file() else "# Benchmarks\n\n"
-    if MD_START in text and MD_END in text:
-        head, rest = text.split(MD_START, 1)
-        text = head + section.rstrip("\n") + rest.split(MD_END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     md_path.write_text(text)
