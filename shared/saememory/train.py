@@ -523,6 +523,7 @@ def train(cfg: TrainConfig) -> Path:
             "resumed_from_step": run["resumed_from_step"],
             "collect_seconds": round(acts.collect_seconds, 1),
             "train_seconds": run["train_seconds"],
+            "train_cpu_seconds": run["train_cpu_seconds"],
         },
         "heldout": metrics,
         **cfg.extra_card,
