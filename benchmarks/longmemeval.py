@@ -562,6 +562,7 @@ def summarize(rows: list[dict[str, Any]], latencies: list[dict[str, Any]], rs: l
             for t in types
         }
     summary["type_counts"] = {t: sum(r["question_type"] == t for r in strict) for t in types}
+    summary["run_type_counts"] = {t: sum(r["question_type"] == t for r in rows) for t in lme.QUESTION_TYPES}
     summary["delta_vs_dense"] = {}
     rng = np.random.default_rng(0)
     base = np.array([r["retrievers"][names[0]]["turn"]["recall_all@10"] for r in strict])
@@ -657,6 +658,9 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], rs: list[Retriever],
         f"- Questions: {meta['n_questions']} run; official protocol strict average over {strict[names[0]]['n']} "
         f"(at least one gold user turn), no-abs average over {summary['official']['no_abs'][names[0]]['n']}; "
         f"poster's protocol over {summary['poster'][names[0]]['n']} (at least one evidence turn of either role).",
+        "- Question types in the run: " + ", ".join(f"{t} {n}" for t, n in summary["run_type_counts"].items())
+        + " (the file groups questions by type, so a run cut short by `--max-questions` misses the later types;"
+        " a larger `--every` spreads a small run over all of them).",
         f"- Machine: {meta['machine']}",
         f"- Encoders: {meta['encoders']}",
         f"- Command: `{meta['command']}`",
