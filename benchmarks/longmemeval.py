@@ -76,7 +76,7 @@ def text_key(kind: str, text: str) -> str:
 class VectorCache:
     """Dense vectors and sparse codes of texts for one encoder configuration, on disk.
 
-    A directory of chunks: ``NNNNN.dense.npy``, ``NNNNN.sparse.npz`` and ``NNNNN.keys.json``
+    A directory of chunks: ``<stem>.dense.npy``, ``<stem>.sparse.npz`` and ``<stem>.keys.json``
     (text hashes, written last, so a chunk without keys is ignored), plus ``identity.json``.
 
     Args:
@@ -109,7 +109,8 @@ class VectorCache:
         """Stores a chunk of encodings (rows aligned with ``keys``)."""
         if not keys:
             return
-        stem = f"{len(self.chunks):05d}"
+        # Unique per process and time: two runs filling one cache at once must not overwrite each other.
+        stem = f"{time.time_ns()}-{os.getpid()}"
         np.save(self.directory / f"{stem}.dense.npy", dense.astype(np.float32), allow_pickle=False)
         sp.save_npz(self.directory / f"{stem}.sparse.npz", sp.csr_matrix(sparse, dtype=np.float32))
         (self.directory / f"{stem}.keys.json").write_text(json.dumps(keys))
