@@ -23,7 +23,8 @@ maximum spanning forest, edges pointing from the denser (parent) to the sparser 
 then again with the parents of the first level removed.
 
 ``labels.json`` and ``families.json`` sit beside an SAE's weights; ``SparseAutoencoder.from_disk``
-reads the labels and :func:`load_families` the families.
+reads the labels and :func:`load_families` the families; :func:`describe_family` shapes one
+feature's family for a hit and :func:`find_features` finds features by the terms of their labels.
 """
 
 from __future__ import annotations
@@ -421,7 +422,7 @@ def check_labels(
         has = np.asarray(holds[:, ids].sum(axis=1)).ravel() > 0 if ids else np.zeros(acts.shape[0], bool)
         hit_strong, hit_quiet = int(has[strong].sum()), int(has[quiet].sum())
         n_strong, n_quiet = int(strong.sum()), int(quiet.sum())
-        passed = n_quiet == 0 or hit_strong / n_strong > hit_quiet / n_quiet
+        passed = n_quiet > 0 and hit_strong * n_quiet > hit_quiet * n_strong  # rates, without division
         lift = ((hit_strong + 1) / (n_strong + 2)) / ((hit_quiet + 1) / (n_quiet + 2))
         return passed, lift
 
