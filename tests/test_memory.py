@@ -374,3 +374,17 @@ def test_update_rejects_the_same_id_twice(memory):
     assert memory.get("planted")["content"] == PLANTED and len(memory) == len(CONVERSATION)
     with pytest.raises(TypeError, match="Message 0"):
         memory.update(["not a message"])
+
+
+def test_hits_carry_feature_families(encoder):
+    import copy
+
+    sae = copy.copy(encoder.sae)
+    code = encoder.encode_documents([PLANTED]).sparse
+    strongest = int(code.indices[np.argmax(code.data)])
+    sae.set_families({strongest: {"parent": 7, "children": [], "root": 7, "depth": 1},
+                      7: {"parent": None, "children": [strongest], "root": 7, "depth": 0}})
+    memory = SAEMemory(Encoder(encoder.config, model=encoder.model, sae=sae))
+    memory.add(CONVERSATION)
+    top = next(f for f in memory.explain(QUESTION, "planted").features if f["id"] == strongest)
+    assert top["family"]["root"] == 7 and top["family"]["size"] == 2

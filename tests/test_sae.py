@@ -103,3 +103,28 @@ def test_labels_json_beside_weights_is_loaded(tmp_path):
     path = save_sae_lens_sae(tmp_path / "sae", "topk")
     (path / "labels.json").write_text(json.dumps({"labels": {"1": "weather"}}))
     assert SparseAutoencoder.from_disk(path).label(1) == "weather"
+
+
+def test_families_beside_weights_are_loaded_and_checked(tmp_path, caplog):
+    path = save_sae_lens_sae(tmp_path / "sae", "topk")
+    sha = SparseAutoencoder.from_disk(path).sha256
+    families = {
+        "format": "saememory-families/1",
+        "sae_sha256": sha,
+        "features": {
+            "1": {"parent": None, "children": [2, 3], "root": 1, "depth": 0},
+            "2": {"parent": 1, "children": [], "root": 1, "depth": 1},
+            "3": {"parent": 1, "children": [], "root": 1, "depth": 1},
+        },
+    }
+    (path / "families.json").write_text(json.dumps(families))
+    (path / "labels.json").write_text(json.dumps({"labels": {"1": "travel", "2": "flights"}}))
+    sae = SparseAutoencoder.from_disk(path)
+    assert sae.family(2) == {"root": 1, "root_label": "travel", "parent": 1, "parent_label": "travel", "depth": 1, "size": 3}
+    assert sae.family(9) is None
+    families["sae_sha256"] = "0" * 64  # made for other weights: warned about, not attached
+    (path / "families.json").write_text(json.dumps(families))
+    with caplog.at_level("WARNING"):
+        stale = SparseAutoencoder.from_disk(path)
+    assert stale.families == {} and stale.family(2) is None
+    assert "rerun benchmarks/label_saes.py" in caplog.text

@@ -429,12 +429,16 @@ class SAEMemory:
         n = self.settings["top_features"]
         if n == 0 or code.nnz == 0:
             return [], []
-        label = self.encoder.sae.label if self.encoder.sae is not None else (lambda f: None)
+        sae = self.encoder.sae
+        label = sae.label if sae is not None else (lambda f: None)
         ids, acts = code.indices, code.data
         strongest = [
             {"id": int(ids[i]), "activation": round(float(acts[i]), 6), "label": label(int(ids[i]))}
             for i in np.argsort(-acts, kind="stable")[:n]
         ]
+        if sae is not None and getattr(sae, "families", None):
+            for feature in strongest:
+                feature["family"] = sae.family(feature["id"])
         q_acts = dict(zip(q_sparse.indices.tolist(), q_sparse.data.tolist()))
         both = [(int(f), float(a) * q_acts[int(f)]) for f, a in zip(ids, acts) if int(f) in q_acts]
         both.sort(key=lambda item: -item[1])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+logger = logging.getLogger(__name__)
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 LABELS_FILENAME = "labels.json"
+FAMILIES_FILENAME = "families.json"
 ARCHITECTURES = ("topk", "standard", "jumprelu", "kronsae")
 
 
@@ -162,6 +165,8 @@ class SparseAutoencoder:
         self.labels: dict[int, str] = dict(labels or {})
         self.name = name
         self.sha256 = sha256
+        self.families: dict[int, dict[str, Any]] = {}
+        self._family_sizes: dict[int, int] = {}
 
     @classmethod
     def from_disk(cls, path: str | Path, name: str | None = None) -> SparseAutoencoder:
@@ -186,7 +191,15 @@ class SparseAutoencoder:
         raw = (path / WEIGHTS_FILENAME).read_bytes()
         weights = load_file(str(path / WEIGHTS_FILENAME))
         labels = load_labels(path / LABELS_FILENAME) if (path / LABELS_FILENAME).is_file() else None
-        return cls(cfg, weights, labels, name=name or path.name, sha256=hashlib.sha256(raw).hexdigest())
+        sae = cls(cfg, weights, labels, name=name or path.name, sha256=hashlib.sha256(raw).hexdigest())
+        if (path / FAMILIES_FILENAME).is_file():
+            from saememory.labels import load_families
+
+            try:
+                sae.set_families(load_families(path / FAMILIES_FILENAME, sae_sha256=sae.sha256))
+            except ValueError as err:  # optional explanations must not make the SAE unusable
+                logger.warning("Feature families not attached: %s", err)
+        return sae
 
     def to(self, device: str | torch.device) -> SparseAutoencoder:
         """Moves the weights to ``device`` (in place) and returns the SAE."""
@@ -226,6 +239,32 @@ class SparseAutoencoder:
 
     def label(self, feature: int) -> str | None:
         return self.labels.get(int(feature))
+
+    def set_families(self, families: dict[int, dict[str, Any]]) -> None:
+        """Attaches feature families (``saememory.labels.load_families``): parent, root, depth."""
+        self.families = dict(families)
+        self._family_sizes = {}
+        for record in self.families.values():
+            self._family_sizes[record["root"]] = self._family_sizes.get(record["root"], 0) + 1
+
+    def family(self, feature: int) -> dict[str, Any] | None:
+        """A feature's family as a hit carries it, or None without families or a record.
+
+        Returns:
+            ``{"root", "root_label", "parent", "parent_label", "depth", "size"}``.
+        """
+        record = self.families.get(int(feature))
+        if record is None:
+            return None
+        root, parent = record["root"], record["parent"]
+        return {
+            "root": root,
+            "root_label": self.labels.get(root),
+            "parent": parent,
+            "parent_label": self.labels.get(parent) if parent is not None else None,
+            "depth": record["depth"],
+            "size": self._family_sizes.get(root, 1),
+        }
 
     def find_features(self, text: str, limit: int = 5) -> list[int]:
         """Features whose label contains ``text`` (case-insensitive), best matches first.
