@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=10, help="messages (or sessions) retrieved per question; default 10")
     parser.add_argument("--granularity", choices=("turn", "session"), default="turn", help="index turns or whole sessions; default turn")
     parser.add_argument("--roles", choices=lme.ROLES, default="user", help="index user turns only (official) or all; default user")
-    parser.add_argument("--fusion", choices=FUSIONS, default="sqrt", help="how dense and SAE scores combine; default sqrt")
+    parser.add_argument("--fusion", choices=FUSIONS, default=None,
+                        help="how the memory's signals combine; default: SAEMemory's own default")
     parser.add_argument("--sae", default=DEFAULT_SAE, help=f"bundled SAE name, SAE directory, or 'none'; default {DEFAULT_SAE}")
     parser.add_argument("--pooling", choices=("max", "mean"), default="max", help="token pooling for a residual SAE; default max")
     parser.add_argument("--out", default="runs/longmemeval_agent.jsonl", help="per-question JSONL; default runs/longmemeval_agent.jsonl")
@@ -101,7 +102,7 @@ def corpus(question: dict[str, Any], granularity: str, roles: str) -> list[dict[
 
 def run_question(question: dict[str, Any], encoder: Encoder, args: argparse.Namespace, model: Any = None) -> dict[str, Any]:
     """Indexes one haystack in a fresh memory, retrieves for the question, and answers if a model is given."""
-    memory = SAEMemory(encoder, fusion=args.fusion)
+    memory = SAEMemory(encoder, **({"fusion": args.fusion} if args.fusion else {}))
     memory.add(corpus(question, args.granularity, args.roles))
     retriever = SAEMemoryRetriever.from_memory(memory, k=args.k)
     docs = retriever.invoke(question["question"])
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     sae = None if args.sae.lower() == "none" else args.sae
     encoder = Encoder(EncoderConfig(sae=sae, pooling=args.pooling))
     print(f"{len(todo)} questions to run ({len(done)} already in {out}); k={args.k}, "
-          f"granularity={args.granularity}, roles={args.roles}, fusion={args.fusion}, sae={sae}.")
+          f"granularity={args.granularity}, roles={args.roles}, fusion={args.fusion or 'default'}, sae={sae}.")
     out.parent.mkdir(parents=True, exist_ok=True)
     hits = []
     for question in tqdm(todo, desc="LongMemEval", unit="question"):
