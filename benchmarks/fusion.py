@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import longmemeval as bench  # noqa: E402  (the LongMemEval harness: caches, splits, machine info)
+import longmemeval as bench  # noqa: E402  (the LongMemEval harness: caches and splits)
+from common import commit, machine, write_section  # noqa: E402
 
 from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory import longmemeval as lme  # noqa: E402
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
                else "held-out questions: nothing was chosen on them")
     lines = [start, f"## Fusion ablations, {purpose} (LongMemEval-S, turn level, user turns)", ""]
     lines += [
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit `{bench.commit()}`; machine: {bench.machine()}",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit `{commit()}`; machine: {machine()}",
         f"- data: `{os.path.relpath(bench.DEFAULT_DATA, ROOT)}`, split `{args.split}`, positions i % {args.every} == {args.offset}, "
         f"strict questions with cached embeddings: n = {len(data)} ({skipped} selected but skipped: not cached or no user-side evidence)",
         f"- encoder: all-MiniLM-L6-v2 + `{base.sae.name}` (sha256 {base.sae.sha256[:12]}), max pooling; BM25: saememory's per-user "
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| {k} | {v:.4g} |" for k, v in costs.items()]
     lines += ["", "Memory per message: dense 384 x 4 B = 1,536 B; SAE code and BM25 counts ~8 B per non-zero (value + index) "
               "plus row pointers; see the nnz rows above.", end]
-    write(args.md, "\n".join(lines) + "\n", start, end)
+    write_section(args.md, "\n".join(lines) + "\n", start, end)
     (ROOT / "benchmarks" / f"fusion_results_{args.split}.json").write_text(json.dumps({"mean": mean, "n": len(data), "costs": costs}, indent=1))
     print("\n".join(lines[:40]))
 
@@ -252,16 +253,6 @@ def plot_selection(mean: dict[str, dict[str, float]], path: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-
-
-def write(md_path: Path, section: str, start: str, end: str) -> None:
-    text = md_path.read_text() if md_path.is_file() else "# Benchmarks\n\n"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    md_path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,8 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -48,8 +46,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from saememory import DEFAULT_SAE, Encoded, Encoder, EncoderConfig, SAEMemory
-from saememory import longmemeval as lme
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import commit, machine, write_section  # noqa: E402
+
+from saememory import DEFAULT_SAE, Encoded, Encoder, EncoderConfig, SAEMemory  # noqa: E402
+from saememory import longmemeval as lme  # noqa: E402
 from saememory.scoring import combine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -622,27 +623,6 @@ def plot(summary: dict[str, Any], rs: list[Retriever], path: Path) -> None:
     plt.close(fig)
 
 
-def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs, {model}, {platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return head + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def fmt(x: float) -> str:
     return f"{x:.3f}"
 
@@ -749,17 +729,6 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], rs: list[Retriever],
         MD_END,
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_section(md_path: Path, section: str) -> None:
-    """Replaces the LongMemEval section of ``md_path`` (or appends it), leaving the rest untouched."""
-    text = md_path.read_text() if md_path.is_file() else "# Benchmarks\n\n"
-    if MD_START in text and MD_END in text:
-        head, rest = text.split(MD_START, 1)
-        text = head + section.rstrip("\n") + rest.split(MD_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    md_path.write_text(text)
 
 
 # Main ------------------------------------------------------------------------------------------
@@ -876,7 +845,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         json.dumps({"meta": meta, "summary": summary, "latency": latencies}, indent=1) + "\n")
     if str(args.md).lower() != "none":
         plot_name = os.path.relpath(plot_path, args.md.resolve().parent)
-        write_section(args.md, markdown(summary, meta, rs, plot_name))
+        write_section(args.md, markdown(summary, meta, rs, plot_name), MD_START, MD_END)
         print(f"Updated {args.md}")
     strict = summary["official"]["strict"]
     for r in rs:
