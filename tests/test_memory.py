@@ -39,6 +39,9 @@ def test_hit_carries_scores_and_features(memory):
     activations = [f["activation"] for f in hit.features]
     assert activations == sorted(activations, reverse=True) and activations[0] > 0
     assert hit.shared_features and all(f["contribution"] > 0 for f in hit.shared_features)
+    # The shipped SAE's labels and families reach the hit.
+    assert all(f["label"] for f in hit.features + hit.shared_features)
+    assert any(f.get("family") for f in hit.features + hit.shared_features)
     # With every shared feature listed, contributions add up to the sparse score.
     full = SAEMemory(memory.encoder, top_features=10_000)
     full.add(CONVERSATION)
@@ -344,7 +347,7 @@ def test_every_signal_is_explained(encoder):
 
 
 def test_lexical_signal_alone(encoder):
-    memory = SAEMemory(encoder, fusion="bm25")
+    memory = SAEMemory(encoder, fusion="bm25", normalization="none")
     memory.add(CONVERSATION)
     hits = memory.search("octopuses documentary", k=3)
     assert "octopuses" in hits[0].content and hits[0].score == pytest.approx(hits[0].bm25_score)

@@ -436,9 +436,7 @@ class SAEMemory:
             {"id": int(ids[i]), "activation": round(float(acts[i]), 6), "label": label(int(ids[i]))}
             for i in np.argsort(-acts, kind="stable")[:n]
         ]
-        if sae is not None and getattr(sae, "families", None):
-            for feature in strongest:
-                feature["family"] = sae.family(feature["id"])
+        families = sae is not None and getattr(sae, "families", None)
         q_acts = dict(zip(q_sparse.indices.tolist(), q_sparse.data.tolist()))
         both = [(int(f), float(a) * q_acts[int(f)]) for f, a in zip(ids, acts) if int(f) in q_acts]
         both.sort(key=lambda item: -item[1])
@@ -446,6 +444,9 @@ class SAEMemory:
             {"id": f, "contribution": round(c, 6), "query_activation": round(q_acts[f], 6), "label": label(f)}
             for f, c in both[:n]
         ]
+        if families:
+            for feature in strongest + shared:
+                feature["family"] = sae.family(feature["id"])
         return strongest, shared
 
     # Encoding with validation ----------------------------------------------------------------

@@ -190,8 +190,17 @@ class SparseAutoencoder:
         cfg = SAEConfig.from_dict(json.loads((path / CFG_FILENAME).read_text()))
         raw = (path / WEIGHTS_FILENAME).read_bytes()
         weights = load_file(str(path / WEIGHTS_FILENAME))
-        labels = load_labels(path / LABELS_FILENAME) if (path / LABELS_FILENAME).is_file() else None
-        sae = cls(cfg, weights, labels, name=name or path.name, sha256=hashlib.sha256(raw).hexdigest())
+        sha256 = hashlib.sha256(raw).hexdigest()
+        labels = None
+        if (path / LABELS_FILENAME).is_file():
+            made_for = json.loads((path / LABELS_FILENAME).read_text(encoding="utf-8"))
+            made_for = made_for.get("sae_sha256") if isinstance(made_for, dict) else None
+            if made_for not in (None, sha256):  # optional explanations must not make the SAE unusable
+                logger.warning("Labels in %s were made for other weights (sha256 %s); not attached. "
+                               "Rerun benchmarks/label_saes.py for these weights.", path, made_for)
+            else:
+                labels = load_labels(path / LABELS_FILENAME)
+        sae = cls(cfg, weights, labels, name=name or path.name, sha256=sha256)
         if (path / FAMILIES_FILENAME).is_file():
             from saememory.labels import load_families
 
@@ -267,20 +276,21 @@ class SparseAutoencoder:
         }
 
     def find_features(self, text: str, limit: int = 5) -> list[int]:
-        """Features whose label contains ``text`` (case-insensitive), best matches first.
+        """Features whose label holds the words of ``text``, best match first.
 
-        A label that equals the text ranks before one that only contains it; then shorter labels.
+        See ``saememory.labels.find_features`` for the matching rules.
 
         Raises:
             ValueError: If the SAE has no labels, or none matches.
         """
+        from saememory.labels import find_features
+
         if not self.labels:
             raise ValueError(f"SAE {self.name!r} has no feature labels; steer by feature id instead.")
-        needle = text.strip().lower()
-        found = [(label.lower() != needle, len(label), f) for f, label in self.labels.items() if needle in label.lower()]
-        if not needle or not found:
-            raise ValueError(f"No feature label of SAE {self.name!r} contains {text!r}; steer by feature id instead.")
-        return [f for _, _, f in sorted(found)[:limit]]
+        found = find_features(self.labels, text, limit)
+        if not found:
+            raise ValueError(f"No feature label of SAE {self.name!r} matches {text!r}; steer by feature id instead.")
+        return found
 
     def identity(self) -> dict[str, Any]:
         """What a saved memory records to recognise this SAE again."""
