@@ -161,8 +161,26 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
             f"{r['explained_variance']:.3f} | {r['dead_fraction']:.4f} | {r['l0']:.1f} | "
             f"{r['train_cpu_us_per_sample']:.0f} | {r['encode_ms_per_1k_tokens']:.1f} |"
         )
-    lines += ["", MD_END, ""]
+    lines += ["", *comparisons(rows), "", MD_END, ""]
     return "\n".join(lines)
+
+
+def comparisons(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per KronSAE: its explained variance against TopK at equal F and at equal encoder FLOPs."""
+    lines = []
+    for kron in (r for r in rows if r["architecture"] == "kronsae"):
+        name = f"KronSAE {kron['h']} × ({kron['m']}, {kron['n']})"
+        for label, key in (("equal dictionary size", "d_sae"), ("equal encoder FLOPs", "encoder_flops_per_token")):
+            peer = next((r for r in rows if r["architecture"] == "topk" and r[key] == kron[key]), None)
+            if peer is not None:
+                lines.append(
+                    f"- {name} vs TopK F = {peer['d_sae']:,} ({label}): explained variance "
+                    f"{kron['explained_variance']:.3f} vs {peer['explained_variance']:.3f} "
+                    f"({kron['explained_variance'] - peer['explained_variance']:+.3f}), dead fraction "
+                    f"{kron['dead_fraction']:.3f} vs {peer['dead_fraction']:.3f}, encode CPU time "
+                    f"{kron['encode_ms_per_1k_tokens'] / peer['encode_ms_per_1k_tokens']:.2f}× TopK's."
+                )
+    return lines
 
 
 def write_section(md_path: Path, section: str) -> None:
