@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,8 +34,11 @@ from typing import Any
 
 import torch
 
-from saememory.sae import SparseAutoencoder
-from saememory.train import TrainConfig, evaluate, fit, load_activations, make_sae
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import commit, machine, write_section  # noqa: E402
+
+from saememory.sae import SparseAutoencoder  # noqa: E402
+from saememory.train import TrainConfig, evaluate, fit, load_activations, make_sae  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT / ".." / "shared" / "data" / "chat_corpus" / "sgd_topicalchat_turns.jsonl.gz"
@@ -104,30 +105,6 @@ def run_one(setting: dict[str, Any], base: dict[str, Any], train: torch.Tensor, 
     }
 
 
-def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"nproc {os.cpu_count()}, {model}, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}, torch threads {torch.get_num_threads()}")
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return head + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def render(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     ref = next((r for r in rows if r["architecture"] == "topk" and r["d_sae"] == max(x["d_sae"] for x in rows)), rows[0])
     lines = [
@@ -181,17 +158,6 @@ def comparisons(rows: list[dict[str, Any]]) -> list[str]:
                     f"{kron['encode_ms_per_1k_tokens'] / peer['encode_ms_per_1k_tokens']:.2f}× TopK's."
                 )
     return lines
-
-
-def write_section(md_path: Path, section: str) -> None:
-    """Replaces the sae_training section of ``md_path`` (or appends it), leaving the rest untouched."""
-    text = md_path.read_text() if md_path.is_file() else "# Benchmarks\n\n"
-    if MD_START in text and MD_END in text:
-        head, rest = text.split(MD_START, 1)
-        text = head + section.rstrip("\n") + rest.split(MD_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    md_path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -252,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
     if args.md.lower() != "none":
-        write_section(Path(args.md), render(rows, info))
+        write_section(Path(args.md), render(rows, info), MD_START, MD_END)
     print(render(rows, info))
 
 
