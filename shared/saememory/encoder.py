@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from saememory.config import DictConfig
 from saememory.sae import SparseAutoencoder
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ _MINILM_NAMES = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
 
 
 @dataclass
-class EncoderConfig:
+class EncoderConfig(DictConfig):
     """How messages are encoded.
 
     Args:
@@ -58,6 +59,8 @@ class EncoderConfig:
         trust_remote_code: Passed to sentence-transformers (Nomic needs it). Defaults to False.
     """
 
+    settings_name: ClassVar[str] = "encoder"
+
     model: str = DEFAULT_MODEL
     sae: str | None = DEFAULT_SAE
     pooling: str = "max"
@@ -73,16 +76,6 @@ class EncoderConfig:
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"Unknown encoder settings {sorted(unknown)}; known: {sorted(known)}.")
-        return cls(**data)
 
 
 @dataclass

@@ -31,14 +31,15 @@ import json
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from saememory.config import DictConfig
 from saememory.encoder import POOLINGS, Encoded, Encoder, EncoderConfig, steer_code
 from saememory.sae import SAEConfig, SparseAutoencoder, load_labels
 
@@ -90,7 +91,7 @@ DENSE_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class LMEncoderConfig:
+class LMEncoderConfig(DictConfig):
     """How ``LMEncoder`` encodes messages. The defaults are the poster's stack.
 
     Args:
@@ -121,6 +122,8 @@ class LMEncoderConfig:
             ``"float16"`` or ``"float32"``. SAE codes are always computed in float32. Defaults to
             ``"auto"``.
     """
+
+    settings_name: ClassVar[str] = "LM encoder"
 
     lm: str = "google/gemma-2b-it"
     sae_release: str | None = "gemma-2b-it-res-jb"
@@ -168,16 +171,6 @@ class LMEncoderConfig:
                 raise ValueError(f"Unknown preset {name!r}; known: {sorted(table)}.")
         return cls(**{**SPARSE_PRESETS[sparse], **DENSE_PRESETS[dense], **overrides})
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LMEncoderConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"Unknown LM encoder settings {sorted(unknown)}; known: {sorted(known)}.")
-        return cls(**data)
 
 
 def resolve_device(device: str = "auto") -> str:

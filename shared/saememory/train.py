@@ -31,13 +31,14 @@ import logging
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import torch
 
+from saememory.config import DictConfig
 from saememory.encoder import DEFAULT_MODEL, Encoder, EncoderConfig
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ NEIGHBOURS = 10
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     """What to train and on what.
 
     Args:
@@ -87,6 +88,8 @@ class TrainConfig:
         name: Name written into the model card. Defaults to the output directory's name.
         extra_card: Extra fields for ``card.json`` (``notes`` is also shown in the model card).
     """
+
+    settings_name: ClassVar[str] = "training"
 
     corpus: list[str]
     out: str
@@ -146,16 +149,6 @@ class TrainConfig:
                     f"d_sae={self.d_sae}; leave h unset to derive it."
                 )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"Unknown training settings {sorted(unknown)}; known: {sorted(known)}.")
-        return cls(**data)
 
 
 @dataclass
