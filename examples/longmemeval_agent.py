@@ -38,6 +38,9 @@ PROMPT = (
 FEATURES_PER_HIT = 3
 
 
+# --stack: (sparse preset, dense preset) of saememory.lm_encoder; "minilm" is the bundled default.
+STACKS = {"minilm": None, "poster": ("gemma-2b-it-res-jb", "nomic-v1"), "gemma-scope": ("gemma-scope-2b-l12", "nomic-v1.5")}
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", help="a LongMemEval .json or .json.gz file; with --hf, the file name in the HF dataset")
@@ -52,7 +55,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fusion", choices=FUSIONS, default=None,
                         help="how the memory's signals combine; default: SAEMemory's own default")
     parser.add_argument("--sae", default=DEFAULT_SAE, help=f"bundled SAE name, SAE directory, or 'none'; default {DEFAULT_SAE}")
-    parser.add_argument("--pooling", choices=("max", "mean"), default="max", help="token pooling for a residual SAE; default max")
+    parser.add_argument("--pooling", choices=("max", "mean"), default=None,
+                        help="token pooling; default max for minilm, the preset's (mean) for the Gemma stacks")
+    parser.add_argument("--stack", choices=STACKS, default="minilm",
+                        help="minilm: bundled MiniLM + --sae (CPU); poster: gemma-2b-it + gemma-2b-it-res-jb + Nomic v1, "
+                             "as the poster ran it; gemma-scope: gemma-2-2b + Gemma Scope layer 12 + Nomic v1.5 (GPU advised)")
+    parser.add_argument("--device", default="auto", help="Gemma stacks: auto, cuda, mps or cpu; default auto")
+    parser.add_argument("--dtype", default="auto", help="Gemma stacks: auto (bfloat16 on cuda), bfloat16, float16, float32")
+    parser.add_argument("--cache-dir", default=None, help="Gemma stacks: keep message codes across runs; default in memory")
     parser.add_argument("--out", default="runs/longmemeval_agent.jsonl", help="per-question JSONL; default runs/longmemeval_agent.jsonl")
     args = parser.parse_args(argv)
     if args.k <= 0:
@@ -145,6 +155,18 @@ def run_question(question: dict[str, Any], encoder: Encoder, args: argparse.Name
     return record
 
 
+def build_encoder(args: argparse.Namespace, sae: str | None) -> Any:
+    """The encoder of ``--stack``, built once and shared by every question (so its cache works)."""
+    if args.stack == "minilm":
+        return Encoder(EncoderConfig(sae=sae, pooling=args.pooling or "max"))
+    from saememory.lm_encoder import LMEncoder, LMEncoderConfig
+
+    sparse, dense = STACKS[args.stack]
+    extra = {"pooling": args.pooling} if args.pooling else {}
+    config = LMEncoderConfig.preset(sparse, dense, device=args.device, dtype=args.dtype, **extra)
+    return LMEncoder(config, cache_dir=args.cache_dir)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     path = lme.hf_download(args.data) if args.hf else args.data
@@ -159,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     if model is None:
         print("No --chat-model given: retrieval only (no answers, no hypothesis file).")
     sae = None if args.sae.lower() == "none" else args.sae
-    encoder = Encoder(EncoderConfig(sae=sae, pooling=args.pooling))
+    encoder = build_encoder(args, sae)
     print(f"{len(todo)} questions to run ({len(done)} already in {out}); k={args.k}, "
           f"granularity={args.granularity}, roles={args.roles}, fusion={args.fusion or 'default'}, sae={sae}.")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -285,3 +285,21 @@ def test_agent_answers_and_writes_hypotheses(trimmed, tmp_path, monkeypatch, cap
     assert record["hypothesis"] == "Business Administration" and record["answer_model"] == "fake:model"
     hypotheses = [json.loads(line) for line in agent.hypothesis_path(out).read_text().splitlines()]
     assert hypotheses == [{"question_id": "e47becba", "hypothesis": "Business Administration"}]
+
+
+@pytest.mark.parametrize("stack,expected", [
+    ("poster", ("google/gemma-2b-it", "gemma-2b-it-res-jb", "blocks.12.hook_resid_post", "nomic-ai/nomic-embed-text-v1", "mean")),
+    ("gemma-scope", ("google/gemma-2-2b", "gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical",
+                     "nomic-ai/nomic-embed-text-v1.5", "mean")),
+])
+def test_agent_stack_presets_ask_for_the_gpu_stacks(monkeypatch, stack, expected):
+    import saememory.lm_encoder as lm
+
+    agent = load_script(ROOT / "examples" / "longmemeval_agent.py")
+    built = {}
+    monkeypatch.setattr(lm, "LMEncoder", lambda config, cache_dir=None: built.update(config=config, cache_dir=cache_dir) or "encoder")
+    args = agent.parse_args(["data.json", "--stack", stack, "--device", "cuda", "--dtype", "bfloat16", "--cache-dir", "/tmp/codes"])
+    assert agent.build_encoder(args, None) == "encoder"
+    cfg = built["config"]
+    assert (cfg.lm, cfg.sae_release, cfg.sae_id, cfg.dense_model, cfg.pooling) == expected
+    assert (cfg.device, cfg.dtype, built["cache_dir"]) == ("cuda", "bfloat16", "/tmp/codes")
