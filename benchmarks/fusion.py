@@ -57,6 +57,10 @@ def configurations() -> dict[str, dict[str, Any]]:
     out["poster sqrt (minmax): dense + sparse"] = {"weights": {"dense": 1.0, "sparse": 1.0}, "fusion": "sqrt", "normalization": "minmax"}
     out["poster sqrt (minmax): dense + sparse + bm25"] = {"weights": dict.fromkeys(("dense", "sparse", "bm25"), 1.0), "fusion": "sqrt", "normalization": "minmax"}
     out["minmax 2:1: dense + bm25"] = {"weights": {"dense": 2.0, "bm25": 1.0}, "fusion": "weighted", "normalization": "minmax"}
+    for subset in (("dense", "bm25"), ("dense", "sparse"), ("dense", "sparse", "bm25")):
+        for top in (20, 50):
+            out[f"minmax top-{top}: {' + '.join(subset)}"] = {"weights": dict.fromkeys(subset, 1.0), "fusion": "weighted",
+                                                            "normalization": "minmax", "top": top}
     return out
 
 
@@ -85,7 +89,7 @@ def question_signals(q: dict[str, Any], caches: bench.Caches) -> dict[str, Any] 
 
 
 def evaluate(data: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
-    scores, _, _ = fuse(data["signals"], cfg["weights"], cfg["fusion"], cfg["normalization"])
+    scores, _, _ = fuse(data["signals"], cfg["weights"], cfg["fusion"], cfg["normalization"], top=cfg.get("top"))
     order = np.argsort(-scores, kind="stable")
     ranked = [data["ids"][i] for i in order[:50]]
     metrics = lme.retrieval_metrics(ranked, data["gold"], KS)

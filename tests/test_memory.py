@@ -391,3 +391,14 @@ def test_hits_carry_feature_families(encoder):
     memory.add(CONVERSATION)
     top = next(f for f in memory.explain(QUESTION, "planted").features if f["id"] == strongest)
     assert top["family"]["root"] == 7 and top["family"]["size"] == 2
+
+
+def test_normalizing_over_top_lists(encoder):
+    memory = SAEMemory(encoder, normalize_top=3)
+    memory.add(CONVERSATION)
+    hits = memory.search(QUESTION, k=len(CONVERSATION))
+    for name in ("dense", "sparse", "bm25"):
+        assert sum(h.signals[name]["normalized"] > 0 for h in hits) <= 3  # only each signal's top 3 count
+    assert hits[0].id == "planted"
+    with pytest.raises(ValueError, match="normalize_top"):
+        SAEMemory(encoder, normalize_top=0)

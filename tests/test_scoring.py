@@ -100,3 +100,14 @@ def test_calibrate_is_scale_free():
     s = np.array([0.1, 0.2, 0.3, 0.9])
     np.testing.assert_allclose(calibrate(s), calibrate(10 * s + 3))
     assert calibrate(s).argmax() == 3 and calibrate(np.array([0.5, 0.5])).tolist() == [0.0, 0.0]
+
+
+def test_normalizing_over_each_signals_top_list():
+    s = np.array([0.9, 0.1, 0.5, 0.3])
+    # top 2 are 0.9 and 0.5: normalised among themselves; the others score 0
+    np.testing.assert_allclose(normalize(s, "minmax", top=2), [1.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(normalize(s, "minmax", top=3), [1.0, 0.0, (0.5 - 0.3) / 0.6, 0.0])
+    np.testing.assert_allclose(normalize(s, "minmax", top=10), normalize(s, "minmax"))
+    signals = {"dense": np.array([0.9, 0.8, 0.1]), "bm25": np.array([0.0, 5.0, 4.0])}
+    scores, _, _ = fuse(signals, {"dense": 1.0, "bm25": 1.0}, "weighted", "minmax", top=2)
+    np.testing.assert_allclose(scores, [1.0, 1.0, 0.0])

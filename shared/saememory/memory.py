@@ -33,8 +33,8 @@ EXPLANATION_KEYS = ("score", "dense_score", "sparse_score", "bm25_score", "calib
                     "truncated", "features", "shared_features")
 SELECTIONS = ("topk", "adaptive")
 # Keyword arguments of SAEMemory() besides the encoder.
-SETTINGS = ("index_type", "fusion", "dense_weight", "sparse_weight", "bm25_weight", "normalization", "rrf_k",
-            "selection", "threshold", "candidates", "top_features")
+SETTINGS = ("index_type", "fusion", "dense_weight", "sparse_weight", "bm25_weight", "normalization", "normalize_top",
+            "rrf_k", "selection", "threshold", "candidates", "top_features")
 
 
 @dataclass
@@ -130,6 +130,9 @@ class SAEMemory:
             deletes); 0 leaves it out. Defaults to 1.0.
         normalization: Per-query normalisation of each signal before fusion: ``"none"``,
             ``"minmax"``, ``"zscore"`` or ``"rank"``. Defaults to ``"minmax"``.
+        normalize_top: Normalise each signal over its own ``normalize_top`` best messages only,
+            the rest scoring 0 (as LlamaIndex's relative-score fusion of top lists). Defaults to
+            None: over all of the user's messages, which did better on the dev split.
         rrf_k: Constant for ``fusion="rrf"``. Defaults to 60.
         selection: ``"topk"`` returns the ``k`` best; ``"adaptive"`` returns, up to ``k``, the
             messages whose calibrated score reaches ``threshold`` (at least the best one), so
@@ -150,6 +153,7 @@ class SAEMemory:
         sparse_weight: float = 1.0,
         bm25_weight: float = 1.0,
         normalization: str = "minmax",
+        normalize_top: int | None = None,
         rrf_k: int = 60,
         selection: str = "topk",
         threshold: float = 2.5,
@@ -165,6 +169,7 @@ class SAEMemory:
             "sparse_weight": _weight("sparse_weight", sparse_weight),
             "bm25_weight": _weight("bm25_weight", bm25_weight),
             "normalization": check_normalization(normalization),
+            "normalize_top": None if normalize_top is None else _positive_int("normalize_top", normalize_top),
             "rrf_k": _positive_int("rrf_k", rrf_k),
             "selection": _choice("selection", selection, SELECTIONS),
             "threshold": float(threshold),
@@ -356,7 +361,8 @@ class SAEMemory:
             )
             if rows.size == 0:
                 return []
-            scores, normalized, shares = fuse(signals, weights, fusion, settings["normalization"], settings["rrf_k"])
+            scores, normalized, shares = fuse(signals, weights, fusion, settings["normalization"], settings["rrf_k"],
+                                              settings["normalize_top"])
             calibrated = calibrate(scores)
             if settings["selection"] == "adaptive":
                 chosen = top_k(calibrated, k, settings["threshold"])

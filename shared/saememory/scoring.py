@@ -46,17 +46,24 @@ def ranks(scores: np.ndarray) -> np.ndarray:
     return out
 
 
-def normalize(scores: np.ndarray, normalization: str = "none") -> np.ndarray:
+def normalize(scores: np.ndarray, normalization: str = "none", top: int | None = None) -> np.ndarray:
     """Per-query normalisation of one signal over the candidates.
 
     ``"minmax"`` maps to [0, 1]; ``"zscore"`` to mean 0, sd 1; ``"rank"`` to ``1 - (rank-1)/n``.
     A constant signal becomes all zeros under ``"minmax"`` and ``"zscore"``: it cannot tell the
-    candidates apart.
+    candidates apart. With ``top``, only the signal's own ``top`` best candidates are normalised
+    (among themselves) and the rest score 0, as fusing each retriever's top list does
+    (LlamaIndex's relative-score fusion).
     """
     check_normalization(normalization)
     scores = np.asarray(scores, dtype=np.float64)
     if normalization == "none" or scores.size == 0:
         return scores
+    if top is not None and top < scores.size:
+        keep = np.argsort(-scores, kind="stable")[:top]
+        out = np.zeros_like(scores)
+        out[keep] = normalize(scores[keep], normalization)
+        return out
     if normalization == "rank":
         return 1.0 - (ranks(scores) - 1) / scores.size
     if normalization == "minmax":
@@ -72,6 +79,7 @@ def fuse(
     fusion: str = "sqrt",
     normalization: str = "none",
     rrf_k: int = 60,
+    top: int | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Fuses aligned signals into one score per candidate.
 
@@ -81,6 +89,8 @@ def fuse(
         fusion: One of ``FUSIONS``. Defaults to ``"sqrt"``.
         normalization: One of ``NORMALIZATIONS``, applied per signal first. Defaults to ``"none"``.
         rrf_k: The constant of reciprocal-rank fusion. Defaults to 60.
+        top: Normalise each signal over its own ``top`` best candidates only (see ``normalize``).
+            Defaults to None (all candidates).
 
     Returns:
         ``(scores, normalized, shares)``: the fused scores; each used signal normalised; and each
@@ -94,7 +104,7 @@ def fuse(
     missing = [name for name in used if name not in signals]
     if missing:
         raise ValueError(f"fusion={fusion!r} needs signals {missing}, which were not computed.")
-    normalized = {name: normalize(signals[name], normalization) for name in used}
+    normalized = {name: normalize(signals[name], normalization, top) for name in used}
     if fusion == "rrf":
         terms = {name: w / (rrf_k + ranks(normalized[name])) for name, w in used.items()}
     elif fusion == "sqrt":
