@@ -28,30 +28,34 @@ class GrowableMatrix:
 
 
 class GrowableCSR:
-    """A row-appendable CSR matrix; ``view`` is a zero-copy ``csr_matrix``."""
+    """A row-appendable CSR matrix; ``view`` is a zero-copy ``csr_matrix`` (it is read on every search)."""
 
     def __init__(self, width: int) -> None:
         self.width = width
-        self.indptr = [0]
+        self.rows = 0
+        self.indptr = np.zeros(1024, dtype=np.int64)
         self.indices = np.zeros(1024, dtype=np.int32)
         self.data = np.zeros(1024, dtype=np.float32)
 
     def append(self, block: sp.csr_matrix) -> None:
         block = sp.csr_matrix(block)
-        start, nnz = self.indptr[-1], block.nnz
+        start, nnz, n = int(self.indptr[self.rows]), block.nnz, block.shape[0]
         if start + nnz > self.data.shape[0]:
             size = max(start + nnz, 2 * self.data.shape[0])
             self.indices = np.resize(self.indices, size)
             self.data = np.resize(self.data, size)
+        if self.rows + n + 1 > self.indptr.shape[0]:
+            self.indptr = np.resize(self.indptr, max(self.rows + n + 1, 2 * self.indptr.shape[0]))
         self.indices[start : start + nnz] = block.indices
         self.data[start : start + nnz] = block.data
-        self.indptr.extend((block.indptr[1:] + start).tolist())
+        self.indptr[self.rows + 1 : self.rows + n + 1] = block.indptr[1:] + start
+        self.rows += n
 
     @property
     def view(self) -> sp.csr_matrix:
-        nnz, rows = self.indptr[-1], len(self.indptr) - 1
+        nnz = int(self.indptr[self.rows])
         return sp.csr_matrix(
-            (self.data[:nnz], self.indices[:nnz], np.asarray(self.indptr, dtype=np.int64)),
-            shape=(rows, self.width),
+            (self.data[:nnz], self.indices[:nnz], self.indptr[: self.rows + 1]),
+            shape=(self.rows, self.width),
             copy=False,
         )

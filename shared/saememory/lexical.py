@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from saememory.arrays import GrowableCSR
+from saememory.arrays import GrowableCSR, GrowableMatrix
 
 
 
@@ -40,20 +40,21 @@ class LexicalIndex:
         self.k1, self.b = k1, b
         self.vocab: dict[str, int] = {}
         self._tf = GrowableCSR(0)
-        self._lengths: list[int] = []
+        self._lengths = GrowableMatrix(1)  # tokens per message, one column
 
     def add(self, texts: list[str]) -> None:
         """Appends one row of term counts per text (in the index's row order)."""
-        rows, cols, counts = [], [], []
+        rows, cols, counts, lengths = [], [], [], []
         for row, doc in enumerate(tokenize(texts)):
             ids, freq = np.unique([self.vocab.setdefault(t, len(self.vocab)) for t in doc], return_counts=True)
             rows.extend([row] * len(ids))
             cols.extend(ids.tolist())
             counts.extend(freq.tolist())
-            self._lengths.append(len(doc))
+            lengths.append(len(doc))
         self._tf.width = len(self.vocab)
         block = sp.csr_matrix((np.asarray(counts, np.float32), (rows, cols)), shape=(len(texts), len(self.vocab)))
         self._tf.append(block)
+        self._lengths.append(np.asarray(lengths, dtype=np.float32).reshape(-1, 1))
 
     def scores(self, query: str, rows: np.ndarray) -> np.ndarray:
         """BM25 scores of ``query`` against ``rows``, with ``rows`` as the whole corpus."""
@@ -63,7 +64,7 @@ class LexicalIndex:
             return out
         terms, repeats = np.unique(known, return_counts=True)  # a repeated query term counts again, as in bm25s
         tf = self._tf.view[rows][:, terms].toarray()
-        lengths = np.asarray(self._lengths, dtype=np.float32)[rows]
+        lengths = self._lengths.view[rows, 0]
         n = rows.size
         df = (tf > 0).sum(axis=0)
         idf = np.log(1.0 + (n - df + 0.5) / (df + 0.5))
@@ -78,12 +79,12 @@ class LexicalIndex:
         out._tf.width = len(self.vocab)
         if rows.size:
             out._tf.append(self._tf.view[rows])
-        out._lengths = [self._lengths[r] for r in rows.tolist()]
+        out._lengths.append(self._lengths.view[rows])
         return out
 
     def save(self, folder: Path) -> None:
         sp.save_npz(folder / "bm25_tf.npz", sp.csr_matrix(self._tf.view, dtype=np.float32))
-        np.save(folder / "bm25_lengths.npy", np.asarray(self._lengths, dtype=np.int64), allow_pickle=False)
+        np.save(folder / "bm25_lengths.npy", self._lengths.view[:, 0].astype(np.int64), allow_pickle=False)
         terms = sorted(self.vocab, key=self.vocab.get)
         (folder / "bm25_vocab.json").write_text(json.dumps({"k1": self.k1, "b": self.b, "terms": terms}))
 
@@ -96,8 +97,9 @@ class LexicalIndex:
         tf = sp.load_npz(folder / "bm25_tf.npz").tocsr()
         if tf.shape[0]:
             out._tf.append(tf)
-        out._lengths = np.load(folder / "bm25_lengths.npy", allow_pickle=False).tolist()
+        lengths = np.load(folder / "bm25_lengths.npy", allow_pickle=False)
+        out._lengths.append(lengths.astype(np.float32).reshape(-1, 1))
         return out
 
     def __len__(self) -> int:
-        return len(self._lengths)
+        return self._lengths.n

@@ -351,6 +351,7 @@ class SAEMemory:
         if steer:
             q = self._checked(self.encoder.steer(q, self.resolve_features(steer)), 1)
         q_dense, q_sparse = q.dense[0], q.sparse[0]
+        q_acts = dict(zip(q_sparse.indices.tolist(), q_sparse.data.tolist()))  # once, not per hit
         weights = {name: settings[f"{name}_weight"] for name in SIGNALS}
         fusion = settings["fusion"]
         lexical = fusion == "bm25" or (fusion not in SIGNALS and weights["bm25"] > 0)
@@ -378,7 +379,7 @@ class SAEMemory:
                     for name in normalized
                 }
                 hits.append(self._hit(int(rows[p]), rank, float(scores[p]), {n: float(v[p]) for n, v in signals.items()},
-                                      float(calibrated[p]), explained, q_sparse))
+                                      float(calibrated[p]), explained, q_acts))
             return hits
 
     def resolve_features(self, steer: Mapping[int | str, float]) -> dict[int, float]:
@@ -407,10 +408,10 @@ class SAEMemory:
         raw: dict[str, float],
         calibrated: float,
         signals: dict[str, dict[str, float]],
-        q_sparse: sp.csr_matrix,
+        q_acts: dict[int, float],
     ) -> Hit:
         record = self.index.records[row]
-        features, shared = self._features(self.index.code(row), q_sparse)
+        features, shared = self._features(self.index.code(row), q_acts)
         return Hit(
             id=record["id"],
             content=record["content"],
@@ -431,7 +432,7 @@ class SAEMemory:
             metadata=dict(record.get("metadata") or {}),
         )
 
-    def _features(self, code: sp.csr_matrix, q_sparse: sp.csr_matrix) -> tuple[list[dict], list[dict]]:
+    def _features(self, code: sp.csr_matrix, q_acts: dict[int, float]) -> tuple[list[dict], list[dict]]:
         n = self.settings["top_features"]
         if n == 0 or code.nnz == 0:
             return [], []
@@ -443,7 +444,6 @@ class SAEMemory:
             for i in np.argsort(-acts, kind="stable")[:n]
         ]
         families = sae is not None and getattr(sae, "families", None)
-        q_acts = dict(zip(q_sparse.indices.tolist(), q_sparse.data.tolist()))
         both = [(int(f), float(a) * q_acts[int(f)]) for f, a in zip(ids, acts) if int(f) in q_acts]
         both.sort(key=lambda item: -item[1])
         shared = [
