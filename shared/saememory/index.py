@@ -1,4 +1,4 @@
-"""The message index: dense vectors in FAISS, sparse SAE codes in CSR, metadata, per user.
+"""The in-process backend: dense vectors in FAISS, sparse SAE codes in CSR, metadata, per user.
 
 Rows are internal and append-only until the next save compacts them; messages are addressed
 by their stable ids. Every search is restricted to the rows of one user (optionally one
@@ -9,9 +9,6 @@ row is checked against the user's own row set before it leaves the index.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +16,14 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
+from saememory import backend
 from saememory.arrays import GrowableCSR, GrowableMatrix
+from saememory.backend import CURRENT, FORMAT_VERSION  # noqa: F401  (re-exported)
 from saememory.lexical import LexicalIndex
-
-FORMAT_VERSION = 1
-CURRENT = "CURRENT"
 
 
 class MemoryIndex:
-    """Stores messages' vectors, codes and metadata, and scores one user's messages.
+    """Stores messages' vectors, codes and metadata, and scores one user's messages (a ``Backend``).
 
     Args:
         dim: Dense vector width.
@@ -43,9 +39,10 @@ class MemoryIndex:
         self._dense = GrowableMatrix(dim)
         self._sparse = GrowableCSR(d_sae)
         self.lexical = LexicalIndex()
-        self.records: list[dict[str, Any] | None] = []  # None marks a deleted row
+        self._records: list[dict[str, Any] | None] = []  # None marks a deleted row
         self.row_of: dict[str, int] = {}
         self._user_rows: dict[str, set[int]] = {}
+        self._sorted_rows: dict[str, np.ndarray] = {}  # per user, dropped when the user's rows change
 
     def _new_faiss(self) -> faiss.Index:
         try:
@@ -64,12 +61,27 @@ class MemoryIndex:
     def __len__(self) -> int:
         return len(self.row_of)
 
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self.row_of
+
     def users(self) -> list[str]:
         return sorted(user for user, rows in self._user_rows.items() if rows)
 
+    def get(self, message_id: str) -> dict[str, Any] | None:
+        row = self.row_of.get(message_id)
+        return None if row is None else self._records[row]
+
+    def records(self, user_id: str, session_id: str | None = None) -> list[dict[str, Any]]:
+        """One user's (and session's) records, in insertion order."""
+        return [self._records[r] for r in self.rows_for(user_id, session_id).tolist()]
+
+    def fetch(self, message_ids: list[str]) -> list[tuple[dict[str, Any], sp.csr_matrix]]:
+        rows = [self.row_of[mid] for mid in message_ids]
+        return [(self._records[r], self._sparse.view[r]) for r in rows]
+
     def add(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
         """Adds rows; the caller has validated ids, vectors and codes."""
-        first = len(self.records)
+        first = len(self._records)
         ids = np.arange(first, first + len(records), dtype=np.int64)
         if not self._faiss.is_trained:
             self._faiss.train(dense)
@@ -78,9 +90,10 @@ class MemoryIndex:
         self._sparse.append(sparse)
         self.lexical.add([record["content"] for record in records])
         for row, record in zip(ids.tolist(), records):
-            self.records.append(record)
+            self._records.append(record)
             self.row_of[record["id"]] = row
             self._user_rows.setdefault(record["user_id"], set()).add(row)
+            self._sorted_rows.pop(record["user_id"], None)
 
     def delete(self, message_ids: list[str]) -> None:
         """Removes rows by message id; the caller has checked that every id exists."""
@@ -90,15 +103,22 @@ class MemoryIndex:
         except RuntimeError:
             pass  # e.g. HNSW cannot remove; deleted rows are outside every search's selector anyway
         for row in rows:
-            self._user_rows[self.records[row]["user_id"]].discard(row)
-            self.records[row] = None
+            user = self._records[row]["user_id"]
+            self._user_rows[user].discard(row)
+            self._sorted_rows.pop(user, None)
+            self._records[row] = None
 
     def rows_for(self, user_id: str, session_id: str | None = None) -> np.ndarray:
-        """The live rows of one user (and session), sorted."""
-        rows = self._user_rows.get(user_id, set())
+        """The live rows of one user (and session), sorted (cached until the user's rows change)."""
+        rows = self._sorted_rows.get(user_id)
+        if rows is None:
+            found = self._user_rows.get(user_id, set())
+            rows = np.fromiter(sorted(found), dtype=np.int64, count=len(found))
+            self._sorted_rows[user_id] = rows
         if session_id is not None:
-            rows = {r for r in rows if self.records[r]["session_id"] == session_id}
-        return np.fromiter(sorted(rows), dtype=np.int64, count=len(rows))
+            rows = rows[np.fromiter((self._records[r]["session_id"] == session_id for r in rows.tolist()),
+                                    dtype=bool, count=rows.size)]
+        return rows
 
     def score(
         self,
@@ -108,19 +128,26 @@ class MemoryIndex:
         q_sparse: sp.csr_matrix,
         candidates: int,
         query_text: str | None = None,
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Similarities of the query to one user's candidate rows, per signal.
+        include: list[str] | None = None,
+    ) -> tuple[list[str], dict[str, np.ndarray]]:
+        """Similarities of the query to one user's candidate messages, per signal.
 
-        With an exact index every row of the user is a candidate. Otherwise the candidates are
-        the union of FAISS' top ``candidates`` and the top ``candidates`` of each other signal.
+        With an exact index every message of the user is a candidate. Otherwise the candidates
+        are the union of FAISS' top ``candidates`` and the top ``candidates`` of each other signal.
 
         Args:
-            query_text: When given, BM25 scores are computed too.
+            query_text: When given, BM25 scores are computed too. Defaults to None.
+            include: Ids that must be candidates if they are the user's (and session's).
+                Defaults to None.
 
         Returns:
-            ``(rows, signals)``: the candidate rows and, aligned with them, ``"dense"`` and
+            ``(ids, signals)``: the candidate ids and, aligned with them, ``"dense"`` and
             ``"sparse"`` (and ``"bm25"``) scores.
         """
+        rows, signals = self._score_rows(user_id, session_id, q_dense, q_sparse, candidates, query_text, include)
+        return [self._records[r]["id"] for r in rows.tolist()], signals
+
+    def _score_rows(self, user_id, session_id, q_dense, q_sparse, candidates, query_text, include):
         allowed = self.rows_for(user_id, session_id)
         if allowed.size == 0:
             return allowed, {"dense": np.zeros(0, np.float32), "sparse": np.zeros(0, np.float32)}
@@ -139,7 +166,8 @@ class MemoryIndex:
             rows, dense = found, found_scores
         else:
             tops = [allowed[np.argsort(-scores, kind="stable")[:candidates]] for scores in others.values()]
-            rows = np.unique(np.concatenate([found, *tops]))
+            extra = np.array([self.row_of[i] for i in include or () if i in self.row_of], dtype=np.int64)
+            rows = np.unique(np.concatenate([found, *tops, extra[np.isin(extra, allowed)]]))
             dense = self._dense.view[rows] @ q_dense.reshape(-1)
         position = np.searchsorted(allowed, rows)
         signals = {"dense": dense.astype(np.float32)}
@@ -151,9 +179,6 @@ class MemoryIndex:
             return np.zeros(rows.size, dtype=np.float32)
         return np.asarray((self._sparse.view[rows] @ q_sparse.T).todense()).reshape(-1)
 
-    def code(self, row: int) -> sp.csr_matrix:
-        return self._sparse.view[row]
-
     def vector(self, row: int) -> np.ndarray:
         return self._dense.view[row]
 
@@ -164,68 +189,29 @@ class MemoryIndex:
 
         A crash at any point leaves the previous snapshot readable. Only live rows are written.
         """
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         live = np.array(sorted(self.row_of.values()), dtype=np.int64)
-        snapshot = f"snapshot-{uuid.uuid4().hex[:12]}"
-        tmp = path / f".tmp-{snapshot}"
-        tmp.mkdir()
-        dense = self._dense.view[live] if live.size else np.zeros((0, self.dim), np.float32)
-        sparse = self._sparse.view[live] if live.size else sp.csr_matrix((0, self.d_sae), dtype=np.float32)
-        faiss_index = self._new_faiss()
-        if live.size:
-            if not faiss_index.is_trained:
-                faiss_index.train(dense)
-            faiss_index.add_with_ids(dense, np.arange(live.size, dtype=np.int64))
-        np.save(tmp / "dense.npy", dense, allow_pickle=False)
-        sp.save_npz(tmp / "sparse.npz", sp.csr_matrix(sparse, dtype=np.float32))
-        self.lexical.select(live).save(tmp)
-        faiss.write_index(faiss_index, str(tmp / "faiss.index"))
-        with open(tmp / "records.jsonl", "w", encoding="utf-8") as handle:
-            for row in live.tolist():
-                handle.write(json.dumps(self.records[row], ensure_ascii=False) + "\n")
-        full = {
-            **manifest,
-            "format_version": FORMAT_VERSION,
-            "dim": self.dim,
-            "d_sae": self.d_sae,
-            "index_type": self.index_type,
-            "n_messages": int(live.size),
-        }
-        (tmp / "manifest.json").write_text(json.dumps(full, indent=2))
-        _fsync_dir(tmp)
-        os.replace(tmp, path / snapshot)
-        pointer = path / f".{CURRENT}.tmp"
-        pointer.write_text(snapshot)
-        os.replace(pointer, path / CURRENT)  # the commit point
-        _fsync_dir(path)
-        for old in path.iterdir():
-            if old.name != snapshot and (old.name.startswith("snapshot-") or old.name.startswith(".tmp-")):
-                shutil.rmtree(old, ignore_errors=True)
 
-    @staticmethod
-    def read_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
-        """Finds the live snapshot of a saved memory and reads its manifest.
+        def write_files(tmp: Path) -> None:
+            dense = self._dense.view[live] if live.size else np.zeros((0, self.dim), np.float32)
+            sparse = self._sparse.view[live] if live.size else sp.csr_matrix((0, self.d_sae), dtype=np.float32)
+            faiss_index = self._new_faiss()
+            if live.size:
+                if not faiss_index.is_trained:
+                    faiss_index.train(dense)
+                faiss_index.add_with_ids(dense, np.arange(live.size, dtype=np.int64))
+            np.save(tmp / "dense.npy", dense, allow_pickle=False)
+            sp.save_npz(tmp / "sparse.npz", sp.csr_matrix(sparse, dtype=np.float32))
+            self.lexical.select(live).save(tmp)
+            faiss.write_index(faiss_index, str(tmp / "faiss.index"))
+            with open(tmp / "records.jsonl", "w", encoding="utf-8") as handle:
+                for row in live.tolist():
+                    handle.write(json.dumps(self._records[row], ensure_ascii=False) + "\n")
 
-        Raises:
-            FileNotFoundError: If ``path`` holds no saved memory.
-            ValueError: If the snapshot is corrupt or of another format version.
-        """
-        path = Path(path)
-        pointer = path / CURRENT
-        if not pointer.is_file():
-            raise FileNotFoundError(f"{path} holds no saved memory (no {CURRENT} file); save one with memory.save(path).")
-        snapshot = path / pointer.read_text().strip()
-        try:
-            manifest = json.loads((snapshot / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"Saved memory at {path} is corrupt: cannot read {snapshot.name}/manifest.json ({err}).") from None
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"Saved memory at {path} has format_version {manifest.get('format_version')!r}; "
-                f"this saememory reads version {FORMAT_VERSION}."
-            )
-        return snapshot, manifest
+        full = {**manifest, "dim": self.dim, "d_sae": self.d_sae, "index_type": self.index_type,
+                "n_messages": int(live.size)}
+        backend.write_snapshot(path, full, write_files)
+
+    read_manifest = staticmethod(backend.read_manifest)
 
     @classmethod
     def load(cls, path: str | Path) -> tuple[MemoryIndex, dict[str, Any]]:
@@ -258,21 +244,8 @@ class MemoryIndex:
             index._dense.append(dense.astype(np.float32))
             index._sparse.append(sparse.astype(np.float32))
             for row, record in enumerate(records):
-                index.records.append(record)
+                index._records.append(record)
                 index.row_of[record["id"]] = row
                 index._user_rows.setdefault(record["user_id"], set()).add(row)
         return index, manifest
 
-
-def _fsync_dir(path: Path) -> None:
-    """Flushes a directory's entries to disk where the platform allows it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -21,6 +21,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import scipy.sparse as sp
 
+from saememory import backend as backends
+from saememory.backend import Backend
 from saememory.encoder import Encoded, Encoder, EncoderConfig
 from saememory.index import MemoryIndex
 from saememory.scoring import FUSIONS, SIGNALS, calibrate, check_fusion, check_normalization, fuse, top_k
@@ -34,7 +36,8 @@ EXPLANATION_KEYS = ("score", "dense_score", "sparse_score", "bm25_score", "calib
 SELECTIONS = ("topk", "adaptive")
 # Keyword arguments of SAEMemory() besides the encoder.
 SETTINGS = ("index_type", "fusion", "dense_weight", "sparse_weight", "bm25_weight", "normalization", "normalize_top",
-            "rrf_k", "selection", "threshold", "candidates", "top_features")
+            "rrf_k", "selection", "threshold", "candidates", "top_features", "milvus_uri", "milvus_collection",
+            "milvus_index")
 
 
 @dataclass
@@ -139,8 +142,17 @@ class SAEMemory:
             fewer come back when few stand out. Defaults to ``"topk"``.
         threshold: Calibrated-score cut-off for ``selection="adaptive"``. Defaults to 2.5
             (chosen on the dev split).
-        candidates: Candidates per signal with an approximate ``index_type``. Defaults to 200.
+        candidates: Candidates per signal with an approximate ``index_type`` or with Milvus:
+            the union of each signal's top ``candidates`` is scored exactly. Defaults to 200.
         top_features: SAE features reported per hit (strongest and shared). Defaults to 5.
+        milvus_uri: Store the memory in Milvus instead of in this process: a milvus-lite file
+            path ending in ``.db`` (embedded, created if missing) or a server URI
+            (``http://host:19530``, ``https://...``, ``tcp://...``). Needs
+            ``pip install "saememory[milvus]"``. Defaults to None (in-process FAISS + CSR).
+        milvus_collection: The Milvus collection; it is created on first use and reopened
+            afterwards. Defaults to ``"saememory"``.
+        milvus_index: Milvus' dense index: ``"FLAT"`` (exact), ``"HNSW"``, or ``"auto"``
+            (``FLAT`` on a milvus-lite file, ``HNSW`` on a server). Defaults to ``"auto"``.
     """
 
     def __init__(
@@ -159,6 +171,9 @@ class SAEMemory:
         threshold: float = 2.5,
         candidates: int = 200,
         top_features: int = 5,
+        milvus_uri: str | None = None,
+        milvus_collection: str = "saememory",
+        milvus_index: str = "auto",
     ) -> None:
         if encoder is None or isinstance(encoder, EncoderConfig):
             encoder = Encoder(encoder)
@@ -176,7 +191,17 @@ class SAEMemory:
             "candidates": _positive_int("candidates", candidates),
             "top_features": _non_negative_int("top_features", top_features),
         }
-        self.index = MemoryIndex(encoder.dim, encoder.d_sae, index_type)
+        if milvus_uri is None:
+            self.index: Backend = MemoryIndex(encoder.dim, encoder.d_sae, index_type)
+        else:
+            if index_type != "Flat":
+                raise ValueError(
+                    f"index_type={index_type!r} sets the in-process FAISS index, but milvus_uri is given; "
+                    "choose Milvus' dense index with milvus_index='FLAT' or 'HNSW' instead."
+                )
+            from saememory.milvus import MilvusBackend
+
+            self.index = MilvusBackend(milvus_uri, milvus_collection, encoder.dim, encoder.d_sae, index=milvus_index)
         # Encoding happens outside the lock; only index mutation and reads take it, so one
         # slow add never blocks searches for long, and no search sees half of an add.
         self._lock = threading.RLock()
@@ -205,7 +230,7 @@ class SAEMemory:
 
     def __contains__(self, message_id: object) -> bool:
         with self._lock:
-            return message_id in self.index.row_of
+            return message_id in self.index
 
     def users(self) -> list[str]:
         """Users that have at least one message."""
@@ -219,16 +244,15 @@ class SAEMemory:
             KeyError: If no message has this id.
         """
         with self._lock:
-            row = self.index.row_of.get(message_id)
-            if row is None:
+            record = self.index.get(message_id)
+            if record is None:
                 raise KeyError(f"No message with id {message_id!r}.")
-            return dict(self.index.records[row])
+            return dict(record)
 
     def messages(self, user_id: str | None = None, session_id: str | None = None) -> list[dict[str, Any]]:
         """The stored records of one user (and session), in insertion order."""
         with self._lock:
-            rows = self.index.rows_for(user_id or DEFAULT_USER, session_id)
-            return [dict(self.index.records[r]) for r in rows.tolist()]
+            return [dict(r) for r in self.index.records(user_id or DEFAULT_USER, session_id)]
 
     # Writing ---------------------------------------------------------------------------------
 
@@ -264,7 +288,7 @@ class SAEMemory:
         return ids
 
     def _refuse_stored(self, ids: list[str]) -> None:
-        stored = [i for i in ids if i in self.index.row_of]
+        stored = [i for i in ids if i in self.index]
         if stored:
             raise ValueError(f"Message ids already stored: {stored[:5]}. Use update() to replace them.")
 
@@ -276,7 +300,7 @@ class SAEMemory:
         """
         ids = [message_ids] if isinstance(message_ids, str) else list(message_ids)
         with self._lock:
-            missing = [i for i in ids if i not in self.index.row_of]
+            missing = [i for i in ids if i not in self.index]
             if missing:
                 raise KeyError(f"No messages with ids {missing[:5]}; nothing was deleted.")
             self.index.delete(list(dict.fromkeys(ids)))
@@ -302,7 +326,7 @@ class SAEMemory:
             raise ValueError(f"Each id may be updated once per call; repeated: {repeated[:5]}.")
         encoded = self._encode_records(records, False)
         with self._lock:
-            missing = [i for i in ids if i not in self.index.row_of]
+            missing = [i for i in ids if i not in self.index]
             if missing:
                 raise KeyError(f"No messages with ids {missing[:5]} to update; add() them instead.")
             self.index.delete(ids)
@@ -341,6 +365,10 @@ class SAEMemory:
             TypeError: If ``query`` is not a string or ``k`` not an integer.
             ValueError: If ``query`` is empty or blank, or ``k <= 0``.
         """
+        return self._search(query, k, user_id, session_id, min_score, fusion, steer, include=None)
+
+    def _search(self, query, k, user_id, session_id, min_score, fusion, steer, include: str | None) -> list[Hit]:
+        """``search``, with ``include`` (a message id) always among the scored candidates."""
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}.")
         if not query.strip():
@@ -356,11 +384,11 @@ class SAEMemory:
         fusion = settings["fusion"]
         lexical = fusion == "bm25" or (fusion not in SIGNALS and weights["bm25"] > 0)
         with self._lock:
-            rows, signals = self.index.score(
+            ids, signals = self.index.score(
                 user_id or DEFAULT_USER, session_id, q_dense, q_sparse, settings["candidates"],
-                query_text=query if lexical else None,
+                query_text=query if lexical else None, include=[include] if include else None,
             )
-            if rows.size == 0:
+            if not ids:
                 return []
             scores, normalized, shares = fuse(signals, weights, fusion, settings["normalization"], settings["rrf_k"],
                                               settings["normalize_top"])
@@ -371,14 +399,16 @@ class SAEMemory:
                 chosen = chosen[scores[chosen] >= min_score] if min_score is not None else chosen
             else:
                 chosen = top_k(scores, k, min_score)
+            chosen = chosen.tolist()
+            stored = self.index.fetch([ids[p] for p in chosen])  # one round trip for the k hits
             hits = []
-            for rank, p in enumerate(chosen.tolist(), start=1):
+            for rank, (p, (record, code)) in enumerate(zip(chosen, stored), start=1):
                 explained = {
                     name: {"raw": float(signals[name][p]), "normalized": float(normalized[name][p]),
                            "share": float(shares[name][p])}
                     for name in normalized
                 }
-                hits.append(self._hit(int(rows[p]), rank, float(scores[p]), {n: float(v[p]) for n, v in signals.items()},
+                hits.append(self._hit(record, code, rank, float(scores[p]), {n: float(v[p]) for n, v in signals.items()},
                                       float(calibrated[p]), explained, q_acts))
             return hits
 
@@ -395,14 +425,16 @@ class SAEMemory:
     def explain(self, query: str, message_id: str) -> Hit:
         """Scores and features of one stored message against ``query``, whatever its rank."""
         record = self.get(message_id)
-        for hit in self.search(query, k=len(self), user_id=record["user_id"], session_id=record["session_id"]):
+        for hit in self._search(query, len(self), record["user_id"], record["session_id"], None, None, None,
+                                include=message_id):
             if hit.id == message_id:
                 return hit
         raise KeyError(f"Message {message_id!r} was deleted meanwhile.")
 
     def _hit(
         self,
-        row: int,
+        record: dict[str, Any],
+        code: sp.csr_matrix,
         rank: int,
         score: float,
         raw: dict[str, float],
@@ -410,8 +442,7 @@ class SAEMemory:
         signals: dict[str, dict[str, float]],
         q_acts: dict[int, float],
     ) -> Hit:
-        record = self.index.records[row]
-        features, shared = self._features(self.index.code(row), q_acts)
+        features, shared = self._features(code, q_acts)
         return Hit(
             id=record["id"],
             content=record["content"],
@@ -492,7 +523,9 @@ class SAEMemory:
         """Saves the memory to a directory, atomically: a crash leaves the previous save readable.
 
         No pickle: FAISS' own format, ``.npy``/``.npz`` arrays, JSON records and a JSON manifest
-        naming the format version, the encoder (model, SAE and its hash) and the settings.
+        naming the format version, the encoder (model, SAE and its hash) and the settings. With
+        Milvus the data stays in Milvus; only the manifest is written, naming the URI and
+        collection that ``load`` reconnects to.
         """
         manifest = {
             "saememory_version": _version(),
@@ -516,7 +549,7 @@ class SAEMemory:
             ValueError: If it is corrupt, of another format version, or made with another model
                 or SAE than ``encoder``.
         """
-        _, manifest = MemoryIndex.read_manifest(path)
+        _, manifest = backends.read_manifest(path)
         if encoder is None:
             config = manifest.get("encoder_config")
             if config is None:
@@ -527,11 +560,17 @@ class SAEMemory:
                 encoder = LMEncoder(LMEncoderConfig.from_dict(config))
             else:
                 encoder = EncoderConfig.from_dict(config)
-        memory = cls(encoder, index_type=manifest["index_type"], **manifest["settings"])
+        milvus = manifest.get("milvus")
+        if milvus is None:
+            memory = cls(encoder, index_type=manifest["index_type"], **manifest["settings"])
+        else:
+            memory = cls(encoder, milvus_uri=milvus["uri"], milvus_collection=milvus["collection"],
+                         milvus_index=milvus["index"], **manifest["settings"])
         mismatch = _identity_mismatch(manifest["encoder"], memory.encoder.identity())
         if mismatch:
             raise ValueError(f"{path} was saved with another encoder: {mismatch}. Load it with the encoder it was made with.")
-        memory.index, _ = MemoryIndex.load(path)
+        if milvus is None:
+            memory.index, _ = MemoryIndex.load(path)
         return memory
 
 
