@@ -122,23 +122,51 @@ def length_bucket(data: dict[str, Any]) -> str:
     return "evidence < 500 chars" if longest < 500 else ("500-1000" if longest <= 1000 else "> 1000")
 
 
-def signal_costs(texts: list[str]) -> dict[str, float]:
-    """Per-message indexing cost of each signal on real haystack turns, measured here."""
+def signal_costs(texts: list[str], queries: list[str]) -> dict[str, float]:
+    """Per-signal cost on real haystack turns, measured here: indexing, query and memory.
+
+    Query cost is split into encoding the query (dense only, or dense + residual SAE in the
+    same forward pass) and scoring it against all ``texts`` with each signal, plus fusion.
+    """
     base = Encoder(EncoderConfig(sae=None))
     res = Encoder(EncoderConfig(), model=base.model)
     base.encode_documents(texts[:8])  # warm-up
     costs: dict[str, float] = {}
+    docs = {}
     for name, enc in (("dense", base), ("dense + residual SAE", res)):
         start = time.perf_counter()
-        out = enc.encode_documents(texts)
-        costs[f"{name} s/message"] = (time.perf_counter() - start) / len(texts)
-        if name != "dense":
-            costs["sparse nnz/message"] = out.sparse.nnz / len(texts)
+        docs[name] = enc.encode_documents(texts)
+        costs[f"index: {name} s/message"] = (time.perf_counter() - start) / len(texts)
     start = time.perf_counter()
     lexical = LexicalIndex()
     lexical.add(texts)
-    costs["bm25 s/message"] = (time.perf_counter() - start) / len(texts)
-    costs["bm25 nnz/message"] = lexical._tf.view.nnz / len(texts)
+    costs["index: bm25 s/message"] = (time.perf_counter() - start) / len(texts)
+
+    def per_query(fn) -> float:
+        fn(queries[0])  # warm-up
+        start = time.perf_counter()
+        for q in queries:
+            fn(q)
+        return (time.perf_counter() - start) / len(queries) * 1000
+
+    encoded = {q: res.encode_query(q) for q in queries}
+    dense, sparse = docs["dense + residual SAE"].dense, docs["dense + residual SAE"].sparse.tocsr()
+    rows = np.arange(len(texts))
+    costs["query: encode dense ms"] = per_query(base.encode_query)
+    costs["query: encode dense + residual SAE ms"] = per_query(res.encode_query)
+    costs["query: score dense ms"] = per_query(lambda q: dense @ encoded[q].dense[0])
+    costs["query: score sparse ms"] = per_query(lambda q: (sparse @ encoded[q].sparse[0].T).toarray())
+    costs["query: score bm25 ms"] = per_query(lambda q: lexical.scores(q, rows))
+    signals = {q: {"dense": dense @ encoded[q].dense[0], "sparse": (sparse @ encoded[q].sparse[0].T).toarray().ravel(),
+                   "bm25": lexical.scores(q, rows)} for q in queries}
+    costs["query: minmax fusion of 3 signals ms"] = per_query(
+        lambda q: fuse(signals[q], dict.fromkeys(signals[q], 1.0), "weighted", "minmax"))
+    costs["memory: dense B/message"] = dense.shape[1] * 4
+    costs["memory: sparse B/message"] = (sparse.nnz * 8 + (sparse.shape[0] + 1) * 8) / len(texts)
+    tf = lexical._tf.view
+    costs["memory: bm25 B/message"] = (tf.nnz * 8 + (tf.shape[0] + 1) * 8 + len(texts) * 4) / len(texts)
+    costs["sparse nnz/message"] = sparse.nnz / len(texts)
+    costs["bm25 nnz/message"] = tf.nnz / len(texts)
     return costs
 
 
@@ -229,12 +257,14 @@ def main(argv: list[str] | None = None) -> None:
     lines += ["", f"![selection]({os.path.relpath(args.plot, args.md.resolve().parent)})"]
 
     texts = [m["content"] for _, q in chosen[:3] for m in lme.messages(q, "user")][: args.cost_messages]
-    costs = signal_costs(texts)
-    lines += ["", f"Cost per message, measured on {len(texts)} haystack user turns (one process, this machine, other work running):", "",
+    queries = [q["question"] for _, q in chosen[:20]]
+    costs = signal_costs(texts, queries)
+    lines += ["", f"Cost of each signal, measured on {len(texts)} haystack user turns and {len(queries)} questions "
+              "(one process, this machine, other work running). Query scoring is over all the turns; memory is the "
+              "in-process storage (float32 values and int32 indices, int64 row pointers):", "",
               "| measure | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" for k, v in costs.items()]
-    lines += ["", "Memory per message: dense 384 x 4 B = 1,536 B; SAE code and BM25 counts ~8 B per non-zero (value + index) "
-              "plus row pointers; see the nnz rows above.", end]
+    lines.append(end)
     write_section(args.md, "\n".join(lines) + "\n", start, end)
     (ROOT / "benchmarks" / f"fusion_results_{args.split}.json").write_text(json.dumps({"mean": mean, "n": len(data), "costs": costs}, indent=1))
     print("\n".join(lines[:40]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bm25s
 import numpy as np
 import pytest
+import Stemmer
 
 from saememory import SAEMemory
 from saememory.lexical import LexicalIndex
@@ -13,11 +14,12 @@ from tests.helpers import CONVERSATION, DISTRACTORS
 QUERIES = ["my sister lives in Lisbon", "guitar guitar lessons", "insurance for the car", "zebra quantum"]
 
 
-def bm25s_scores(docs: list[str], query: str) -> np.ndarray:
-    """The reference: bm25s with its defaults, over exactly ``docs``."""
+def bm25s_scores(docs: list[str], query: str, stemmer: str | None = None) -> np.ndarray:
+    """The reference: bm25s with its defaults (and PyStemmer's stemmer), over exactly ``docs``."""
+    stem = Stemmer.Stemmer(stemmer) if stemmer else None
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(docs, stopwords="en", show_progress=False), show_progress=False)
-    tokens = bm25s.tokenize([query], stopwords="en", show_progress=False)
+    retriever.index(bm25s.tokenize(docs, stopwords="en", stemmer=stem, show_progress=False), show_progress=False)
+    tokens = bm25s.tokenize([query], stopwords="en", stemmer=stem, show_progress=False)
     if not tokens.vocab:
         return np.zeros(len(docs))
     found, scores = retriever.retrieve(tokens, k=len(docs), show_progress=False)
@@ -26,13 +28,32 @@ def bm25s_scores(docs: list[str], query: str) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("query", QUERIES)
-def test_parity_with_bm25s(query):
+@pytest.mark.parametrize("stemmer", [None, "english"])
+@pytest.mark.parametrize("query", QUERIES + ["lessons on the guitars", "living in Lisbon"])
+def test_parity_with_bm25s(query, stemmer):
     docs = [m["content"] for m in CONVERSATION]
-    lexical = LexicalIndex()
+    lexical = LexicalIndex(stemmer=stemmer)
     lexical.add(docs[:5])
     lexical.add(docs[5:])  # added in two batches, as a live conversation grows
-    np.testing.assert_allclose(lexical.scores(query, np.arange(len(docs))), bm25s_scores(docs, query), atol=1e-5)
+    np.testing.assert_allclose(lexical.scores(query, np.arange(len(docs))), bm25s_scores(docs, query, stemmer), atol=1e-5)
+
+
+def test_stemming_matches_word_forms_and_is_saved(tmp_path):
+    docs = ["I started taking guitar lessons", "The weather was cold"]
+    plain, stemmed = LexicalIndex(), LexicalIndex(stemmer="english")
+    for lexical in (plain, stemmed):
+        lexical.add(docs)
+    rows = np.arange(2)
+    assert plain.scores("guitar lesson", rows)[0] < stemmed.scores("guitar lesson", rows)[0]
+    stemmed.save(tmp_path)
+    loaded = LexicalIndex.load(tmp_path)
+    assert loaded.stemmer == "english"
+    np.testing.assert_allclose(loaded.scores("lesson", rows), stemmed.scores("lesson", rows))
+
+
+def test_unknown_stemmer_language_is_refused():
+    with pytest.raises(ValueError, match="klingon.*Snowball.*english"):
+        LexicalIndex(stemmer="klingon")
 
 
 def test_each_user_is_its_own_corpus_and_deletes_take_effect(encoder):

@@ -4,8 +4,9 @@ Term counts live in a CSR matrix row-aligned with the message index; document fr
 the document count and the average length are computed at query time over the searching
 user's live rows. Each user's memory is its own BM25 corpus, and a delete takes effect at
 once, without a rebuild. Tokenisation and the formula are bm25s' defaults (lowercase,
-``\\w\\w+`` tokens, English stopwords, the Lucene variant with k1 = 1.5 and b = 0.75);
-``tests/test_lexical.py`` checks parity with bm25s itself.
+``\\w\\w+`` tokens, English stopwords, the Lucene variant with k1 = 1.5 and b = 0.75), with an
+optional Snowball stemmer (PyStemmer, as bm25s and LlamaIndex's BM25 use it);
+``tests/test_lexical.py`` checks parity with bm25s itself, with and without stemming.
 """
 
 from __future__ import annotations
@@ -19,13 +20,31 @@ import scipy.sparse as sp
 from saememory.arrays import GrowableCSR, GrowableMatrix
 
 
+def tokenize(texts: list[str], stemmer: str | None = None) -> list[list[str]]:
+    """bm25s' default tokenisation (lowercase, ``\\w\\w+``, English stopwords), then stemming.
 
-def tokenize(texts: list[str]) -> list[list[str]]:
-    """bm25s' default tokenisation (lowercase, ``\\w\\w+``, English stopwords)."""
+    Args:
+        stemmer: A Snowball language known to PyStemmer (e.g. ``"english"``), or None for none.
+    """
     import bm25s
 
-    tokens = bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
+    tokens = bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer(stemmer), return_ids=False, show_progress=False)
     return [[t for t in doc if t] for doc in tokens]
+
+
+def _stemmer(language: str | None):  # -> Stemmer.Stemmer | None
+    """A new stemmer per call: PyStemmer's objects are not thread-safe, and making one is cheap."""
+    if language is None:
+        return None
+    try:
+        import Stemmer
+    except ImportError:
+        raise ImportError("bm25_stemmer needs PyStemmer: pip install PyStemmer (or pass bm25_stemmer=None).") from None
+    try:
+        return Stemmer.Stemmer(language)
+    except KeyError:
+        raise ValueError(f"bm25_stemmer={language!r} is not a Snowball language; pick one of "
+                         f"{sorted(Stemmer.algorithms())} or None.") from None
 
 
 class LexicalIndex:
@@ -34,10 +53,12 @@ class LexicalIndex:
     Args:
         k1: BM25 term-frequency saturation. Defaults to 1.5.
         b: BM25 length normalisation. Defaults to 0.75.
+        stemmer: Snowball language of the stemmer, or None for no stemming. Defaults to None.
     """
 
-    def __init__(self, k1: float = 1.5, b: float = 0.75) -> None:
-        self.k1, self.b = k1, b
+    def __init__(self, k1: float = 1.5, b: float = 0.75, stemmer: str | None = None) -> None:
+        _stemmer(stemmer)  # an unknown language fails here, not at the first add
+        self.k1, self.b, self.stemmer = k1, b, stemmer
         self.vocab: dict[str, int] = {}
         self._tf = GrowableCSR(0)
         self._lengths = GrowableMatrix(1)  # tokens per message, one column
@@ -45,7 +66,7 @@ class LexicalIndex:
     def add(self, texts: list[str]) -> None:
         """Appends one row of term counts per text (in the index's row order)."""
         rows, cols, counts, lengths = [], [], [], []
-        for row, doc in enumerate(tokenize(texts)):
+        for row, doc in enumerate(tokenize(texts, self.stemmer)):
             ids, freq = np.unique([self.vocab.setdefault(t, len(self.vocab)) for t in doc], return_counts=True)
             rows.extend([row] * len(ids))
             cols.extend(ids.tolist())
@@ -59,7 +80,7 @@ class LexicalIndex:
     def scores(self, query: str, rows: np.ndarray) -> np.ndarray:
         """BM25 scores of ``query`` against ``rows``, with ``rows`` as the whole corpus."""
         out = np.zeros(rows.size, dtype=np.float32)
-        known = [self.vocab[t] for t in tokenize([query])[0] if t in self.vocab]
+        known = [self.vocab[t] for t in tokenize([query], self.stemmer)[0] if t in self.vocab]
         if not known or rows.size == 0:
             return out
         terms, repeats = np.unique(known, return_counts=True)  # a repeated query term counts again, as in bm25s
@@ -74,7 +95,7 @@ class LexicalIndex:
 
     def select(self, rows: np.ndarray) -> LexicalIndex:
         """A compacted copy holding only ``rows``, renumbered from 0 (for saving)."""
-        out = LexicalIndex(self.k1, self.b)
+        out = LexicalIndex(self.k1, self.b, self.stemmer)
         out.vocab = dict(self.vocab)
         out._tf.width = len(self.vocab)
         if rows.size:
@@ -86,12 +107,12 @@ class LexicalIndex:
         sp.save_npz(folder / "bm25_tf.npz", sp.csr_matrix(self._tf.view, dtype=np.float32))
         np.save(folder / "bm25_lengths.npy", self._lengths.view[:, 0].astype(np.int64), allow_pickle=False)
         terms = sorted(self.vocab, key=self.vocab.get)
-        (folder / "bm25_vocab.json").write_text(json.dumps({"k1": self.k1, "b": self.b, "terms": terms}))
+        (folder / "bm25_vocab.json").write_text(json.dumps({"k1": self.k1, "b": self.b, "stemmer": self.stemmer, "terms": terms}))
 
     @classmethod
     def load(cls, folder: Path) -> LexicalIndex:
         params = json.loads((folder / "bm25_vocab.json").read_text())
-        out = cls(params["k1"], params["b"])
+        out = cls(params["k1"], params["b"], params.get("stemmer"))  # saved before stemming existed: none
         out.vocab = {t: i for i, t in enumerate(params["terms"])}
         out._tf.width = len(out.vocab)
         tf = sp.load_npz(folder / "bm25_tf.npz").tocsr()
