@@ -1,4 +1,8 @@
-"""saememory.memory: retrieval, isolation, delete/update, persistence and bad input."""
+"""saememory.memory: retrieval, isolation, delete/update, persistence and bad input.
+
+Tests taking ``make`` or ``memory`` run on both backends: in-process (FAISS + CSR) and Milvus
+(a real milvus-lite engine, started by the test session in a temporary file).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,65 @@ import pytest
 import scipy.sparse as sp
 
 from saememory import Encoded, Encoder, EncoderConfig, Message, SAEMemory
+from saememory.index import MemoryIndex
+from saememory.milvus import MilvusBackend
 from tests.helpers import CONVERSATION, DISTRACTORS, PLANTED, QUESTION
+
+BACKENDS = ["in-process", "milvus"]
 
 
 def ranking(memory: SAEMemory, query: str = QUESTION, **kwargs) -> list[tuple[str, float]]:
     return [(h.id, round(h.score, 6)) for h in memory.search(query, k=len(memory), **kwargs)]
+
+
+@pytest.fixture(scope="session")
+def milvus_db(tmp_path_factory) -> str:
+    """One milvus-lite file per test session; each test empties the collections it uses."""
+    return str(tmp_path_factory.mktemp("milvus") / "memory.db")
+
+
+@pytest.fixture(params=BACKENDS)
+def make(request, encoder):
+    """Builds fresh, empty memories on the backend under test: ``make(encoder=None, **settings)``.
+
+    On Milvus, the n-th memory of a test gets collection ``test_<n>_<d_sae>``, emptied first
+    (creating a collection costs pymilvus 1.5 s of index polling, so they are reused).
+    """
+    made = []
+
+    def build(enc=None, **kwargs) -> SAEMemory:
+        enc = enc or encoder
+        if request.param == "milvus":
+            from pymilvus import MilvusClient
+
+            db, name = request.getfixturevalue("milvus_db"), f"test_{len(made)}_{enc.d_sae}"
+            client = MilvusClient(db)
+            if client.has_collection(name):
+                client.delete(name, filter='id != ""')
+            kwargs = {"milvus_uri": db, "milvus_collection": name, **kwargs}
+        memory = SAEMemory(enc, **kwargs)
+        made.append(memory)
+        assert len(memory) == 0
+        return memory
+
+    build.backend = request.param
+    return build
+
+
+@pytest.fixture
+def local_memory(encoder) -> SAEMemory:
+    """The conversation in the in-process backend, for tests of its file format."""
+    mem = SAEMemory(encoder)
+    mem.add(CONVERSATION)
+    return mem
+
+
+@pytest.fixture
+def memory(make) -> SAEMemory:
+    """The conversation of tests/helpers.py, on the backend under test."""
+    mem = make()
+    mem.add(CONVERSATION)
+    return mem
 
 
 # Retrieval and explanations ------------------------------------------------------------------
@@ -27,7 +85,7 @@ def test_planted_fact_ranks_first(memory, fusion):
     assert hits[0].id == "planted", [h.content for h in hits]
 
 
-def test_hit_carries_scores_and_features(memory):
+def test_hit_carries_scores_and_features(memory, make):
     hit = memory.search(QUESTION, k=1)[0]
     assert hit.content == PLANTED and hit.rank == 1 and hit.session_id == "s2"
     assert hit.timestamp == "2024-04-12" and hit.role == "user" and hit.user_id == "default"
@@ -43,14 +101,14 @@ def test_hit_carries_scores_and_features(memory):
     assert all(f["label"] for f in hit.features + hit.shared_features)
     assert any(f.get("family") for f in hit.features + hit.shared_features)
     # With every shared feature listed, contributions add up to the sparse score.
-    full = SAEMemory(memory.encoder, top_features=10_000)
+    full = make(top_features=10_000)
     full.add(CONVERSATION)
     top = full.search(QUESTION, k=1)[0]
     assert sum(f["contribution"] for f in top.shared_features) == pytest.approx(top.sparse_score, abs=1e-4)
 
 
-def test_poster_formula_on_raw_scores(encoder):
-    poster = SAEMemory(encoder, fusion="sqrt", normalization="none", bm25_weight=0.0)
+def test_poster_formula_on_raw_scores(make):
+    poster = make(fusion="sqrt", normalization="none", bm25_weight=0.0)
     poster.add(CONVERSATION)
     for hit in poster.search(QUESTION, k=5):
         assert hit.score == pytest.approx(np.sqrt(max(hit.dense_score, 0) ** 2 + hit.sparse_score**2), abs=1e-6)
@@ -81,8 +139,8 @@ def test_explain_any_message(memory):
 # Isolation ------------------------------------------------------------------------------------
 
 
-def test_users_never_see_each_other(encoder):
-    memory = SAEMemory(encoder)
+def test_users_never_see_each_other(make):
+    memory = make()
     memory.add([{"content": "Alice's secret: the vault code is 4812.", "user_id": "alice", "id": "a1"}])
     memory.add([{"content": "Bob likes jazz records.", "user_id": "bob", "id": "b1"},
                 {"content": "Bob's dentist is on Main Street.", "user_id": "bob", "id": "b2"}])
@@ -96,8 +154,9 @@ def test_users_never_see_each_other(encoder):
     assert memory.users() == ["alice", "bob"]
 
 
-def test_isolation_survives_deletes_and_approximate_index(encoder):
-    memory = SAEMemory(encoder, index_type="HNSW32", candidates=2)
+def test_isolation_survives_deletes_and_approximate_index(make):
+    approximate = {"milvus_index": "HNSW"} if make.backend == "milvus" else {"index_type": "HNSW32"}
+    memory = make(candidates=2, **approximate)
     memory.add([{"content": t, "user_id": "u1" if i % 2 else "u2"} for i, t in enumerate(DISTRACTORS)])
     u1 = [m["id"] for m in memory.messages("u1")]
     memory.delete(u1[:3])
@@ -143,20 +202,24 @@ def test_update_unknown_or_missing_id(memory):
 
 def test_save_load_round_trip(memory, tmp_path, encoder):
     memory.delete(memory.messages(session_id="s1")[0]["id"])  # a tombstone to compact
-    before = ranking(memory)
+    before, n = ranking(memory), len(memory)
     memory.save(tmp_path / "mem")
     loaded = SAEMemory.load(tmp_path / "mem", encoder=encoder)
     assert ranking(loaded) == before
     assert loaded.get("planted") == memory.get("planted")
     assert ranking(SAEMemory.load(tmp_path / "mem")) == before  # encoder rebuilt from the manifest
     loaded.add([{"content": "A new memory after loading."}])
-    assert len(loaded) == len(memory) + 1
+    assert len(loaded) == n + 1
     files = {p.name for p in (tmp_path / "mem").rglob("*") if p.is_file()}
-    assert {"manifest.json", "dense.npy", "sparse.npz", "faiss.index", "records.jsonl", "CURRENT"} <= files
+    if isinstance(memory.index, MemoryIndex):
+        assert {"manifest.json", "dense.npy", "sparse.npz", "faiss.index", "records.jsonl", "CURRENT"} <= files
+    else:  # the data lives in Milvus; the manifest says where
+        assert files == {"manifest.json", "CURRENT"} and len(memory) == n + 1
     assert not any(name.endswith((".pkl", ".pickle")) for name in files)
 
 
-def test_interrupted_save_keeps_previous(memory, tmp_path, monkeypatch):
+def test_interrupted_save_keeps_previous(local_memory, tmp_path, monkeypatch):
+    memory = local_memory
     path = tmp_path / "mem"
     memory.save(path)
     before = ranking(memory)
@@ -175,7 +238,8 @@ def test_interrupted_save_keeps_previous(memory, tmp_path, monkeypatch):
     assert [p.name for p in path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
-def test_load_errors_name_the_problem(memory, tmp_path, encoder):
+def test_load_errors_name_the_problem(local_memory, tmp_path, encoder):
+    memory = local_memory
     with pytest.raises(FileNotFoundError, match="no saved memory"):
         SAEMemory.load(tmp_path / "empty")
     path = tmp_path / "mem"
@@ -198,6 +262,7 @@ def test_load_errors_name_the_problem(memory, tmp_path, encoder):
 
 
 def test_load_with_another_sae_fails(memory, tmp_path, encoder):
+    # The manifest's encoder identity is checked before any backend is opened.
     memory.save(tmp_path / "mem")
     other = Encoder(EncoderConfig(sae="minilm-emb-topk4k"), model=encoder.model)
     with pytest.raises(ValueError, match="another encoder: sae"):
@@ -227,8 +292,8 @@ def test_bad_k(memory, k, error):
         memory.search(QUESTION, k=k)
 
 
-def test_empty_memory(encoder):
-    assert SAEMemory(encoder).search(QUESTION) == []
+def test_empty_memory(make):
+    assert make().search(QUESTION) == []
 
 
 @pytest.mark.parametrize("message,error,match", [
@@ -285,8 +350,8 @@ class _BrokenEncoder:
 
 
 @pytest.mark.parametrize("mode,match", [("nan", "NaN"), ("narrow", "shape"), ("rows", "shape")])
-def test_bad_custom_encoder_output_stores_nothing(encoder, mode, match):
-    memory = SAEMemory(_BrokenEncoder(encoder, "ok"))
+def test_bad_custom_encoder_output_stores_nothing(make, encoder, mode, match):
+    memory = make(_BrokenEncoder(encoder, "ok"))
     memory.add([{"content": "kept"}])
     memory.encoder = _BrokenEncoder(encoder, mode)
     with pytest.raises(ValueError, match=match):
@@ -303,8 +368,8 @@ def test_bad_settings(encoder):
         SAEMemory(encoder, candidates=0)
 
 
-def test_concurrent_adds_and_searches(encoder):
-    memory = SAEMemory(encoder)
+def test_concurrent_adds_and_searches(make):
+    memory = make()
     errors: list[BaseException] = []
 
     def writer(n: int) -> None:
@@ -334,8 +399,8 @@ def test_concurrent_adds_and_searches(encoder):
 # Signals, fusion and selection -----------------------------------------------------------------
 
 
-def test_every_signal_is_explained(encoder):
-    memory = SAEMemory(encoder, bm25_weight=1.0, normalization="minmax", fusion="weighted")
+def test_every_signal_is_explained(make):
+    memory = make(bm25_weight=1.0, normalization="minmax", fusion="weighted")
     memory.add(CONVERSATION)
     hit = memory.search("Lisbon sister", k=1)[0]
     assert hit.id == "planted" and hit.bm25_score > 0
@@ -346,20 +411,20 @@ def test_every_signal_is_explained(encoder):
     assert "signals" in hit.to_metadata() and "calibrated_score" in hit.to_metadata()
 
 
-def test_lexical_signal_alone(encoder):
-    memory = SAEMemory(encoder, fusion="bm25", normalization="none")
+def test_lexical_signal_alone(make):
+    memory = make(fusion="bm25", normalization="none")
     memory.add(CONVERSATION)
     hits = memory.search("octopuses documentary", k=3)
     assert "octopuses" in hits[0].content and hits[0].score == pytest.approx(hits[0].bm25_score)
 
 
-def test_adaptive_selection_returns_what_stands_out(encoder):
-    memory = SAEMemory(encoder, selection="adaptive", threshold=2.0)
+def test_adaptive_selection_returns_what_stands_out(make):
+    memory = make(selection="adaptive", threshold=2.0)
     memory.add(CONVERSATION)
     hits = memory.search(QUESTION, k=10)
     assert 1 <= len(hits) < 10 and hits[0].id == "planted"
     assert all(h.calibrated_score >= 2.0 for h in hits[1:])
-    strict = SAEMemory(memory.encoder, selection="adaptive", threshold=100.0)
+    strict = make(selection="adaptive", threshold=100.0)
     strict.add(CONVERSATION)
     assert [h.id for h in strict.search(QUESTION, k=10)] == ["planted"]  # at least the best one
 
@@ -379,7 +444,7 @@ def test_update_rejects_the_same_id_twice(memory):
         memory.update(["not a message"])
 
 
-def test_hits_carry_feature_families(encoder):
+def test_hits_carry_feature_families(make, encoder):
     import copy
 
     sae = copy.copy(encoder.sae)
@@ -387,14 +452,14 @@ def test_hits_carry_feature_families(encoder):
     strongest = int(code.indices[np.argmax(code.data)])
     sae.set_families({strongest: {"parent": 7, "children": [], "root": 7, "depth": 1},
                       7: {"parent": None, "children": [strongest], "root": 7, "depth": 0}})
-    memory = SAEMemory(Encoder(encoder.config, model=encoder.model, sae=sae))
+    memory = make(Encoder(encoder.config, model=encoder.model, sae=sae))
     memory.add(CONVERSATION)
     top = next(f for f in memory.explain(QUESTION, "planted").features if f["id"] == strongest)
     assert top["family"]["root"] == 7 and top["family"]["size"] == 2
 
 
-def test_normalizing_over_top_lists(encoder):
-    memory = SAEMemory(encoder, normalize_top=3)
+def test_normalizing_over_top_lists(make, encoder):
+    memory = make(normalize_top=3)
     memory.add(CONVERSATION)
     hits = memory.search(QUESTION, k=len(CONVERSATION))
     for name in ("dense", "sparse", "bm25"):
@@ -402,3 +467,121 @@ def test_normalizing_over_top_lists(encoder):
     assert hits[0].id == "planted"
     with pytest.raises(ValueError, match="normalize_top"):
         SAEMemory(encoder, normalize_top=0)
+
+
+# Both backends: isolation under every filter, equal rankings, Milvus' own rules -----------------
+
+TENANTS = ["alice", 'o"hara \\ \'x\'', "bob"]  # a user id with quotes and a backslash, escaped in filters
+
+
+def _tenant_messages() -> list[dict]:
+    return [{"content": f"{text} (note {i} of {user})", "user_id": user, "session_id": f"s{i % 3}", "id": f"{user}-{i}"}
+            for u, user in enumerate(TENANTS) for i, text in enumerate(DISTRACTORS[u::2][:6])]
+
+
+@pytest.mark.parametrize("candidates", [1, 200])
+def test_no_query_returns_another_users_message(make, candidates):
+    memory = make(candidates=candidates)
+    memory.add(_tenant_messages())
+    memory.delete(f"{TENANTS[0]}-0")
+    queries = [memory._encode_query(q) for q in ["hiking in the mountains", 'note of o"hara', "alice's pasta"]]
+    texts = ["hiking in the mountains", 'note of o"hara', "alice's pasta"]
+    users = TENANTS + ["carol", 'alice" || user_id != "x']  # the last tries to break out of the filter
+    for user in users:
+        owned = memory.messages(user)
+        assert {m["user_id"] for m in owned} <= {user}
+        for session in [None, "s0", "s1", "s2", "no-such-session"]:
+            expected = {m["id"] for m in memory.messages(user, session)}
+            assert expected <= {m["id"] for m in owned}
+            for q, text in zip(queries, texts):
+                for lexical in (text, None):  # with and without the BM25 candidates
+                    include = [f"{TENANTS[2]}-1", f"{TENANTS[0]}-2"]  # explain() of another user's id
+                    ids, signals = memory.index.score(user, session, q.dense[0], q.sparse[0], candidates, lexical, include)
+                    assert set(ids) <= expected and all(len(v) == len(ids) for v in signals.values())
+                    if candidates >= 6:  # every message of the user is a candidate
+                        assert set(ids) == expected
+    for user in users:  # and end to end, through fusion and the hits' records
+        for session in [None, "s1"]:
+            hits = memory.search("note of bob", k=50, user_id=user, session_id=session)
+            assert {h.user_id for h in hits} <= {user} and (session is None or {h.session_id for h in hits} <= {session})
+    assert memory.users() == sorted(TENANTS)
+    assert {h.user_id for h in memory.search("pasta", user_id=TENANTS[1])} == {TENANTS[1]}
+
+
+def test_milvus_ranks_as_in_process_when_every_message_is_a_candidate(encoder, tmp_path):
+    messages = [dict(m, id=m.get("id") or f"m{i}") for i, m in enumerate(CONVERSATION)]
+    local, remote = SAEMemory(encoder), SAEMemory(encoder, milvus_uri=str(tmp_path / "m.db"), candidates=len(messages))
+    for memory in (local, remote):
+        memory.add(messages)
+        memory.delete("m3")
+    for query in [QUESTION, "guitar lessons and hiking"]:
+        for fusion in ("weighted", "sqrt", "rrf", "bm25"):
+            for session in (None, "s3"):
+                a = local.search(query, k=len(messages), fusion=fusion, session_id=session)
+                b = remote.search(query, k=len(messages), fusion=fusion, session_id=session)
+                assert [h.id for h in a] == [h.id for h in b]
+                for x, y in zip(a, b):
+                    assert (x.score, x.dense_score, x.sparse_score, x.bm25_score) == pytest.approx(
+                        (y.score, y.dense_score, y.sparse_score, y.bm25_score), abs=1e-5)
+                    assert [f["id"] for f in x.shared_features] == [f["id"] for f in y.shared_features]
+                    assert x.to_metadata().keys() == y.to_metadata().keys()
+    assert local.messages() == remote.messages()
+
+
+def test_milvus_candidates_bound_the_ranking(encoder, tmp_path):
+    memory = SAEMemory(encoder, milvus_uri=str(tmp_path / "m.db"), candidates=2)
+    memory.add(CONVERSATION)
+    hits = memory.search(QUESTION, k=100)
+    assert 2 <= len(hits) <= 6 and hits[0].id == "planted"  # at most 2 per signal, three signals
+    top = {h.id for h in hits}
+    outside = [m["id"] for m in memory.messages() if m["id"] not in top][:3]
+    for message_id in outside:  # explain scores any message, candidate or not
+        assert memory.explain(QUESTION, message_id).id == message_id
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"milvus_uri": "memory.sqlite"}, "path ending in .db"),
+    ({"milvus_uri": "/no/such/folder/m.db"}, "does not exist"),
+    ({"milvus_uri": 7}, "not a string"),
+    ({"milvus_uri": "m.db", "milvus_collection": "has-dash"}, "collection name"),
+    ({"milvus_uri": "m.db", "milvus_index": "IVF"}, "milvus_index"),
+    ({"milvus_uri": "m.db", "index_type": "HNSW32"}, "milvus_index"),
+])
+def test_bad_milvus_settings_name_the_value(encoder, tmp_path, monkeypatch, kwargs, match):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        SAEMemory(encoder, **kwargs)
+
+
+def test_milvus_refuses_a_collection_made_for_other_widths(encoder, tmp_path):
+    db = str(tmp_path / "m.db")
+    SAEMemory(encoder, milvus_uri=db).add([{"content": "hello"}])
+    dense_only = Encoder(EncoderConfig(sae=None), model=encoder.model)
+    with pytest.raises(ValueError, match="d_sae=4096.*d_sae=0"):
+        SAEMemory(dense_only, milvus_uri=db)
+    memory = SAEMemory(dense_only, milvus_uri=db, milvus_collection="dense_only")  # placeholder codes work
+    memory.add([{"content": "Dense only, no SAE code.", "id": "d"}])
+    hit = memory.search("dense", k=1)[0]
+    assert hit.id == "d" and hit.sparse_score == 0.0 and hit.features == []
+
+
+def test_milvus_rejects_what_it_cannot_store(encoder, tmp_path):
+    memory = SAEMemory(encoder, milvus_uri=str(tmp_path / "m.db"))
+    with pytest.raises(ValueError, match="65535"):
+        memory.add([{"content": "word " * 14_000}])
+    with pytest.raises(ValueError, match="control character"):
+        memory.add([{"content": "hi", "user_id": "bell\x07"}])
+    assert len(memory) == 0
+
+
+def test_adapters_run_on_milvus(encoder, tmp_path):
+    from langchain_saememory import SAEMemoryRetriever as LangChainRetriever
+    from llama_index_saememory import SAEMemoryRetriever as LlamaIndexRetriever
+
+    lc = LangChainRetriever.from_messages(CONVERSATION, k=2, encoder=encoder, milvus_uri=str(tmp_path / "lc.db"))
+    docs = lc.invoke(QUESTION)
+    assert isinstance(lc.memory.index, MilvusBackend) and docs[0].id == "planted" and len(docs) == 2
+    li = LlamaIndexRetriever.from_messages(CONVERSATION, similarity_top_k=2, encoder=encoder,
+                                           milvus_uri=str(tmp_path / "li.db"), milvus_collection="chat")
+    nodes = li.retrieve(QUESTION)
+    assert isinstance(li.memory.index, MilvusBackend) and nodes[0].node.node_id == "planted"

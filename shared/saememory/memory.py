@@ -561,16 +561,17 @@ class SAEMemory:
             else:
                 encoder = EncoderConfig.from_dict(config)
         milvus = manifest.get("milvus")
-        if milvus is None:
-            memory = cls(encoder, index_type=manifest["index_type"], **manifest["settings"])
-        else:
-            memory = cls(encoder, milvus_uri=milvus["uri"], milvus_collection=milvus["collection"],
-                         milvus_index=milvus["index"], **manifest["settings"])
+        memory = cls(encoder, index_type=manifest["index_type"] or "Flat", **manifest["settings"])
         mismatch = _identity_mismatch(manifest["encoder"], memory.encoder.identity())
         if mismatch:
             raise ValueError(f"{path} was saved with another encoder: {mismatch}. Load it with the encoder it was made with.")
         if milvus is None:
             memory.index, _ = MemoryIndex.load(path)
+        else:  # reconnect: the data lives in Milvus
+            from saememory.milvus import MilvusBackend
+
+            memory.index = MilvusBackend(milvus["uri"], milvus["collection"], memory.encoder.dim, memory.encoder.d_sae,
+                                         index=milvus["index"])
         return memory
 
 

@@ -1,0 +1,357 @@
+"""The Milvus backend: the same memory in milvus-lite (one embedded file) or a Milvus server.
+
+One collection holds every user's messages: id (primary key), ``user_id`` (the partition key,
+Milvus' own multi-tenancy), ``session_id``, ``role``, ``timestamp``, ``seq`` (insertion order),
+``text``, ``metadata``, ``truncated``, the dense embedding (``FLOAT_VECTOR``, inner product,
+``FLAT`` or ``HNSW``), the SAE code (``SPARSE_FLOAT_VECTOR``, ``SPARSE_INVERTED_INDEX``, inner
+product) and ``bm25``, a sparse vector Milvus derives from ``text`` with its built-in BM25
+function. Every search and query carries the filter ``user_id == "..."`` (and session), and
+every returned entity is checked against it again before it leaves this module.
+
+Ranking follows the in-process backend's approximate mode: candidates are the union of the
+dense, SAE and BM25 searches' top ``candidates`` each; their dense and SAE similarities are then
+computed exactly from the returned vectors, and ``SAEMemory`` fuses them as usual. The lexical
+*score* is saememory's own BM25 (bm25s tokenisation and formula) over the candidates' texts, so
+its IDF and average length come from the candidate set, not from all of the user's messages;
+Milvus' BM25 (its analyzer, statistics over the whole collection) only picks lexical
+candidates. With ``candidates`` at least the user's message count, every message is a candidate
+and the ranking equals the in-process backend's exactly.
+
+Milvus stores no empty sparse vector, so a message with an all-zero code (or a dense-only
+encoder) stores a placeholder weight at index ``d_sae``, one past the SAE's last feature: no
+query has that feature, so it never adds to a score, and it is dropped when codes are read back.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from saememory import backend
+from saememory.lexical import LexicalIndex
+
+INDEXES = ("auto", "FLAT", "HNSW")
+SERVER_SCHEMES = ("http://", "https://", "tcp://")
+MAX_KEY = 512  # bytes, for ids, user ids, session ids and roles
+MAX_TEXT = 65_535  # bytes, Milvus' VARCHAR limit
+MAX_TOPK = 16_384  # Milvus' largest search limit
+BATCH = 1_000  # rows per insert call
+RECORD_FIELDS = ["id", "user_id", "session_id", "role", "timestamp", "seq", "text", "metadata", "truncated"]
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+
+
+def _pymilvus():
+    try:
+        import pymilvus
+    except ImportError:
+        raise ImportError('Storing the memory in Milvus needs pymilvus and milvus-lite: pip install "saememory[milvus]"') from None
+    return pymilvus
+
+
+def literal(value: str) -> str:
+    """A string as a Milvus filter-expression literal, escaped (quotes, backslashes, control characters)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    if any(ord(c) < 32 for c in escaped):
+        raise ValueError(f"{value!r} holds a control character Milvus filters cannot express; use ids without them.")
+    return f'"{escaped}"'
+
+
+def check_uri(uri: Any) -> tuple[str, bool]:
+    """Validates a Milvus URI; returns it (a milvus-lite path made absolute) and whether it is milvus-lite.
+
+    Raises:
+        ValueError: Naming the value, the rule and the fix.
+    """
+    rule = ("milvus_uri must be a milvus-lite file (a path ending in .db, e.g. 'memory.db') or a server URI "
+            "starting with http://, https:// or tcp:// (e.g. 'http://localhost:19530')")
+    if not isinstance(uri, (str, Path)):
+        raise ValueError(f"milvus_uri={uri!r} is not a string; {rule}.")
+    text = str(uri)
+    if text.startswith(SERVER_SCHEMES):
+        return text, False
+    if not text.endswith(".db"):
+        raise ValueError(f"milvus_uri={text!r} is neither; {rule}.")
+    path = Path(text).expanduser().resolve()
+    if not path.parent.is_dir():
+        raise ValueError(f"milvus_uri={text!r}: the folder {path.parent} does not exist; create it or choose another path.")
+    return str(path), True
+
+
+class MilvusBackend:
+    """Stores messages in one Milvus collection and scores one user's messages (a ``Backend``).
+
+    Args:
+        uri: A milvus-lite file path ending in ``.db`` (started in-process by pymilvus) or a
+            server URI (``http://``, ``https://``, ``tcp://``).
+        collection: The collection; created if missing, else reopened and checked against
+            ``dim`` and ``d_sae``. Defaults to ``"saememory"``.
+        dim: Dense vector width. Defaults to 384.
+        d_sae: SAE code width (0 for dense only). Defaults to 0.
+        index: Dense index: ``"FLAT"`` (exact), ``"HNSW"`` or ``"auto"`` (``FLAT`` on
+            milvus-lite, ``HNSW`` on a server). Defaults to ``"auto"``.
+        token: Server credentials (``"user:password"`` or an API key). Defaults to None.
+
+    Raises:
+        ValueError: For a bad ``uri``, ``collection`` or ``index``, or a collection made for
+            other vector widths.
+        ImportError: Without pymilvus.
+    """
+
+    def __init__(self, uri: str, collection: str = "saememory", dim: int = 384, d_sae: int = 0,
+                 index: str = "auto", token: str | None = None) -> None:
+        self.uri, self.lite = check_uri(uri)
+        if not isinstance(collection, str) or not _NAME.fullmatch(collection):
+            raise ValueError(f"milvus_collection={collection!r} is not a Milvus collection name: letters, digits and "
+                             "underscores, starting with a letter or underscore, at most 255; e.g. 'saememory'.")
+        if index not in INDEXES:
+            raise ValueError(f"milvus_index={index!r} is not one of {INDEXES}.")
+        self.collection, self.dim, self.d_sae = collection, int(dim), int(d_sae)
+        self.index = ("FLAT" if self.lite else "HNSW") if index == "auto" else index
+        pymilvus = _pymilvus()
+        self.client = pymilvus.MilvusClient(self.uri, **({"token": token} if token else {}))
+        if self.client.has_collection(collection):
+            self._check_existing()
+        else:
+            self._create(pymilvus)
+        self.client.load_collection(collection)
+        self._last_seq = 0
+
+    # Schema ---------------------------------------------------------------------------------
+
+    def _create(self, pymilvus) -> None:
+        DataType = pymilvus.DataType
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_KEY)
+        schema.add_field("user_id", DataType.VARCHAR, max_length=MAX_KEY, is_partition_key=True)
+        schema.add_field("session_id", DataType.VARCHAR, max_length=MAX_KEY)
+        schema.add_field("role", DataType.VARCHAR, max_length=MAX_KEY)
+        schema.add_field("timestamp", DataType.VARCHAR, max_length=MAX_KEY, nullable=True)
+        schema.add_field("seq", DataType.INT64)
+        schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT, enable_analyzer=True)
+        schema.add_field("metadata", DataType.JSON)
+        schema.add_field("truncated", DataType.BOOL)
+        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.dim)
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_field("bm25", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(pymilvus.Function(name="text_bm25", function_type=pymilvus.FunctionType.BM25,
+                                              input_field_names=["text"], output_field_names=["bm25"]))
+        params = self.client.prepare_index_params()
+        if self.index == "HNSW":
+            params.add_index("dense", index_type="HNSW", metric_type="IP", params={"M": 16, "efConstruction": 200})
+        else:
+            params.add_index("dense", index_type="FLAT", metric_type="IP")
+        params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
+        params.add_index("bm25", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        self.client.create_collection(self.collection, schema=schema, index_params=params, consistency_level="Strong",
+                                      properties={"saememory.d_sae": str(self.d_sae)})
+
+    def _check_existing(self) -> None:
+        info = self.client.describe_collection(self.collection)
+        fields = {f["name"]: f for f in info["fields"]}
+        d_sae = (info.get("properties") or {}).get("saememory.d_sae")
+        dim = fields.get("dense", {}).get("params", {}).get("dim")
+        if d_sae is None or set(RECORD_FIELDS) - set(fields):
+            raise ValueError(f"Milvus collection {self.collection!r} at {self.uri} was not made by saememory; "
+                             "choose another milvus_collection.")
+        if int(dim) != self.dim or int(d_sae) != self.d_sae:
+            raise ValueError(f"Milvus collection {self.collection!r} at {self.uri} holds dim={dim}, d_sae={d_sae}; "
+                             f"this encoder gives dim={self.dim}, d_sae={self.d_sae}. Use the encoder it was made with "
+                             "or another milvus_collection.")
+        index = self.client.describe_index(self.collection, "dense").get("index_type", self.index)
+        self.index = index if index in INDEXES else self.index
+
+    # Reading records ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._count("")
+
+    def _count(self, expr: str) -> int:
+        return int(self.client.query(self.collection, filter=expr, output_fields=["count(*)"])[0]["count(*)"])
+
+    def __contains__(self, message_id: object) -> bool:
+        if not isinstance(message_id, str):
+            return False
+        return bool(self.client.query(self.collection, filter=_ids_filter([message_id]), output_fields=["id"]))
+
+    def get(self, message_id: str) -> dict[str, Any] | None:
+        found = self.client.query(self.collection, filter=_ids_filter([message_id]), output_fields=RECORD_FIELDS)
+        return _record(found[0]) if found else None
+
+    def users(self) -> list[str]:
+        return sorted({row["user_id"] for row in self._iterate("", ["user_id"])})
+
+    def records(self, user_id: str, session_id: str | None = None) -> list[dict[str, Any]]:
+        rows = sorted(self._iterate(self._filter(user_id, session_id), RECORD_FIELDS), key=lambda r: r["seq"])
+        return [_record(row) for row in rows]
+
+    def fetch(self, message_ids: list[str]) -> list[tuple[dict[str, Any], sp.csr_matrix]]:
+        if not message_ids:
+            return []
+        found = {row["id"]: row for row in self.client.query(self.collection, filter=_ids_filter(message_ids),
+                                                              output_fields=RECORD_FIELDS + ["sparse"])}
+        return [(_record(found[mid]), self._code_rows([found[mid]["sparse"]])) for mid in message_ids]
+
+    def _iterate(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
+        """Every entity matching ``expr``: one query when they fit in Milvus' result limit, else an iterator."""
+        n = self._count(expr)
+        if n == 0:
+            return []
+        if n <= MAX_TOPK:
+            return list(self.client.query(self.collection, filter=expr, output_fields=fields, limit=n))
+        iterator = self.client.query_iterator(self.collection, batch_size=BATCH, filter=expr, output_fields=fields)
+        rows: list[dict[str, Any]] = []
+        try:
+            while batch := iterator.next():
+                rows.extend(batch)
+        finally:
+            iterator.close()
+        return rows
+
+    @staticmethod
+    def _filter(user_id: str, session_id: str | None) -> str:
+        expr = f"user_id == {literal(user_id)}"
+        return expr if session_id is None else f"{expr} && session_id == {literal(session_id)}"
+
+    # Writing --------------------------------------------------------------------------------
+
+    def add(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
+        """Inserts records in batches; if one batch fails, the ones already inserted are removed."""
+        for record in records:
+            _check_lengths(record)
+        sparse = sp.csr_matrix(sparse)
+        first = max(time.time_ns(), self._last_seq + 1)
+        self._last_seq = first + len(records) - 1
+        done: list[str] = []
+        try:
+            for start in range(0, len(records), BATCH):
+                rows = [self._row(records[i], dense[i], sparse, i, first + i)
+                        for i in range(start, min(start + BATCH, len(records)))]
+                self.client.insert(self.collection, rows)
+                done.extend(row["id"] for row in rows)
+        except Exception:
+            if done:
+                self.delete(done)
+            raise
+
+    def _row(self, record: dict[str, Any], vector: np.ndarray, sparse: sp.csr_matrix, i: int, seq: int) -> dict[str, Any]:
+        lo, hi = sparse.indptr[i], sparse.indptr[i + 1]
+        code = {int(f): float(a) for f, a in zip(sparse.indices[lo:hi], sparse.data[lo:hi]) if a != 0}
+        return {
+            "id": record["id"], "user_id": record["user_id"], "session_id": record["session_id"],
+            "role": record["role"], "timestamp": record["timestamp"], "seq": seq, "text": record["content"],
+            "metadata": record.get("metadata") or {}, "truncated": bool(record.get("truncated", False)),
+            "dense": vector.tolist(), "sparse": code or {self.d_sae: 1.0},  # the placeholder: see the module doc
+        }
+
+    def delete(self, message_ids: list[str]) -> None:
+        for start in range(0, len(message_ids), BATCH):
+            self.client.delete(self.collection, filter=_ids_filter(message_ids[start:start + BATCH]))
+
+    # Scoring --------------------------------------------------------------------------------
+
+    def score(
+        self,
+        user_id: str,
+        session_id: str | None,
+        q_dense: np.ndarray,
+        q_sparse: sp.csr_matrix,
+        candidates: int,
+        query_text: str | None = None,
+        include: list[str] | None = None,
+    ) -> tuple[list[str], dict[str, np.ndarray]]:
+        """Union of the dense, SAE and BM25 searches' top ``candidates``, scored exactly; see the module doc."""
+        expr = self._filter(user_id, session_id)
+        limit = min(int(candidates), MAX_TOPK)
+        fields = ["user_id", "session_id", "seq", "dense", "sparse"] + (["text"] if query_text is not None else [])
+        dense_params = {"metric_type": "IP", **({"params": {"ef": max(limit, 64)}} if self.index == "HNSW" else {})}
+        searches = [("dense", [np.asarray(q_dense, np.float32).reshape(-1).tolist()], dense_params)]
+        q_code = sp.csr_matrix(q_sparse)
+        if q_code.nnz:
+            searches.append(("sparse", [dict(zip(q_code.indices.tolist(), q_code.data.tolist()))], {"metric_type": "IP"}))
+        if query_text is not None:
+            searches.append(("bm25", [query_text], {"metric_type": "BM25"}))
+        found: dict[str, dict[str, Any]] = {}
+        for field, data, params in searches:
+            result = self.client.search(self.collection, data=data, anns_field=field, limit=limit, filter=expr,
+                                        output_fields=fields, search_params=params)
+            for hit in result[0]:
+                found[hit["id"]] = {"id": hit["id"], **hit["entity"]}
+        if include:
+            for row in self.client.query(self.collection, filter=f"{expr} && {_ids_filter(include)}", output_fields=fields):
+                found[row["id"]] = row
+        # Defence in depth: nothing outside this user's (and session's) messages may pass.
+        rows = [r for r in found.values() if r["user_id"] == user_id and (session_id is None or r["session_id"] == session_id)]
+        if not rows:
+            return [], {"dense": np.zeros(0, np.float32), "sparse": np.zeros(0, np.float32)}
+        dense = np.asarray([r["dense"] for r in rows], dtype=np.float32) @ np.asarray(q_dense, np.float32).reshape(-1)
+        # Best dense first, then insertion order: the in-process exact index's order, so ties
+        # in the fused score (and rank-based fusions) resolve the same way on both backends.
+        order = np.lexsort((np.asarray([r["seq"] for r in rows]), -dense))
+        rows, dense = [rows[i] for i in order], dense[order]
+        signals = {"dense": dense.astype(np.float32)}
+        codes = self._code_rows([r["sparse"] for r in rows])
+        if self.d_sae == 0 or q_code.nnz == 0:
+            signals["sparse"] = np.zeros(len(rows), dtype=np.float32)
+        else:
+            signals["sparse"] = np.asarray((codes @ q_code.T).todense()).reshape(-1).astype(np.float32)
+        if query_text is not None:
+            lexical = LexicalIndex()
+            lexical.add([r["text"] for r in rows])
+            signals["bm25"] = lexical.scores(query_text, np.arange(len(rows)))
+        return [r["id"] for r in rows], signals
+
+    def _code_rows(self, codes: list[dict[int, float]]) -> sp.csr_matrix:
+        """SAE codes as CSR rows, indices ascending, without the placeholder."""
+        indptr, indices, data = [0], [], []
+        for code in codes:
+            items = sorted((int(f), a) for f, a in code.items() if int(f) < self.d_sae)
+            indices.extend(f for f, _ in items)
+            data.extend(a for _, a in items)
+            indptr.append(len(indices))
+        return sp.csr_matrix((np.asarray(data, np.float32), np.asarray(indices, np.int32), np.asarray(indptr)),
+                             shape=(len(codes), self.d_sae))
+
+    # Persistence ----------------------------------------------------------------------------
+
+    def save(self, path: str | Path, manifest: dict[str, Any]) -> None:
+        """Writes a manifest naming the URI and collection; the data itself lives in Milvus."""
+        backend.write_snapshot(path, {
+            **manifest, "dim": self.dim, "d_sae": self.d_sae, "index_type": None, "n_messages": len(self),
+            "milvus": {"uri": self.uri, "collection": self.collection, "index": self.index},
+        })
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _ids_filter(message_ids: list[str]) -> str:
+    """``id in [...]`` with every id escaped (pymilvus' own ``ids=`` does not escape quotes)."""
+    return f"id in [{', '.join(literal(i) for i in message_ids)}]"
+
+
+def _record(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"], "content": row["text"], "role": row["role"], "session_id": row["session_id"],
+        "timestamp": row["timestamp"], "user_id": row["user_id"], "metadata": dict(row["metadata"] or {}),
+        "truncated": bool(row["truncated"]),
+    }
+
+
+def _check_lengths(record: dict[str, Any]) -> None:
+    for key in ("id", "user_id", "session_id"):
+        literal(record[key])  # filters must be able to name it
+    for key in ("id", "user_id", "session_id", "role", "timestamp"):
+        value = record.get(key)
+        if value is not None and len(value.encode()) > MAX_KEY:
+            raise ValueError(f"{key}={value[:40]!r}... is {len(value.encode())} bytes; Milvus stores at most {MAX_KEY}. "
+                             "Use a shorter value.")
+    size = len(record["content"].encode())
+    if size > MAX_TEXT:
+        raise ValueError(f"Message {record['id']!r} is {size} bytes; a Milvus VARCHAR holds at most {MAX_TEXT}. "
+                         "Split it into shorter messages.")
