@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import inspect
 import os
 import shlex
 import sys
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import longmemeval as bench  # noqa: E402  (the LongMemEval harness: caches and splits)
 from common import commit, machine, write_section  # noqa: E402
 
-from saememory import Encoder, EncoderConfig  # noqa: E402
+from saememory import Encoder, EncoderConfig, SAEMemory  # noqa: E402
 from saememory import longmemeval as lme  # noqa: E402
 from saememory.lexical import LexicalIndex  # noqa: E402
 from saememory.scoring import calibrate, fuse  # noqa: E402
@@ -38,13 +39,31 @@ KS = (5, 10)
 FIXED_K = (1, 3, 5, 10, 20)
 THRESHOLDS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 ADAPTIVE_CAP = 20
-PEER = "minmax: dense + bm25"  # the strongest simple peer (REFERENCE §5)
+PEERS = (  # the strongest simple peers: REFERENCE §5's, and LlamaIndex QueryFusionRetriever's rule
+    "minmax: dense + bm25",
+    "minmax top-50: dense + stemmed bm25",
+)
+WEIGHTS = ((1, 1, 1), (1, 0.5, 1), (1, 1, 0.5), (0.5, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 1), (1, 2, 2), (2, 1, 2))
+
+
+def default_config() -> tuple[str, dict[str, Any]]:
+    """The configuration ``SAEMemory()`` ranks with, read from its signature's defaults."""
+    defaults = {n: p.default for n, p in inspect.signature(SAEMemory.__init__).parameters.items()}
+    weights = {s: float(defaults[f"{s}_weight"]) for s in ("dense", "sparse", "bm25") if defaults[f"{s}_weight"]}
+    if defaults.get("bm25_stemmer") and "bm25" in weights:
+        weights["stemmed bm25"] = weights.pop("bm25")
+    cfg = {"weights": weights, "fusion": defaults["fusion"], "normalization": defaults["normalization"],
+           "top": defaults["normalize_top"]}
+    for name, known in configurations().items():
+        if {**known, "top": known.get("top")} == cfg:
+            return name, known
+    return "default", cfg
 
 
 def configurations() -> dict[str, dict[str, Any]]:
-    """Every ablation: signal subsets x normalisations, plus the poster's formula and RRF."""
+    """Every ablation: signal subsets x normalisations, the poster's formula, RRF, stemming, weights."""
     out: dict[str, dict[str, Any]] = {}
-    for signal in ("dense", "sparse", "bm25"):
+    for signal in ("dense", "sparse", "bm25", "stemmed bm25"):
         out[signal] = {"weights": {signal: 1.0}, "fusion": "weighted", "normalization": "none"}
     for size in (2, 3):
         for subset in combinations(("dense", "sparse", "bm25"), size):
@@ -57,10 +76,21 @@ def configurations() -> dict[str, dict[str, Any]]:
     out["poster sqrt (minmax): dense + sparse"] = {"weights": {"dense": 1.0, "sparse": 1.0}, "fusion": "sqrt", "normalization": "minmax"}
     out["poster sqrt (minmax): dense + sparse + bm25"] = {"weights": dict.fromkeys(("dense", "sparse", "bm25"), 1.0), "fusion": "sqrt", "normalization": "minmax"}
     out["minmax 2:1: dense + bm25"] = {"weights": {"dense": 2.0, "bm25": 1.0}, "fusion": "weighted", "normalization": "minmax"}
-    for subset in (("dense", "bm25"), ("dense", "sparse"), ("dense", "sparse", "bm25")):
-        for top in (20, 50):
-            out[f"minmax top-{top}: {' + '.join(subset)}"] = {"weights": dict.fromkeys(subset, 1.0), "fusion": "weighted",
-                                                            "normalization": "minmax", "top": top}
+    for lexical in ("bm25", "stemmed bm25"):
+        for subset in (("dense", lexical), ("dense", "sparse"), ("dense", "sparse", lexical)):
+            for top in (20, 50):
+                out[f"minmax top-{top}: {' + '.join(subset)}"] = {"weights": dict.fromkeys(subset, 1.0), "fusion": "weighted",
+                                                                "normalization": "minmax", "top": top}
+    for norm in ("minmax", "zscore", "rank"):
+        out[f"{norm}: dense + stemmed bm25"] = {"weights": {"dense": 1.0, "stemmed bm25": 1.0}, "fusion": "weighted", "normalization": norm}
+    out["rrf: dense + sparse + stemmed bm25"] = {"weights": dict.fromkeys(("dense", "sparse", "stemmed bm25"), 1.0), "fusion": "rrf",
+                                                 "normalization": "none"}
+    for lexical in ("bm25", "stemmed bm25"):
+        for norm in ("minmax", "zscore"):
+            for w in WEIGHTS:
+                tag = "" if w == (1, 1, 1) else f" {w[0]:g}:{w[1]:g}:{w[2]:g}"
+                out[f"{norm}{tag}: dense + sparse + {lexical}"] = {
+                    "weights": dict(zip(("dense", "sparse", lexical), map(float, w))), "fusion": "weighted", "normalization": norm}
     return out
 
 
@@ -71,8 +101,9 @@ def question_signals(q: dict[str, Any], caches: bench.Caches) -> dict[str, Any] 
         [bench.text_key("doc", m["content"]) for m in items] + [bench.text_key("query", q["question"])]) else None
     if corpus is None:
         return None
-    lexical = LexicalIndex()
+    lexical, stemmed = LexicalIndex(), LexicalIndex(stemmer="english")
     lexical.add(corpus.texts)
+    stemmed.add(corpus.texts)
     rows = np.arange(len(items))
     return {
         "ids": corpus.ids,
@@ -84,6 +115,7 @@ def question_signals(q: dict[str, Any], caches: bench.Caches) -> dict[str, Any] 
             "dense": corpus.dense @ corpus.q_dense,
             "sparse": (corpus.sparse["res"] @ corpus.q_sparse["res"].T).toarray().ravel(),
             "bm25": lexical.scores(q["question"], rows),
+            "stemmed bm25": stemmed.scores(q["question"], rows),
         },
     }
 
@@ -198,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     if not data:
         sys.exit("No cached strict questions: run benchmarks/longmemeval.py on the same selection first.")
     cfgs = configurations()
+    default, cfgs[default] = default_config()
     results = {name: [evaluate(d, cfg) for d in data] for name, cfg in cfgs.items()}
     mean = {name: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for name, rows in results.items()}
 
@@ -212,9 +245,12 @@ def main(argv: list[str] | None = None) -> None:
         f"- encoder: all-MiniLM-L6-v2 + `{base.sae.name}` (sha256 {base.sae.sha256[:12]}), max pooling; BM25: saememory's per-user "
         "index (bm25s parity), English stopwords",
         f"- command: `python {' '.join(shlex.quote(a) for a in ['benchmarks/fusion.py'] + (argv if argv is not None else sys.argv[1:]))}`",
-        ("- the defaults (min-max dense + SAE + BM25, equal weights; adaptive threshold 2.5) were chosen on this split"
-         if args.split == "dev" else
-         "- none of these questions was used to choose anything; the defaults were chosen on the dev split (section above)"),
+        f"- `SAEMemory()`'s default ranking is **{default}**; "
+        + ("the defaults were chosen on this split" if args.split == "dev" else
+           "none of these questions was used to choose anything; the defaults were chosen on the dev split (section above)"),
+        "- `stemmed bm25` is the same BM25 with PyStemmer's English Snowball stemmer (as LlamaIndex's BM25 retriever); "
+        "`minmax top-50` min-max normalises each signal over its own 50 best turns, the rest scoring 0 (the relative-score "
+        "rule of LlamaIndex's QueryFusionRetriever); `a:b:c` are dense:sparse:bm25 weights (1:1:1 when not shown)",
         "",
         "| configuration | turn R_all@5 | turn R_all@10 | turn nDCG@10 | session R_all@5 | session nDCG@10 |",
         "|---|---|---|---|---|---|",
@@ -224,17 +260,18 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {name} | {m['turn/recall_all@5']:.3f} | {m['turn/recall_all@10']:.3f} | {m['turn/ndcg_any@10']:.3f} | "
                      f"{m['session/recall_all@5']:.3f} | {m['session/ndcg_any@10']:.3f} |")
 
-    best = max((n for n in mean if n != PEER), key=lambda n: mean[n]["turn/recall_all@10"])
-    lines += ["", f"Paired against the best peer, `{PEER}` (10,000 bootstrap resamples of questions):", "",
-              "| configuration | metric | mean diff | 95% interval | wins / losses / ties |", "|---|---|---|---|---|"]
-    for name in dict.fromkeys([best, "minmax: dense + sparse + bm25", "poster sqrt (raw, clamped): dense + sparse", "dense"]):
-        for metric in ("turn/recall_all@10", "turn/ndcg_any@10"):
-            diff = np.array([a[metric] - b[metric] for a, b in zip(results[name], results[PEER])])
-            low, high = bootstrap(diff)
-            lines.append(f"| {name} | {metric} | {diff.mean():+.3f} | [{low:+.3f}, {high:+.3f}] | "
-                         f"{int((diff > 0).sum())} / {int((diff < 0).sum())} / {int((diff == 0).sum())} |")
+    best = max((n for n in mean if n not in PEERS), key=lambda n: mean[n]["turn/recall_all@10"])
+    lines += ["", "Paired against each peer (10,000 bootstrap resamples of questions; a positive difference favours the row):", "",
+              "| configuration | peer | metric | mean diff | 95% interval | wins / losses / ties |", "|---|---|---|---|---|---|"]
+    for name in dict.fromkeys([default, best, "minmax: dense + sparse + bm25", "poster sqrt (raw, clamped): dense + sparse", "dense"]):
+        for peer in PEERS:
+            for metric in ("turn/recall_all@10", "turn/ndcg_any@10"):
+                diff = np.array([a[metric] - b[metric] for a, b in zip(results[name], results[peer])])
+                low, high = bootstrap(diff)
+                lines.append(f"| {name} | {peer} | {metric} | {diff.mean():+.3f} | [{low:+.3f}, {high:+.3f}] | "
+                             f"{int((diff > 0).sum())} / {int((diff < 0).sum())} / {int((diff == 0).sum())} |")
 
-    focus = [PEER, "minmax: dense + sparse + bm25", "minmax: dense + sparse", "dense", "bm25", "sparse"]
+    focus = list(dict.fromkeys([*PEERS, default, "minmax: dense + sparse + bm25", "minmax: dense + sparse", "dense", "bm25", "sparse"]))
     for title, key_of in (("question type", lambda d: d["type"]), ("length of the longest evidence turn", length_bucket)):
         groups: dict[str, list[int]] = {}
         for i, d in enumerate(data):
@@ -247,13 +284,13 @@ def main(argv: list[str] | None = None) -> None:
     lines += ["", "Selection: context precision (all evidence turns selected) against context length, for fixed k and for "
               f"the adaptive mode (calibrated z-score >= threshold, at least 1, at most {ADAPTIVE_CAP}):", "",
               "| configuration | selection | context precision | mean chars | mean messages |", "|---|---|---|---|---|"]
-    for name in ("minmax: dense + sparse + bm25", PEER):
+    for name in (default, *PEERS):
         for k in FIXED_K:
             lines.append(f"| {name} | top {k} | {mean[name][f'cp@{k}']:.3f} | {mean[name][f'chars@{k}']:.0f} | {k} |")
         for t in THRESHOLDS:
             lines.append(f"| {name} | z >= {t} | {mean[name][f'cp@z{t}']:.3f} | {mean[name][f'chars@z{t}']:.0f} | "
                          f"{mean[name][f'n@z{t}']:.1f} |")
-    plot_selection(mean, args.plot)
+    plot_selection(mean, args.plot, [default, *PEERS])
     lines += ["", f"![selection]({os.path.relpath(args.plot, args.md.resolve().parent)})"]
 
     texts = [m["content"] for _, q in chosen[:3] for m in lme.messages(q, "user")][: args.cost_messages]
@@ -266,18 +303,19 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| {k} | {v:.4g} |" for k, v in costs.items()]
     lines.append(end)
     write_section(args.md, "\n".join(lines) + "\n", start, end)
-    (ROOT / "benchmarks" / f"fusion_results_{args.split}.json").write_text(json.dumps({"mean": mean, "n": len(data), "costs": costs}, indent=1))
+    (ROOT / "benchmarks" / f"fusion_results_{args.split}.json").write_text(json.dumps({"mean": mean, "n": len(data), "costs": costs, "default": default,
+                                                                  "per_question": {n: [r["turn/recall_all@10"] for r in rows] for n, rows in results.items()}}, indent=1))
     print("\n".join(lines[:40]))
 
 
-def plot_selection(mean: dict[str, dict[str, float]], path: Path) -> None:
+def plot_selection(mean: dict[str, dict[str, float]], path: Path, names: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, style in (("minmax: dense + sparse + bm25", "-"), (PEER, "--")):
+    for name, style in zip(names, ("-", "--", ":")):
         ax.plot([mean[name][f"chars@{k}"] for k in FIXED_K], [mean[name][f"cp@{k}"] for k in FIXED_K], "o" + style, label=f"{name}, top k")
         ax.plot([mean[name][f"chars@z{t}"] for t in THRESHOLDS], [mean[name][f"cp@z{t}"] for t in THRESHOLDS], "s" + style,
                 label=f"{name}, adaptive")
