@@ -3,11 +3,14 @@
     python examples/longmemeval_agent.py ../shared/data/longmemeval/longmemeval_s_cleaned_dev30.json.gz --limit 3
     python examples/longmemeval_agent.py DATA --chat-model openai:gpt-4o-mini --out runs/lme.jsonl
     python examples/longmemeval_agent.py longmemeval_s_cleaned.json --hf      # download (needs network)
+    python examples/longmemeval_agent.py DATA --limit 3 --milvus runs/lme.db  # the memory in milvus-lite
 
 For each question: the haystack becomes an ``SAEMemory`` (turn ids ``{session_id}_{turn}`` as in the
 official code), the question goes through the LangChain ``SAEMemoryRetriever``, and the hits become
 a context of ``[date] role: content`` lines. With ``--chat-model provider:model`` (LangChain's
 ``init_chat_model``) the model answers from that context; without it the agent does retrieval only.
+With ``--milvus URI`` (a milvus-lite ``.db`` file or a server URI) the memory lives in Milvus
+instead: one collection, emptied before each question.
 
 Writes one JSON line per question to ``--out`` (retrieved ids, scores, top shared SAE features, the
 context, the answer and retrieval metrics against the gold turns) and, when it answered, a
@@ -63,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="Gemma stacks: auto, cuda, mps or cpu; default auto")
     parser.add_argument("--dtype", default="auto", help="Gemma stacks: auto (bfloat16 on cuda), bfloat16, float16, float32")
     parser.add_argument("--cache-dir", default=None, help="Gemma stacks: keep message codes across runs; default in memory")
+    parser.add_argument("--milvus", metavar="URI", default=None,
+                        help="store the memory in Milvus: a milvus-lite .db file or a server URI; default in-process")
+    parser.add_argument("--milvus-collection", default="longmemeval", help="Milvus collection; default longmemeval")
     parser.add_argument("--out", default="runs/longmemeval_agent.jsonl", help="per-question JSONL; default runs/longmemeval_agent.jsonl")
     args = parser.parse_args(argv)
     if args.k <= 0:
@@ -110,9 +116,20 @@ def corpus(question: dict[str, Any], granularity: str, roles: str) -> list[dict[
     return lme.messages(question, roles)
 
 
+def open_memory(encoder: Encoder, args: argparse.Namespace) -> SAEMemory:
+    """An empty memory: in-process, or the ``--milvus`` collection emptied (of an earlier question or run)."""
+    settings = {"fusion": args.fusion} if args.fusion else {}
+    if args.milvus is None:
+        return SAEMemory(encoder, **settings)
+    memory = SAEMemory(encoder, milvus_uri=args.milvus, milvus_collection=args.milvus_collection, **settings)
+    for user in memory.users():
+        memory.delete([m["id"] for m in memory.messages(user)])
+    return memory
+
+
 def run_question(question: dict[str, Any], encoder: Encoder, args: argparse.Namespace, model: Any = None) -> dict[str, Any]:
     """Indexes one haystack in a fresh memory, retrieves for the question, and answers if a model is given."""
-    memory = SAEMemory(encoder, **({"fusion": args.fusion} if args.fusion else {}))
+    memory = open_memory(encoder, args)
     memory.add(corpus(question, args.granularity, args.roles))
     retriever = SAEMemoryRetriever.from_memory(memory, k=args.k)
     docs = retriever.invoke(question["question"])
@@ -183,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     sae = None if args.sae.lower() == "none" else args.sae
     encoder = build_encoder(args, sae)
     print(f"{len(todo)} questions to run ({len(done)} already in {out}); k={args.k}, "
-          f"granularity={args.granularity}, roles={args.roles}, fusion={args.fusion or 'default'}, sae={sae}.")
+          f"granularity={args.granularity}, roles={args.roles}, fusion={args.fusion or 'default'}, sae={sae}, "
+          f"storage={args.milvus or 'in-process'}.")
     out.parent.mkdir(parents=True, exist_ok=True)
     hits = []
     for question in tqdm(todo, desc="LongMemEval", unit="question"):

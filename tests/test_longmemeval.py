@@ -218,6 +218,18 @@ def test_agent_retrieval_only(trimmed, saes, tmp_path, capsys):
     assert len(out.read_text().splitlines()) == 2
 
 
+def test_agent_runs_on_milvus(trimmed, saes, tmp_path):
+    agent = load_script(ROOT / "examples" / "longmemeval_agent.py")
+    runs = {}
+    for name, extra in [("in-process", []), ("milvus", ["--milvus", str(tmp_path / "lme.db")])]:
+        out = tmp_path / f"{name}.jsonl"
+        agent.main([str(trimmed), "--sae", str(saes["res"]), "--k", "5", "--out", str(out), *extra])
+        runs[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["question_id"] for r in runs["milvus"]] == list(SMOKE_IDS)
+    # The default candidates (200 per signal) cover these haystacks, so the rankings agree.
+    assert [r["retrieved_ids"] for r in runs["milvus"]] == [r["retrieved_ids"] for r in runs["in-process"]]
+
+
 def test_agent_hf_flag_forms_the_download(monkeypatch):
     import huggingface_hub
 
