@@ -80,6 +80,12 @@ def test_long_text_is_flagged_truncated(encoder):
     assert out.truncated.tolist() == [False, True]
 
 
+def test_text_that_exactly_fills_the_window_is_not_truncated(encoder):
+    fits = "word " * (encoder.max_tokens - 2)  # + [CLS] and [SEP]
+    out = encoder.encode_documents([fits, fits + "word", "short"])
+    assert out.truncated.tolist() == [False, True, False]
+
+
 def test_dense_only_encoder(encoder):
     dense_only = Encoder(EncoderConfig(sae=None), model=encoder.model)
     out = dense_only.encode_documents(TEXTS)

@@ -304,6 +304,7 @@ class Encoder:
     def _encode(self, texts: list[str], show_progress: bool) -> Encoded:
         n = len(texts)
         dense = np.zeros((n, self.dim), dtype=np.float32)
+        full = np.zeros(n, dtype=bool)  # filled the whole window: maybe truncated
         blocks: list[sp.csr_matrix] = []
         order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths pad less
         batches = range(0, n, self.config.batch_size)
@@ -314,6 +315,7 @@ class Encoder:
         for start in batches:
             idx = order[start : start + self.config.batch_size]
             features = self._forward([texts[i] for i in idx])
+            full[idx] = (features["attention_mask"].sum(dim=1) >= self.max_tokens).cpu().numpy()
             emb = torch.nn.functional.normalize(features["sentence_embedding"].float(), dim=-1)
             dense[idx] = emb.cpu().numpy()
             if self.sae is not None:
@@ -325,7 +327,10 @@ class Encoder:
             rows = np.concatenate([idx for idx, _ in blocks])
             stacked = sp.vstack([block for _, block in blocks], format="csr")
             sparse = stacked[np.argsort(rows)].astype(np.float32)
-        return Encoded(dense=dense, sparse=sp.csr_matrix(sparse), truncated=self._truncated(texts))
+        truncated = np.zeros(n, dtype=bool)
+        if full.any():  # only texts that filled the window are tokenised again, without the limit
+            truncated[full] = self._truncated([texts[i] for i in np.flatnonzero(full)])
+        return Encoded(dense=dense, sparse=sp.csr_matrix(sparse), truncated=truncated)
 
     def _sparse_codes(self, features: dict[str, Any], emb: torch.Tensor) -> torch.Tensor:
         if self.layer is None:
