@@ -33,6 +33,7 @@ import argparse
 import hashlib
 import json
 import os
+import inspect
 import shlex
 import statistics
 import sys
@@ -51,7 +52,9 @@ from common import commit, machine, write_section  # noqa: E402
 
 from saememory import DEFAULT_SAE, Encoded, Encoder, EncoderConfig, SAEMemory  # noqa: E402
 from saememory import longmemeval as lme  # noqa: E402
-from saememory.scoring import combine
+from saememory.lexical import LexicalIndex  # noqa: E402
+from saememory.memory import SETTINGS  # noqa: E402
+from saememory.scoring import SIGNALS, combine, fit_budget, fuse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / ".." / "shared" / "data" / "longmemeval"
@@ -61,6 +64,8 @@ DEFAULT_EMB_SAE = "minilm-emb-topk4k"
 OFFICIAL_KS = (1, 5, 10)
 POSTER_KS = (1, 3, 5, 10)
 POSTER_TOP = 10
+POSTER_BUDGET = 5346  # the poster's mean context (characters) at its context precision of 0.73
+BUDGET_DEPTH = 50  # ranked messages a budget may draw from
 DEV_POSITIONS = (0, 1)  # strict questions at positions i % 5 in these were used for choices (REFERENCE §10)
 MD_START, MD_END = "<!-- longmemeval:start -->", "<!-- longmemeval:end -->"
 FUSIONS = ("sqrt", "sqrt_unclamped", "weighted", "rrf")
@@ -298,6 +303,31 @@ def minmax_bm25_dense_res(c: Corpus) -> np.ndarray:
     return minmax_bm25_dense(c) + minmax((c.sparse["res"] @ c.q_sparse["res"].T).toarray().ravel())
 
 
+def library_defaults() -> dict[str, Any]:
+    """The ranking settings of ``SAEMemory()``, read from its signature: what a user gets by default."""
+    return {n: p.default for n, p in inspect.signature(SAEMemory.__init__).parameters.items() if n in SETTINGS}
+
+
+def describe_default(d: dict[str, Any]) -> str:
+    weights = {s: d[f"{s}_weight"] for s in SIGNALS if d[f"{s}_weight"]}
+    names = {"dense": "dense", "sparse": "residual SAE", "bm25": "stemmed BM25" if d.get("bm25_stemmer") else "BM25"}
+    parts = [names[s] if w == 1 else f"{w:g}×{names[s]}" for s, w in weights.items()]
+    norm = d["normalization"] + (f" over each top {d['normalize_top']}" if d["normalize_top"] else "")
+    return f"saememory default ({d['fusion']}, {norm}: {' + '.join(parts)})"
+
+
+def saememory_default(c: Corpus) -> np.ndarray:
+    """``SAEMemory()``'s own ranking, with its default settings, on the cached vectors."""
+    d = library_defaults()
+    lexical = LexicalIndex(stemmer=d.get("bm25_stemmer"))
+    lexical.add(c.texts)
+    signals = {"dense": c.dense @ c.q_dense, "sparse": (c.sparse["res"] @ c.q_sparse["res"].T).toarray().ravel(),
+               "bm25": lexical.scores(c.query, np.arange(len(c.texts)))}
+    weights = {s: d[f"{s}_weight"] for s in SIGNALS}
+    scores, _, _ = fuse(signals, weights, d["fusion"], d["normalization"], d["rrf_k"], d["normalize_top"])
+    return scores
+
+
 def from_scores(score: Callable[[Corpus], np.ndarray]) -> Callable[[Corpus, int], list[str]]:
     def rank(c: Corpus, depth: int) -> list[str]:
         order = np.argsort(-np.asarray(score(c), dtype=np.float64), kind="stable")[:depth]
@@ -389,20 +419,24 @@ class Retriever:
     group: str  # "ours" or "peer"
     rank: Callable[[Corpus, int], list[str]]
     encoder: str | None  # whose encoding cost it pays: "dense", "res", "emb" or None
-    fusion: str | None = None  # for ours: the SAEMemory fusion, checked against SAEMemory in the latency pass
+    settings: dict[str, Any] | None = None  # for ours: SAEMemory settings, checked against SAEMemory in the latency pass
 
 
 def retrievers(caches: Caches) -> list[Retriever]:
     """Every retriever of the run, ours first."""
-    out = [Retriever("dense (MiniLM)", "ours", from_scores(ours(None, "dense")), "dense", "dense")]
+    # combine() is raw dense and sparse, no BM25: the SAEMemory check is pinned to that.
+    def raw(fusion: str) -> dict[str, Any]:
+        return {"fusion": fusion, "normalization": "none", "bm25_weight": 0.0}
+
+    out = [Retriever("dense (MiniLM)", "ours", from_scores(ours(None, "dense")), "dense", raw("dense"))]
     signals = [("res", "residual SAE")] + ([("emb", "embedding SAE")] if caches.emb is not None else [])
     if caches.base_encoder.sae is None:
         signals = signals[1:]
     for signal, label in signals:
-        out.append(Retriever(f"sparse ({label})", "ours", from_scores(ours(signal, "sparse")), signal, "sparse"))
+        out.append(Retriever(f"sparse ({label})", "ours", from_scores(ours(signal, "sparse")), signal, raw("sparse")))
     for signal, label in signals:
         for fusion in FUSIONS:
-            out.append(Retriever(f"dense + {label}, {fusion}", "ours", from_scores(ours(signal, fusion)), signal, fusion))
+            out.append(Retriever(f"dense + {label}, {fusion}", "ours", from_scores(ours(signal, fusion)), signal, raw(fusion)))
     out += [
         Retriever("BM25 (bm25s, stopwords)", "peer", from_scores(bm25s_scores), None),
         Retriever("BM25 (rank_bm25, official split)", "peer", from_scores(rank_bm25_scores), None),
@@ -412,6 +446,7 @@ def retrievers(caches: Caches) -> list[Retriever]:
     ]
     if caches.base_encoder.sae is not None:
         out.append(Retriever("min-max BM25 + dense + residual SAE", "ours", from_scores(minmax_bm25_dense_res), "res"))
+        out.append(Retriever(describe_default(library_defaults()), "ours", from_scores(saememory_default), "res", {}))
     return out
 
 
@@ -465,6 +500,11 @@ def evaluate_question(q: dict[str, Any], caches: Caches, rs: list[Retriever], de
             poster[f"recall_all@{k}"] = lme.recall_all(ranked_all, gold_all, k)
             poster[f"chars@{k}"] = lme.context_chars(text_of[i] for i in ranked_all[:k])
         poster["context_precision"] = lme.context_precision(ranked_all[:POSTER_TOP], gold_all)
+        deep = r.rank(corpora["all"], BUDGET_DEPTH)
+        kept = [deep[i] for i in fit_budget(np.arange(len(deep)), np.array([len(text_of[m]) for m in deep]), POSTER_BUDGET)]
+        poster["cp@budget"] = lme.context_precision(kept, gold_all)
+        poster["chars@budget"] = lme.context_chars(text_of[i] for i in kept)
+        poster["n@budget"] = len(kept)
         row["retrievers"][r.name] = {
             "turn": lme.retrieval_metrics(ranked_turns, gold_turns, OFFICIAL_KS),
             "session": lme.retrieval_metrics(ranked_sessions, gold_sessions, OFFICIAL_KS),
@@ -512,14 +552,13 @@ def measure_latency(q: dict[str, Any], caches: Caches, rs: list[Retriever], enco
     out: dict[str, Any] = {"question_id": q["question_id"], "n_messages": len(items), "encode_s": {str(k): v for k, v in encode_s.items()},
                            "retrievers": {}, "agreement": {}}
     for r in rs:
-        if r.group == "ours" and r.fusion is not None:
+        if r.group == "ours" and r.settings is not None:
             cache = caches.emb if r.encoder == "emb" else caches.base
             sae = None if r.encoder == "dense" else (caches.emb_sae if r.encoder == "emb" else caches.base_encoder.sae)
             encoder = CachedEncoder(cache, caches.base_encoder, sae)
 
-            def build_and_query(encoder=encoder, fusion=r.fusion):
-                # The numpy path is combine(): raw dense and sparse, no BM25; pin the memory to it.
-                memory = SAEMemory(encoder, fusion=fusion, normalization="none", bm25_weight=0.0)
+            def build_and_query(encoder=encoder, settings=r.settings):
+                memory = SAEMemory(encoder, **settings)
                 memory.add(items)
                 return memory, memory.search(query, k=POSTER_TOP)
 
@@ -533,7 +572,7 @@ def measure_latency(q: dict[str, Any], caches: Caches, rs: list[Retriever], enco
         out["retrievers"][r.name] = {
             "question_s": encode_s[r.encoder] + query_s[r.encoder] + build_s,
             "warm_query_s": query_s[r.encoder] + warm_s,
-            "warm_is_rebuild": not (r.group == "ours" and r.fusion is not None),
+            "warm_is_rebuild": not (r.group == "ours" and r.settings is not None),
         }
     return out
 
@@ -693,8 +732,12 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], rs: list[Retriever],
         "real query encoding + a repeated search (peers marked * rebuild their index per call here, so theirs "
         "is an upper bound). Ratios are to dense only in this run.",
         "",
-        "| retriever | context precision | context chars (mean ± sd) | s / question | ratio | warm query (ms) | ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"Budget: the best of the top {BUDGET_DEPTH} that fit in the poster's mean context of {POSTER_BUDGET:,} characters, "
+        "in rank order, skipping a message that would overflow (`saememory.scoring.fit_budget`, `SAEMemory.search(max_chars=...)`).",
+        "",
+        "| retriever | context precision | context chars (mean ± sd) | CP within budget | chars (messages) within budget | "
+        "s / question | ratio | warm query (ms) | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in names:
         p = summary["poster"][name]
@@ -702,7 +745,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], rs: list[Retriever],
         lat_cells = (f"{lat['question_s']:.1f} ± {lat['question_s_sd']:.1f} | {lat['question_ratio']:.2f} | "
                      f"{lat['warm_query_s'] * 1000:.0f}{'*' if lat['warm_is_rebuild'] else ''} | {lat['warm_ratio']:.2f}"
                      ) if lat else "– | – | – | –"
-        lines.append(f"| {name} | {fmt(p['context_precision'])} | {p['chars@10']:.0f} ± {p['chars@10_sd']:.0f} | {lat_cells} |")
+        lines.append(f"| {name} | {fmt(p['context_precision'])} | {p['chars@10']:.0f} ± {p['chars@10_sd']:.0f} | "
+                     f"{fmt(p['cp@budget'])} | {p['chars@budget']:.0f} ({p['n@budget']:.1f}) | {lat_cells} |")
     if summary["agreement"]:
         worst = min(min(v) for v in summary["agreement"].values())
         lines += ["", f"Check: for ours, the top {POSTER_TOP} through `SAEMemory` (FAISS) and through the numpy scoring "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from saememory.scoring import combine, ranks, top_k
+from saememory.scoring import combine, fit_budget, ranks, top_k
 
 
 def test_sqrt_clamps_negative_dense():
@@ -111,3 +111,13 @@ def test_normalizing_over_each_signals_top_list():
     signals = {"dense": np.array([0.9, 0.8, 0.1]), "bm25": np.array([0.0, 5.0, 4.0])}
     scores, _, _ = fuse(signals, {"dense": 1.0, "bm25": 1.0}, "weighted", "minmax", top=2)
     np.testing.assert_allclose(scores, [1.0, 1.0, 0.0])
+
+
+def test_fit_budget_skips_what_overflows_and_keeps_rank_order():
+    lengths = np.array([100, 400, 50, 300, 60])
+    ranked = np.array([1, 3, 0, 2, 4])  # best first
+    # 400 fits; 300 would overflow 500; 100 fits (500); 50 and 60 would overflow
+    assert fit_budget(ranked, lengths, 500).tolist() == [1, 0]
+    assert fit_budget(ranked, lengths, 900).tolist() == [1, 3, 0, 2]  # 850 used; the last 60 would make 910
+    assert fit_budget(ranked, lengths, 910).tolist() == [1, 3, 0, 2, 4]
+    assert fit_budget(ranked, lengths, 10).tolist() == []

@@ -12,7 +12,8 @@ in [0, 1]) and ``"bm25"`` (lexical, >= 0). Each is first normalised per query
 - ``"dense"`` / ``"sparse"`` / ``"bm25"``: one signal alone.
 
 ``calibrate`` turns a query's fused scores into z-scores against all of the user's messages,
-so that one threshold means the same for every query (see ``SAEMemory(selection="adaptive")``).
+so that one threshold means the same for every query (see ``SAEMemory(selection="adaptive")``);
+``fit_budget`` keeps the best messages that fit in a context of so many characters.
 """
 
 from __future__ import annotations
@@ -154,3 +155,22 @@ def top_k(scores: np.ndarray, k: int, min_score: float | None = None) -> np.ndar
     if min_score is not None:
         order = order[scores[order] >= min_score]
     return order
+
+
+def fit_budget(ranked: np.ndarray, lengths: np.ndarray, max_chars: int) -> np.ndarray:
+    """The positions of ``ranked`` (best first) that fit in a context of ``max_chars``.
+
+    Walks the ranking in order and skips a message that would overflow the budget, so a
+    shorter, lower-ranked message can still take the room a long one could not.
+
+    Args:
+        ranked: Positions, best first.
+        lengths: Length (characters) of every position.
+        max_chars: The budget.
+    """
+    kept, used = [], 0
+    for position in ranked.tolist():
+        if used + lengths[position] <= max_chars:
+            kept.append(position)
+            used += int(lengths[position])
+    return np.asarray(kept, dtype=np.int64)
