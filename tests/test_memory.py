@@ -572,6 +572,10 @@ def test_milvus_rejects_what_it_cannot_store(encoder, tmp_path):
     with pytest.raises(ValueError, match="control character"):
         memory.add([{"content": "hi", "user_id": "bell\x07"}])
     assert len(memory) == 0
+    memory.add([{"content": "kept", "id": "k"}])
+    with pytest.raises(ValueError, match="65535"):  # refused before the stored version is touched
+        memory.update([{"id": "k", "content": "word " * 14_000}])
+    assert memory.get("k")["content"] == "kept" and len(memory) == 1
 
 
 def test_adapters_run_on_milvus(encoder, tmp_path):
@@ -585,3 +589,14 @@ def test_adapters_run_on_milvus(encoder, tmp_path):
                                            milvus_uri=str(tmp_path / "li.db"), milvus_collection="chat")
     nodes = li.retrieve(QUESTION)
     assert isinstance(li.memory.index, MilvusBackend) and nodes[0].node.node_id == "planted"
+
+
+def test_the_core_imports_without_pymilvus_and_says_what_to_install(encoder, monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['pymilvus'] = None; import saememory, langchain_saememory, llama_index_saememory"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r'pip install "saememory\[milvus\]"'):
+        SAEMemory(encoder, milvus_uri=str(tmp_path / "m.db"))

@@ -40,6 +40,12 @@ class Backend(Protocol):
     def users(self) -> list[str]:
         """Users with at least one message, sorted."""
 
+    def stored(self, message_ids: list[str]) -> set[str]:
+        """Which of these ids are stored (one round trip for an external engine)."""
+
+    def validate(self, records: list[dict[str, Any]]) -> None:
+        """Raises ValueError for records this backend cannot store, before anything changes."""
+
     def get(self, message_id: str) -> dict[str, Any] | None:
         """The stored record, or None."""
 

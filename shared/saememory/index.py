@@ -67,6 +67,12 @@ class MemoryIndex:
     def users(self) -> list[str]:
         return sorted(user for user, rows in self._user_rows.items() if rows)
 
+    def stored(self, message_ids: list[str]) -> set[str]:
+        return {mid for mid in message_ids if mid in self.row_of}
+
+    def validate(self, records: list[dict[str, Any]]) -> None:
+        """Every record ``SAEMemory`` validated can be stored here."""
+
     def get(self, message_id: str) -> dict[str, Any] | None:
         row = self.row_of.get(message_id)
         return None if row is None else self._records[row]

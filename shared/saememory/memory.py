@@ -279,6 +279,7 @@ class SAEMemory:
         repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
         if repeated:
             raise ValueError(f"Message ids must be unique; repeated in this batch: {repeated[:5]}.")
+        self.index.validate(records)
         with self._lock:
             self._refuse_stored(ids)  # fail before the costly encoding
         encoded = self._encode_records(records, show_progress)
@@ -288,7 +289,8 @@ class SAEMemory:
         return ids
 
     def _refuse_stored(self, ids: list[str]) -> None:
-        stored = [i for i in ids if i in self.index]
+        found = self.index.stored(ids)
+        stored = [i for i in ids if i in found]
         if stored:
             raise ValueError(f"Message ids already stored: {stored[:5]}. Use update() to replace them.")
 
@@ -300,7 +302,8 @@ class SAEMemory:
         """
         ids = [message_ids] if isinstance(message_ids, str) else list(message_ids)
         with self._lock:
-            missing = [i for i in ids if i not in self.index]
+            found = self.index.stored(ids)
+            missing = [i for i in ids if i not in found]
             if missing:
                 raise KeyError(f"No messages with ids {missing[:5]}; nothing was deleted.")
             self.index.delete(list(dict.fromkeys(ids)))
@@ -324,9 +327,11 @@ class SAEMemory:
         repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
         if repeated:
             raise ValueError(f"Each id may be updated once per call; repeated: {repeated[:5]}.")
+        self.index.validate(records)  # a record the backend refuses must not cost the stored version
         encoded = self._encode_records(records, False)
         with self._lock:
-            missing = [i for i in ids if i not in self.index]
+            found = self.index.stored(ids)
+            missing = [i for i in ids if i not in found]
             if missing:
                 raise KeyError(f"No messages with ids {missing[:5]} to update; add() them instead.")
             self.index.delete(ids)

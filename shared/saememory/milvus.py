@@ -175,11 +175,24 @@ class MilvusBackend:
         return int(self.client.query(self.collection, filter=expr, output_fields=["count(*)"])[0]["count(*)"])
 
     def __contains__(self, message_id: object) -> bool:
-        if not isinstance(message_id, str):
-            return False
-        return bool(self.client.query(self.collection, filter=_ids_filter([message_id]), output_fields=["id"]))
+        return bool(self.stored([message_id]))
+
+    def stored(self, message_ids: list[str]) -> set[str]:
+        ids = [m for m in message_ids if isinstance(m, str) and _storable_key(m)]  # others cannot be stored
+        found: set[str] = set()
+        for start in range(0, len(ids), BATCH):
+            rows = self.client.query(self.collection, filter=_ids_filter(ids[start:start + BATCH]), output_fields=["id"])
+            found.update(row["id"] for row in rows)
+        return found
+
+    def validate(self, records: list[dict[str, Any]]) -> None:
+        """Refuses values Milvus cannot store or filter on: see ``MAX_KEY``, ``MAX_TEXT`` and ``literal``."""
+        for record in records:
+            _check_lengths(record)
 
     def get(self, message_id: str) -> dict[str, Any] | None:
+        if not (isinstance(message_id, str) and _storable_key(message_id)):
+            return None
         found = self.client.query(self.collection, filter=_ids_filter([message_id]), output_fields=RECORD_FIELDS)
         return _record(found[0]) if found else None
 
@@ -222,8 +235,7 @@ class MilvusBackend:
 
     def add(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
         """Inserts records in batches; if one batch fails, the ones already inserted are removed."""
-        for record in records:
-            _check_lengths(record)
+        self.validate(records)
         sparse = sp.csr_matrix(sparse)
         first = max(time.time_ns(), self._last_seq + 1)
         self._last_seq = first + len(records) - 1
@@ -326,8 +338,23 @@ class MilvusBackend:
             "milvus": {"uri": self.uri, "collection": self.collection, "index": self.index},
         })
 
+    def flush(self) -> None:
+        """Seals inserted data into indexed segments; after a bulk load, searches get faster.
+
+        milvus-lite 3.x searches unsealed rows by brute force in Python; a server flushes on its own.
+        """
+        self.client.flush(self.collection)
+
     def close(self) -> None:
         self.client.close()
+
+
+def _storable_key(value: str) -> bool:
+    try:
+        literal(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _ids_filter(message_ids: list[str]) -> str:
