@@ -74,6 +74,9 @@ class SAEMemoryRetriever(BaseRetriever):
         steer: SAE features to boost or suppress in every query (feature id or label text to
             strength; see ``SAEMemory.search``). Defaults to None; ``invoke(q, steer=...)``
             overrides it per call.
+        max_chars: A context budget in characters: of the ``k`` best, keep those that fit,
+            skipping any that would overflow (see ``SAEMemory.search``). Defaults to None (no
+            budget); ``invoke(q, max_chars=...)`` overrides it per call.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -84,6 +87,7 @@ class SAEMemoryRetriever(BaseRetriever):
     session_id: str | None = None
     min_score: float | None = None
     steer: dict[int | str, float] | None = None
+    max_chars: int | None = None
 
     @classmethod
     def from_messages(
@@ -139,6 +143,7 @@ class SAEMemoryRetriever(BaseRetriever):
         session_id: str | None = None,
         min_score: float | None = None,
         steer: dict[int | str, float] | None = None,
+        max_chars: int | None = None,
     ) -> list[Document]:
         hits = self.memory.search(
             query,
@@ -147,6 +152,7 @@ class SAEMemoryRetriever(BaseRetriever):
             session_id=session_id if session_id is not None else self.session_id,
             min_score=min_score if min_score is not None else self.min_score,
             steer=steer if steer is not None else self.steer,
+            max_chars=max_chars if max_chars is not None else self.max_chars,
         )
         return [Document(id=hit.id, page_content=hit.content, metadata=hit.to_metadata()) for hit in hits]
 
@@ -159,6 +165,7 @@ class SAEMemoryRetriever(BaseRetriever):
         session_id: str | None = None,
         min_score: float | None = None,
         steer: dict[int | str, float] | None = None,
+        max_chars: int | None = None,
     ) -> list[Document]:
         # Encoding is CPU-bound torch work: run it off the event loop.
         return await asyncio.to_thread(
@@ -169,5 +176,6 @@ class SAEMemoryRetriever(BaseRetriever):
             session_id=session_id,
             min_score=min_score,
             steer=steer,
+            max_chars=max_chars,
         )
 

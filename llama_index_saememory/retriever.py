@@ -69,6 +69,9 @@ class SAEMemoryRetriever(BaseRetriever):
         min_score: Drop hits with a lower combined score. Defaults to None.
         steer: SAE features to boost or suppress in every query (feature id or label text to
             strength; see ``SAEMemory.search``). Defaults to None.
+        max_chars: A context budget in characters: of the ``similarity_top_k`` best, keep those
+            that fit, skipping any that would overflow (see ``SAEMemory.search``). Defaults to
+            None (no budget).
         callback_manager: LlamaIndex callback manager. Defaults to a new one.
     """
 
@@ -80,6 +83,7 @@ class SAEMemoryRetriever(BaseRetriever):
         session_id: str | None = None,
         min_score: float | None = None,
         steer: dict[int | str, float] | None = None,
+        max_chars: int | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
@@ -89,6 +93,7 @@ class SAEMemoryRetriever(BaseRetriever):
         self.session_id = session_id
         self.min_score = min_score
         self.steer = steer
+        self.max_chars = max_chars
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @classmethod
@@ -131,6 +136,7 @@ class SAEMemoryRetriever(BaseRetriever):
             session_id=self.session_id,
             min_score=self.min_score,
             steer=self.steer,
+            max_chars=self.max_chars,
         )
         return [hit_to_node(hit) for hit in hits]
 

@@ -52,6 +52,16 @@ def test_k_per_call(retriever):
     assert len(retriever.invoke(QUESTION, k=100)) == len(CONVERSATION)
 
 
+def test_context_budget_per_call_and_as_a_field(retriever):
+    budget = sum(len(d.page_content) for d in retriever.invoke(QUESTION, k=2))
+    docs = retriever.invoke(QUESTION, k=10, max_chars=budget)
+    assert docs and sum(len(d.page_content) for d in docs) <= budget
+    full = [d.id for d in retriever.invoke(QUESTION, k=10)]
+    assert [d.id for d in docs] == [i for i in full if i in {d.id for d in docs}]  # rank order kept
+    capped = SAEMemoryRetriever.from_memory(retriever.memory, k=10, max_chars=budget)
+    assert [d.id for d in capped.invoke(QUESTION)] == [d.id for d in docs]
+
+
 def test_session_per_call(retriever):
     docs = retriever.invoke(QUESTION, session_id="s3", k=50)
     assert docs and {d.metadata["session_id"] for d in docs} == {"s3"}

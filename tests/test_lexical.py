@@ -56,8 +56,9 @@ def test_unknown_stemmer_language_is_refused():
         LexicalIndex(stemmer="klingon")
 
 
-def test_each_user_is_its_own_corpus_and_deletes_take_effect(encoder):
-    memory = SAEMemory(encoder, bm25_weight=1.0)
+@pytest.mark.parametrize("stemmer", [None, "english"])
+def test_each_user_is_its_own_corpus_and_deletes_take_effect(encoder, stemmer):
+    memory = SAEMemory(encoder, bm25_weight=1.0, bm25_stemmer=stemmer)
     memory.add([{"content": t, "user_id": "a", "id": f"a{i}"} for i, t in enumerate(DISTRACTORS[:10])])
     memory.add([{"content": t, "user_id": "b", "id": f"b{i}"} for i, t in enumerate(DISTRACTORS[5:])])
     memory.delete(["a1", "a4"])
@@ -65,7 +66,7 @@ def test_each_user_is_its_own_corpus_and_deletes_take_effect(encoder):
         stored = memory.messages(user)
         docs = [m["content"] for m in stored]
         for query in QUERIES + ["plants that survive low light", "meeting on Friday"]:
-            expected = dict(zip([m["id"] for m in stored], bm25s_scores(docs, query)))
+            expected = dict(zip([m["id"] for m in stored], bm25s_scores(docs, query, stemmer)))
             for hit in memory.search(query, k=100, user_id=user):
                 assert hit.bm25_score == pytest.approx(expected[hit.id], abs=1e-5)
 

@@ -48,6 +48,14 @@ def test_same_ranking_as_langchain(encoder):
         assert [(n.node.node_id, n.score) for n in li.retrieve(query)] == expected
 
 
+def test_context_budget(encoder):
+    lc = LangChainRetriever.from_messages(CONVERSATION, k=10, encoder=encoder)
+    li = SAEMemoryRetriever(lc.memory, similarity_top_k=10, max_chars=300)
+    nodes = li.retrieve(QUESTION)
+    assert nodes and sum(len(n.node.get_content()) for n in nodes) <= 300
+    assert [n.node.node_id for n in nodes] == [d.id for d in lc.invoke(QUESTION, max_chars=300)]
+
+
 def test_user_scope(encoder):
     retriever = SAEMemoryRetriever.from_messages(CONVERSATION, user_id="alice", encoder=encoder)
     assert retriever.retrieve(QUESTION)[0].node.metadata["user_id"] == "alice"

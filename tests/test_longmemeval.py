@@ -266,7 +266,7 @@ def test_benchmark_smoke(trimmed, saes, tmp_path):
     summary = result["summary"]
     strict = summary["official"]["strict"]
     names = list(strict)
-    assert names[0] == "dense (MiniLM)" and len(names) == 17
+    assert names[0] == "dense (MiniLM)" and len(names) == 18 and names[-1].startswith("saememory default (")
     assert all(strict[n]["n"] == 2 for n in names)
     for name in names:
         for key, value in strict[name].items():

@@ -431,7 +431,8 @@ def test_adaptive_selection_returns_what_stands_out(make):
 
 def test_new_settings_are_validated(encoder):
     for kwargs, match in [({"bm25_weight": -1}, "bm25_weight"), ({"normalization": "l2"}, "normalization"),
-                          ({"selection": "all"}, "selection"), ({"sparse_weight": "1"}, "sparse_weight")]:
+                          ({"selection": "all"}, "selection"), ({"sparse_weight": "1"}, "sparse_weight"),
+                          ({"bm25_stemmer": "klingon"}, "bm25_stemmer='klingon'.*Snowball")]:
         with pytest.raises(ValueError, match=match):
             SAEMemory(encoder, **kwargs)
 
@@ -600,3 +601,40 @@ def test_the_core_imports_without_pymilvus_and_says_what_to_install(encoder, mon
     monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if it were not installed
     with pytest.raises(ImportError, match=r'pip install "saememory\[milvus\]"'):
         SAEMemory(encoder, milvus_uri=str(tmp_path / "m.db"))
+
+
+def test_context_budget_keeps_the_best_that_fit(make):
+    memory = make()
+    memory.add([{"id": "long", "content": "My sister Ana moved to Lisbon last spring. " * 12},
+                {"id": "short", "content": "Ana is my sister; she lives in Lisbon."},
+                {"id": "other", "content": "I bought a blue bicycle for my commute."}])
+    ranked = [h.id for h in memory.search("Where does my sister Ana live?", k=3)]
+    # The long message cannot fit the budget wherever it ranks; the other two fit together.
+    budget = len(memory.get("short")["content"]) + len(memory.get("other")["content"])
+    hits = memory.search("Where does my sister Ana live?", k=3, max_chars=budget)
+    assert [h.id for h in hits] == [i for i in ranked if i != "long"]
+    assert [h.rank for h in hits] == [1, 2]
+    assert sum(len(h.content) for h in hits) <= budget
+    assert memory.search("Where does my sister Ana live?", k=3, max_chars=5) == []
+    with pytest.raises(ValueError, match="max_chars"):
+        memory.search("sister", max_chars=0)
+
+
+def test_bm25_stems_by_default_and_old_saves_keep_no_stemming(local_memory, tmp_path, encoder):
+    assert local_memory.settings["bm25_stemmer"] == "english"
+    local_memory.add([{"id": "lessons", "content": "I started taking guitar lessons on Tuesdays."}])
+    stemmed = {h.id: h.bm25_score for h in local_memory.search("guitar lesson", k=len(local_memory))}
+    plain = SAEMemory(encoder, bm25_stemmer=None)
+    plain.add([{"id": "lessons", "content": "I started taking guitar lessons on Tuesdays."}])
+    assert stemmed["lessons"] > 0 and plain.search("lesson", k=1)[0].bm25_score == 0.0
+    # A memory saved before bm25_stemmer existed has neither the setting nor a stemmer on file.
+    plain.save(tmp_path / "old")
+    snapshot = tmp_path / "old" / (tmp_path / "old" / "CURRENT").read_text().strip()
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    del manifest["settings"]["bm25_stemmer"]
+    (snapshot / "manifest.json").write_text(json.dumps(manifest))
+    vocab = json.loads((snapshot / "bm25_vocab.json").read_text())
+    del vocab["stemmer"]
+    (snapshot / "bm25_vocab.json").write_text(json.dumps(vocab))
+    old = SAEMemory.load(tmp_path / "old", encoder=encoder)
+    assert old.settings["bm25_stemmer"] is None and old.index.lexical.stemmer is None

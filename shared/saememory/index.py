@@ -31,14 +31,15 @@ class MemoryIndex:
         index_type: A FAISS ``index_factory`` string over inner product. Defaults to ``"Flat"``
             (exact). Approximate types (e.g. ``"HNSW32"``) give candidates that are then scored
             exactly from the stored vectors.
+        stemmer: BM25's Snowball stemmer language, or None. Defaults to None.
     """
 
-    def __init__(self, dim: int, d_sae: int, index_type: str = "Flat") -> None:
+    def __init__(self, dim: int, d_sae: int, index_type: str = "Flat", stemmer: str | None = None) -> None:
         self.dim, self.d_sae, self.index_type = dim, d_sae, index_type
         self._faiss = self._new_faiss()
         self._dense = GrowableMatrix(dim)
         self._sparse = GrowableCSR(d_sae)
-        self.lexical = LexicalIndex()
+        self.lexical = LexicalIndex(stemmer=stemmer)
         self._records: list[dict[str, Any] | None] = []  # None marks a deleted row
         self.row_of: dict[str, int] = {}
         self._user_rows: dict[str, set[int]] = {}

@@ -32,6 +32,12 @@ def tokenize(texts: list[str], stemmer: str | None = None) -> list[list[str]]:
     return [[t for t in doc if t] for doc in tokens]
 
 
+def check_stemmer(language: str | None) -> str | None:
+    """Returns ``language`` if PyStemmer has it (or it is None); raises naming the choices otherwise."""
+    _stemmer(language)
+    return language
+
+
 def _stemmer(language: str | None):  # -> Stemmer.Stemmer | None
     """A new stemmer per call: PyStemmer's objects are not thread-safe, and making one is cheap."""
     if language is None:
@@ -57,8 +63,7 @@ class LexicalIndex:
     """
 
     def __init__(self, k1: float = 1.5, b: float = 0.75, stemmer: str | None = None) -> None:
-        _stemmer(stemmer)  # an unknown language fails here, not at the first add
-        self.k1, self.b, self.stemmer = k1, b, stemmer
+        self.k1, self.b, self.stemmer = k1, b, check_stemmer(stemmer)  # fails here, not at the first add
         self.vocab: dict[str, int] = {}
         self._tf = GrowableCSR(0)
         self._lengths = GrowableMatrix(1)  # tokens per message, one column

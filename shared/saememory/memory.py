@@ -25,7 +25,8 @@ from saememory import backend as backends
 from saememory.backend import Backend
 from saememory.encoder import Encoded, Encoder, EncoderConfig
 from saememory.index import MemoryIndex
-from saememory.scoring import FUSIONS, SIGNALS, calibrate, check_fusion, check_normalization, fuse, top_k
+from saememory.lexical import check_stemmer
+from saememory.scoring import FUSIONS, SIGNALS, calibrate, check_fusion, check_normalization, fit_budget, fuse, top_k
 
 DEFAULT_USER = "default"
 DEFAULT_SESSION = "default"
@@ -36,7 +37,7 @@ EXPLANATION_KEYS = ("score", "dense_score", "sparse_score", "bm25_score", "calib
 SELECTIONS = ("topk", "adaptive")
 # Keyword arguments of SAEMemory() besides the encoder.
 SETTINGS = ("index_type", "fusion", "dense_weight", "sparse_weight", "bm25_weight", "normalization", "normalize_top",
-            "rrf_k", "selection", "threshold", "candidates", "top_features", "milvus_uri", "milvus_collection",
+            "bm25_stemmer", "rrf_k", "selection", "threshold", "candidates", "top_features", "milvus_uri", "milvus_collection",
             "milvus_index")
 
 
@@ -136,6 +137,9 @@ class SAEMemory:
         normalize_top: Normalise each signal over its own ``normalize_top`` best messages only,
             the rest scoring 0 (as LlamaIndex's relative-score fusion of top lists). Defaults to
             None: over all of the user's messages, which did better on the dev split.
+        bm25_stemmer: Snowball language (PyStemmer) that BM25 stems words with, so "lessons"
+            matches "lesson"; None for no stemming. Defaults to ``"english"``, which did better on
+            the dev split (BENCHMARKS.md).
         rrf_k: Constant for ``fusion="rrf"``. Defaults to 60.
         selection: ``"topk"`` returns the ``k`` best; ``"adaptive"`` returns, up to ``k``, the
             messages whose calibrated score reaches ``threshold`` (at least the best one), so
@@ -166,6 +170,7 @@ class SAEMemory:
         bm25_weight: float = 1.0,
         normalization: str = "minmax",
         normalize_top: int | None = None,
+        bm25_stemmer: str | None = "english",
         rrf_k: int = 60,
         selection: str = "topk",
         threshold: float = 2.5,
@@ -185,6 +190,7 @@ class SAEMemory:
             "bm25_weight": _weight("bm25_weight", bm25_weight),
             "normalization": check_normalization(normalization),
             "normalize_top": None if normalize_top is None else _positive_int("normalize_top", normalize_top),
+            "bm25_stemmer": check_stemmer(bm25_stemmer),
             "rrf_k": _positive_int("rrf_k", rrf_k),
             "selection": _choice("selection", selection, SELECTIONS),
             "threshold": float(threshold),
@@ -192,7 +198,7 @@ class SAEMemory:
             "top_features": _non_negative_int("top_features", top_features),
         }
         if milvus_uri is None:
-            self.index: Backend = MemoryIndex(encoder.dim, encoder.d_sae, index_type)
+            self.index: Backend = MemoryIndex(encoder.dim, encoder.d_sae, index_type, stemmer=bm25_stemmer)
         else:
             if index_type != "Flat":
                 raise ValueError(
@@ -201,7 +207,8 @@ class SAEMemory:
                 )
             from saememory.milvus import MilvusBackend
 
-            self.index = MilvusBackend(milvus_uri, milvus_collection, encoder.dim, encoder.d_sae, index=milvus_index)
+            self.index = MilvusBackend(milvus_uri, milvus_collection, encoder.dim, encoder.d_sae, index=milvus_index,
+                                       stemmer=bm25_stemmer)
         # Encoding happens outside the lock; only index mutation and reads take it, so one
         # slow add never blocks searches for long, and no search sees half of an add.
         self._lock = threading.RLock()
@@ -350,6 +357,7 @@ class SAEMemory:
         min_score: float | None = None,
         fusion: str | None = None,
         steer: Mapping[int | str, float] | None = None,
+        max_chars: int | None = None,
     ) -> list[Hit]:
         """The ``k`` messages of one user that best match ``query``, best first.
 
@@ -365,20 +373,26 @@ class SAEMemory:
                 text matched against feature labels, up to 5 features) to strength, where 1.0
                 makes the feature as strong as the query's strongest and 0 suppresses it.
                 Defaults to none. See ``Encoder.steer``.
+            max_chars: A context budget: of the ``k`` best, keep those whose contents fit in this
+                many characters together, in rank order, skipping a message that would overflow
+                so that a shorter, lower-ranked one can still fit. Pass a larger ``k`` (e.g. 50)
+                to give the budget room. Defaults to None (no budget).
 
         Raises:
             TypeError: If ``query`` is not a string or ``k`` not an integer.
-            ValueError: If ``query`` is empty or blank, or ``k <= 0``.
+            ValueError: If ``query`` is empty or blank, ``k <= 0`` or ``max_chars <= 0``.
         """
-        return self._search(query, k, user_id, session_id, min_score, fusion, steer, include=None)
+        return self._search(query, k, user_id, session_id, min_score, fusion, steer, include=None, max_chars=max_chars)
 
-    def _search(self, query, k, user_id, session_id, min_score, fusion, steer, include: str | None) -> list[Hit]:
+    def _search(self, query, k, user_id, session_id, min_score, fusion, steer, include: str | None,
+                max_chars: int | None = None) -> list[Hit]:
         """``search``, with ``include`` (a message id) always among the scored candidates."""
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}.")
         if not query.strip():
             raise ValueError("query is empty or whitespace; pass the text to search for.")
         k = _positive_int("k", k)
+        max_chars = None if max_chars is None else _positive_int("max_chars", max_chars)
         settings = dict(self.settings, fusion=check_fusion(fusion) if fusion else self.settings["fusion"])
         q = self._encode_query(query)
         if steer:
@@ -406,6 +420,9 @@ class SAEMemory:
                 chosen = top_k(scores, k, min_score)
             chosen = chosen.tolist()
             stored = self.index.fetch([ids[p] for p in chosen])  # one round trip for the k hits
+            if max_chars is not None:
+                kept = fit_budget(np.arange(len(chosen)), np.array([len(r["content"]) for r, _ in stored]), max_chars)
+                chosen, stored = [chosen[i] for i in kept], [stored[i] for i in kept]
             hits = []
             for rank, (p, (record, code)) in enumerate(zip(chosen, stored), start=1):
                 explained = {
@@ -566,7 +583,8 @@ class SAEMemory:
             else:
                 encoder = EncoderConfig.from_dict(config)
         milvus = manifest.get("milvus")
-        memory = cls(encoder, index_type=manifest["index_type"] or "Flat", **manifest["settings"])
+        settings = {"bm25_stemmer": None, **manifest["settings"]}  # saved before stemming existed: none
+        memory = cls(encoder, index_type=manifest["index_type"] or "Flat", **settings)
         mismatch = _identity_mismatch(manifest["encoder"], memory.encoder.identity())
         if mismatch:
             raise ValueError(f"{path} was saved with another encoder: {mismatch}. Load it with the encoder it was made with.")
@@ -576,7 +594,7 @@ class SAEMemory:
             from saememory.milvus import MilvusBackend
 
             memory.index = MilvusBackend(milvus["uri"], milvus["collection"], memory.encoder.dim, memory.encoder.d_sae,
-                                         index=milvus["index"])
+                                         index=milvus["index"], stemmer=settings["bm25_stemmer"])
         return memory
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from saememory import backend
-from saememory.lexical import LexicalIndex
+from saememory.lexical import LexicalIndex, check_stemmer
 
 INDEXES = ("auto", "FLAT", "HNSW")
 SERVER_SCHEMES = ("http://", "https://", "tcp://")
@@ -96,6 +96,8 @@ class MilvusBackend:
         index: Dense index: ``"FLAT"`` (exact), ``"HNSW"`` or ``"auto"`` (``FLAT`` on
             milvus-lite, ``HNSW`` on a server). Defaults to ``"auto"``.
         token: Server credentials (``"user:password"`` or an API key). Defaults to None.
+        stemmer: Snowball language of the stemmer saememory's BM25 scores with, or None.
+            Defaults to None.
 
     Raises:
         ValueError: For a bad ``uri``, ``collection`` or ``index``, or a collection made for
@@ -104,8 +106,9 @@ class MilvusBackend:
     """
 
     def __init__(self, uri: str, collection: str = "saememory", dim: int = 384, d_sae: int = 0,
-                 index: str = "auto", token: str | None = None) -> None:
+                 index: str = "auto", token: str | None = None, stemmer: str | None = None) -> None:
         self.uri, self.lite = check_uri(uri)
+        self.stemmer = check_stemmer(stemmer)
         if not isinstance(collection, str) or not _NAME.fullmatch(collection):
             raise ValueError(f"milvus_collection={collection!r} is not a Milvus collection name: letters, digits and "
                              "underscores, starting with a letter or underscore, at most 255; e.g. 'saememory'.")
@@ -313,7 +316,7 @@ class MilvusBackend:
         else:
             signals["sparse"] = np.asarray((codes @ q_code.T).todense()).reshape(-1).astype(np.float32)
         if query_text is not None:
-            lexical = LexicalIndex()
+            lexical = LexicalIndex(stemmer=self.stemmer)
             lexical.add([r["text"] for r in rows])
             signals["bm25"] = lexical.scores(query_text, np.arange(len(rows)))
         return [r["id"] for r in rows], signals
