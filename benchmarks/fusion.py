@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {name} | {m['turn/recall_all@5']:.3f} | {m['turn/recall_all@10']:.3f} | {m['turn/ndcg_any@10']:.3f} | "
                      f"{m['session/recall_all@5']:.3f} | {m['session/ndcg_any@10']:.3f} |")
 
-    best = max((n for n in mean if n not in PEERS), key=lambda n: mean[n]["turn/recall_all@10"])
+    best = max((n for n in mean if n not in PEERS), key=lambda n: mean[n]["turn/recall_all@10"] + mean[n]["turn/ndcg_any@10"])
     lines += ["", "Paired against each peer (10,000 bootstrap resamples of questions; a positive difference favours the row):", "",
               "| configuration | peer | metric | mean diff | 95% interval | wins / losses / ties |", "|---|---|---|---|---|---|"]
     for name in dict.fromkeys([default, best, "minmax: dense + sparse + bm25", "poster sqrt (raw, clamped): dense + sparse", "dense"]):
@@ -270,6 +270,15 @@ def main(argv: list[str] | None = None) -> None:
                 low, high = bootstrap(diff)
                 lines.append(f"| {name} | {peer} | {metric} | {diff.mean():+.3f} | [{low:+.3f}, {high:+.3f}] | "
                              f"{int((diff > 0).sum())} / {int((diff < 0).sum())} / {int((diff == 0).sum())} |")
+
+    if best != default:
+        lines += ["", f"The default against this split's best configuration by turn R_all@10 + nDCG@10, `{best}`:", "",
+                  "| metric | default minus best | 95% interval | wins / losses / ties |", "|---|---|---|---|"]
+        for metric in ("turn/recall_all@10", "turn/ndcg_any@10"):
+            diff = np.array([a[metric] - b[metric] for a, b in zip(results[default], results[best])])
+            low, high = bootstrap(diff)
+            lines.append(f"| {metric} | {diff.mean():+.3f} | [{low:+.3f}, {high:+.3f}] | "
+                         f"{int((diff > 0).sum())} / {int((diff < 0).sum())} / {int((diff == 0).sum())} |")
 
     focus = list(dict.fromkeys([*PEERS, default, "minmax: dense + sparse + bm25", "minmax: dense + sparse", "dense", "bm25", "sparse"]))
     for title, key_of in (("question type", lambda d: d["type"]), ("length of the longest evidence turn", length_bucket)):
