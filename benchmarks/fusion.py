@@ -154,6 +154,25 @@ def length_bucket(data: dict[str, Any]) -> str:
     return "evidence < 500 chars" if longest < 500 else ("500-1000" if longest <= 1000 else "> 1000")
 
 
+def truncation(chosen: list[tuple[int, dict[str, Any]]], encoder: Encoder, roles: str) -> tuple[float, float]:
+    """Shares of haystack turns, and of evidence turns, longer than the encoder's window."""
+    seen: dict[str, bool] = {}
+    cut = gold_cut = gold_n = 0
+    for _, q in chosen:
+        items, gold = lme.messages(q, roles), set(lme.gold_turn_ids(q, roles))
+        todo = [m["content"] for m in items if m["content"] not in seen]
+        if todo:
+            lengths = [len(ids) for ids in encoder.tokenizer(todo, add_special_tokens=True, verbose=False)["input_ids"]]
+            seen.update({t: n > encoder.max_tokens for t, n in zip(todo, lengths)})
+        for m in items:
+            cut += seen[m["content"]]
+            if m["id"] in gold:
+                gold_n += 1
+                gold_cut += seen[m["content"]]
+    total = sum(len(lme.messages(q, roles)) for _, q in chosen)
+    return cut / max(total, 1), gold_cut / max(gold_n, 1)
+
+
 def signal_costs(texts: list[str], queries: list[str]) -> dict[str, float]:
     """Per-signal cost on real haystack turns, measured here: indexing, query and memory.
 
@@ -301,6 +320,13 @@ def main(argv: list[str] | None = None) -> None:
                          f"{mean[name][f'n@z{t}']:.1f} |")
     plot_selection(mean, args.plot, [default, *PEERS])
     lines += ["", f"![selection]({os.path.relpath(args.plot, args.md.resolve().parent)})"]
+
+    lines += ["", f"Messages longer than the encoder's window ({base.max_tokens} tokens, cut when encoded), over all "
+              f"{len(chosen)} selected questions' haystacks:", "",
+              "| messages indexed | share of all turns cut | share of evidence turns cut |", "|---|---|---|"]
+    for roles, label in (("user", "user turns (official protocol)"), ("all", "both roles (poster's protocol)")):
+        cut, gold_cut = truncation(chosen, base, roles)
+        lines.append(f"| {label} | {cut:.3f} | {gold_cut:.3f} |")
 
     texts = [m["content"] for _, q in chosen[:3] for m in lme.messages(q, "user")][: args.cost_messages]
     queries = [q["question"] for _, q in chosen[:20]]
