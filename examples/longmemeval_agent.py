@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--types", nargs="+", default=None, choices=lme.QUESTION_TYPES, help="only these question types")
     parser.add_argument("--limit", type=int, default=None, help="at most this many questions (after filters)")
     parser.add_argument("--k", type=int, default=10, help="messages (or sessions) retrieved per question; default 10")
+    parser.add_argument("--max-chars", type=int, default=None,
+                        help="context budget: of the k best, keep those that fit in this many characters; default none")
     parser.add_argument("--granularity", choices=("turn", "session"), default="turn", help="index turns or whole sessions; default turn")
     parser.add_argument("--roles", choices=lme.ROLES, default="user", help="index user turns only (official) or all; default user")
     parser.add_argument("--fusion", choices=FUSIONS, default=None,
@@ -73,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.k <= 0:
         parser.error(f"--k must be a positive integer, got {args.k}.")
+    if args.max_chars is not None and args.max_chars <= 0:
+        parser.error(f"--max-chars must be a positive integer, got {args.max_chars}; leave it out for no budget.")
     if args.limit is not None and args.limit <= 0:
         parser.error(f"--limit must be a positive integer, got {args.limit}.")
     if args.ids:
@@ -131,7 +135,7 @@ def run_question(question: dict[str, Any], encoder: Encoder, args: argparse.Name
     """Indexes one haystack in a fresh memory, retrieves for the question, and answers if a model is given."""
     memory = open_memory(encoder, args)
     memory.add(corpus(question, args.granularity, args.roles))
-    retriever = SAEMemoryRetriever.from_memory(memory, k=args.k)
+    retriever = SAEMemoryRetriever.from_memory(memory, k=args.k, max_chars=args.max_chars)
     docs = retriever.invoke(question["question"])
     context = lme.format_context(
         {"timestamp": d.metadata["timestamp"], "role": d.metadata["role"], "content": d.page_content} for d in docs

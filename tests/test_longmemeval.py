@@ -218,6 +218,17 @@ def test_agent_retrieval_only(trimmed, saes, tmp_path, capsys):
     assert len(out.read_text().splitlines()) == 2
 
 
+def test_agent_context_budget(trimmed, saes, tmp_path):
+    agent = load_script(ROOT / "examples" / "longmemeval_agent.py")
+    out = tmp_path / "budget.jsonl"
+    agent.main([str(trimmed), "--sae", str(saes["res"]), "--k", "20", "--max-chars", "600", "--out", str(out)])
+    for record in (json.loads(line) for line in out.read_text().splitlines()):
+        assert 0 < len(record["retrieved_ids"]) < 20
+        assert 0 < record["context_chars"] <= 600
+    with pytest.raises(SystemExit):
+        agent.main([str(trimmed), "--max-chars", "0", "--out", str(out)])
+
+
 def test_agent_runs_on_milvus(trimmed, saes, tmp_path):
     agent = load_script(ROOT / "examples" / "longmemeval_agent.py")
     runs = {}
