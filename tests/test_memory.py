@@ -189,6 +189,20 @@ def test_update_replaces_content(memory):
     assert memory.search("sister Porto", k=1)[0].id == "planted"
 
 
+def test_update_that_fails_in_the_engine_keeps_the_stored_version(memory, monkeypatch):
+    before = memory.get("planted")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("engine went away")
+
+    target = memory.index.client if isinstance(memory.index, MilvusBackend) else memory.index
+    monkeypatch.setattr(target, "upsert" if isinstance(memory.index, MilvusBackend) else "add", broken)
+    with pytest.raises(RuntimeError, match="engine went away"):
+        memory.update([{"id": "planted", "content": "My sister Ana now lives in Porto.", "session_id": "s2"}])
+    monkeypatch.undo()
+    assert memory.get("planted") == before and len(memory) == len(CONVERSATION)
+
+
 def test_update_unknown_or_missing_id(memory):
     with pytest.raises(KeyError, match="ghost"):
         memory.update([{"id": "ghost", "content": "x"}])

@@ -55,6 +55,9 @@ class Backend(Protocol):
     def add(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
         """Stores records with their (validated) vectors and codes."""
 
+    def replace(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
+        """Replaces stored messages with the same ids; a failure never leaves an id with no version."""
+
     def delete(self, message_ids: list[str]) -> None:
         """Removes stored messages by id."""
 

@@ -102,9 +102,20 @@ class MemoryIndex:
             self._user_rows.setdefault(record["user_id"], set()).add(row)
             self._sorted_rows.pop(record["user_id"], None)
 
+    def replace(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
+        """Replaces stored messages (same ids): the new rows go in first, then the old rows go.
+
+        If adding fails, the old versions are untouched and still addressed by their ids.
+        """
+        old = [self.row_of[record["id"]] for record in records]
+        self.add(records, dense, sparse)  # points row_of at the new rows only once they exist
+        self._drop_rows(old)
+
     def delete(self, message_ids: list[str]) -> None:
         """Removes rows by message id; the caller has checked that every id exists."""
-        rows = [self.row_of.pop(mid) for mid in message_ids]
+        self._drop_rows([self.row_of.pop(mid) for mid in message_ids])
+
+    def _drop_rows(self, rows: list[int]) -> None:
         try:
             self._faiss.remove_ids(np.asarray(rows, dtype=np.int64))
         except RuntimeError:

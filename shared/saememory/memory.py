@@ -341,8 +341,7 @@ class SAEMemory:
             missing = [i for i in ids if i not in found]
             if missing:
                 raise KeyError(f"No messages with ids {missing[:5]} to update; add() them instead.")
-            self.index.delete(ids)
-            self.index.add(records, encoded.dense, encoded.sparse)
+            self.index.replace(records, encoded.dense, encoded.sparse)
         return ids
 
     # Reading ---------------------------------------------------------------------------------

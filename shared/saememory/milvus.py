@@ -254,6 +254,17 @@ class MilvusBackend:
                 self.delete(done)
             raise
 
+    def replace(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
+        """Replaces stored messages by upsert: each id holds its old or its new version, never none."""
+        self.validate(records)
+        sparse = sp.csr_matrix(sparse)
+        first = max(time.time_ns(), self._last_seq + 1)
+        self._last_seq = first + len(records) - 1
+        for start in range(0, len(records), BATCH):
+            rows = [self._row(records[i], dense[i], sparse, i, first + i)
+                    for i in range(start, min(start + BATCH, len(records)))]
+            self.client.upsert(self.collection, rows)
+
     def _row(self, record: dict[str, Any], vector: np.ndarray, sparse: sp.csr_matrix, i: int, seq: int) -> dict[str, Any]:
         lo, hi = sparse.indptr[i], sparse.indptr[i + 1]
         code = {int(f): float(a) for f, a in zip(sparse.indices[lo:hi], sparse.data[lo:hi]) if a != 0}
