@@ -76,7 +76,24 @@ def parameter_count(architecture: str, d_in: int, d_sae: int, h: int = 0, m: int
 
 
 @dataclass
-class KronSAEConfig(TopKSAEConfig):
+class _KronShape:
+    """``h``, ``m``, ``n`` and the ``d_sae == h * m * n`` check, shared by both KronSAE configs."""
+
+    h: int = 1
+    m: int = 2
+    n: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # the sae-lens TopK config's own checks
+        check_kron_shape(self.d_sae, self.h, self.m, self.n)
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+@dataclass
+class KronSAEConfig(_KronShape, TopKSAEConfig):
     """Inference config of a KronSAE; ``d_sae`` must equal ``h * m * n``.
 
     Args:
@@ -86,22 +103,9 @@ class KronSAEConfig(TopKSAEConfig):
         k: Latents kept by TopK (inherited). Defaults to 100.
     """
 
-    h: int = 1
-    m: int = 2
-    n: int = 2
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_kron_shape(self.d_sae, self.h, self.m, self.n)
-
-    @override
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
-
 
 @dataclass
-class KronSAETrainingConfig(TopKTrainingSAEConfig):
+class KronSAETrainingConfig(_KronShape, TopKTrainingSAEConfig):
     """Training config of a KronSAE: sae-lens' TopK training config plus ``h``, ``m``, ``n``.
 
     Args:
@@ -111,19 +115,6 @@ class KronSAETrainingConfig(TopKTrainingSAEConfig):
         decoder_init_norm: Norm of each encoder row (P and Q) at initialisation; decoder rows
             start at unit norm whatever it is. Defaults to 0.1 (inherited).
     """
-
-    h: int = 1
-    m: int = 2
-    n: int = 2
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_kron_shape(self.d_sae, self.h, self.m, self.n)
-
-    @override
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
 
 
 def _kron_encode(sae: Any, x: torch.Tensor) -> torch.Tensor:
