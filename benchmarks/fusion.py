@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", choices=("report", "dev", "all"), default="report")
     parser.add_argument("--every", type=int, default=5)
-    parser.add_argument("--offset", type=int, default=2)
+    parser.add_argument("--offset", type=int, nargs="+", default=[2], help="one or more positions i %% every; default 2")
     parser.add_argument("--max-questions", type=int, default=None, help="at most this many selected questions; default all")
     parser.add_argument("--fill", action="store_true", help="encode (and cache) the user turns of questions not cached yet")
     parser.add_argument("--cost-messages", type=int, default=200, help="haystack turns timed for the cost table; default 200")
@@ -236,7 +236,9 @@ def main(argv: list[str] | None = None) -> None:
 
     questions = lme.load(bench.DEFAULT_DATA)
     dev = bench.dev_ids(questions, Path(bench.DEFAULT_DEV)) if args.split != "all" else set()
-    chosen = bench.select(questions, args.split, dev, args.every, args.offset, args.max_questions)
+    if not all(0 <= o < args.every for o in args.offset):
+        parser.error(f"--offset values must lie in [0, --every), got {args.offset} with --every {args.every}.")
+    chosen = bench.select(questions, args.split, dev, args.every, tuple(args.offset), args.max_questions)
     base = Encoder(EncoderConfig(pooling="max"))
     caches = bench.Caches(Path(ROOT / "benchmarks" / ".cache"), base)
     if args.fill:
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [start, f"## Fusion ablations, {purpose} (LongMemEval-S, turn level, user turns)", ""]
     lines += [
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit `{commit()}`; machine: {machine()}",
-        f"- data: `{os.path.relpath(bench.DEFAULT_DATA, ROOT)}`, split `{args.split}`, positions i % {args.every} == {args.offset}, "
+        f"- data: `{os.path.relpath(bench.DEFAULT_DATA, ROOT)}`, split `{args.split}`, positions i % {args.every} in {{{', '.join(map(str, args.offset))}}}, "
         f"strict questions with cached embeddings: n = {len(data)} ({skipped} selected but skipped: not cached or no user-side evidence)",
         f"- encoder: all-MiniLM-L6-v2 + `{base.sae.name}` (sha256 {base.sae.sha256[:12]}), max pooling; BM25: saememory's per-user "
         "index (bm25s parity), English stopwords",

@@ -462,15 +462,16 @@ def dev_ids(questions: list[dict[str, Any]], dev_file: Path | None) -> set[str]:
     return ids
 
 
-def select(questions: list[dict[str, Any]], split: str, dev: set[str], every: int, offset: int,
+def select(questions: list[dict[str, Any]], split: str, dev: set[str], every: int, offset: int | tuple[int, ...],
            max_questions: int | None) -> list[tuple[int, dict[str, Any]]]:
-    """``(position, question)`` of the run: split, then positions i % every == offset, ``_abs`` left out."""
+    """``(position, question)`` of the run: split, then positions i % every in ``offset``, ``_abs`` left out."""
+    offsets = {offset} if isinstance(offset, int) else set(offset)
     chosen = []
     for i, q in enumerate(questions):
         in_dev = q["question_id"] in dev
         if (split == "dev" and not in_dev) or (split == "report" and in_dev):
             continue
-        if i % every != offset or lme.is_abstention(q):
+        if i % every not in offsets or lme.is_abstention(q):
             continue
         chosen.append((i, q))
     return chosen[:max_questions] if max_questions else chosen
