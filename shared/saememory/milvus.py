@@ -238,15 +238,9 @@ class MilvusBackend:
 
     def add(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
         """Inserts records in batches; if one batch fails, the ones already inserted are removed."""
-        self.validate(records)
-        sparse = sp.csr_matrix(sparse)
-        first = max(time.time_ns(), self._last_seq + 1)
-        self._last_seq = first + len(records) - 1
         done: list[str] = []
         try:
-            for start in range(0, len(records), BATCH):
-                rows = [self._row(records[i], dense[i], sparse, i, first + i)
-                        for i in range(start, min(start + BATCH, len(records)))]
+            for rows in self._batches(records, dense, sparse):
                 self.client.insert(self.collection, rows)
                 done.extend(row["id"] for row in rows)
         except Exception:
@@ -256,14 +250,17 @@ class MilvusBackend:
 
     def replace(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
         """Replaces stored messages by upsert: each id holds its old or its new version, never none."""
+        for rows in self._batches(records, dense, sparse):
+            self.client.upsert(self.collection, rows)
+
+    def _batches(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix):
+        """Validated entity rows, ``BATCH`` at a time, with insertion-order numbers after the last ones."""
         self.validate(records)
         sparse = sp.csr_matrix(sparse)
         first = max(time.time_ns(), self._last_seq + 1)
         self._last_seq = first + len(records) - 1
         for start in range(0, len(records), BATCH):
-            rows = [self._row(records[i], dense[i], sparse, i, first + i)
-                    for i in range(start, min(start + BATCH, len(records)))]
-            self.client.upsert(self.collection, rows)
+            yield [self._row(records[i], dense[i], sparse, i, first + i) for i in range(start, min(start + BATCH, len(records)))]
 
     def _row(self, record: dict[str, Any], vector: np.ndarray, sparse: sp.csr_matrix, i: int, seq: int) -> dict[str, Any]:
         lo, hi = sparse.indptr[i], sparse.indptr[i + 1]
