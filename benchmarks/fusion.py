@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import inspect
 import os
 import shlex
 import sys
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import longmemeval as bench  # noqa: E402  (the LongMemEval harness: caches and splits)
 from common import commit, machine, write_section  # noqa: E402
 
-from saememory import Encoder, EncoderConfig, SAEMemory  # noqa: E402
+from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory import longmemeval as lme  # noqa: E402
 from saememory.lexical import LexicalIndex  # noqa: E402
 from saememory.scoring import calibrate, fuse  # noqa: E402
@@ -48,7 +47,7 @@ WEIGHTS = ((1, 1, 1), (1, 0.5, 1), (1, 1, 0.5), (0.5, 1, 1), (2, 1, 1), (1, 2, 1
 
 def default_config() -> tuple[str, dict[str, Any]]:
     """The configuration ``SAEMemory()`` ranks with, read from its signature's defaults."""
-    defaults = {n: p.default for n, p in inspect.signature(SAEMemory.__init__).parameters.items()}
+    defaults = bench.library_defaults()
     weights = {s: float(defaults[f"{s}_weight"]) for s in ("dense", "sparse", "bm25") if defaults[f"{s}_weight"]}
     if defaults.get("bm25_stemmer") and "bm25" in weights:
         weights["stemmed bm25"] = weights.pop("bm25")
