@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import inspect
 import json
 import math
 import sys
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from saememory import Encoder, EncoderConfig
+from saememory import Encoder, EncoderConfig, SAEMemory
 from saememory import longmemeval as lme
 
 from tests.helpers import save_sae_lens_sae
@@ -326,3 +327,16 @@ def test_agent_stack_presets_ask_for_the_gpu_stacks(monkeypatch, stack, expected
     cfg = built["config"]
     assert (cfg.lm, cfg.sae_release, cfg.sae_id, cfg.dense_model, cfg.pooling) == expected
     assert (cfg.device, cfg.dtype, built["cache_dir"]) == ("cuda", "bfloat16", "/tmp/codes")
+
+
+def test_fusion_benchmark_has_a_row_for_the_shipped_default():
+    fusion = load_script(ROOT / "benchmarks" / "fusion.py")
+    name, cfg = fusion.default_config()
+    assert name in fusion.configurations(), "SAEMemory()'s ranking must be one of the ablation rows"
+    defaults = inspect.signature(SAEMemory.__init__).parameters
+    assert cfg["normalization"] == defaults["normalization"].default and cfg["fusion"] == defaults["fusion"].default
+    lexical = "stemmed bm25" if defaults["bm25_stemmer"].default else "bm25"
+    assert cfg["weights"] == {"dense": defaults["dense_weight"].default, "sparse": defaults["sparse_weight"].default,
+                              lexical: defaults["bm25_weight"].default}
+    low, high = fusion.bootstrap(np.array([0.0, 1.0, 0.0, 1.0]))
+    assert 0.0 <= low <= 0.5 <= high <= 1.0
