@@ -156,19 +156,18 @@ def length_bucket(data: dict[str, Any]) -> str:
 def truncation(chosen: list[tuple[int, dict[str, Any]]], encoder: Encoder, roles: str) -> tuple[float, float]:
     """Shares of haystack turns, and of evidence turns, longer than the encoder's window."""
     seen: dict[str, bool] = {}
-    cut = gold_cut = gold_n = 0
+    cut = gold_cut = gold_n = total = 0
     for _, q in chosen:
         items, gold = lme.messages(q, roles), set(lme.gold_turn_ids(q, roles))
+        total += len(items)
         todo = [m["content"] for m in items if m["content"] not in seen]
         if todo:
-            lengths = [len(ids) for ids in encoder.tokenizer(todo, add_special_tokens=True, verbose=False)["input_ids"]]
-            seen.update({t: n > encoder.max_tokens for t, n in zip(todo, lengths)})
+            seen.update(zip(todo, encoder._truncated(todo).tolist()))  # the encoder's own rule
         for m in items:
             cut += seen[m["content"]]
             if m["id"] in gold:
                 gold_n += 1
                 gold_cut += seen[m["content"]]
-    total = sum(len(lme.messages(q, roles)) for _, q in chosen)
     return cut / max(total, 1), gold_cut / max(gold_n, 1)
 
 
