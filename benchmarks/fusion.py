@@ -227,10 +227,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-questions", type=int, default=None, help="at most this many selected questions; default all")
     parser.add_argument("--fill", action="store_true", help="encode (and cache) the user turns of questions not cached yet")
     parser.add_argument("--cost-messages", type=int, default=200, help="haystack turns timed for the cost table; default 200")
+    parser.add_argument("--name", default=None, help="BENCHMARKS.md section fusion-<name> (and output files); default the split")
     parser.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--plot", type=Path, default=None, help="default benchmarks/fusion_selection_<split>.png")
     args = parser.parse_args(argv)
-    args.plot = args.plot or ROOT / "benchmarks" / f"fusion_selection_{args.split}.png"
+    args.name = args.name or args.split
+    args.plot = args.plot or ROOT / "benchmarks" / f"fusion_selection_{args.name}.png"
 
     questions = lme.load(bench.DEFAULT_DATA)
     dev = bench.dev_ids(questions, Path(bench.DEFAULT_DEV)) if args.split != "all" else set()
@@ -253,9 +255,10 @@ def main(argv: list[str] | None = None) -> None:
     results = {name: [evaluate(d, cfg) for d in data] for name, cfg in cfgs.items()}
     mean = {name: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for name, rows in results.items()}
 
-    start, end = f"<!-- fusion-{args.split}:start -->", f"<!-- fusion-{args.split}:end -->"
-    purpose = ("the dev split: what the defaults were chosen on" if args.split == "dev"
-               else "held-out questions: nothing was chosen on them")
+    start, end = f"<!-- fusion-{args.name}:start -->", f"<!-- fusion-{args.name}:end -->"
+    purpose = {"dev": "the dev split: what the defaults were chosen on",
+               "confirm": "the confirmation split: scored once, to apply the switch rule declared in the summary"}.get(
+        args.name, "held-out questions: nothing was chosen on them")
     lines = [start, f"## Fusion ablations, {purpose} (LongMemEval-S, turn level, user turns)", ""]
     lines += [
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit `{commit()}`; machine: {machine()}",
@@ -266,7 +269,8 @@ def main(argv: list[str] | None = None) -> None:
         f"- command: `python {' '.join(shlex.quote(a) for a in ['benchmarks/fusion.py'] + (argv if argv is not None else sys.argv[1:]))}`",
         f"- `SAEMemory()`'s default ranking is **{default}**; "
         + ("the defaults were chosen on this split" if args.split == "dev" else
-           "none of these questions was used to choose anything; the defaults were chosen on the dev split (section above)"),
+           "the defaults were chosen on the dev split (section above); BENCHMARKS.md's summary says which held-out "
+           "splits were looked at before the last change of default"),
         "- `stemmed bm25` is the same BM25 with PyStemmer's English Snowball stemmer (as LlamaIndex's BM25 retriever); "
         "`minmax top-50` min-max normalises each signal over its own 50 best turns, the rest scoring 0 (the relative-score "
         "rule of LlamaIndex's QueryFusionRetriever); `a:b:c` are dense:sparse:bm25 weights (1:1:1 when not shown)",
@@ -338,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| {k} | {v:.4g} |" for k, v in costs.items()]
     lines.append(end)
     write_section(args.md, "\n".join(lines) + "\n", start, end)
-    (ROOT / "benchmarks" / f"fusion_results_{args.split}.json").write_text(json.dumps({"mean": mean, "n": len(data), "costs": costs, "default": default,
+    (ROOT / "benchmarks" / f"fusion_results_{args.name}.json").write_text(json.dumps({"mean": mean, "n": len(data), "costs": costs, "default": default,
                                                                   "per_question": {n: [r["turn/recall_all@10"] for r in rows] for n, rows in results.items()}}, indent=1))
     print("\n".join(lines[:40]))
 

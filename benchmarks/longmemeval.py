@@ -424,9 +424,9 @@ class Retriever:
 
 def retrievers(caches: Caches) -> list[Retriever]:
     """Every retriever of the run, ours first."""
-    # combine() is raw dense and sparse, no BM25: the SAEMemory check is pinned to that.
+    # combine() is raw dense and sparse, equal weights, no BM25: the SAEMemory check is pinned to that.
     def raw(fusion: str) -> dict[str, Any]:
-        return {"fusion": fusion, "normalization": "none", "bm25_weight": 0.0}
+        return {"fusion": fusion, "normalization": "none", "dense_weight": 1.0, "sparse_weight": 1.0, "bm25_weight": 0.0}
 
     out = [Retriever("dense (MiniLM)", "ours", from_scores(ours(None, "dense")), "dense", raw("dense"))]
     signals = [("res", "residual SAE")] + ([("emb", "embedding SAE")] if caches.emb is not None else [])

