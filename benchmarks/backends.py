@@ -43,10 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from saememory.index import MemoryIndex  # noqa: E402
-from saememory.scoring import fuse, top_k  # noqa: E402
+from saememory.scoring import top_k  # noqa: E402
 
 DIM, D_SAE, WORDS_PER_MESSAGE, VOCAB = 384, 4096, 12, 5000
-WEIGHTS = {"dense": 1.0, "sparse": 1.0, "bm25": 1.0}  # SAEMemory's defaults
 START, END = "<!-- backends:start -->", "<!-- backends:end -->"
 DEV30 = common.ROOT.parent / "shared" / "data" / "longmemeval" / "longmemeval_s_cleaned_dev30.json.gz"
 
@@ -107,7 +106,7 @@ def rank(backend, query, candidates: int, k: int = 10) -> tuple[list[str], float
     user, q_dense, q_code, text = query
     start = time.perf_counter()
     ids, signals = backend.score(user, None, q_dense, q_code, candidates, text)
-    scores, _, _ = fuse(signals, WEIGHTS, "weighted", "minmax", 60, None)
+    scores = common.default_scores(signals)
     chosen = top_k(scores, k).tolist()
     backend.fetch([ids[p] for p in chosen])
     return [ids[p] for p in chosen], time.perf_counter() - start
@@ -155,7 +154,7 @@ def run_local(n: int, n_queries: int, args) -> tuple[dict[str, Any], list[list[s
     records, dense, codes, qs = data(n, n_queries, args)
     gc.collect()
     before = rss()
-    local = MemoryIndex(DIM, D_SAE)
+    local = MemoryIndex(DIM, D_SAE, stemmer=common.library_defaults()["bm25_stemmer"])
     rate = insert(local, records, dense, codes, args.batch)
     grown = rss() - before
     exact, latency = timed_queries(local, qs, candidates=1)  # Flat: every message of the user is scored
@@ -175,7 +174,7 @@ def run_milvus(n: int, n_queries: int, exact: list[list[str]], args, workdir: Pa
         db = workdir / f"n{n}_{index}.db"
         gc.collect()
         before = rss()
-        remote = MilvusBackend(str(db), "bench", DIM, D_SAE, index=index)
+        remote = MilvusBackend(str(db), "bench", DIM, D_SAE, index=index, stemmer=common.library_defaults()["bm25_stemmer"])
         rate = insert(remote, records, dense, codes, args.batch)
         grown = rss() - before
         for candidates in args.candidates:

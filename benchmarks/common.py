@@ -1,11 +1,17 @@
-"""What every benchmark script shares: machine and commit stamps, and its section of BENCHMARKS.md."""
+"""What every benchmark script shares: machine and commit stamps, SAEMemory's default ranking, and
+its section of BENCHMARKS.md."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,3 +53,23 @@ def write_section(md_path: Path, section: str, start: str, end: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     md_path.write_text(text)
+
+
+def library_defaults() -> dict[str, Any]:
+    """The ranking settings of ``SAEMemory()``, read from its signature: what a user gets by default."""
+    from saememory import SAEMemory
+    from saememory.memory import SETTINGS
+
+    return {n: p.default for n, p in inspect.signature(SAEMemory.__init__).parameters.items() if n in SETTINGS}
+
+
+def default_scores(signals: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Fused scores of the raw ``dense``, ``sparse`` and ``bm25`` signals, ranked as ``SAEMemory()`` ranks.
+
+    The ``bm25`` signal must come from a ``LexicalIndex`` with ``library_defaults()["bm25_stemmer"]``.
+    """
+    from saememory.scoring import SIGNALS, fuse
+
+    d = library_defaults()
+    weights = {s: d[f"{s}_weight"] for s in SIGNALS}
+    return fuse(signals, weights, d["fusion"], d["normalization"], d["rrf_k"], d["normalize_top"])[0]

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import longmemeval as bench  # noqa: E402  (the LongMemEval harness: caches and splits)
-from common import commit, machine, write_section  # noqa: E402
+from common import commit, library_defaults, machine, write_section  # noqa: E402
 
 from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory import longmemeval as lme  # noqa: E402
@@ -47,7 +47,7 @@ WEIGHTS = ((1, 1, 1), (1, 0.5, 1), (1, 1, 0.5), (0.5, 1, 1), (2, 1, 1), (1, 2, 1
 
 def default_config() -> tuple[str, dict[str, Any]]:
     """The configuration ``SAEMemory()`` ranks with, read from its signature's defaults."""
-    defaults = bench.library_defaults()
+    defaults = library_defaults()
     weights = {s: float(defaults[f"{s}_weight"]) for s in ("dense", "sparse", "bm25") if defaults[f"{s}_weight"]}
     if defaults.get("bm25_stemmer") and "bm25" in weights:
         weights["stemmed bm25"] = weights.pop("bm25")

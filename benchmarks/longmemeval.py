@@ -33,7 +33,6 @@ import argparse
 import hashlib
 import json
 import os
-import inspect
 import shlex
 import statistics
 import sys
@@ -48,13 +47,12 @@ import scipy.sparse as sp
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import commit, machine, write_section  # noqa: E402
+from common import commit, default_scores, library_defaults, machine, write_section  # noqa: E402
 
 from saememory import DEFAULT_SAE, Encoded, Encoder, EncoderConfig, SAEMemory  # noqa: E402
 from saememory import longmemeval as lme  # noqa: E402
 from saememory.lexical import LexicalIndex  # noqa: E402
-from saememory.memory import SETTINGS  # noqa: E402
-from saememory.scoring import SIGNALS, combine, fit_budget, fuse  # noqa: E402
+from saememory.scoring import SIGNALS, combine, fit_budget  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / ".." / "shared" / "data" / "longmemeval"
@@ -303,11 +301,6 @@ def minmax_bm25_dense_res(c: Corpus) -> np.ndarray:
     return minmax_bm25_dense(c) + minmax((c.sparse["res"] @ c.q_sparse["res"].T).toarray().ravel())
 
 
-def library_defaults() -> dict[str, Any]:
-    """The ranking settings of ``SAEMemory()``, read from its signature: what a user gets by default."""
-    return {n: p.default for n, p in inspect.signature(SAEMemory.__init__).parameters.items() if n in SETTINGS}
-
-
 def describe_default(d: dict[str, Any]) -> str:
     weights = {s: d[f"{s}_weight"] for s in SIGNALS if d[f"{s}_weight"]}
     names = {"dense": "dense", "sparse": "residual SAE", "bm25": "stemmed BM25" if d.get("bm25_stemmer") else "BM25"}
@@ -321,11 +314,8 @@ def saememory_default(c: Corpus) -> np.ndarray:
     d = library_defaults()
     lexical = LexicalIndex(stemmer=d.get("bm25_stemmer"))
     lexical.add(c.texts)
-    signals = {"dense": c.dense @ c.q_dense, "sparse": (c.sparse["res"] @ c.q_sparse["res"].T).toarray().ravel(),
-               "bm25": lexical.scores(c.query, np.arange(len(c.texts)))}
-    weights = {s: d[f"{s}_weight"] for s in SIGNALS}
-    scores, _, _ = fuse(signals, weights, d["fusion"], d["normalization"], d["rrf_k"], d["normalize_top"])
-    return scores
+    return default_scores({"dense": c.dense @ c.q_dense, "sparse": (c.sparse["res"] @ c.q_sparse["res"].T).toarray().ravel(),
+                           "bm25": lexical.scores(c.query, np.arange(len(c.texts)))})
 
 
 def from_scores(score: Callable[[Corpus], np.ndarray]) -> Callable[[Corpus, int], list[str]]:

@@ -5,7 +5,7 @@
 For each strict question (cached by ``benchmarks/longmemeval.py`` or ``benchmarks/fusion.py
 --fill``) and each evidence turn, the query is steered towards the turn's strongest SAE
 features that the query does not already share (``saememory.encoder.steer_code``, strength 1.0),
-and the turn's rank under the default ranking (min-max dense + SAE + BM25) is compared before and
+and the turn's rank under ``SAEMemory()``'s default ranking is compared before and
 after. A second variant steers towards the features whose labels match the words of the gold
 answer: the feature-search a person would do. Writes the steering section of BENCHMARKS.md.
 """
@@ -13,7 +13,6 @@ answer: the feature-search a person would do. Writes the steering section of BEN
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -23,22 +22,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import longmemeval as bench  # noqa: E402
-from common import commit, machine, write_section  # noqa: E402
+from common import commit, default_scores, library_defaults, machine, write_section  # noqa: E402
 
 from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory import longmemeval as lme  # noqa: E402
 from saememory.encoder import steer_code  # noqa: E402
 from saememory.labels import find_features  # noqa: E402
 from saememory.lexical import LexicalIndex  # noqa: E402
-from saememory.scoring import fuse  # noqa: E402
 
 ROOT = bench.ROOT
 START, END = "<!-- steering:start -->", "<!-- steering:end -->"
-WEIGHTS = {"dense": 1.0, "sparse": 1.0, "bm25": 1.0}
 
 
 def rank_of(row: int, dense: np.ndarray, sparse: np.ndarray, bm25: np.ndarray) -> int:
-    scores, _, _ = fuse({"dense": dense, "sparse": sparse, "bm25": bm25}, WEIGHTS, "weighted", "minmax")
+    scores = default_scores({"dense": dense, "sparse": sparse, "bm25": bm25})
     order = np.argsort(-scores, kind="stable")
     return int(np.where(order == row)[0][0]) + 1
 
@@ -70,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         corpus = bench.build_corpus(items, q["question"], caches)
         codes, q_code = corpus.sparse["res"], corpus.q_sparse["res"]
         dense = corpus.dense @ corpus.q_dense
-        lexical = LexicalIndex()
+        lexical = LexicalIndex(stemmer=library_defaults()["bm25_stemmer"])
         lexical.add(corpus.texts)
         bm25 = lexical.scores(q["question"], np.arange(len(items)))
         sparse = (codes @ q_code.T).toarray().ravel()
@@ -92,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
              f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit `{commit()}`; machine: {machine()}",
              f"- data: split `{args.split}`, positions i % {args.every} == {args.offset}, strict questions with cached "
              f"embeddings: n = {n_questions} questions, {len(evidence_rows)} evidence turns; user turns indexed",
-             f"- ranking: the default (min-max dense + SAE + BM25); SAE `{sae.name}` (sha256 {sae.sha256[:12]}), labels shipped with it",
+             f"- ranking: {bench.describe_default(library_defaults())}; SAE `{sae.name}` (sha256 {sae.sha256[:12]}), labels shipped with it",
              f"- command: `python {' '.join(shlex.quote(a) for a in ['benchmarks/steering.py'] + (argv if argv is not None else sys.argv[1:]))}`",
              "", "| steering towards | evidence turns | rank raised | unchanged | lowered | median rank before → after | in top 10 before → after |",
              "|---|---|---|---|---|---|---|"]

@@ -340,3 +340,23 @@ def test_fusion_benchmark_has_a_row_for_the_shipped_default():
                               lexical: defaults["bm25_weight"].default}
     low, high = fusion.bootstrap(np.array([0.0, 1.0, 0.0, 1.0]))
     assert 0.0 <= low <= 0.5 <= high <= 1.0
+
+
+def test_benchmarks_rank_as_the_shipped_default(encoder):
+    from saememory.lexical import LexicalIndex
+
+    from tests.helpers import CONVERSATION, QUESTION
+
+    common = load_script(ROOT / "benchmarks" / "common.py")
+    memory = SAEMemory(encoder)
+    memory.add(CONVERSATION)
+    hits = memory.search(QUESTION, k=len(CONVERSATION))
+    texts = [m["content"] for m in CONVERSATION]
+    docs, query = encoder.encode_documents(texts), encoder.encode_query(QUESTION)
+    lexical = LexicalIndex(stemmer=common.library_defaults()["bm25_stemmer"])
+    lexical.add(texts)
+    scores = common.default_scores({"dense": docs.dense @ query.dense[0],
+                                    "sparse": (docs.sparse.tocsr() @ query.sparse[0].T).toarray().ravel(),
+                                    "bm25": lexical.scores(QUESTION, np.arange(len(texts)))})
+    np.testing.assert_allclose(sorted(scores, reverse=True), [h.score for h in hits], atol=1e-5)
+    assert [texts[i] for i in np.argsort(-scores, kind="stable")][:3] == [h.content for h in hits[:3]]
