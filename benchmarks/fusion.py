@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import longmemeval as bench  # noqa: E402  (the LongMemEval harness: caches and splits)
-from common import commit, library_defaults, machine, write_section  # noqa: E402
+from common import commit, default_scores, library_defaults, machine, write_section  # noqa: E402
 
 from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory import longmemeval as lme  # noqa: E402
@@ -36,7 +36,7 @@ from saememory.scoring import calibrate, fuse  # noqa: E402
 ROOT = bench.ROOT
 KS = (5, 10)
 FIXED_K = (1, 3, 5, 10, 20)
-THRESHOLDS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+THRESHOLDS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
 ADAPTIVE_CAP = 20
 PEERS = (  # the strongest simple peers: REFERENCE §5's, and LlamaIndex QueryFusionRetriever's rule
     "minmax: dense + bm25",
@@ -187,7 +187,7 @@ def signal_costs(texts: list[str], queries: list[str]) -> dict[str, float]:
         docs[name] = enc.encode_documents(texts)
         costs[f"index: {name} s/message"] = (time.perf_counter() - start) / len(texts)
     start = time.perf_counter()
-    lexical = LexicalIndex()
+    lexical = LexicalIndex(stemmer=library_defaults()["bm25_stemmer"])  # as SAEMemory() indexes
     lexical.add(texts)
     costs["index: bm25 s/message"] = (time.perf_counter() - start) / len(texts)
 
@@ -208,8 +208,7 @@ def signal_costs(texts: list[str], queries: list[str]) -> dict[str, float]:
     costs["query: score bm25 ms"] = per_query(lambda q: lexical.scores(q, rows))
     signals = {q: {"dense": dense @ encoded[q].dense[0], "sparse": (sparse @ encoded[q].sparse[0].T).toarray().ravel(),
                    "bm25": lexical.scores(q, rows)} for q in queries}
-    costs["query: minmax fusion of 3 signals ms"] = per_query(
-        lambda q: fuse(signals[q], dict.fromkeys(signals[q], 1.0), "weighted", "minmax"))
+    costs["query: default fusion of 3 signals ms"] = per_query(lambda q: default_scores(signals[q]))
     costs["memory: dense B/message"] = dense.shape[1] * 4
     costs["memory: sparse B/message"] = (sparse.nnz * 8 + (sparse.shape[0] + 1) * 8) / len(texts)
     tf = lexical._tf.view
@@ -258,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     start, end = f"<!-- fusion-{args.name}:start -->", f"<!-- fusion-{args.name}:end -->"
     purpose = {"dev": "the dev split: what the defaults were chosen on",
                "confirm": "the confirmation split: scored once, to apply the switch rule declared in the summary"}.get(
-        args.name, "held-out questions: nothing was chosen on them")
+        args.name, "held-out questions: all of them outside the dev split")
     lines = [start, f"## Fusion ablations, {purpose} (LongMemEval-S, turn level, user turns)", ""]
     lines += [
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit `{commit()}`; machine: {machine()}",
@@ -322,6 +321,15 @@ def main(argv: list[str] | None = None) -> None:
         for t in THRESHOLDS:
             lines.append(f"| {name} | z >= {t} | {mean[name][f'cp@z{t}']:.3f} | {mean[name][f'chars@z{t}']:.0f} | "
                          f"{mean[name][f'n@z{t}']:.1f} |")
+    lines += ["", "The default's adaptive mode against each fixed k: the highest threshold whose context precision "
+              "reaches top k's, and the context it needs (a ratio below 1 is context saved at equal precision):", "",
+              "| fixed k | top-k precision | top-k chars | threshold | its precision | its chars | chars ratio |",
+              "|---|---|---|---|---|---|---|"]
+    for k, t in matching_thresholds(mean[default]).items():
+        m = mean[default]
+        cells = (f"z >= {t} | {m[f'cp@z{t}']:.3f} | {m[f'chars@z{t}']:.0f} | {m[f'chars@z{t}'] / m[f'chars@{k}']:.2f}"
+                 if t is not None else "none | – | – | –")
+        lines.append(f"| {k} | {m[f'cp@{k}']:.3f} | {m[f'chars@{k}']:.0f} | {cells} |")
     plot_selection(mean, args.plot, [default, *PEERS])
     lines += ["", f"![selection]({os.path.relpath(args.plot, args.md.resolve().parent)})"]
 
@@ -345,6 +353,11 @@ def main(argv: list[str] | None = None) -> None:
     (ROOT / "benchmarks" / f"fusion_results_{args.name}.json").write_text(json.dumps({"mean": mean, "n": len(data), "costs": costs, "default": default,
                                                                   "per_question": {n: [r["turn/recall_all@10"] for r in rows] for n, rows in results.items()}}, indent=1))
     print("\n".join(lines[:40]))
+
+
+def matching_thresholds(m: dict[str, float]) -> dict[int, float | None]:
+    """For each fixed k, the highest threshold (least context) whose context precision reaches top k's."""
+    return {k: max((t for t in THRESHOLDS if m[f"cp@z{t}"] >= m[f"cp@{k}"]), default=None) for k in FIXED_K}
 
 
 def plot_selection(mean: dict[str, dict[str, float]], path: Path, names: list[str]) -> None:

@@ -342,6 +342,15 @@ def test_fusion_benchmark_has_a_row_for_the_shipped_default():
     assert 0.0 <= low <= 0.5 <= high <= 1.0
 
 
+def test_fusion_benchmark_matches_thresholds_to_fixed_k():
+    fusion = load_script(ROOT / "benchmarks" / "fusion.py")
+    # Precision falls as the threshold rises; top k's precision rises with k.
+    m = {f"cp@z{t}": 1.0 - t / 5 for t in fusion.THRESHOLDS}
+    m.update({f"cp@{k}": min(1.0, 0.1 * k) for k in fusion.FIXED_K})
+    # Top 3 (0.3) is reached up to z 3.5, top 5 (0.5) up to z 2.5; top 10 and 20 (1.0) never.
+    assert fusion.matching_thresholds(m) == {1: 4.0, 3: 3.0, 5: 2.5, 10: None, 20: None}
+
+
 def test_benchmarks_rank_as_the_shipped_default(encoder):
     from saememory.lexical import LexicalIndex
 
