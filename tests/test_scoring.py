@@ -73,6 +73,18 @@ def test_three_signal_weighted_fusion_and_shares():
     np.testing.assert_allclose(sum(shares.values()), [1.0, 1.0])
 
 
+def test_default_zscore_fusion_with_the_sae_weighted_twice():
+    signals = {"dense": np.array([0.0, 1.0, 2.0]), "sparse": np.array([2.0, 1.0, 0.0]), "bm25": np.array([0.0, 0.0, 3.0])}
+    scores, normalized, shares = fuse(signals, {"dense": 1.0, "sparse": 2.0, "bm25": 1.0}, "weighted", "zscore")
+    a, b = np.sqrt(1.5), np.sqrt(0.5)  # z of [0, 1, 2] is [-a, 0, a]; z of [0, 0, 3] is [-b, -b, 2b]
+    np.testing.assert_allclose(normalized["bm25"], [-b, -b, 2 * b])
+    np.testing.assert_allclose(scores, [-a + 2 * a - b, -b, a - 2 * a + 2 * b])
+    # Shares are of each term's magnitude, so negative terms count and a candidate's shares sum to 1.
+    np.testing.assert_allclose(shares["sparse"][0], 2 * a / (a + 2 * a + b))
+    np.testing.assert_allclose([shares[n][1] for n in ("dense", "sparse", "bm25")], [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(sum(shares.values()), [1.0, 1.0, 1.0])
+
+
 def test_zero_weight_leaves_a_signal_out():
     signals = {"dense": np.array([0.1, 0.9]), "sparse": np.array([0.9, 0.1])}
     scores, normalized, _ = fuse(signals, {"dense": 1.0, "sparse": 0.0}, "weighted")

@@ -78,7 +78,8 @@ class Hit:
         calibrated_score: How far the combined score stands above the user's other messages for
             this query, in standard deviations; comparable across queries.
         signals: Per signal used in the ranking: ``raw`` and ``normalized`` score and ``share``
-            of the combined score.
+            of the combined score (of the magnitudes of the weighted terms: a z-scored signal
+            below the user's average pulls the score down and still has a share).
         rank: 1-based position in the results.
         truncated: True if the message was longer than the model's window and was encoded
             truncated.
