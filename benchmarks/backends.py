@@ -249,7 +249,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--not-run", default="", help="a sentence for BENCHMARKS.md on sizes not run, and why")
     parser.add_argument("--md", default=str(common.ROOT / "BENCHMARKS.md"))
     args = parser.parse_args(argv)
-    command = "nice -n 10 python benchmarks/backends.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    shown = list(argv if argv is not None else sys.argv[1:])
+    if "--not-run" in shown[:-1]:  # its text is printed below the tables, not inside the command
+        shown[shown.index("--not-run") + 1] = "'<the notes below the tables>'"
+    command = "nice -n 10 python benchmarks/backends.py " + " ".join(shown)
     workdir = Path(tempfile.mkdtemp(prefix="saememory-backends-"))
     rows = []
     # Each backend and size in a fresh process, so that RSS growth is that run's alone (milvus-lite
