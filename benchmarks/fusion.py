@@ -245,8 +245,9 @@ def main(argv: list[str] | None = None) -> None:
 
         for _, q in tqdm(chosen, desc="Encoding user turns (cached)", unit="question"):
             caches.fill([m["content"] for m in lme.messages(q, "user")], [q["question"]])
-    data = [d for d in (question_signals(q, caches) for _, q in chosen) if d is not None and d["gold"]]
-    skipped = len(chosen) - len(data)
+    signals = [question_signals(q, caches) for _, q in chosen]
+    data = [d for d in signals if d is not None and d["gold"]]
+    uncached = sum(d is None for d in signals)
     if not data:
         sys.exit("No cached strict questions: run benchmarks/longmemeval.py on the same selection first.")
     cfgs = configurations()
@@ -262,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     lines += [
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit `{commit()}`; machine: {machine()}",
         f"- data: `{os.path.relpath(bench.DEFAULT_DATA, ROOT)}`, split `{args.split}`, positions i % {args.every} in {{{', '.join(map(str, args.offset))}}}, "
-        f"strict questions with cached embeddings: n = {len(data)} ({skipped} selected but skipped: not cached or no user-side evidence)",
+        f"strict questions with cached embeddings: n = {len(data)} of {len(chosen)} selected ({uncached} skipped as not cached, "
+        f"{len(chosen) - len(data) - uncached} as having no user-side evidence)",
         f"- encoder: all-MiniLM-L6-v2 + `{base.sae.name}` (sha256 {base.sae.sha256[:12]}), max pooling; BM25: saememory's per-user "
         "index (bm25s parity), English stopwords",
         f"- command: `python {' '.join(shlex.quote(a) for a in ['benchmarks/fusion.py'] + (argv if argv is not None else sys.argv[1:]))}`",
