@@ -3,6 +3,7 @@ its section of BENCHMARKS.md."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import platform
@@ -57,10 +58,16 @@ def write_section(md_path: Path, section: str, start: str, end: str) -> None:
 
 def library_defaults() -> dict[str, Any]:
     """The ranking settings of ``SAEMemory()``, read from its signature: what a user gets by default."""
+    return dict(_defaults())
+
+
+@functools.cache
+def _defaults() -> tuple[tuple[str, Any], ...]:
+    # Read once per process: default_scores runs inside timed loops.
     from saememory import SAEMemory
     from saememory.memory import SETTINGS
 
-    return {n: p.default for n, p in inspect.signature(SAEMemory.__init__).parameters.items() if n in SETTINGS}
+    return tuple((n, p.default) for n, p in inspect.signature(SAEMemory.__init__).parameters.items() if n in SETTINGS)
 
 
 def default_scores(signals: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -70,6 +77,6 @@ def default_scores(signals: Mapping[str, np.ndarray]) -> np.ndarray:
     """
     from saememory.scoring import SIGNALS, fuse
 
-    d = library_defaults()
+    d = dict(_defaults())
     weights = {s: d[f"{s}_weight"] for s in SIGNALS}
     return fuse(signals, weights, d["fusion"], d["normalization"], d["rrf_k"], d["normalize_top"])[0]
