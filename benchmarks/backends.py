@@ -165,26 +165,39 @@ def run_local(n: int, n_queries: int, args) -> tuple[dict[str, Any], list[list[s
 
 
 def run_milvus(n: int, n_queries: int, exact: list[list[str]], args, workdir: Path) -> list[dict[str, Any]]:
-    """milvus-lite with each dense index and candidates setting, against the exact top 10s."""
+    """Milvus with each dense index and candidates setting, against the exact top 10s.
+
+    A fresh milvus-lite file per size, or, with ``--milvus-uri``, a collection per size and index
+    on that Milvus, dropped afterwards.
+    """
     from saememory.milvus import MilvusBackend
 
     records, dense, codes, qs = data(n, n_queries, args)
     rows = []
     for index in args.milvus_index:
-        db = workdir / f"n{n}_{index}.db"
+        uri = args.milvus_uri or str(workdir / f"n{n}_{index}.db")
+        collection = f"saememory_bench_{n}_{index.lower()}" if args.milvus_uri else "bench"
+        local_file = uri.endswith(".db")  # milvus-lite: its engine and files are this process' own
         gc.collect()
         before = rss()
-        remote = MilvusBackend(str(db), "bench", DIM, D_SAE, index=index, stemmer=common.library_defaults()["bm25_stemmer"])
+        remote = MilvusBackend(uri, collection, DIM, D_SAE, index=index, stemmer=common.library_defaults()["bm25_stemmer"])
+        if len(remote):
+            sys.exit(f"Collection {collection!r} on {uri} is not empty. Drop it, or point --milvus-uri at another Milvus.")
         rate = insert(remote, records, dense, codes, args.batch)
         grown = rss() - before
         for candidates in args.candidates:
             tops, latency = timed_queries(remote, qs, candidates)
-            rows.append({"n": n, "queries": n_queries, "backend": f"milvus-lite ({index})", "candidates": candidates,
-                         "insert_per_s": rate, **latency, "memory_mb": grown / 2**20, "disk_mb": disk(db) / 2**20,
+            rows.append({"n": n, "queries": n_queries, "backend": f"{'milvus-lite' if local_file else 'Milvus'} ({index})",
+                         "candidates": candidates, "insert_per_s": rate, **latency,
+                         "memory_mb": grown / 2**20 if local_file else None,
+                         "disk_mb": disk(Path(uri)) / 2**20 if local_file and Path(uri).exists() else None,
                          "top10_agreement": agreement(tops, exact)})
             print(rows[-1], flush=True)
+        if args.milvus_uri:
+            remote.client.drop_collection(collection)
         remote.close()
-        shutil.rmtree(db, ignore_errors=True)
+        if not args.milvus_uri:
+            shutil.rmtree(uri, ignore_errors=True)
     return rows
 
 
@@ -227,8 +240,9 @@ def table(rows: list[dict[str, Any]]) -> str:
              "| on disk (MB) | top-10 agreement with exact |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         disk_mb = "–" if r["disk_mb"] is None else f"{r['disk_mb']:.0f}"
+        memory_mb = "–" if r["memory_mb"] is None else f"{r['memory_mb']:.0f}"
         lines.append(f"| {r['n']:,} | {r['queries']} | {r['backend']} | {r['candidates']} | {r['insert_per_s']:,.0f} | {r['p50_ms']:.1f} "
-                     f"| {r['p95_ms']:.1f} | {r['memory_mb']:.0f} | {disk_mb} | {r['top10_agreement']:.3f} |")
+                     f"| {r['p95_ms']:.1f} | {memory_mb} | {disk_mb} | {r['top10_agreement']:.3f} |")
     return "\n".join(lines)
 
 
@@ -243,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--milvus-index", nargs="+", default=["FLAT"], choices=["FLAT", "HNSW"])
     parser.add_argument("--milvus-max", type=int, default=None,
                         help="run Milvus only up to this many messages (larger sizes: in-process only); default no limit")
+    parser.add_argument("--milvus-uri", default=None,
+                        help="benchmark this Milvus (a server URI such as http://host:19530, or a milvus-lite .db path) "
+                             "instead of a fresh milvus-lite file per size; default none")
     parser.add_argument("--batch", type=int, default=1000, help="messages per add() call; default 1000")
     parser.add_argument("--real-questions", type=int, default=5, help="dev30 questions for the quality check; default 5")
     parser.add_argument("--seed", type=int, default=0)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # One user's history over three sessions: one planted fact among everyday distractors.
 PLANTED = "By the way, my sister Ana moved to Lisbon last spring and loves it there."
@@ -57,3 +61,14 @@ def save_sae_lens_sae(path: Path, architecture: str, d_in: int = 16, d_sae: int 
     sae.cfg.metadata.hook_name = "sentence_embedding"
     sae.save_model(path)  # sae-lens' own writer: cfg.json + sae_weights.safetensors
     return path
+
+
+def load_script(path: Path):
+    """Imports a script (an example or a benchmark) by path, registered in sys.modules as its dataclasses need."""
+    name = f"_lme_script_{path.parent.name}_{path.stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

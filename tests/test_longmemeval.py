@@ -4,11 +4,9 @@ of the example agent and the benchmark script on a trimmed two-question file."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import inspect
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +16,10 @@ import scipy.sparse as sp
 from saememory import Encoder, EncoderConfig, SAEMemory
 from saememory import longmemeval as lme
 
-from tests.helpers import save_sae_lens_sae
+from tests.helpers import ROOT, load_script, save_sae_lens_sae
 
-ROOT = Path(__file__).resolve().parents[1]
 DEV30 = ROOT / ".." / "shared" / "data" / "longmemeval" / "longmemeval_s_cleaned_dev30.json.gz"
 SMOKE_IDS = ("e47becba", "gpt4_59c863d7")  # single-session-user; multi-session evidence
-
-
-def load_script(path: Path):
-    """Imports a script by path (registered in sys.modules, as its dataclasses need)."""
-    name = f"_lme_script_{path.parent.name}_{path.stem}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")
