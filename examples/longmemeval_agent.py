@@ -43,6 +43,9 @@ FEATURES_PER_HIT = 3
 
 # --stack: (sparse preset, dense preset) of saememory.lm_encoder; "minilm" is the bundled default.
 STACKS = {"minilm": None, "poster": ("gemma-2b-it-res-jb", "nomic-v1"), "gemma-scope": ("gemma-scope-2b-l12", "nomic-v1.5")}
+# --ranking: SAEMemory settings; "poster" is sqrt(max(dense, 0)² + sparse²) on raw scores, no BM25.
+RANKINGS = {"default": {}, "poster": {"fusion": "sqrt", "normalization": "none", "dense_weight": 1.0, "sparse_weight": 1.0,
+                                      "bm25_weight": 0.0}}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -57,8 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="context budget: of the k best, keep those that fit in this many characters; default none")
     parser.add_argument("--granularity", choices=("turn", "session"), default="turn", help="index turns or whole sessions; default turn")
     parser.add_argument("--roles", choices=lme.ROLES, default="user", help="index user turns only (official) or all; default user")
+    parser.add_argument("--ranking", choices=RANKINGS, default="default",
+                        help="default: SAEMemory's own ranking; poster: the poster's raw sqrt(dense² + sparse²), no BM25")
     parser.add_argument("--fusion", choices=FUSIONS, default=None,
-                        help="how the memory's signals combine; default: SAEMemory's own default")
+                        help="how the memory's signals combine, over --ranking's; default: --ranking's")
     parser.add_argument("--sae", default=DEFAULT_SAE, help=f"bundled SAE name, SAE directory, or 'none'; default {DEFAULT_SAE}")
     parser.add_argument("--pooling", choices=("max", "mean"), default=None,
                         help="token pooling; default max for minilm, the preset's (mean) for the Gemma stacks")
@@ -122,7 +127,7 @@ def corpus(question: dict[str, Any], granularity: str, roles: str) -> list[dict[
 
 def open_memory(encoder: Encoder, args: argparse.Namespace) -> SAEMemory:
     """An empty memory: in-process, or the ``--milvus`` collection emptied (of an earlier question or run)."""
-    settings = {"fusion": args.fusion} if args.fusion else {}
+    settings = {**RANKINGS[args.ranking], **({"fusion": args.fusion} if args.fusion else {})}
     if args.milvus is None:
         return SAEMemory(encoder, **settings)
     memory = SAEMemory(encoder, milvus_uri=args.milvus, milvus_collection=args.milvus_collection, **settings)
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     sae = None if args.sae.lower() == "none" else args.sae
     encoder = build_encoder(args, sae)
     print(f"{len(todo)} questions to run ({len(done)} already in {out}); k={args.k}, "
-          f"granularity={args.granularity}, roles={args.roles}, fusion={args.fusion or 'default'}, sae={sae}, "
+          f"granularity={args.granularity}, roles={args.roles}, ranking={args.ranking}, fusion={args.fusion or 'from ranking'}, sae={sae}, "
           f"storage={args.milvus or 'in-process'}.")
     out.parent.mkdir(parents=True, exist_ok=True)
     hits = []

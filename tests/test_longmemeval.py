@@ -216,6 +216,19 @@ def test_agent_context_budget(trimmed, saes, tmp_path):
         agent.main([str(trimmed), "--max-chars", "0", "--out", str(out)])
 
 
+def test_agent_poster_ranking_is_the_posters_formula(trimmed, saes, tmp_path, encoder):
+    agent = load_script(ROOT / "examples" / "longmemeval_agent.py")
+    out = tmp_path / "poster.jsonl"
+    agent.main([str(trimmed), "--sae", str(saes["res"]), "--k", "5", "--ranking", "poster", "--out", str(out)])
+    for record in (json.loads(line) for line in out.read_text().splitlines()):
+        for s in record["scores"]:
+            assert s["score"] == pytest.approx(math.sqrt(max(s["dense_score"], 0.0) ** 2 + s["sparse_score"] ** 2), abs=1e-6)
+    # --fusion overrides the ranking's fusion only.
+    args = agent.parse_args([str(trimmed), "--ranking", "poster", "--fusion", "rrf"])
+    memory = agent.open_memory(encoder, args)
+    assert memory.settings["fusion"] == "rrf" and memory.settings["bm25_weight"] == 0.0
+
+
 def test_agent_runs_on_milvus(trimmed, saes, tmp_path):
     agent = load_script(ROOT / "examples" / "longmemeval_agent.py")
     runs = {}
