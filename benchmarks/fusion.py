@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
 
     start, end = f"<!-- fusion-{args.name}:start -->", f"<!-- fusion-{args.name}:end -->"
     purpose = {"dev": "the dev split: what the defaults were chosen on",
-               "confirm": "the confirmation split: scored once, to apply the switch rule declared in the summary"}.get(
+               "confirm": "the confirmation split: first scored to apply the switch rule declared in the summary"}.get(
         args.name, "held-out questions: all of them outside the dev split")
     lines = [start, f"## Fusion ablations, {purpose} (LongMemEval-S, turn level, user turns)", ""]
     lines += [
