@@ -327,8 +327,8 @@ def main(argv: list[str] | None = None) -> None:
               "reaches top k's, and the context it needs (a ratio below 1 is context saved at equal precision):", "",
               "| fixed k | top-k precision | top-k chars | threshold | its precision | its chars | chars ratio |",
               "|---|---|---|---|---|---|---|"]
-    for k, t in matching_thresholds(mean[default]).items():
-        m = mean[default]
+    m = mean[default]
+    for k, t in matching_thresholds(m).items():
         cells = (f"z >= {t} | {m[f'cp@z{t}']:.3f} | {m[f'chars@z{t}']:.0f} | {m[f'chars@z{t}'] / m[f'chars@{k}']:.2f}"
                  if t is not None else "none | – | – | –")
         lines.append(f"| {k} | {m[f'cp@{k}']:.3f} | {m[f'chars@{k}']:.0f} | {cells} |")

@@ -304,6 +304,11 @@ class SAEMemory:
         if stored:
             raise ValueError(f"Message ids already stored: {stored[:5]}. Use update() to replace them.")
 
+    def _missing(self, ids: list[str]) -> list[str]:
+        """The ids not stored, in the given order (one ``stored`` round trip)."""
+        found = self.index.stored(ids)
+        return [i for i in ids if i not in found]
+
     def delete(self, message_ids: str | Iterable[str]) -> None:
         """Deletes messages by id; all or, if any id is unknown, none.
 
@@ -312,8 +317,7 @@ class SAEMemory:
         """
         ids = [message_ids] if isinstance(message_ids, str) else list(message_ids)
         with self._lock:
-            found = self.index.stored(ids)
-            missing = [i for i in ids if i not in found]
+            missing = self._missing(ids)
             if missing:
                 raise KeyError(f"No messages with ids {missing[:5]}; nothing was deleted.")
             self.index.delete(list(dict.fromkeys(ids)))
@@ -340,8 +344,7 @@ class SAEMemory:
         self.index.validate(records)  # a record the backend refuses must not cost the stored version
         encoded = self._encode_records(records, False)
         with self._lock:
-            found = self.index.stored(ids)
-            missing = [i for i in ids if i not in found]
+            missing = self._missing(ids)
             if missing:
                 raise KeyError(f"No messages with ids {missing[:5]} to update; add() them instead.")
             self.index.replace(records, encoded.dense, encoded.sparse)
