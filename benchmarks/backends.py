@@ -108,7 +108,7 @@ def rank(backend, query, candidates: int, k: int = 10) -> tuple[list[str], float
     ids, signals = backend.score(user, None, q_dense, q_code, candidates, text)
     scores = common.default_scores(signals)
     chosen = top_k(scores, k).tolist()
-    backend.fetch([ids[p] for p in chosen])
+    backend.fetch(user, [ids[p] for p in chosen])
     return [ids[p] for p in chosen], time.perf_counter() - start
 
 

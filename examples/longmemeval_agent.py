@@ -132,7 +132,7 @@ def open_memory(encoder: Encoder, args: argparse.Namespace) -> SAEMemory:
         return SAEMemory(encoder, **settings)
     memory = SAEMemory(encoder, milvus_uri=args.milvus, milvus_collection=args.milvus_collection, **settings)
     for user in memory.users():
-        memory.delete([m["id"] for m in memory.messages(user)])
+        memory.delete_user(user)
     return memory
 
 

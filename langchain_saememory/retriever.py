@@ -11,7 +11,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
 
-from saememory import SAEMemory
+from saememory import SAEMemory, check_user
 
 # LangChain message types to chat roles.
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
@@ -21,13 +21,12 @@ _PASSED_THROUGH = ("session_id", "timestamp", "user_id")
 def to_message_dicts(
     messages: Iterable[BaseMessage | Mapping[str, Any]],
     session_id: str | None = None,
-    user_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Turns LangChain messages (or dicts) into saememory message dicts.
 
     A ``BaseMessage`` gives ``role`` from its type, ``content`` from its text and ``id`` from its
     id; ``session_id``, ``timestamp`` and ``user_id`` are read from its ``additional_kwargs`` when
-    present. ``session_id`` and ``user_id`` here fill in where a message has none.
+    present. ``session_id`` here fills in where a message has none; owners are the memory's to check.
     """
     out = []
     for message in messages:
@@ -43,8 +42,6 @@ def to_message_dicts(
             data = dict(message)
         if session_id is not None:
             data.setdefault("session_id", session_id)
-        if user_id is not None:
-            data.setdefault("user_id", user_id)
         out.append(data)
     return out
 
@@ -68,7 +65,8 @@ class SAEMemoryRetriever(BaseRetriever):
     Args:
         memory: The ``SAEMemory`` to search.
         k: Messages per query. Defaults to 10; ``invoke(query, k=3)`` overrides it per call.
-        user_id: Whose memories this retriever reads. Defaults to None, the default user.
+        user_id: Whose memories this retriever reads and ``add_messages`` writes. Defaults to
+            None, the default user; ``invoke(query, user_id=...)`` reads another per call.
         session_id: Restrict to one session. Defaults to None (all sessions of the user).
         min_score: Drop hits with a lower combined score. Defaults to None.
         steer: SAE features to boost or suppress in every query (feature id or label text to
@@ -107,16 +105,17 @@ class SAEMemoryRetriever(BaseRetriever):
             messages: LangChain messages or dicts with ``role``/``content`` and optionally
                 ``session_id``, ``timestamp``, ``user_id``, ``id``.
             k: Messages per query. Defaults to 10.
-            user_id: Owner of messages that name none, and the user this retriever reads.
-                Defaults to None (the default user).
+            user_id: Owner of every message (one naming another user is refused) and the user
+                this retriever reads. Defaults to None: each message keeps its own ``user_id``
+                (a multi-user import), and the retriever reads the default user.
             session_id: Session of messages that name none. Defaults to None ("default").
             encoder: An ``Encoder`` or ``EncoderConfig``. Defaults to the bundled MiniLM + SAE.
             show_progress: Progress bar while encoding. Defaults to False.
             **kwargs: Memory settings (``fusion``, ``index_type``, ...) and retriever fields
                 (``min_score``, ...).
         """
-        dicts = to_message_dicts(messages, session_id, user_id)
-        memory, fields = SAEMemory.from_messages(dicts, encoder, show_progress, **kwargs)
+        dicts = to_message_dicts(messages, session_id)
+        memory, fields = SAEMemory.from_messages(dicts, encoder, show_progress, user_id, **kwargs)
         return cls(memory=memory, k=k, user_id=user_id, **fields)
 
     @classmethod
@@ -125,8 +124,12 @@ class SAEMemoryRetriever(BaseRetriever):
         return cls(memory=memory, k=k, **kwargs)
 
     def add_messages(self, messages: Iterable[BaseMessage | Mapping[str, Any]], session_id: str | None = None) -> list[str]:
-        """Adds messages to the memory, owned by this retriever's user; searchable at once."""
-        return self.memory.add(to_message_dicts(messages, session_id or self.session_id, self.user_id))
+        """Adds messages to the memory, owned by this retriever's user; searchable at once.
+
+        Raises:
+            ValueError: If a message names another user: a retriever writes only its own user's memory.
+        """
+        return self.memory.add(to_message_dicts(messages, session_id or self.session_id), user_id=check_user(self.user_id))
 
     async def aadd_messages(
         self, messages: Iterable[BaseMessage | Mapping[str, Any]], session_id: str | None = None
@@ -140,6 +143,7 @@ class SAEMemoryRetriever(BaseRetriever):
         *,
         run_manager: CallbackManagerForRetrieverRun,
         k: int | None = None,
+        user_id: str | None = None,
         session_id: str | None = None,
         min_score: float | None = None,
         steer: dict[int | str, float] | None = None,
@@ -148,7 +152,7 @@ class SAEMemoryRetriever(BaseRetriever):
         hits = self.memory.search(
             query,
             k=self.k if k is None else k,
-            user_id=self.user_id,
+            user_id=user_id if user_id is not None else self.user_id,
             session_id=session_id if session_id is not None else self.session_id,
             min_score=min_score if min_score is not None else self.min_score,
             steer=steer if steer is not None else self.steer,
@@ -162,6 +166,7 @@ class SAEMemoryRetriever(BaseRetriever):
         *,
         run_manager: AsyncCallbackManagerForRetrieverRun,
         k: int | None = None,
+        user_id: str | None = None,
         session_id: str | None = None,
         min_score: float | None = None,
         steer: dict[int | str, float] | None = None,
@@ -173,6 +178,7 @@ class SAEMemoryRetriever(BaseRetriever):
             query,
             run_manager=run_manager.get_sync(),
             k=k,
+            user_id=user_id,
             session_id=session_id,
             min_score=min_score,
             steer=steer,

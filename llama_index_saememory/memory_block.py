@@ -4,27 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.memory.memory import BaseMemoryBlock
 from pydantic import ConfigDict, Field
 
-from saememory import SAEMemory
+from saememory import SAEMemory, check_user
 from llama_index_saememory.retriever import to_message_dicts
 
 
-def message_id(message: ChatMessage, session_id: str | None) -> str:
-    """A stable id: the message's own ``additional_kwargs["id"]``, else a hash of session, role and text.
+def message_id(message: ChatMessage, session_id: str | None, user_id: str) -> str:
+    """A stable id: the message's own ``additional_kwargs["id"]``, else a hash of user, session, role and text.
 
-    Identical text said twice by the same role in one session is stored once.
+    Identical text said twice by the same role in one session of one user is stored once; two
+    users who say the same thing each keep their own message.
     """
     given = message.additional_kwargs.get("id")
     if given:
         return str(given)
     role = getattr(message.role, "value", message.role)
-    key = f"{session_id}\x1f{role}\x1f{message.content}"
-    return hashlib.sha1(key.encode("utf-8")).hexdigest()
+    key = json.dumps([user_id, session_id, role, message.content])  # unambiguous, whatever the text holds
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class SAEMemoryBlock(BaseMemoryBlock[str]):
@@ -41,7 +43,8 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
     Args:
         memory: The ``SAEMemory`` to write to and read from.
         k: Past messages injected per turn. Defaults to 5.
-        user_id: Owner of the messages. Defaults to None (the default user).
+        user_id: Owner of every message this block stores and the user it reads; a message
+            naming another user is refused. Defaults to None (the default user).
         min_score: Inject only hits with at least this combined score. Defaults to None.
         name: Block name in the memory template. Defaults to ``"saememory"``.
     """
@@ -57,25 +60,26 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
 
     def _index(self, messages: list[ChatMessage], session_id: str | None) -> set[str]:
         """Adds the messages not stored yet; returns the ids of all of them."""
+        user = check_user(self.user_id)
         ids, new = [], []
         for message in messages:
             if not isinstance(message.content, str) or not message.content.strip():
                 continue  # tool calls and empty turns carry nothing to recall
             if getattr(message.role, "value", message.role) == "system":
                 continue  # instructions (and this block's own injected text), not conversation
-            mid = message_id(message, session_id)
+            mid = message_id(message, session_id, user)
             ids.append(mid)
-            if mid not in self.memory and mid not in {m["id"] for m in new}:
-                (record,) = to_message_dicts([message], session_id, self.user_id)
+            if not self.memory.contains(mid, user_id=user) and mid not in {m["id"] for m in new}:
+                (record,) = to_message_dicts([message], session_id)
                 new.append({**record, "id": mid})
         if new:
             try:
-                self.memory.add(new)
+                self.memory.add(new, user_id=user)
             except ValueError:
                 # Another task stored some of them meanwhile: add the rest one by one.
                 for record in new:
-                    if record["id"] not in self.memory:
-                        self.memory.add([record])
+                    if not self.memory.contains(record["id"], user_id=user):
+                        self.memory.add([record], user_id=user)
         return set(ids)
 
     def _recall(self, messages: list[ChatMessage], session_id: str | None) -> str:

@@ -10,7 +10,7 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-from saememory import EXPLANATION_KEYS, Hit, SAEMemory
+from saememory import EXPLANATION_KEYS, Hit, SAEMemory, check_user
 
 _PASSED_THROUGH = ("id", "session_id", "timestamp", "user_id")
 
@@ -18,12 +18,11 @@ _PASSED_THROUGH = ("id", "session_id", "timestamp", "user_id")
 def to_message_dicts(
     messages: Iterable[ChatMessage | Mapping[str, Any]],
     session_id: str | None = None,
-    user_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Turns LlamaIndex ``ChatMessage``s (or dicts) into saememory message dicts.
 
     ``id``, ``session_id``, ``timestamp`` and ``user_id`` are read from a ``ChatMessage``'s
-    ``additional_kwargs`` when present; ``session_id`` and ``user_id`` here fill in the rest.
+    ``additional_kwargs`` when present; ``session_id`` here fills in where a message has none.
     """
     out = []
     for message in messages:
@@ -34,8 +33,6 @@ def to_message_dicts(
             data = dict(message)
         if session_id is not None:
             data.setdefault("session_id", session_id)
-        if user_id is not None:
-            data.setdefault("user_id", user_id)
         out.append(data)
     return out
 
@@ -114,19 +111,30 @@ class SAEMemoryRetriever(BaseRetriever):
             messages: ``ChatMessage``s or dicts with ``role``/``content`` and optionally
                 ``session_id``, ``timestamp``, ``user_id``, ``id``.
             similarity_top_k: Messages per query. Defaults to 10.
-            user_id: Owner of messages that name none, and the user this retriever reads.
+            user_id: Owner of every message (one naming another user is refused) and the user
+                this retriever reads. Defaults to None: each message keeps its own ``user_id``
+                (a multi-user import), and the retriever reads the default user.
             session_id: Session of messages that name none. Defaults to None ("default").
             encoder: An ``Encoder`` or ``EncoderConfig``. Defaults to the bundled MiniLM + SAE.
             show_progress: Progress bar while encoding. Defaults to False.
             **kwargs: Memory settings (``fusion``, ``index_type``, ...) and retriever arguments.
         """
-        dicts = to_message_dicts(messages, session_id, user_id)
-        memory, rest = SAEMemory.from_messages(dicts, encoder, show_progress, **kwargs)
+        dicts = to_message_dicts(messages, session_id)
+        memory, rest = SAEMemory.from_messages(dicts, encoder, show_progress, user_id, **kwargs)
         return cls(memory, similarity_top_k=similarity_top_k, user_id=user_id, **rest)
 
+    @classmethod
+    def from_memory(cls, memory: SAEMemory, similarity_top_k: int = 10, **kwargs: Any) -> SAEMemoryRetriever:
+        """A retriever over an existing memory. ``similarity_top_k`` is LlamaIndex's name for LangChain's ``k``."""
+        return cls(memory, similarity_top_k=similarity_top_k, **kwargs)
+
     def add_messages(self, messages: Iterable[ChatMessage | Mapping[str, Any]], session_id: str | None = None) -> list[str]:
-        """Adds messages to the memory, owned by this retriever's user; searchable at once."""
-        return self.memory.add(to_message_dicts(messages, session_id or self.session_id, self.user_id))
+        """Adds messages to the memory, owned by this retriever's user; searchable at once.
+
+        Raises:
+            ValueError: If a message names another user: a retriever writes only its own user's memory.
+        """
+        return self.memory.add(to_message_dicts(messages, session_id or self.session_id), user_id=check_user(self.user_id))
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         hits = self.memory.search(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import pytest
@@ -25,3 +27,45 @@ def memory(encoder: Encoder) -> SAEMemory:
     mem = SAEMemory(encoder)
     mem.add(CONVERSATION)
     return mem
+
+
+BACKENDS = ["in-process", "milvus"]
+
+
+@pytest.fixture(scope="session")
+def milvus_db(tmp_path_factory) -> str:
+    """One milvus-lite file per test session; each test empties the collections it uses."""
+    return str(tmp_path_factory.mktemp("milvus") / "memory.db")
+
+
+@pytest.fixture(params=BACKENDS)
+def make(request, encoder):
+    """Builds fresh, empty memories on the backend under test: ``make(encoder=None, **settings)``.
+
+    On Milvus, the n-th memory of a test gets collection ``test_<n>_<encoder hash>``, emptied
+    first (creating a collection costs pymilvus 1.5 s of index polling, so they are reused; a
+    collection remembers its encoder and refuses another).
+    """
+    made = []
+
+    def build(enc=None, **kwargs) -> SAEMemory:
+        enc = enc or encoder
+        if request.param == "milvus":
+            from pymilvus import MilvusClient
+
+            from saememory.milvus import LITE_CONNECTION
+
+            identity = hashlib.sha1(json.dumps(enc.identity(), sort_keys=True).encode()).hexdigest()[:12]
+            db, name = request.getfixturevalue("milvus_db"), f"test_{len(made)}_{identity}"
+            client = MilvusClient(db, **LITE_CONNECTION)  # no keepalive pings, which the engine refuses
+            if client.has_collection(name):
+                client.delete(name, filter='id != ""')
+            client.close()
+            kwargs = {"milvus_uri": db, "milvus_collection": name, **kwargs}
+        memory = SAEMemory(enc, **kwargs)
+        made.append(memory)
+        assert len(memory) == 0
+        return memory
+
+    build.backend = request.param
+    return build

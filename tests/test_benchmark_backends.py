@@ -19,6 +19,8 @@ def backends():
 def test_milvus_rows_against_exact_on_a_given_uri(backends, tmp_path):
     from pymilvus import MilvusClient
 
+    from saememory.milvus import LITE_CONNECTION
+
     uri = str(tmp_path / "bench.db")
     args = SimpleNamespace(users=2, nnz=20, seed=0, milvus_index=["FLAT"], milvus_uri=uri, candidates=[500], batch=100)
     _, exact = backends.run_local(200, 6, args)
@@ -26,7 +28,9 @@ def test_milvus_rows_against_exact_on_a_given_uri(backends, tmp_path):
     # 500 candidates cover each user's 100 messages, so Milvus ranks exactly as in-process.
     assert [r["top10_agreement"] for r in rows] == [1.0]
     assert rows[0]["backend"] == "milvus-lite (FLAT)" and rows[0]["insert_per_s"] > 0
-    assert MilvusClient(uri).list_collections() == []  # the benchmark's collection is dropped
+    client = MilvusClient(uri, **LITE_CONNECTION)
+    assert client.list_collections() == []  # the benchmark's collection is dropped
+    client.close()
 
 
 def test_table_marks_what_a_server_does_not_show(backends):

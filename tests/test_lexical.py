@@ -61,7 +61,7 @@ def test_each_user_is_its_own_corpus_and_deletes_take_effect(encoder, stemmer):
     memory = SAEMemory(encoder, bm25_weight=1.0, bm25_stemmer=stemmer)
     memory.add([{"content": t, "user_id": "a", "id": f"a{i}"} for i, t in enumerate(DISTRACTORS[:10])])
     memory.add([{"content": t, "user_id": "b", "id": f"b{i}"} for i, t in enumerate(DISTRACTORS[5:])])
-    memory.delete(["a1", "a4"])
+    memory.delete(["a1", "a4"], user_id="a")
     for user in ("a", "b"):
         stored = memory.messages(user)
         docs = [m["content"] for m in stored]

@@ -19,45 +19,8 @@ from saememory.index import MemoryIndex
 from saememory.milvus import MilvusBackend
 from tests.helpers import CONVERSATION, DISTRACTORS, PLANTED, QUESTION
 
-BACKENDS = ["in-process", "milvus"]
-
-
 def ranking(memory: SAEMemory, query: str = QUESTION, **kwargs) -> list[tuple[str, float]]:
     return [(h.id, round(h.score, 6)) for h in memory.search(query, k=len(memory), **kwargs)]
-
-
-@pytest.fixture(scope="session")
-def milvus_db(tmp_path_factory) -> str:
-    """One milvus-lite file per test session; each test empties the collections it uses."""
-    return str(tmp_path_factory.mktemp("milvus") / "memory.db")
-
-
-@pytest.fixture(params=BACKENDS)
-def make(request, encoder):
-    """Builds fresh, empty memories on the backend under test: ``make(encoder=None, **settings)``.
-
-    On Milvus, the n-th memory of a test gets collection ``test_<n>_<d_sae>``, emptied first
-    (creating a collection costs pymilvus 1.5 s of index polling, so they are reused).
-    """
-    made = []
-
-    def build(enc=None, **kwargs) -> SAEMemory:
-        enc = enc or encoder
-        if request.param == "milvus":
-            from pymilvus import MilvusClient
-
-            db, name = request.getfixturevalue("milvus_db"), f"test_{len(made)}_{enc.d_sae}"
-            client = MilvusClient(db)
-            if client.has_collection(name):
-                client.delete(name, filter='id != ""')
-            kwargs = {"milvus_uri": db, "milvus_collection": name, **kwargs}
-        memory = SAEMemory(enc, **kwargs)
-        made.append(memory)
-        assert len(memory) == 0
-        return memory
-
-    build.backend = request.param
-    return build
 
 
 @pytest.fixture
@@ -160,7 +123,7 @@ def test_isolation_survives_deletes_and_approximate_index(make):
     memory = make(candidates=2, **approximate)
     memory.add([{"content": t, "user_id": "u1" if i % 2 else "u2"} for i, t in enumerate(DISTRACTORS)])
     u1 = [m["id"] for m in memory.messages("u1")]
-    memory.delete(u1[:3])
+    memory.delete(u1[:3], user_id="u1")
     hits = memory.search("hiking in the mountains", k=50, user_id="u1")
     assert {h.user_id for h in hits} == {"u1"} and not set(u1[:3]) & {h.id for h in hits}
 
@@ -229,7 +192,7 @@ def test_save_load_round_trip(memory, tmp_path, encoder):
     if isinstance(memory.index, MemoryIndex):
         assert {"manifest.json", "dense.npy", "sparse.npz", "faiss.index", "records.jsonl", "CURRENT"} <= files
     else:  # the data lives in Milvus; the manifest says where
-        assert files == {"manifest.json", "CURRENT"} and len(memory) == n + 1
+        assert files == {"manifest.json", "CURRENT", "LOCK"} and len(memory) == n + 1
     assert not any(name.endswith((".pkl", ".pickle")) for name in files)
 
 
@@ -499,7 +462,7 @@ def _tenant_messages() -> list[dict]:
 def test_no_query_returns_another_users_message(make, candidates):
     memory = make(candidates=candidates)
     memory.add(_tenant_messages())
-    memory.delete(f"{TENANTS[0]}-0")
+    memory.delete(f"{TENANTS[0]}-0", user_id=TENANTS[0])
     queries = [memory._encode_query(q) for q in ["hiking in the mountains", 'note of o"hara', "alice's pasta"]]
     texts = ["hiking in the mountains", 'note of o"hara', "alice's pasta"]
     users = TENANTS + ["carol", 'alice" || user_id != "x']  # the last tries to break out of the filter
@@ -642,11 +605,13 @@ def test_bm25_stems_by_default_and_old_saves_keep_no_stemming(local_memory, tmp_
     plain = SAEMemory(encoder, bm25_stemmer=None)
     plain.add([{"id": "lessons", "content": "I started taking guitar lessons on Tuesdays."}])
     assert stemmed["lessons"] > 0 and plain.search("lesson", k=1)[0].bm25_score == 0.0
-    # A memory saved before bm25_stemmer existed has neither the setting nor a stemmer on file.
+    # A memory saved before bm25_stemmer existed has neither the setting nor a stemmer on file
+    # (nor checksums: it is of format 1).
     plain.save(tmp_path / "old")
     snapshot = tmp_path / "old" / (tmp_path / "old" / "CURRENT").read_text().strip()
     manifest = json.loads((snapshot / "manifest.json").read_text())
-    del manifest["settings"]["bm25_stemmer"]
+    del manifest["settings"]["bm25_stemmer"], manifest["files"]
+    manifest["format_version"] = 1
     (snapshot / "manifest.json").write_text(json.dumps(manifest))
     vocab = json.loads((snapshot / "bm25_vocab.json").read_text())
     del vocab["stemmer"]

@@ -8,58 +8,115 @@ and work the same on either.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
 import shutil
+import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
 
-FORMAT_VERSION = 1
+try:
+    import fcntl
+except ImportError:  # Windows: no cross-process locks (see _locked)
+    fcntl = None
+
+FORMAT_VERSION = 2  # 2 added "files", the sha256 of every data file
+READABLE_VERSIONS = (1, 2)  # format 1 loads without checksums
 CURRENT = "CURRENT"
+LOCK = "LOCK"
+LOCK_TIMEOUT = 60.0  # seconds a save or load waits for another process's save or load
+_SNAPSHOT_NAME = re.compile(r"snapshot-[0-9a-f]{1,64}")
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _count(low: int) -> Callable[[Any], bool]:
+    return lambda value: type(value) is int and value >= low
+
+
+def _of(*kinds: type) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, kinds)
+
+
+def _milvus(value: Any) -> bool:
+    keys = ("uri", "collection", "index")
+    return value is None or (isinstance(value, dict) and all(isinstance(value.get(key), str) for key in keys))
+
+
+def _files(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        name != "manifest.json" and _FILE_NAME.fullmatch(name) and isinstance(digest, str) and _SHA256.fullmatch(digest)
+        for name, digest in value.items()
+    )
+
+
+# (key, check, rule, required): what SAEMemory.load and the backends read from a manifest.
+_MANIFEST_FIELDS = (
+    ("dim", _count(1), "an integer >= 1", True),
+    ("d_sae", _count(0), "an integer >= 0", True),
+    ("n_messages", _count(0), "an integer >= 0", True),
+    ("index_type", _of(str, type(None)), "a FAISS index_factory string, or null (Milvus)", True),
+    ("encoder", _of(dict), "an object", True),
+    ("settings", _of(dict), "an object", True),
+    ("encoder_config", _of(dict, type(None)), "an object or null", False),
+    ("milvus", _milvus, "null or an object naming a uri, collection and index as strings", False),
+)
+_FILES_FIELD = ("files", _files, "an object of plain file names and lowercase hex sha256s", True)  # format 2 on
+# (field, check, rule): what every stored record holds.
+_RECORD_FIELDS = tuple((key, _of(str), "a string") for key in ("id", "content", "role", "session_id", "user_id")) + (
+    ("timestamp", _of(str, type(None)), "a string or null"),
+    ("metadata", _of(dict), "an object"),
+)
 
 
 @runtime_checkable
 class Backend(Protocol):
     """Stores messages' records, dense vectors and SAE codes, and scores one user's messages.
 
-    Every read is restricted to one user (and optionally one session). Callers validate ids,
-    vectors and codes before ``add``, and check that ids exist before ``delete``.
+    A message is identified by its owner and its id together: two users may hold the same id,
+    and every id-based method acts within one user's messages only, so another user's message
+    is answered exactly like a missing one. Callers validate records, vectors and codes before
+    ``add``, and check that ids exist before ``replace`` and ``delete``.
     """
 
     dim: int
     d_sae: int
 
-    def __len__(self) -> int: ...
-
-    def __contains__(self, message_id: object) -> bool: ...
+    def __len__(self) -> int:
+        """All stored messages, of every user."""
 
     def users(self) -> list[str]:
         """Users with at least one message, sorted."""
 
-    def stored(self, message_ids: list[str]) -> set[str]:
-        """Which of these ids are stored (one round trip for an external engine)."""
+    def stored(self, user_id: str, message_ids: list[str]) -> set[str]:
+        """Which of these ids the user holds (one round trip for an external engine)."""
 
     def validate(self, records: list[dict[str, Any]]) -> None:
         """Raises ValueError for records this backend cannot store, before anything changes."""
 
-    def get(self, message_id: str) -> dict[str, Any] | None:
-        """The stored record, or None."""
+    def get(self, user_id: str, message_id: str) -> dict[str, Any] | None:
+        """The user's stored record with this id, or None."""
 
     def records(self, user_id: str, session_id: str | None = None) -> list[dict[str, Any]]:
         """One user's (and session's) records, in insertion order."""
 
     def add(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
-        """Stores records with their (validated) vectors and codes."""
+        """Stores new records (each names its ``user_id``) with their validated vectors and codes."""
 
     def replace(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
-        """Replaces stored messages with the same ids; a failure never leaves an id with no version."""
+        """Replaces stored messages with the same owner and id; a failure never leaves one with no version."""
 
-    def delete(self, message_ids: list[str]) -> None:
-        """Removes stored messages by id."""
+    def delete(self, user_id: str, message_ids: list[str]) -> None:
+        """Removes the user's messages with these ids."""
 
     def score(
         self,
@@ -77,69 +134,317 @@ class Backend(Protocol):
         ``include`` names ids that must be among the candidates if they belong to the user.
         """
 
-    def fetch(self, message_ids: list[str]) -> list[tuple[dict[str, Any], sp.csr_matrix]]:
-        """Records and SAE codes (1 x d_sae CSR rows) of stored messages, in the given order."""
+    def fetch(self, user_id: str, message_ids: list[str]) -> list[tuple[dict[str, Any], sp.csr_matrix]]:
+        """Records and SAE codes (1 x d_sae CSR rows) of the user's stored messages, in the given order."""
 
     def save(self, path: str | Path, manifest: dict[str, Any]) -> None:
         """Persists the memory (or, for an external engine, a manifest pointing at it)."""
 
+    def close(self) -> None:
+        """Releases connections or files; the backend is not used afterwards."""
 
-def write_snapshot(path: str | Path, manifest: dict[str, Any], write_files=None) -> None:
-    """Writes a new snapshot directory next to the old one, then atomically points ``CURRENT`` at it.
 
-    A crash at any point leaves the previous snapshot readable.
+def write_snapshot(
+    path: str | Path, manifest: dict[str, Any], write_files: Callable[[Path], None] | None = None
+) -> None:
+    """Writes a new snapshot folder, then atomically points ``CURRENT`` at it; other snapshots go.
+
+    Runs under the folder's exclusive lock (see ``_locked``), so savers take turns and the
+    cleanup only ever removes superseded snapshots and killed savers' ``.tmp-`` folders. Every
+    file and folder is fsynced before the ``CURRENT`` swap: a crash or kill at any moment leaves
+    the previous save (or the new one) loadable.
 
     Args:
-        path: The memory's directory.
-        manifest: Written as ``manifest.json`` with ``format_version`` added.
-        write_files: Called with the temporary snapshot directory to write the data files.
-            Defaults to None (a manifest only).
+        path: The memory's folder.
+        manifest: Written as ``manifest.json`` with ``format_version`` and ``files`` (the sha256
+            of every data file) added.
+        write_files: Called with the temporary snapshot folder to write the data files into
+            (flat files only). Defaults to None (a manifest only).
+
+    Raises:
+        TimeoutError: If another process holds the folder's lock for over ``LOCK_TIMEOUT`` seconds.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    snapshot = f"snapshot-{uuid.uuid4().hex[:12]}"
-    tmp = path / f".tmp-{snapshot}"
-    tmp.mkdir()
-    if write_files is not None:
-        write_files(tmp)
-    (tmp / "manifest.json").write_text(json.dumps({**manifest, "format_version": FORMAT_VERSION}, indent=2))
-    _fsync_dir(tmp)
-    os.replace(tmp, path / snapshot)
-    pointer = path / f".{CURRENT}.tmp"
-    pointer.write_text(snapshot)
-    os.replace(pointer, path / CURRENT)  # the commit point
-    _fsync_dir(path)
-    for old in path.iterdir():
-        if old.name != snapshot and (old.name.startswith("snapshot-") or old.name.startswith(".tmp-")):
-            shutil.rmtree(old, ignore_errors=True)
+    with _locked(path, exclusive=True):
+        snapshot = f"snapshot-{uuid.uuid4().hex[:12]}"
+        tmp = path / f".tmp-{snapshot}"
+        tmp.mkdir()
+        try:
+            if write_files is not None:
+                write_files(tmp)
+            files = {file.name: _sync_and_hash(file) for file in sorted(tmp.iterdir())}
+            full = {**manifest, "format_version": FORMAT_VERSION, "files": files}
+            _write_durably(tmp / "manifest.json", json.dumps(full, indent=2).encode())
+            _fsync_dir(tmp)
+            os.replace(tmp, path / snapshot)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(path)  # the snapshot's name is on disk before CURRENT can name it
+        _write_durably(path / f".{CURRENT}.tmp", snapshot.encode())
+        os.replace(path / f".{CURRENT}.tmp", path / CURRENT)  # the commit point
+        _fsync_dir(path)
+        # Under the exclusive lock no reader or saver is on any other snapshot: all are garbage.
+        for old in path.iterdir():
+            if old.name != snapshot and old.name.startswith(("snapshot-", ".tmp-")):
+                shutil.rmtree(old, ignore_errors=True)
 
 
 def read_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    """Finds the live snapshot of a saved memory and reads its manifest.
+    """Finds the live snapshot of a saved memory and reads and checks its manifest.
+
+    The snapshot is only guaranteed to stay on disk while the lock is held: to read its data
+    files too, use ``reading``.
 
     Raises:
         FileNotFoundError: If ``path`` holds no saved memory.
-        ValueError: If the snapshot is corrupt or of another format version.
+        ValueError: If ``CURRENT`` or the manifest is corrupt, or of another format version.
+        TimeoutError: If another process holds the folder's lock for over ``LOCK_TIMEOUT`` seconds.
+    """
+    with reading(path) as found:
+        return found
+
+
+@contextmanager
+def reading(path: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Holds a shared lock on a saved memory while the block reads its live snapshot.
+
+    Yields:
+        ``(snapshot, manifest)``: the live snapshot's folder and its checked manifest.
+
+    Raises:
+        FileNotFoundError, ValueError, TimeoutError: As ``read_manifest``.
     """
     path = Path(path)
-    pointer = path / CURRENT
-    if not pointer.is_file():
-        raise FileNotFoundError(f"{path} holds no saved memory (no {CURRENT} file); save one with memory.save(path).")
-    snapshot = path / pointer.read_text().strip()
+    if not (path / CURRENT).is_file():  # checked before locking: loading never creates a LOCK file
+        raise _no_save(path)
+    with _locked(path, exclusive=False):
+        yield _live_snapshot(path)
+
+
+def verify_files(path: str | Path, snapshot: Path, manifest: dict[str, Any]) -> None:
+    """Checks a snapshot's data files against the sha256 of each in its manifest.
+
+    Format 1 saves predate checksums and are not checked here (their content still is).
+
+    Raises:
+        ValueError: Naming the first file that is unlisted, missing or changed.
+    """
+    if manifest["format_version"] < 2:
+        return
+    listed = manifest["files"]
+    for file in sorted(snapshot.iterdir()):
+        if file.name != "manifest.json" and not file.name.startswith(".") and file.name not in listed:
+            raise corrupt(path, file.name, f"is in {snapshot.name} but not in its manifest (it came from elsewhere: "
+                          "remove it)")
+    for name, digest in sorted(listed.items()):
+        if not (snapshot / name).is_file():
+            raise corrupt(path, name, f"is listed in the manifest but missing from {snapshot.name}")
+        if _sync_and_hash(snapshot / name, sync=False) != digest:
+            raise corrupt(path, name, "does not match its checksum in the manifest (it was changed or swapped in "
+                          "from another save)")
+
+
+def corrupt(path: str | Path, name: str, problem: str) -> ValueError:
+    """The error for one bad part of a saved memory: ``Saved memory at X is corrupt: <name> <problem>. <fix>``"""
+    return ValueError(f"Saved memory at {path} is corrupt: {name} {problem}. Restore the folder from a backup, "
+                      "or save the memory again from a process that still holds it.")
+
+
+def read_part(path: str | Path, name: str, read: Callable[[], Any]) -> Any:
+    """``read()``, with whatever numpy, scipy, FAISS or json raise turned into ``corrupt`` naming ``name``."""
     try:
-        manifest = json.loads((snapshot / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"Saved memory at {path} is corrupt: cannot read {snapshot.name}/manifest.json ({err}).") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"Saved memory at {path} has format_version {manifest.get('format_version')!r}; "
-            f"this saememory reads version {FORMAT_VERSION}."
-        )
+        return read()
+    except ImportError:
+        raise  # a missing optional package is not a corrupt file
+    except Exception as err:
+        raise corrupt(path, name, f"cannot be read ({type(err).__name__}: {err})") from None
+
+
+def check_dense(path: str | Path, name: str, array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Returns ``array`` if it is finite float32 of ``shape``; raises ``corrupt`` otherwise."""
+    if array.shape != shape:
+        raise corrupt(path, name, f"has shape {array.shape}, but the manifest says {shape}")
+    if array.dtype != np.float32:
+        raise corrupt(path, name, f"holds {array.dtype} values; saememory saves float32")
+    bad = np.argwhere(~np.isfinite(array))
+    if bad.size:
+        raise corrupt(path, name, f"holds NaN or infinite values (first in row {int(bad[0][0])})")
+    return array
+
+
+def check_sparse(path: str | Path, name: str, matrix: sp.spmatrix, shape: tuple[int, int]) -> sp.csr_matrix:
+    """Returns ``matrix`` if it is a valid, finite float32 CSR matrix of ``shape``; raises ``corrupt`` otherwise."""
+    if matrix.format != "csr" or matrix.dtype != np.float32:
+        raise corrupt(path, name, f"holds a {matrix.dtype} {matrix.format} matrix; saememory saves float32 csr")
+    if matrix.shape != shape:
+        raise corrupt(path, name, f"has shape {matrix.shape}, but the manifest says {shape}")
+    try:
+        matrix.check_format(full_check=True)  # indices within the width, indptr ascending and complete
+    except ValueError as err:
+        raise corrupt(path, name, f"is not a valid CSR matrix ({err})") from None
+    if not np.isfinite(matrix.data).all():
+        raise corrupt(path, name, "holds NaN or infinite values")
+    return matrix
+
+
+def read_records(path: str | Path, file: Path, n: int) -> list[dict[str, Any]]:
+    """Reads a ``records.jsonl``: ``n`` lines, each a valid record, no (user_id, id) pair twice.
+
+    Raises:
+        ValueError: Naming the file, the line and the problem.
+    """
+    try:
+        lines = file.read_bytes().decode("utf-8").split("\n")  # only "\n": contents may hold U+2028 and the like
+    except (OSError, UnicodeDecodeError) as err:
+        raise corrupt(path, file.name, f"cannot be read ({err})") from None
+    if lines[-1] == "":
+        lines.pop()  # the last line's newline
+    records, seen = [], set()
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise corrupt(path, file.name, f"line {number} is not JSON ({err})") from None
+        problem = _record_problem(record)
+        if problem:
+            raise corrupt(path, file.name, f"line {number} {problem}")
+        key = (record["user_id"], record["id"])
+        if key in seen:
+            raise corrupt(path, file.name, f"line {number} repeats message id {key[1]!r} of user {key[0]!r} "
+                          "(a duplicated line)")
+        seen.add(key)
+        records.append(record)
+    if len(records) != n:
+        raise corrupt(path, file.name, f"has {len(records)} records, but the manifest says n_messages={n}")
+    return records
+
+
+def _live_snapshot(path: Path) -> tuple[Path, dict[str, Any]]:
+    """Reads ``CURRENT`` and the manifest it names; the caller holds the lock."""
+    try:
+        raw = (path / CURRENT).read_bytes()
+    except FileNotFoundError:
+        raise _no_save(path) from None
+    name = raw.decode("ascii", errors="replace").strip()
+    if not _SNAPSHOT_NAME.fullmatch(name):
+        raise corrupt(path, CURRENT, f"must hold the name of a snapshot folder (snapshot-<hex>) but holds "
+                      f"{raw[:40]!r} (if a snapshot-* folder is there, write its name into {CURRENT})")
+    snapshot = path / name
+    if not snapshot.is_dir():
+        raise corrupt(path, CURRENT, f"names {name}, which is not a folder there")
+    where = f"{name}/manifest.json"
+    try:
+        manifest = json.loads((snapshot / "manifest.json").read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise corrupt(path, where, f"cannot be read ({err})") from None
+    if not isinstance(manifest, dict):
+        raise corrupt(path, where, f"holds a JSON {type(manifest).__name__}, not an object")
+    version = manifest.get("format_version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise ValueError(f"Saved memory at {path} has format_version {_short(version)}; this saememory reads "
+                         f"versions {', '.join(map(str, READABLE_VERSIONS))}. Load it with the saememory that "
+                         "saved it.")
+    for key, check, rule, required in _MANIFEST_FIELDS + (_FILES_FIELD,) * (version >= 2):
+        if key not in manifest:
+            if required:
+                raise corrupt(path, where, f"lacks the key {key!r} ({rule})")
+        elif not check(manifest[key]):
+            raise corrupt(path, where, f"has {key}={_short(manifest[key])}, but it must be {rule}")
     return snapshot, manifest
 
 
+def _record_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return f"is a JSON {type(record).__name__}, not an object"
+    for key, check, rule in _RECORD_FIELDS:
+        if key not in record:
+            return f"lacks the field {key!r}"
+        if not check(record[key]):
+            return f"has {key}={_short(record[key])}, but it must be {rule}"
+    return None
+
+
+def _no_save(path: Path) -> FileNotFoundError:
+    return FileNotFoundError(f"{path} holds no saved memory (no {CURRENT} file); save one with memory.save(path).")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# Locking ---------------------------------------------------------------------------------------
+#
+# Savers of one folder hold an exclusive flock on <folder>/LOCK from their first write to their
+# last deletion; readers hold a shared one while they read. So savers take turns, a snapshot is
+# only deleted when no process can be reading it, and a leftover .tmp- folder is a killed saver's
+# (the kernel drops a dead process's locks). We chose reader locks over keeping old snapshots
+# for a while and retrying vanished reads: no guess at how long a read may take can be right
+# (a retrying reader still fails when two saves pass during one slow load), one snapshot stays
+# on disk, and a load waits at most for the save in progress. Without fcntl (Windows), or on a
+# file system without locks, nothing is locked: saves stay atomic, crash-safe and checksummed,
+# but only one process may use a folder at a time.
+
+
+@contextmanager
+def _locked(folder: Path, exclusive: bool) -> Iterator[None]:
+    """Holds the folder's lock, waiting at most ``LOCK_TIMEOUT`` seconds for other processes."""
+    if fcntl is None:
+        yield
+        return
+    lock = folder / LOCK
+    try:
+        fd = os.open(lock, (os.O_RDWR if exclusive else os.O_RDONLY) | os.O_CREAT, 0o666)
+    except OSError as err:
+        if exclusive or err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        yield  # a read-only folder with no LOCK file: no saver of this version has written there
+        return
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"Could not {'save to' if exclusive else 'load'} {folder}: another process has held its lock "
+                        f"({lock}) for over {LOCK_TIMEOUT:g} s while saving or loading it. Retry when it is done "
+                        f"(find it with `fuser {lock}`)."
+                    ) from None
+                time.sleep(0.01)
+            except OSError as err:
+                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+                    raise
+                break  # a file system without locks (some FUSE mounts): as without fcntl
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _sync_and_hash(file: Path, sync: bool = True) -> str:
+    """The file's sha256, after flushing it to disk (``sync``)."""
+    digest = hashlib.sha256()
+    with open(file, "r+b" if sync else "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+        if sync:
+            os.fsync(handle.fileno())
+    return digest.hexdigest()
+
+
+def _write_durably(file: Path, data: bytes) -> None:
+    with open(file, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def _fsync_dir(path: Path) -> None:
-    """Flushes a directory's entries to disk where the platform allows it."""
+    """Flushes a directory's entries to disk where the platform allows it (not on Windows)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

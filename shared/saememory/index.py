@@ -18,8 +18,10 @@ import scipy.sparse as sp
 
 from saememory import backend
 from saememory.arrays import GrowableCSR, GrowableMatrix
-from saememory.backend import CURRENT, FORMAT_VERSION  # noqa: F401  (re-exported)
 from saememory.lexical import LexicalIndex
+
+
+SUPPORTED_INDEXES = "'Flat' (exact), 'HNSW32', 'IVF<n>,Flat', 'IVF<n>,SQ8', 'IVF<n>,PQ<m>' or 'SQ8'"
 
 
 class MemoryIndex:
@@ -28,77 +30,114 @@ class MemoryIndex:
     Args:
         dim: Dense vector width.
         d_sae: Sparse code width (0 for dense only).
-        index_type: A FAISS ``index_factory`` string over inner product. Defaults to ``"Flat"``
-            (exact). Approximate types (e.g. ``"HNSW32"``) give candidates that are then scored
-            exactly from the stored vectors.
+        index_type: A FAISS ``index_factory`` string over inner product, of a type that can
+            search one user's rows through an ID selector: ``"Flat"`` (exact), ``"HNSW<M>"``,
+            ``"IVF<n>,Flat"``, ``"IVF<n>,SQ8"``, ``"IVF<n>,PQ<m>"`` or ``"SQ8"``; others are
+            refused. Defaults to ``"Flat"``. Approximate types give candidates that are then
+            scored exactly from the stored vectors. Types that need training search exactly
+            until the memory holds enough messages to train them (FAISS' 39 per centroid).
         stemmer: BM25's Snowball stemmer language, or None. Defaults to None.
     """
 
     def __init__(self, dim: int, d_sae: int, index_type: str = "Flat", stemmer: str | None = None) -> None:
         self.dim, self.d_sae, self.index_type = dim, d_sae, index_type
+        self._learn_kind()
         self._faiss = self._new_faiss()
         self._dense = GrowableMatrix(dim)
         self._sparse = GrowableCSR(d_sae)
         self.lexical = LexicalIndex(stemmer=stemmer)
         self._records: list[dict[str, Any] | None] = []  # None marks a deleted row
-        self.row_of: dict[str, int] = {}
+        self.row_of: dict[tuple[str, str], int] = {}  # (user_id, message id) -> row: ids are unique per user
         self._user_rows: dict[str, set[int]] = {}
         self._sorted_rows: dict[str, np.ndarray] = {}  # per user, dropped when the user's rows change
 
     def _new_faiss(self) -> faiss.Index:
+        """A new, empty FAISS index of ``index_type``."""
+        return faiss.IndexIDMap2(self._factory())
+
+    def _factory(self) -> faiss.Index:
         try:
             base = faiss.index_factory(self.dim, self.index_type, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as err:
-            raise ValueError(
-                f"index_type={self.index_type!r} is not a FAISS index_factory string "
-                f"(try 'Flat' or 'HNSW32'): {err}"
-            ) from None
-        return faiss.IndexIDMap2(base)
+            raise ValueError(f"index_type={self.index_type!r} is not a FAISS index_factory string; use one of "
+                             f"{SUPPORTED_INDEXES}: {err}") from None
+        return base
+
+    def _learn_kind(self) -> None:
+        """How this index type trains, searches and removes; refuses types that cannot serve per-user search."""
+        base = self._factory()
+        inner = faiss.downcast_index(base)
+        self._removable, self._min_train, self._nprobe = True, 0, 0
+        if isinstance(inner, faiss.IndexFlat):
+            pass
+        elif isinstance(inner, faiss.IndexHNSW) and isinstance(faiss.downcast_index(inner.storage), faiss.IndexFlat):
+            self._removable = False  # HNSW graphs cannot drop nodes: dead rows stay out of every selector instead
+        elif isinstance(inner, faiss.IndexIVF):
+            ksub = 2 ** inner.pq.nbits if isinstance(inner, faiss.IndexIVFPQ) else 0
+            self._min_train, self._nprobe = 39 * max(inner.nlist, ksub), min(inner.nlist, 16)
+        elif isinstance(inner, faiss.IndexScalarQuantizer):
+            self._min_train = 1
+        else:
+            raise ValueError(f"index_type={self.index_type!r} builds a FAISS {type(inner).__name__}, which cannot "
+                             f"search one user's messages through an ID selector; use one of {SUPPORTED_INDEXES}.")
+        self._trained = base.is_trained
 
     @property
     def exact(self) -> bool:
         return self.index_type == "Flat"
 
+    def _search_params(self, allowed: np.ndarray) -> faiss.SearchParameters:
+        selector = faiss.IDSelectorBatch(allowed)
+        if self._nprobe:
+            return faiss.SearchParametersIVF(sel=selector, nprobe=self._nprobe)
+        return faiss.SearchParameters(sel=selector)
+
     def __len__(self) -> int:
         return len(self.row_of)
 
-    def __contains__(self, message_id: object) -> bool:
-        return message_id in self.row_of
+    def close(self) -> None:
+        """Nothing to release: the index lives in this process."""
 
     def users(self) -> list[str]:
         return sorted(user for user, rows in self._user_rows.items() if rows)
 
-    def stored(self, message_ids: list[str]) -> set[str]:
-        return {mid for mid in message_ids if mid in self.row_of}
+    def stored(self, user_id: str, message_ids: list[str]) -> set[str]:
+        return {mid for mid in message_ids if (user_id, mid) in self.row_of}
 
     def validate(self, records: list[dict[str, Any]]) -> None:
         """Every record ``SAEMemory`` validated can be stored here."""
 
-    def get(self, message_id: str) -> dict[str, Any] | None:
-        row = self.row_of.get(message_id)
+    def get(self, user_id: str, message_id: str) -> dict[str, Any] | None:
+        row = self.row_of.get((user_id, message_id))
         return None if row is None else self._records[row]
 
     def records(self, user_id: str, session_id: str | None = None) -> list[dict[str, Any]]:
         """One user's (and session's) records, in insertion order."""
         return [self._records[r] for r in self.rows_for(user_id, session_id).tolist()]
 
-    def fetch(self, message_ids: list[str]) -> list[tuple[dict[str, Any], sp.csr_matrix]]:
-        rows = [self.row_of[mid] for mid in message_ids]
+    def fetch(self, user_id: str, message_ids: list[str]) -> list[tuple[dict[str, Any], sp.csr_matrix]]:
+        rows = [self.row_of[(user_id, mid)] for mid in message_ids]
         return [(self._records[r], self._sparse.view[r]) for r in rows]
 
     def add(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
         """Adds rows; the caller has validated ids, vectors and codes."""
         first = len(self._records)
         ids = np.arange(first, first + len(records), dtype=np.int64)
-        if not self._faiss.is_trained:
-            self._faiss.train(dense)
-        self._faiss.add_with_ids(dense, ids)
+        if self._trained:
+            self._faiss.add_with_ids(dense, ids)
+        elif len(self.row_of) + len(records) >= self._min_train:
+            # Enough messages at last: train on every live one, then index them all.
+            live = np.array(sorted(self.row_of.values()), dtype=np.int64)
+            vectors = np.concatenate([self._dense.view[live], dense])
+            self._faiss.train(vectors)
+            self._faiss.add_with_ids(vectors, np.concatenate([live, ids]))
+            self._trained = True
         self._dense.append(dense)
         self._sparse.append(sparse)
         self.lexical.add([record["content"] for record in records])
         for row, record in zip(ids.tolist(), records):
             self._records.append(record)
-            self.row_of[record["id"]] = row
+            self.row_of[(record["user_id"], record["id"])] = row
             self._user_rows.setdefault(record["user_id"], set()).add(row)
             self._sorted_rows.pop(record["user_id"], None)
 
@@ -107,19 +146,17 @@ class MemoryIndex:
 
         If adding fails, the old versions are untouched and still addressed by their ids.
         """
-        old = [self.row_of[record["id"]] for record in records]
+        old = [self.row_of[(record["user_id"], record["id"])] for record in records]
         self.add(records, dense, sparse)  # points row_of at the new rows only once they exist
         self._drop_rows(old)
 
-    def delete(self, message_ids: list[str]) -> None:
-        """Removes rows by message id; the caller has checked that every id exists."""
-        self._drop_rows([self.row_of.pop(mid) for mid in message_ids])
+    def delete(self, user_id: str, message_ids: list[str]) -> None:
+        """Removes the user's rows by message id; the caller has checked that every id exists."""
+        self._drop_rows([self.row_of.pop((user_id, mid)) for mid in message_ids])
 
     def _drop_rows(self, rows: list[int]) -> None:
-        try:
+        if self._removable and self._trained:
             self._faiss.remove_ids(np.asarray(rows, dtype=np.int64))
-        except RuntimeError:
-            pass  # e.g. HNSW cannot remove; deleted rows are outside every search's selector anyway
         for row in rows:
             user = self._records[row]["user_id"]
             self._user_rows[user].discard(row)
@@ -172,11 +209,15 @@ class MemoryIndex:
         others = {"sparse": self._sparse_scores(q_sparse, allowed)}
         if query_text is not None:
             others["bm25"] = self.lexical.scores(query_text, allowed)
-        n_faiss = allowed.size if self.exact else min(allowed.size, candidates)
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-        found_scores, found = self._faiss.search(q_dense.reshape(1, -1), n_faiss, params=params)
-        keep = found[0] >= 0
-        found, found_scores = found[0][keep], found_scores[0][keep]
+        if self._trained:
+            n_faiss = allowed.size if self.exact else min(allowed.size, candidates)
+            found_scores, found = self._faiss.search(q_dense.reshape(1, -1), n_faiss, params=self._search_params(allowed))
+            keep = found[0] >= 0
+            found, found_scores = found[0][keep], found_scores[0][keep]
+        else:  # not trained yet: every one of the user's messages is scored exactly
+            scores = self._dense.view[allowed] @ q_dense.reshape(-1)
+            order = np.lexsort((allowed, -scores))
+            found, found_scores = allowed[order], scores[order]
         # Defence in depth: nothing outside this user's (and session's) rows may pass.
         inside = np.isin(found, allowed)
         found, found_scores = found[inside], found_scores[inside]
@@ -184,7 +225,8 @@ class MemoryIndex:
             rows, dense = found, found_scores
         else:
             tops = [allowed[np.argsort(-scores, kind="stable")[:candidates]] for scores in others.values()]
-            extra = np.array([self.row_of[i] for i in include or () if i in self.row_of], dtype=np.int64)
+            extra = np.array([self.row_of[(user_id, i)] for i in include or () if (user_id, i) in self.row_of],
+                             dtype=np.int64)
             rows = np.unique(np.concatenate([found, *tops, extra[np.isin(extra, allowed)]]))
             dense = self._dense.view[rows] @ q_dense.reshape(-1)
         position = np.searchsorted(allowed, rows)
@@ -197,23 +239,31 @@ class MemoryIndex:
             return np.zeros(rows.size, dtype=np.float32)
         return np.asarray((self._sparse.view[rows] @ q_sparse.T).todense()).reshape(-1)
 
-    def vector(self, row: int) -> np.ndarray:
-        return self._dense.view[row]
-
     # Persistence -----------------------------------------------------------------------------
 
     def save(self, path: str | Path, manifest: dict[str, Any]) -> None:
         """Writes a new snapshot next to the old one, then atomically points ``CURRENT`` at it.
 
         A crash at any point leaves the previous snapshot readable. Only live rows are written.
+        Savers of one folder take turns (``backend.write_snapshot`` locks it).
+
+        Raises:
+            ValueError: If a message holds NaN or infinite values (a save ``load`` would refuse);
+                the previous save is kept.
         """
         live = np.array(sorted(self.row_of.values()), dtype=np.int64)
 
         def write_files(tmp: Path) -> None:
             dense = self._dense.view[live] if live.size else np.zeros((0, self.dim), np.float32)
             sparse = self._sparse.view[live] if live.size else sp.csr_matrix((0, self.d_sae), dtype=np.float32)
+            bad = ~np.isfinite(dense).all(axis=1)
+            bad[np.repeat(np.arange(live.size), np.diff(sparse.indptr))[~np.isfinite(sparse.data)]] = True
+            if bad.any():
+                record = self._records[live[np.argmax(bad)]]
+                raise ValueError(f"Not saved to {path}: message {record['id']!r} of user {record['user_id']!r} holds "
+                                 "NaN or infinite values; delete it and add it again with finite vectors and codes.")
             faiss_index = self._new_faiss()
-            if live.size:
+            if live.size and (faiss_index.is_trained or live.size >= self._min_train):
                 if not faiss_index.is_trained:
                     faiss_index.train(dense)
                 faiss_index.add_with_ids(dense, np.arange(live.size, dtype=np.int64))
@@ -233,37 +283,52 @@ class MemoryIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> tuple[MemoryIndex, dict[str, Any]]:
-        """Reads the live snapshot; checks that its parts agree with each other and the manifest."""
-        snapshot, manifest = cls.read_manifest(path)
-        index = cls(manifest["dim"], manifest["d_sae"], manifest["index_type"])
-        try:
-            dense = np.load(snapshot / "dense.npy", allow_pickle=False)
-            sparse = sp.load_npz(snapshot / "sparse.npz").tocsr()
-            stored = faiss.read_index(str(snapshot / "faiss.index"))
-            lexical = LexicalIndex.load(snapshot)
-            with open(snapshot / "records.jsonl", encoding="utf-8") as handle:
-                records = [json.loads(line) for line in handle if line.strip()]
-        except Exception as err:  # numpy, scipy, faiss and json each raise their own kinds
-            raise ValueError(f"Saved memory at {path} is corrupt: {type(err).__name__}: {err}") from None
-        n = manifest["n_messages"]
-        shapes = {
-            "dense.npy": (dense.shape, (n, manifest["dim"])),
-            "sparse.npz": (sparse.shape, (n, manifest["d_sae"])),
-            "faiss.index": ((stored.ntotal, stored.d), (n, manifest["dim"])),
-            "records.jsonl": ((len(records),), (n,)),
-            "bm25_tf.npz": ((len(lexical),), (n,)),
-        }
-        for name, (got, want) in shapes.items():
-            if tuple(got) != tuple(want):
-                raise ValueError(f"Saved memory at {path} is corrupt: {name} has shape {got}, manifest says {want}.")
+        """Reads the live snapshot under a shared lock, refusing any file that fails a check.
+
+        Every data file must match its sha256 in the manifest (saves of format 2 on), and hold
+        what a save writes: finite float32 vectors and codes with indices in range, well-formed
+        records with unique (user_id, id) pairs, and ``n_messages`` rows in every part.
+
+        Raises:
+            FileNotFoundError: If ``path`` holds no saved memory.
+            ValueError: If the save is corrupt (naming the file and the problem), of another
+                format version, or a Milvus memory's manifest.
+            TimeoutError: If another process holds the folder's lock for over ``backend.LOCK_TIMEOUT`` s.
+        """
+        with backend.reading(path) as (snapshot, manifest):
+            backend.verify_files(path, snapshot, manifest)
+            if manifest["index_type"] is None:
+                raise ValueError(f"{path} holds the manifest of a Milvus memory (its data lives in Milvus); "
+                                 "load it with SAEMemory.load(path).")
+            n, dim, d_sae = manifest["n_messages"], manifest["dim"], manifest["d_sae"]
+            try:
+                index = cls(dim, d_sae, manifest["index_type"])
+            except ValueError as err:
+                raise ValueError(f"Saved memory at {path} cannot be loaded: {err}") from None
+            read = backend.read_part
+            dense = read(path, "dense.npy", lambda: np.load(snapshot / "dense.npy", allow_pickle=False))
+            backend.check_dense(path, "dense.npy", dense, (n, dim))
+            sparse = read(path, "sparse.npz", lambda: sp.load_npz(snapshot / "sparse.npz"))
+            backend.check_sparse(path, "sparse.npz", sparse, (n, d_sae))
+            stored = read(path, "faiss.index", lambda: faiss.read_index(str(snapshot / "faiss.index")))
+            want = n if stored.is_trained else 0  # an untrained index holds nothing yet
+            if (stored.ntotal, stored.d) != (want, dim):
+                raise backend.corrupt(path, "faiss.index", f"holds {stored.ntotal} vectors of width {stored.d}, "
+                                      f"but should hold {want} of width {dim} (manifest: n_messages={n}, dim={dim})")
+            lexical = read(path, "the BM25 files (bm25_*)", lambda: LexicalIndex.load(snapshot))
+            if len(lexical) != n:
+                raise backend.corrupt(path, "bm25_lengths.npy", f"holds {len(lexical)} lengths, but the manifest "
+                                      f"says n_messages={n}")
+            backend.check_sparse(path, "bm25_tf.npz", lexical._tf.view, (n, len(lexical.vocab)))
+            records = backend.read_records(path, snapshot / "records.jsonl", n)
         index.lexical = lexical
         if n:
-            index._faiss = stored
-            index._dense.append(dense.astype(np.float32))
-            index._sparse.append(sparse.astype(np.float32))
-            for row, record in enumerate(records):
-                index._records.append(record)
-                index.row_of[record["id"]] = row
-                index._user_rows.setdefault(record["user_id"], set()).add(row)
+            index._faiss, index._trained = stored, stored.is_trained
+            index._dense.append(dense)
+            index._sparse.append(sparse)
+        for row, record in enumerate(records):
+            index._records.append(record)
+            index.row_of[(record["user_id"], record["id"])] = row
+            index._user_rows.setdefault(record["user_id"], set()).add(row)
         return index, manifest
 

@@ -11,10 +11,11 @@ user's messages only.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -47,21 +48,27 @@ class Message:
 
     Args:
         content: The text.
-        role: Who said it, e.g. ``"user"`` or ``"assistant"``. Defaults to ``"user"``.
-        id: A stable, unique id. Defaults to a new UUID.
-        session_id: The conversation it belongs to. Defaults to ``"default"``.
+        role: Who said it, e.g. ``"user"`` or ``"assistant"``. Defaults to None: ``"user"``
+            when added, the stored role when updated.
+        id: An id, unique within the user's memory (two users may use the same id). Defaults
+            to None: a new UUID when added.
+        session_id: The conversation it belongs to. Defaults to None: ``"default"`` when added,
+            the stored session when updated.
         timestamp: When it was said, any string (ISO 8601 recommended). Defaults to None.
-        user_id: Whose memory it is. Defaults to ``"default"``.
-        metadata: Extra JSON-serialisable fields, returned with every hit. Defaults to empty.
+        user_id: Whose memory it is. Defaults to None: the default user, ``"default"``.
+        metadata: Extra fields, returned with every hit; JSON values with string keys.
+            Defaults to None: empty when added, the stored metadata when updated.
+
+    Every string given must be non-empty; None stands for "not given".
     """
 
     content: str
-    role: str = "user"
+    role: str | None = None
     id: str | None = None
-    session_id: str = DEFAULT_SESSION
+    session_id: str | None = None
     timestamp: str | None = None
-    user_id: str = DEFAULT_USER
-    metadata: dict[str, Any] = field(default_factory=dict)
+    user_id: str | None = None
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass
@@ -211,7 +218,7 @@ class SAEMemory:
             from saememory.milvus import MilvusBackend
 
             self.index = MilvusBackend(milvus_uri, milvus_collection, encoder.dim, encoder.d_sae, index=milvus_index,
-                                       stemmer=bm25_stemmer)
+                                       stemmer=bm25_stemmer, identity=encoder.identity())
         # Encoding happens outside the lock; only index mutation and reads take it, so one
         # slow add never blocks searches for long, and no search sees half of an add.
         self._lock = threading.RLock()
@@ -225,9 +232,13 @@ class SAEMemory:
         messages: Iterable[Message | Mapping[str, Any]],
         encoder: Encoder | EncoderConfig | None = None,
         show_progress: bool = False,
+        user_id: str | None = None,
         **kwargs: Any,
     ) -> tuple[SAEMemory, dict[str, Any]]:
         """A new memory holding ``messages``, built with the memory settings found in ``kwargs``.
+
+        ``user_id`` is passed to ``add``: given, every message is stored for that user and one
+        naming another user is refused; None keeps each message's own user.
 
         Returns:
             ``(memory, rest)``: the memory, and the keyword arguments that were not memory
@@ -235,120 +246,178 @@ class SAEMemory:
         """
         settings = {key: kwargs.pop(key) for key in list(kwargs) if key in SETTINGS}
         memory = cls(encoder, **settings)
-        memory.add(messages, show_progress=show_progress)
+        memory.add(messages, show_progress=show_progress, user_id=user_id)
         return memory, kwargs
 
     def __contains__(self, message_id: object) -> bool:
+        """Whether the default user holds this id; ``contains(id, user_id=...)`` asks for any user."""
+        return isinstance(message_id, str) and self.contains(message_id)
+
+    def contains(self, message_id: str, *, user_id: str | None = None) -> bool:
+        """Whether ``user_id`` (None: the default user) holds a message with this id."""
+        user = check_user(user_id)
         with self._lock:
-            return message_id in self.index
+            return bool(self.index.stored(user, [_check_id(message_id)]))
 
     def users(self) -> list[str]:
         """Users that have at least one message."""
         with self._lock:
             return self.index.users()
 
-    def get(self, message_id: str) -> dict[str, Any]:
-        """The stored record of one message.
+    def get(self, message_id: str, *, user_id: str | None = None) -> dict[str, Any]:
+        """The stored record of one of the user's messages.
+
+        Args:
+            message_id: The message's id.
+            user_id: Whose message. Defaults to None, the default user.
 
         Raises:
-            KeyError: If no message has this id.
+            KeyError: If the user holds no message with this id (another user's message with
+                the same id is not looked at).
         """
+        user = check_user(user_id)
         with self._lock:
-            record = self.index.get(message_id)
-            if record is None:
-                raise KeyError(f"No message with id {message_id!r}.")
-            return dict(record)
+            record = self.index.get(user, _check_id(message_id))
+        if record is None:
+            raise KeyError(f"No message with id {message_id!r} for user {user!r}.")
+        return dict(record)
 
     def messages(self, user_id: str | None = None, session_id: str | None = None) -> list[dict[str, Any]]:
-        """The stored records of one user (and session), in insertion order."""
+        """The stored records of one user (None: the default user), and session, in insertion order."""
+        user, session = check_user(user_id), _check_session(session_id)
         with self._lock:
-            return [dict(r) for r in self.index.records(user_id or DEFAULT_USER, session_id)]
+            return [dict(r) for r in self.index.records(user, session)]
+
+    def close(self) -> None:
+        """Releases the backend's connections (Milvus); the memory is not used afterwards."""
+        with self._lock:
+            self.index.close()
 
     # Writing ---------------------------------------------------------------------------------
 
-    def add(self, messages: Iterable[Message | Mapping[str, Any]], show_progress: bool = False) -> list[str]:
+    def add(
+        self,
+        messages: Iterable[Message | Mapping[str, Any]],
+        show_progress: bool = False,
+        *,
+        user_id: str | None = None,
+    ) -> list[str]:
         """Adds messages; all are added or, on any error, none.
 
         Args:
             messages: ``Message`` objects or dicts with ``content`` and optionally ``role``,
                 ``id``, ``session_id``, ``timestamp``, ``user_id`` and ``metadata``.
             show_progress: Show a progress bar while encoding. Defaults to False.
+            user_id: Store every message for this user; a message naming another user is
+                refused. Defaults to None: each message's own ``user_id``, else the default user.
 
         Returns:
             The ids of the added messages, in order.
 
         Raises:
-            TypeError: If a message or its content is of the wrong type.
-            ValueError: If content is empty, an id is repeated or already stored (use
-                ``update``), or the encoder returned vectors of the wrong shape or with NaN.
+            TypeError: If a message or one of its fields is of the wrong type.
+            ValueError: If content is empty, a field is an empty string, metadata is not plain
+                JSON, an id is repeated or already stored for the same user (use ``update``),
+                a message names another user than ``user_id``, or the encoder returned
+                vectors of the wrong shape or with NaN.
         """
-        records = [_to_record(m, i) for i, m in enumerate(messages)]
+        owner = None if user_id is None else check_user(user_id)
+        records = [_new_record(m, i, owner) for i, m in enumerate(messages)]
         if not records:
             return []
-        ids = [r["id"] for r in records]
-        repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+        keys = [(r["user_id"], r["id"]) for r in records]
+        repeated = sorted(key[1] for key, n in Counter(keys).items() if n > 1)
         if repeated:
-            raise ValueError(f"Message ids must be unique; repeated in this batch: {repeated[:5]}.")
+            raise ValueError(f"Message ids must be unique per user; repeated in this batch: {repeated[:5]}.")
         self.index.validate(records)
         with self._lock:
-            self._refuse_stored(ids)  # fail before the costly encoding
+            self._refuse_stored(records)  # fail before the costly encoding
         encoded = self._encode_records(records, show_progress)
         with self._lock:
-            self._refuse_stored(ids)  # another thread may have added them meanwhile
+            self._refuse_stored(records)  # another thread may have added them meanwhile
             self.index.add(records, encoded.dense, encoded.sparse)
-        return ids
+        return [r["id"] for r in records]
 
-    def _refuse_stored(self, ids: list[str]) -> None:
-        found = self.index.stored(ids)
-        stored = [i for i in ids if i in found]
-        if stored:
-            raise ValueError(f"Message ids already stored: {stored[:5]}. Use update() to replace them.")
+    def _refuse_stored(self, records: list[dict[str, Any]]) -> None:
+        for user, ids in _ids_by_user(records).items():
+            found = self.index.stored(user, ids)
+            if found:
+                stored = [i for i in ids if i in found]
+                raise ValueError(f"Message ids already stored for user {user!r}: {stored[:5]}. "
+                                 "Use update() to replace them, or give new ids.")
 
-    def _missing(self, ids: list[str]) -> list[str]:
-        """The ids not stored, in the given order (one ``stored`` round trip)."""
-        found = self.index.stored(ids)
+    def _missing(self, user: str, ids: list[str]) -> list[str]:
+        """The user's ids not stored, in the given order (one ``stored`` round trip)."""
+        found = self.index.stored(user, ids)
         return [i for i in ids if i not in found]
 
-    def delete(self, message_ids: str | Iterable[str]) -> None:
-        """Deletes messages by id; all or, if any id is unknown, none.
+    def delete(self, message_ids: str | Iterable[str], *, user_id: str | None = None) -> None:
+        """Deletes the user's messages by id; all or, if any id is unknown, none.
+
+        Args:
+            message_ids: One id or several.
+            user_id: Whose messages. Defaults to None, the default user.
 
         Raises:
-            KeyError: Naming the ids that are not stored.
+            KeyError: Naming the ids the user does not hold; nothing was deleted.
         """
+        user = check_user(user_id)
         ids = [message_ids] if isinstance(message_ids, str) else list(message_ids)
+        ids = list(dict.fromkeys(_check_id(i) for i in ids))
         with self._lock:
-            missing = self._missing(ids)
+            missing = self._missing(user, ids)
             if missing:
-                raise KeyError(f"No messages with ids {missing[:5]}; nothing was deleted.")
-            self.index.delete(list(dict.fromkeys(ids)))
+                raise KeyError(f"No messages with ids {missing[:5]} for user {user!r}; nothing was deleted.")
+            self.index.delete(user, ids)
 
-    def update(self, messages: Iterable[Message | Mapping[str, Any]]) -> list[str]:
-        """Replaces stored messages (matched by ``id``) with new content or metadata.
+    def delete_user(self, user_id: str | None) -> int:
+        """Deletes every message of one user (None: the default user); returns how many."""
+        user = check_user(user_id)
+        with self._lock:
+            ids = [r["id"] for r in self.index.records(user)]
+            if ids:
+                self.index.delete(user, ids)
+        return len(ids)
 
-        The new versions are encoded first; the swap is atomic, so a failure leaves the old
-        versions in place.
+    def update(self, messages: Iterable[Message | Mapping[str, Any]], *, user_id: str | None = None) -> list[str]:
+        """Changes stored messages, matched by owner and ``id``; only the fields given change.
+
+        A new ``content`` is encoded first and the swap is atomic, so a failure leaves the old
+        versions in place. The owner never changes: to move a message to another user, delete
+        it and add it there.
+
+        Args:
+            messages: ``Message`` objects or dicts with ``id`` and the fields to change
+                (``content``, ``role``, ``session_id``, ``timestamp``, ``metadata``, extra keys).
+                ``metadata`` replaces the stored metadata; extra keys are set in it.
+            user_id: Whose messages. Defaults to None: each message's ``user_id``, else the
+                default user. A message naming another user than ``user_id`` is refused.
 
         Raises:
-            KeyError: If a message has no id or its id is not stored.
+            KeyError: If a message has no id or the user holds no message with that id.
+            ValueError: For an invalid field, or an id given twice.
         """
-        messages = list(messages)
-        for position, message in enumerate(messages):
-            given = message.id if isinstance(message, Message) else message.get("id") if isinstance(message, Mapping) else 1
-            if not given:
-                raise KeyError(f"Message {position} has no id; update() replaces stored messages by id.")
-        records = [_to_record(m, i) for i, m in enumerate(messages)]
-        ids = [r["id"] for r in records]
-        repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+        owner = None if user_id is None else check_user(user_id)
+        changes = [_changes(m, i, owner) for i, m in enumerate(messages)]
+        keys = [(c["user_id"], c["id"]) for c in changes]
+        repeated = sorted(key[1] for key, n in Counter(keys).items() if n > 1)
         if repeated:
             raise ValueError(f"Each id may be updated once per call; repeated: {repeated[:5]}.")
+        with self._lock:
+            stored = [self.index.get(*key) for key in keys]
+        missing = [f"{key[1]!r} (user {key[0]!r})" for key, record in zip(keys, stored) if record is None]
+        if missing:
+            raise KeyError(f"No messages with ids {', '.join(missing[:5])} to update; add() them instead.")
+        records = [_merge(record, change, i) for i, (record, change) in enumerate(zip(stored, changes))]
         self.index.validate(records)  # a record the backend refuses must not cost the stored version
         encoded = self._encode_records(records, False)
         with self._lock:
-            missing = self._missing(ids)
-            if missing:
-                raise KeyError(f"No messages with ids {missing[:5]} to update; add() them instead.")
+            for user, ids in _ids_by_user(records).items():
+                missing = self._missing(user, ids)
+                if missing:
+                    raise KeyError(f"Messages {missing[:5]} of user {user!r} were deleted meanwhile; nothing was updated.")
             self.index.replace(records, encoded.dense, encoded.sparse)
-        return ids
+        return [r["id"] for r in records]
 
     # Reading ---------------------------------------------------------------------------------
 
@@ -392,16 +461,16 @@ class SAEMemory:
     def _search(self, query, k, user_id, session_id, min_score, fusion, steer, include: str | None,
                 max_chars: int | None = None) -> list[Hit]:
         """``search``, with ``include`` (a message id) always among the scored candidates."""
-        if not isinstance(query, str):
-            raise TypeError(f"query must be a str, got {type(query).__name__}.")
-        if not query.strip():
-            raise ValueError("query is empty or whitespace; pass the text to search for.")
+        _check_text("query", query)
         k = _positive_int("k", k)
+        user, session = check_user(user_id), _check_session(session_id)
         max_chars = None if max_chars is None else _positive_int("max_chars", max_chars)
-        settings = dict(self.settings, fusion=check_fusion(fusion) if fusion else self.settings["fusion"])
+        min_score = None if min_score is None else _finite("min_score", min_score)
+        settings = dict(self.settings, fusion=check_fusion(fusion) if fusion is not None else self.settings["fusion"])
+        features = self.resolve_features(steer) if steer else None
         q = self._encode_query(query)
-        if steer:
-            q = self._checked(self.encoder.steer(q, self.resolve_features(steer)), 1)
+        if features:
+            q = self._checked(self.encoder.steer(q, features), 1, "the steered query")
         q_dense, q_sparse = q.dense[0], q.sparse[0]
         q_acts = dict(zip(q_sparse.indices.tolist(), q_sparse.data.tolist()))  # once, not per hit
         weights = {name: settings[f"{name}_weight"] for name in SIGNALS}
@@ -409,7 +478,7 @@ class SAEMemory:
         lexical = fusion == "bm25" or (fusion not in SIGNALS and weights["bm25"] > 0)
         with self._lock:
             ids, signals = self.index.score(
-                user_id or DEFAULT_USER, session_id, q_dense, q_sparse, settings["candidates"],
+                user, session, q_dense, q_sparse, settings["candidates"],
                 query_text=query if lexical else None, include=[include] if include else None,
             )
             if not ids:
@@ -424,7 +493,7 @@ class SAEMemory:
             else:
                 chosen = top_k(scores, k, min_score)
             chosen = chosen.tolist()
-            stored = self.index.fetch([ids[p] for p in chosen])  # one round trip for the k hits
+            stored = self.index.fetch(user, [ids[p] for p in chosen])  # one round trip for the k hits
             if max_chars is not None:
                 kept = fit_budget(np.arange(len(chosen)), np.array([len(r["content"]) for r, _ in stored]), max_chars)
                 chosen, stored = [chosen[i] for i in kept], [stored[i] for i in kept]
@@ -443,20 +512,41 @@ class SAEMemory:
         """Turns a steering spec with feature ids or label texts into feature ids."""
         if self.encoder.sae is None:
             raise ValueError("Steering needs an SAE; this memory's encoder is dense only.")
+        if not isinstance(steer, Mapping):
+            raise TypeError(f"steer must be a dict of feature id or label text to strength, got {type(steer).__name__}.")
         out: dict[int, float] = {}
         for key, strength in steer.items():
-            features = self.encoder.sae.find_features(key) if isinstance(key, str) else [int(key)]
-            out.update({f: float(strength) for f in features})
+            strength = _finite(f"steer[{key!r}]", strength)
+            if isinstance(key, str):
+                features = self.encoder.sae.find_features(key)
+            elif isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+                features = [int(key)]  # the encoder checks the range
+            else:
+                raise TypeError(f"steer key {key!r} is neither a label text nor a feature id (an int).")
+            out.update({f: strength for f in features})
         return out
 
-    def explain(self, query: str, message_id: str) -> Hit:
-        """Scores and features of one stored message against ``query``, whatever its rank."""
-        record = self.get(message_id)
-        for hit in self._search(query, len(self), record["user_id"], record["session_id"], None, None, None,
-                                include=message_id):
+    def explain(self, query: str, message_id: str, *, user_id: str | None = None, session_id: str | None = None) -> Hit:
+        """Scores, rank and features of one of the user's messages for ``query``, as ``search`` ranks it.
+
+        Args:
+            query: The question.
+            message_id: The message to explain.
+            user_id: Whose message. Defaults to None, the default user.
+            session_id: Rank within one session, as ``search(..., session_id=...)``. Defaults to
+                None: among all of the user's messages, as ``search`` does by default.
+
+        Raises:
+            KeyError: If the user (and session) holds no message with this id.
+        """
+        user = check_user(user_id)
+        record = self.get(message_id, user_id=user)
+        if session_id is not None and record["session_id"] != _check_session(session_id):
+            raise KeyError(f"Message {message_id!r} of user {user!r} is not in session {session_id!r}.")
+        for hit in self._search(query, max(len(self), 1), user, session_id, None, None, None, include=message_id):
             if hit.id == message_id:
                 return hit
-        raise KeyError(f"Message {message_id!r} was deleted meanwhile.")
+        raise KeyError(f"Message {message_id!r} of user {user!r} was deleted meanwhile.")
 
     def _hit(
         self,
@@ -524,9 +614,9 @@ class SAEMemory:
         return encoded
 
     def _encode_query(self, text: str) -> Encoded:
-        return self._checked(self.encoder.encode_query(text), 1)
+        return self._checked(self.encoder.encode_query(text), 1, "the query")
 
-    def _checked(self, encoded: Encoded, n: int) -> Encoded:
+    def _checked(self, encoded: Encoded, n: int, what: str = "messages") -> Encoded:
         """Rejects encoder output that would corrupt the index, before anything is stored."""
         dense = np.asarray(encoded.dense, dtype=np.float32)
         if dense.shape != (n, self.index.dim):
@@ -538,10 +628,13 @@ class SAEMemory:
         if sparse.shape != (n, self.index.d_sae):
             raise ValueError(f"Encoder returned sparse codes of shape {sparse.shape}, expected {(n, self.index.d_sae)}.")
         if not np.isfinite(dense).all() or not np.isfinite(sparse.data).all():
-            raise ValueError("Encoder returned NaN or infinite values; nothing was stored.")
+            consequence = "nothing was stored" if what == "messages" else "nothing was searched"
+            raise ValueError(f"Encoder returned NaN or infinite values for {what}; {consequence}. "
+                             "A custom encoder must return finite vectors.")
         truncated = np.asarray(getattr(encoded, "truncated", np.zeros(n, bool)), dtype=bool).reshape(-1)
         if truncated.shape != (n,):
-            truncated = np.zeros(n, dtype=bool)
+            raise ValueError(f"Encoder returned truncated flags of shape {truncated.shape}, expected {(n,)}; "
+                             "a custom encoder must return one flag per text (or none).")
         return Encoded(dense=np.ascontiguousarray(dense), sparse=sparse, truncated=truncated)
 
     # Persistence -----------------------------------------------------------------------------
@@ -577,6 +670,9 @@ class SAEMemory:
                 or SAE than ``encoder``.
         """
         _, manifest = backends.read_manifest(path)
+        index = None
+        if manifest.get("milvus") is None:
+            index, manifest = MemoryIndex.load(path)  # under one lock: the manifest that goes with this data
         if encoder is None:
             config = manifest.get("encoder_config")
             if config is None:
@@ -589,17 +685,25 @@ class SAEMemory:
                 encoder = EncoderConfig.from_dict(config)
         milvus = manifest.get("milvus")
         settings = {"bm25_stemmer": None, **manifest["settings"]}  # saved before stemming existed: none
-        memory = cls(encoder, index_type=manifest["index_type"] or "Flat", **settings)
+        unknown = sorted(set(settings) - set(SETTINGS))
+        if unknown:
+            raise ValueError(f"Saved memory at {path} has unknown settings {unknown}; it was written by another "
+                             f"saememory version or edited by hand. Known settings: {sorted(SETTINGS)}.")
+        try:
+            memory = cls(encoder, index_type=manifest["index_type"] or "Flat", **settings)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"Saved memory at {path} has invalid settings: {err}") from None
         mismatch = _identity_mismatch(manifest["encoder"], memory.encoder.identity())
         if mismatch:
             raise ValueError(f"{path} was saved with another encoder: {mismatch}. Load it with the encoder it was made with.")
         if milvus is None:
-            memory.index, _ = MemoryIndex.load(path)
+            memory.index = index
         else:  # reconnect: the data lives in Milvus
             from saememory.milvus import MilvusBackend
 
             memory.index = MilvusBackend(milvus["uri"], milvus["collection"], memory.encoder.dim, memory.encoder.d_sae,
-                                         index=milvus["index"], stemmer=settings["bm25_stemmer"])
+                                         index=milvus["index"], stemmer=settings["bm25_stemmer"],
+                                         identity=memory.encoder.identity())
         return memory
 
 
@@ -641,10 +745,62 @@ def _identity_mismatch(saved: dict[str, Any], current: dict[str, Any], prefix: s
     return None
 
 
-def _to_record(message: Message | Mapping[str, Any], position: int) -> dict[str, Any]:
-    """Validates one message and turns it into the stored JSON record."""
+def check_user(user_id: Any) -> str:
+    """A valid owner: None is the default user; anything else must be a non-empty str.
+
+    Raises:
+        TypeError: If ``user_id`` is not a str (or None).
+        ValueError: If it is empty, or not valid Unicode.
+    """
+    if user_id is None:
+        return DEFAULT_USER
+    return _check_key("user_id", user_id, f"None for the default user ({DEFAULT_USER!r})")
+
+
+def _check_session(session_id: Any) -> str | None:
+    return None if session_id is None else _check_key("session_id", session_id, "None for all sessions")
+
+
+def _check_id(message_id: Any) -> str:
+    return _check_key("message id", message_id, "the id the message was stored with")
+
+
+def _check_key(name: str, value: Any, instead: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__} {value!r}; pass {instead}.")
+    if not value:
+        raise ValueError(f"{name} is an empty string; pass {instead}.")
+    _check_unicode(name, value)
+    return value
+
+
+def _check_unicode(name: str, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{name} holds {value[err.start:err.end]!r}, which is not valid Unicode (a lone surrogate); "
+                         "decode the text properly first.") from None
+
+
+def _check_text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}.")
+    if not value.strip():
+        raise ValueError(f"{name} is empty or whitespace; pass the text" + (" to search for." if name == "query" else "."))
+    _check_unicode(name, value)
+    return value
+
+
+def _finite(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    return float(value)
+
+
+def _message_fields(message: Message | Mapping[str, Any], position: int) -> dict[str, Any]:
+    """The fields given (None counts as not given), with extra keys gathered into ``extra``."""
     if isinstance(message, Message):
-        data = asdict(message)
+        data = {f.name: getattr(message, f.name) for f in fields(Message)}
     elif isinstance(message, Mapping):
         data = dict(message)
     else:
@@ -652,29 +808,94 @@ def _to_record(message: Message | Mapping[str, Any], position: int) -> dict[str,
             f"Message {position} is a {type(message).__name__}; pass a saememory.Message or a dict "
             "with 'content' (and optionally role, id, session_id, timestamp, user_id, metadata)."
         )
-    content = data.get("content")
-    if not isinstance(content, str):
-        raise TypeError(f"Message {position}: content must be a str, got {type(content).__name__}.")
-    if not content.strip():
-        raise ValueError(f"Message {position}: content is empty or whitespace; there is nothing to remember.")
-    unknown = set(data) - set(_FIELDS) - {"metadata"}
-    metadata = dict(data.get("metadata") or {})
-    metadata.update({key: data[key] for key in unknown})  # extra keys travel as metadata
-    record = {
-        "id": data.get("id") or uuid.uuid4().hex,
-        "content": content,
-        "role": data.get("role") or "user",
-        "session_id": data.get("session_id") or DEFAULT_SESSION,
-        "timestamp": data.get("timestamp"),
-        "user_id": data.get("user_id") or DEFAULT_USER,
-        "metadata": metadata,
-    }
+    extra = {key: data.pop(key) for key in list(data) if key not in _FIELDS and key != "metadata"}
+    given = {key: value for key, value in data.items() if value is not None}
+    where = f"Message {position}" + (f" ({given['id']!r})" if isinstance(given.get("id"), str) else "")
+    if "content" in given:
+        try:
+            _check_text("content", given["content"])
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{where}: {err}") from None
     for key in ("id", "role", "session_id", "user_id"):
-        if not isinstance(record[key], str):
-            raise TypeError(f"Message {position}: {key} must be a str, got {type(record[key]).__name__}.")
-    if record["timestamp"] is not None:
-        record["timestamp"] = str(record["timestamp"])
+        if key in given:
+            try:
+                _check_key(key, given[key], f"None for the default {key}" if key != "id" else "None for a new id")
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"{where}: {err}") from None
+    if "metadata" in given and not isinstance(given["metadata"], Mapping):
+        raise TypeError(f"{where}: metadata must be a dict, got {type(given['metadata']).__name__}.")
+    if "timestamp" in given:
+        given["timestamp"] = str(given["timestamp"])
+    given["extra"] = extra
+    given["where"] = where
+    return given
+
+
+def _owner(given: dict[str, Any], owner: str | None) -> str:
+    user = given.get("user_id", owner or DEFAULT_USER)
+    if owner is not None and user != owner:
+        raise ValueError(f"{given['where']} names user_id {user!r}, but this call stores for user {owner!r}; "
+                         "a memory bound to one user never writes into another's. Drop the message's user_id, "
+                         "or store it through that user's memory.")
+    return user
+
+
+def _new_record(message: Message | Mapping[str, Any], position: int, owner: str | None) -> dict[str, Any]:
+    """Validates one message to add and turns it into the stored JSON record."""
+    given = _message_fields(message, position)
+    if "content" not in given:
+        raise TypeError(f"{given['where']}: content must be a str, got NoneType.")
+    record = {
+        "id": given.get("id") or uuid.uuid4().hex,
+        "content": given["content"],
+        "role": given.get("role", "user"),
+        "session_id": given.get("session_id", DEFAULT_SESSION),
+        "timestamp": given.get("timestamp"),
+        "user_id": _owner(given, owner),
+        "metadata": {**dict(given.get("metadata") or {}), **given["extra"]},  # extra keys travel as metadata
+    }
+    _check_storable(record, given["where"])
     return record
+
+
+def _changes(message: Message | Mapping[str, Any], position: int, owner: str | None) -> dict[str, Any]:
+    """The validated fields of one ``update`` message, with its owner."""
+    given = _message_fields(message, position)
+    if "id" not in given:
+        raise KeyError(f"Message {position} has no id; update() changes stored messages by id.")
+    given["user_id"] = _owner(given, owner)
+    return given
+
+
+def _merge(record: dict[str, Any], change: dict[str, Any], position: int) -> dict[str, Any]:
+    """The stored record with the given fields changed; owner and id stay."""
+    merged = {key: change.get(key, record[key]) for key in ("content", "role", "session_id", "timestamp")}
+    metadata = dict(change["metadata"]) if "metadata" in change else dict(record.get("metadata") or {})
+    metadata.update(change["extra"])
+    merged = {"id": record["id"], **merged, "user_id": record["user_id"], "metadata": metadata}
+    _check_storable(merged, change["where"])
+    return merged
+
+
+def _check_storable(record: dict[str, Any], where: str) -> None:
+    """Whatever is stored must come back from a save unchanged: plain JSON, valid Unicode."""
+    try:
+        text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+    except (TypeError, ValueError) as err:  # UnicodeEncodeError is a ValueError
+        raise ValueError(f"{where}: cannot be saved as JSON ({err}); metadata values must be str, int, float "
+                         "(finite), bool, None, lists or dicts with str keys. Convert the value first, "
+                         "e.g. a datetime with .isoformat().") from None
+    if json.loads(text) != record:
+        raise ValueError(f"{where}: metadata would not come back unchanged from a save (keys must be str, "
+                         "sequences lists, not tuples); convert it to plain JSON first.")
+
+
+def _ids_by_user(records: list[dict[str, Any]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for record in records:
+        grouped.setdefault(record["user_id"], []).append(record["id"])
+    return grouped
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -709,4 +930,4 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["SAEMemory", "Message", "Hit", "FUSIONS", "DEFAULT_USER", "EXPLANATION_KEYS", "format_hit"]
+__all__ = ["SAEMemory", "Message", "Hit", "FUSIONS", "DEFAULT_USER", "EXPLANATION_KEYS", "check_user", "format_hit"]

@@ -1,12 +1,16 @@
 """The Milvus backend: the same memory in milvus-lite (one embedded file) or a Milvus server.
 
-One collection holds every user's messages: id (primary key), ``user_id`` (the partition key,
-Milvus' own multi-tenancy), ``session_id``, ``role``, ``timestamp``, ``seq`` (insertion order),
+One collection holds every user's messages: ``pk`` (the primary key, a hash of the owner and the
+message id: ids are unique per user only), ``id``, ``user_id`` (the partition key, Milvus' own
+multi-tenancy), ``session_id``, ``role``, ``timestamp``, ``seq`` (insertion order),
 ``text``, ``metadata``, ``truncated``, the dense embedding (``FLOAT_VECTOR``, inner product,
 ``FLAT`` or ``HNSW``), the SAE code (``SPARSE_FLOAT_VECTOR``, ``SPARSE_INVERTED_INDEX``, inner
 product) and ``bm25``, a sparse vector Milvus derives from ``text`` with its built-in BM25
-function. Every search and query carries the filter ``user_id == "..."`` (and session), and
-every returned entity is checked against it again before it leaves this module.
+function. Every search, query and delete carries the filter ``user_id == "..."`` (and session),
+and every returned entity is checked against it again before it leaves this module, so another
+user's message is answered exactly like a missing one. The collection's properties record the
+vector widths and the encoder's identity; reopening it with another encoder is refused. A
+milvus-lite connection sends no keepalive pings, which its engine refuses (see ``LITE_CONNECTION``).
 
 Ranking follows the in-process backend's approximate mode: candidates are the union of the
 dense, SAE and BM25 searches' top ``candidates`` each; their dense and SAE similarities are then
@@ -24,6 +28,8 @@ query has that feature, so it never adds to a score, and it is dropped when code
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from pathlib import Path
@@ -41,7 +47,17 @@ MAX_KEY = 512  # bytes, for ids, user ids, session ids and roles
 MAX_TEXT = 65_535  # bytes, Milvus' VARCHAR limit
 MAX_TOPK = 16_384  # Milvus' largest search limit
 BATCH = 1_000  # rows per insert call
+MAX_IDENTITY = 65_535  # bytes of identity JSON: Milvus documents no limit on property values; its VARCHAR one
 RECORD_FIELDS = ["id", "user_id", "session_id", "role", "timestamp", "seq", "text", "metadata", "truncated"]
+# Keepalive: milvus-lite's engine is a grpcio server with gRPC's default ping policy: without calls
+# in flight it accepts one ping per 2 h (during calls one per 5 min), and at the third ping too soon
+# it sends GOAWAY "too_many_pings" and drops the connection. pymilvus pings every 10 s, calls or
+# not (keepalive_time_ms=10000, keepalive_permit_without_calls=True), so after ~30 s idle the next
+# call can fail with "Too many pings", and pymilvus' reconnect, which waits at most 10 s, with
+# "Fail connecting to server" on a busy machine. A server in this process needs no pings: they are
+# off, on a dedicated connection (a shared one keeps the options of whichever client made it).
+LITE_CONNECTION = {"dedicated": True, "grpc_options": {"grpc.keepalive_time_ms": 2**31 - 1,  # gRPC's "never"
+                                                       "grpc.keepalive_permit_without_calls": 0}}
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 
 
@@ -90,7 +106,7 @@ class MilvusBackend:
         uri: A milvus-lite file path ending in ``.db`` (started in-process by pymilvus) or a
             server URI (``http://``, ``https://``, ``tcp://``).
         collection: The collection; created if missing, else reopened and checked against
-            ``dim`` and ``d_sae``. Defaults to ``"saememory"``.
+            ``dim``, ``d_sae`` and ``identity``. Defaults to ``"saememory"``.
         dim: Dense vector width. Defaults to 384.
         d_sae: SAE code width (0 for dense only). Defaults to 0.
         index: Dense index: ``"FLAT"`` (exact), ``"HNSW"`` or ``"auto"`` (``FLAT`` on
@@ -98,15 +114,19 @@ class MilvusBackend:
         token: Server credentials (``"user:password"`` or an API key). Defaults to None.
         stemmer: Snowball language of the stemmer saememory's BM25 scores with, or None.
             Defaults to None.
+        identity: The encoder's ``identity()`` (a JSON-serialisable dict), recorded in a new
+            collection and compared with the recorded one on reopening. Defaults to None (not
+            recorded, not checked).
 
     Raises:
-        ValueError: For a bad ``uri``, ``collection`` or ``index``, or a collection made for
-            other vector widths.
+        ValueError: For a bad ``uri``, ``collection``, ``index`` or ``identity``, or a collection
+            not made by this saememory, or made for other vector widths or another encoder.
         ImportError: Without pymilvus.
     """
 
     def __init__(self, uri: str, collection: str = "saememory", dim: int = 384, d_sae: int = 0,
-                 index: str = "auto", token: str | None = None, stemmer: str | None = None) -> None:
+                 index: str = "auto", token: str | None = None, stemmer: str | None = None,
+                 identity: dict[str, Any] | None = None) -> None:
         self.uri, self.lite = check_uri(uri)
         self.stemmer = check_stemmer(stemmer)
         if not isinstance(collection, str) or not _NAME.fullmatch(collection):
@@ -116,8 +136,10 @@ class MilvusBackend:
             raise ValueError(f"milvus_index={index!r} is not one of {INDEXES}.")
         self.collection, self.dim, self.d_sae = collection, int(dim), int(d_sae)
         self.index = ("FLAT" if self.lite else "HNSW") if index == "auto" else index
+        self.identity = None if identity is None else _identity_json(identity)
         pymilvus = _pymilvus()
-        self.client = pymilvus.MilvusClient(self.uri, **({"token": token} if token else {}))
+        self.client = pymilvus.MilvusClient(self.uri, **(LITE_CONNECTION if self.lite else {}),
+                                            **({"token": token} if token else {}))
         if self.client.has_collection(collection):
             self._check_existing()
         else:
@@ -130,7 +152,8 @@ class MilvusBackend:
     def _create(self, pymilvus) -> None:
         DataType = pymilvus.DataType
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_KEY)
+        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=64)  # see _pk
+        schema.add_field("id", DataType.VARCHAR, max_length=MAX_KEY)
         schema.add_field("user_id", DataType.VARCHAR, max_length=MAX_KEY, is_partition_key=True)
         schema.add_field("session_id", DataType.VARCHAR, max_length=MAX_KEY)
         schema.add_field("role", DataType.VARCHAR, max_length=MAX_KEY)
@@ -151,41 +174,65 @@ class MilvusBackend:
             params.add_index("dense", index_type="FLAT", metric_type="IP")
         params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
         params.add_index("bm25", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        properties = {"saememory.d_sae": str(self.d_sae)}
+        if self.identity is not None:
+            properties["saememory.identity"] = self.identity
         self.client.create_collection(self.collection, schema=schema, index_params=params, consistency_level="Strong",
-                                      properties={"saememory.d_sae": str(self.d_sae)})
+                                      properties=properties)
 
     def _check_existing(self) -> None:
         info = self.client.describe_collection(self.collection)
         fields = {f["name"]: f for f in info["fields"]}
-        d_sae = (info.get("properties") or {}).get("saememory.d_sae")
+        properties = info.get("properties") or {}
+        d_sae = properties.get("saememory.d_sae")
         dim = fields.get("dense", {}).get("params", {}).get("dim")
+        where = f"Milvus collection {self.collection!r} at {self.uri}"
         if d_sae is None or set(RECORD_FIELDS) - set(fields):
-            raise ValueError(f"Milvus collection {self.collection!r} at {self.uri} was not made by saememory; "
-                             "choose another milvus_collection.")
+            raise ValueError(f"{where} was not made by saememory; choose another milvus_collection.")
+        if "pk" not in fields:
+            raise ValueError(f"{where} was made by an older saememory, whose primary key is the message id alone; "
+                             "this one needs the owner in the key, as users may share ids. Choose another "
+                             "milvus_collection (and add the messages again).")
         if int(dim) != self.dim or int(d_sae) != self.d_sae:
-            raise ValueError(f"Milvus collection {self.collection!r} at {self.uri} holds dim={dim}, d_sae={d_sae}; "
-                             f"this encoder gives dim={self.dim}, d_sae={self.d_sae}. Use the encoder it was made with "
-                             "or another milvus_collection.")
+            raise ValueError(f"{where} holds dim={dim}, d_sae={d_sae}; this encoder gives dim={self.dim}, "
+                             f"d_sae={self.d_sae}. Use the encoder it was made with or another milvus_collection.")
+        saved = properties.get("saememory.identity")
+        if self.identity is not None and saved is None:
+            raise ValueError(f"{where} records no encoder identity, so it cannot show it was made with this encoder; "
+                             "choose another milvus_collection.")
+        if self.identity is not None and json.loads(saved) != json.loads(self.identity):
+            key, was, now = _first_difference(json.loads(saved), json.loads(self.identity))
+            raise ValueError(f"{where} was made with another encoder: {key} is {was!r} there but {now!r} now. "
+                             "Use the encoder it was made with or another milvus_collection.")
         index = self.client.describe_index(self.collection, "dense").get("index_type", self.index)
         self.index = index if index in INDEXES else self.index
 
     # Reading records ------------------------------------------------------------------------
 
     def __len__(self) -> int:
+        """All stored messages, of every user."""
         return self._count("")
 
     def _count(self, expr: str) -> int:
         return int(self.client.query(self.collection, filter=expr, output_fields=["count(*)"])[0]["count(*)"])
 
-    def __contains__(self, message_id: object) -> bool:
-        return bool(self.stored([message_id]))
+    def stored(self, user_id: str, message_ids: list[str]) -> set[str]:
+        """Which of these ids the user holds; another user's ids are not among them."""
+        return set(self._by_id(user_id, message_ids, ["user_id", "id"]))
 
-    def stored(self, message_ids: list[str]) -> set[str]:
-        ids = [m for m in message_ids if isinstance(m, str) and _storable_key(m)]  # others cannot be stored
-        found: set[str] = set()
-        for start in range(0, len(ids), BATCH):
-            rows = self.client.query(self.collection, filter=_ids_filter(ids[start:start + BATCH]), output_fields=["id"])
-            found.update(row["id"] for row in rows)
+    def _by_id(self, user_id: str, message_ids: list[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+        """The user's stored entities with these ids, by id: filtered on owner and key, then re-checked."""
+        if not (isinstance(user_id, str) and _storable_key(user_id)):
+            return {}
+        wanted = list(dict.fromkeys(m for m in message_ids if isinstance(m, str) and _storable_key(m)))
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted), BATCH):
+            batch = wanted[start:start + BATCH]
+            asked = set(batch)
+            for row in self.client.query(self.collection, filter=_keys_filter(user_id, batch), output_fields=fields,
+                                         limit=len(batch)):
+                if row["user_id"] == user_id and row["id"] in asked:  # defence in depth
+                    found[row["id"]] = row
         return found
 
     def validate(self, records: list[dict[str, Any]]) -> None:
@@ -193,25 +240,26 @@ class MilvusBackend:
         for record in records:
             _check_lengths(record)
 
-    def get(self, message_id: str) -> dict[str, Any] | None:
-        if not (isinstance(message_id, str) and _storable_key(message_id)):
-            return None
-        found = self.client.query(self.collection, filter=_ids_filter([message_id]), output_fields=RECORD_FIELDS)
-        return _record(found[0]) if found else None
+    def get(self, user_id: str, message_id: str) -> dict[str, Any] | None:
+        """The user's stored record with this id, or None (also when another user holds the id)."""
+        row = next(iter(self._by_id(user_id, [message_id], RECORD_FIELDS).values()), None)
+        return None if row is None else _record(row)
 
     def users(self) -> list[str]:
+        """Users with at least one message, sorted."""
         return sorted({row["user_id"] for row in self._iterate("", ["user_id"])})
 
     def records(self, user_id: str, session_id: str | None = None) -> list[dict[str, Any]]:
-        rows = sorted(self._iterate(self._filter(user_id, session_id), RECORD_FIELDS), key=lambda r: r["seq"])
+        """One user's (and session's) records, in insertion order."""
+        rows = self._iterate(self._filter(user_id, session_id), RECORD_FIELDS)
+        rows = sorted((r for r in rows if r["user_id"] == user_id and session_id in (None, r["session_id"])),
+                      key=lambda r: r["seq"])
         return [_record(row) for row in rows]
 
-    def fetch(self, message_ids: list[str]) -> list[tuple[dict[str, Any], sp.csr_matrix]]:
-        if not message_ids:
-            return []
-        found = {row["id"]: row for row in self.client.query(self.collection, filter=_ids_filter(message_ids),
-                                                              output_fields=RECORD_FIELDS + ["sparse"])}
-        return [(_record(found[mid]), self._code_rows([found[mid]["sparse"]])) for mid in message_ids]
+    def fetch(self, user_id: str, message_ids: list[str]) -> list[tuple[dict[str, Any], sp.csr_matrix]]:
+        """Records and SAE codes of the user's stored messages among these ids, in the given order."""
+        found = self._by_id(user_id, message_ids, RECORD_FIELDS + ["sparse"])
+        return [(_record(found[m]), self._code_rows([found[m]["sparse"]])) for m in message_ids if m in found]
 
     def _iterate(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
         """Every entity matching ``expr``: one query when they fit in Milvus' result limit, else an iterator."""
@@ -237,19 +285,19 @@ class MilvusBackend:
     # Writing --------------------------------------------------------------------------------
 
     def add(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
-        """Inserts records in batches; if one batch fails, the ones already inserted are removed."""
+        """Inserts records (each names its ``user_id``) in batches; if one fails, the ones inserted are removed."""
         done: list[str] = []
         try:
             for rows in self._batches(records, dense, sparse):
                 self.client.insert(self.collection, rows)
-                done.extend(row["id"] for row in rows)
+                done.extend(row["pk"] for row in rows)
         except Exception:
-            if done:
-                self.delete(done)
+            for start in range(0, len(done), BATCH):
+                self.client.delete(self.collection, filter=f"pk in [{', '.join(map(literal, done[start:start + BATCH]))}]")
             raise
 
     def replace(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
-        """Replaces stored messages by upsert: each id holds its old or its new version, never none."""
+        """Replaces stored messages with the same owner and id by upsert: each holds its old or new version."""
         for rows in self._batches(records, dense, sparse):
             self.client.upsert(self.collection, rows)
 
@@ -266,15 +314,20 @@ class MilvusBackend:
         lo, hi = sparse.indptr[i], sparse.indptr[i + 1]
         code = {int(f): float(a) for f, a in zip(sparse.indices[lo:hi], sparse.data[lo:hi]) if a != 0}
         return {
+            "pk": _pk(record["user_id"], record["id"]),
             "id": record["id"], "user_id": record["user_id"], "session_id": record["session_id"],
             "role": record["role"], "timestamp": record["timestamp"], "seq": seq, "text": record["content"],
             "metadata": record.get("metadata") or {}, "truncated": bool(record.get("truncated", False)),
             "dense": vector.tolist(), "sparse": code or {self.d_sae: 1.0},  # the placeholder: see the module doc
         }
 
-    def delete(self, message_ids: list[str]) -> None:
-        for start in range(0, len(message_ids), BATCH):
-            self.client.delete(self.collection, filter=_ids_filter(message_ids[start:start + BATCH]))
+    def delete(self, user_id: str, message_ids: list[str]) -> None:
+        """Removes the user's messages with these ids; another user's messages with the same ids stay."""
+        if not (isinstance(user_id, str) and _storable_key(user_id)):
+            return
+        ids = [m for m in message_ids if isinstance(m, str) and _storable_key(m)]  # others cannot be stored
+        for start in range(0, len(ids), BATCH):
+            self.client.delete(self.collection, filter=_keys_filter(user_id, ids[start:start + BATCH]))
 
     # Scoring --------------------------------------------------------------------------------
 
@@ -291,7 +344,7 @@ class MilvusBackend:
         """Union of the dense, SAE and BM25 searches' top ``candidates``, scored exactly; see the module doc."""
         expr = self._filter(user_id, session_id)
         limit = min(int(candidates), MAX_TOPK)
-        fields = ["user_id", "session_id", "seq", "dense", "sparse"] + (["text"] if query_text is not None else [])
+        fields = ["id", "user_id", "session_id", "seq", "dense", "sparse"] + (["text"] if query_text is not None else [])
         dense_params = {"metric_type": "IP", **({"params": {"ef": max(limit, 64)}} if self.index == "HNSW" else {})}
         searches = [("dense", [np.asarray(q_dense, np.float32).reshape(-1).tolist()], dense_params)]
         q_code = sp.csr_matrix(q_sparse)
@@ -304,10 +357,13 @@ class MilvusBackend:
             result = self.client.search(self.collection, data=data, anns_field=field, limit=limit, filter=expr,
                                         output_fields=fields, search_params=params)
             for hit in result[0]:
-                found[hit["id"]] = {"id": hit["id"], **hit["entity"]}
-        if include:
-            for row in self.client.query(self.collection, filter=f"{expr} && {_ids_filter(include)}", output_fields=fields):
-                found[row["id"]] = row
+                found[_pk(hit["entity"]["user_id"], hit["entity"]["id"])] = hit["entity"]
+        included = [m for m in include or [] if isinstance(m, str) and _storable_key(m)]
+        for start in range(0, len(included), BATCH):
+            batch = included[start:start + BATCH]
+            for row in self.client.query(self.collection, filter=f"{expr} && {_keys_filter(user_id, batch)}",
+                                         output_fields=fields, limit=len(batch)):
+                found[_pk(row["user_id"], row["id"])] = row
         # Defence in depth: nothing outside this user's (and session's) messages may pass.
         rows = [r for r in found.values() if r["user_id"] == user_id and (session_id is None or r["session_id"] == session_id)]
         if not rows:
@@ -357,6 +413,7 @@ class MilvusBackend:
         self.client.flush(self.collection)
 
     def close(self) -> None:
+        """Releases the connection (a milvus-lite one is closed); the backend is not used afterwards."""
         self.client.close()
 
 
@@ -368,9 +425,53 @@ def _storable_key(value: str) -> bool:
     return True
 
 
-def _ids_filter(message_ids: list[str]) -> str:
-    """``id in [...]`` with every id escaped (pymilvus' own ``ids=`` does not escape quotes)."""
-    return f"id in [{', '.join(literal(i) for i in message_ids)}]"
+def _pk(user_id: str, message_id: str) -> str:
+    """The primary key of a user's message: sha256 (hex) of an unambiguous encoding of owner and id."""
+    return hashlib.sha256(json.dumps([user_id, message_id]).encode()).hexdigest()
+
+
+def _keys_filter(user_id: str, message_ids: list[str]) -> str:
+    """The user's messages with these ids: by primary key and, in depth, by owner; every value escaped."""
+    pks = ", ".join(literal(_pk(user_id, m)) for m in message_ids)
+    return f"user_id == {literal(user_id)} && pk in [{pks}]"
+
+
+def _identity_json(identity: Any) -> str:
+    """The encoder identity as canonical JSON, as a collection property records it.
+
+    Raises:
+        ValueError: If it is not a JSON-serialisable dict or exceeds ``MAX_IDENTITY`` bytes.
+    """
+    try:
+        text = json.dumps(identity, sort_keys=True) if isinstance(identity, dict) else None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"identity={identity!r} is not JSON-serialisable ({err}); the encoder's identity() must "
+                         "return a dict of strings, numbers, booleans, None, lists and dicts.") from None
+    if text is None:
+        raise ValueError(f"identity={identity!r} is not a dict; pass the encoder's identity() or None.")
+    if len(text.encode()) > MAX_IDENTITY:
+        raise ValueError(f"The encoder identity is {len(text.encode())} bytes as JSON; a Milvus collection records "
+                         f"at most {MAX_IDENTITY}. Shorten what identity() returns (e.g. hash long values).")
+    return text
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "absent"
+
+
+_ABSENT = _Absent()
+
+
+def _first_difference(saved: Any, current: Any, key: str = "identity") -> tuple[str, Any, Any] | None:
+    """The first (dotted) key at which two identities differ, with both values; None if equal."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for name in sorted(set(saved) | set(current)):
+            found = _first_difference(saved.get(name, _ABSENT), current.get(name, _ABSENT), f"{key}.{name}")
+            if found:
+                return found
+        return None
+    return None if saved == current else (key, saved, current)
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,250 @@
+"""Saving and loading a MemoryIndex folder: across processes and kills, and against corrupt files.
+
+Small synthetic memories (benchmarks/reliability_persistence.py's ``state``) written through
+``MemoryIndex`` directly: no encoder is needed, and the child processes never import torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from saememory import backend
+from saememory.index import MemoryIndex
+from tests.helpers import ROOT, load_script
+
+bench = load_script(ROOT / "benchmarks" / "reliability_persistence.py")
+MANIFEST = {"encoder": {}, "settings": {}}
+
+
+def save(path: Path, token: int = 1) -> Path:
+    """Saves the memory of ``token`` to ``path``; returns its snapshot folder."""
+    records, dense, sparse = bench.state(token)
+    index = MemoryIndex(bench.DIM, bench.D_SAE)
+    index.add(records, dense, sparse)
+    index.save(path, {**MANIFEST, "token": token})
+    return snapshot_of(path)
+
+
+def snapshot_of(path: Path) -> Path:
+    return path / (path / "CURRENT").read_text()
+
+
+def edit_manifest(snapshot: Path, edit) -> None:
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    edit(manifest)
+    (snapshot / "manifest.json").write_text(json.dumps(manifest))
+
+
+def rehash(snapshot: Path, name: str) -> None:
+    """Records a changed file's new checksum: what a buggy writer (or a save of format 1) gives the content checks."""
+    digest = hashlib.sha256((snapshot / name).read_bytes()).hexdigest()
+    edit_manifest(snapshot, lambda manifest: manifest["files"].__setitem__(name, digest))
+
+
+def refused(path: Path, match: str) -> str:
+    with pytest.raises(ValueError, match=match) as err:
+        MemoryIndex.load(path)
+    assert f"Saved memory at {path}" in str(err.value)
+    return str(err.value)
+
+
+# Processes and kills ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(backend.fcntl is None, reason="no fcntl (Windows): one process per folder, and no SIGKILL")
+def test_concurrent_savers_and_loaders_survive_kills(tmp_path):
+    # Before: two savers deleted each other's snapshots and .tmp folders, a loader read a snapshot
+    # deleted under it ("is corrupt"), and some rounds ended with no loadable save.
+    counts = bench.run(rounds=3, seconds=3, savers=2, loaders=2, seed=0, workdir=tmp_path)
+    assert counts.failures == []
+    assert counts.saves >= 3 and counts.loads > 0 and counts.kills_mid_save > 0
+
+
+@pytest.mark.skipif(backend.fcntl is None, reason="no fcntl: folders are not locked")
+def test_a_held_lock_makes_save_and_load_wait_then_fail_naming_the_folder(tmp_path, monkeypatch):
+    import fcntl
+
+    path = tmp_path / "mem"
+    save(path)
+    monkeypatch.setattr(backend, "LOCK_TIMEOUT", 0.2)
+    fd = os.open(path / backend.LOCK, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another saver, for as long as this test likes
+        with pytest.raises(TimeoutError, match=f"save to {path}.*held its lock"):
+            save(path, token=2)
+        with pytest.raises(TimeoutError, match=f"load {path}"):
+            MemoryIndex.load(path)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # a reader: others may read, nobody may save
+        assert MemoryIndex.load(path)[1]["token"] == 1
+        with pytest.raises(TimeoutError):
+            save(path, token=2)
+    finally:
+        os.close(fd)
+    save(path, token=2)
+    assert MemoryIndex.load(path)[1]["token"] == 2
+
+
+def test_a_failed_save_keeps_the_previous_one_and_removes_its_own_folder(tmp_path):
+    path = tmp_path / "mem"
+    save(path)
+    records, dense, sparse = bench.state(2)
+    dense[1, 3] = np.nan  # a direct MemoryIndex user can add what SAEMemory would refuse
+    index = MemoryIndex(bench.DIM, bench.D_SAE)
+    index.add(records, dense, sparse)
+    with pytest.raises(ValueError, match=f"Not saved to {path}: message 'm0' of user 'u1' holds NaN"):
+        index.save(path, MANIFEST)
+    assert MemoryIndex.load(path)[1]["token"] == 1
+    assert sorted(p.name for p in path.iterdir() if not p.name.startswith("snapshot-")) == ["CURRENT", "LOCK"]
+
+
+# Corrupt saves ---------------------------------------------------------------------------------
+
+
+def test_nan_in_dense_is_refused(tmp_path):
+    # Before: it loaded, and the next save made every message unsearchable.
+    path = tmp_path / "mem"
+    snapshot = save(path)
+    dense = np.load(snapshot / "dense.npy")
+    dense[2, 0] = np.nan
+    np.save(snapshot / "dense.npy", dense)
+    refused(path, "corrupt: dense.npy does not match its checksum in the manifest .it was changed or swapped in")
+    rehash(snapshot, "dense.npy")
+    refused(path, r"corrupt: dense.npy holds NaN or infinite values \(first in row 2\)")
+
+
+def test_a_duplicated_records_line_is_refused(tmp_path):
+    # Before: it loaded with one message lost and another returned twice.
+    path = tmp_path / "mem"
+    snapshot = save(path)
+    lines = (snapshot / "records.jsonl").read_text().splitlines(keepends=True)
+    (snapshot / "records.jsonl").write_text("".join([lines[0], lines[0], *lines[2:]]))
+    refused(path, "corrupt: records.jsonl does not match its checksum")
+    rehash(snapshot, "records.jsonl")
+    refused(path, "corrupt: records.jsonl line 2 repeats message id 'm0' of user 'u0'")
+
+
+@pytest.mark.parametrize("name", ["dense.npy", "sparse.npz", "records.jsonl", "faiss.index", "bm25_tf.npz"])
+def test_a_part_swapped_in_from_another_save_of_the_same_size_is_refused(tmp_path, name):
+    # Before: shapes agreed, so it loaded another memory's vectors, codes or records.
+    tokens = [t for t in range(100) if len(bench.state(t)[0]) == 30][:2]
+    one, other = save(tmp_path / "one", tokens[0]), save(tmp_path / "other", tokens[1])
+    shutil.copy(other / name, one / name)
+    refused(tmp_path / "one", f"corrupt: {name} does not match its checksum")
+
+
+def test_content_checks_name_the_file_and_the_problem(tmp_path):
+    path = tmp_path / "mem"
+    snapshot = save(path)
+    sparse = sp.load_npz(snapshot / "sparse.npz")
+    sparse.indices[0] = bench.D_SAE + 5
+    sp.save_npz(snapshot / "sparse.npz", sparse)
+    rehash(snapshot, "sparse.npz")
+    refused(path, "corrupt: sparse.npz is not a valid CSR matrix")
+
+    snapshot = save(path)
+    lines = (snapshot / "records.jsonl").read_text().splitlines()
+    record = json.loads(lines[3])
+    record["timestamp"] = 12
+    (snapshot / "records.jsonl").write_text("\n".join([*lines[:3], json.dumps(record), *lines[4:]]) + "\n")
+    rehash(snapshot, "records.jsonl")
+    refused(path, "corrupt: records.jsonl line 4 has timestamp=12, but it must be a string or null")
+    (snapshot / "records.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    rehash(snapshot, "records.jsonl")
+    refused(path, f"records.jsonl has {len(lines) - 1} records, but the manifest says n_messages={len(lines)}")
+
+    snapshot = save(path)
+    (snapshot / "notes.txt").write_text("hello")
+    refused(path, "corrupt: notes.txt is in snapshot-[0-9a-f]+ but not in its manifest")
+    (snapshot / "notes.txt").unlink()
+    (snapshot / "bm25_lengths.npy").unlink()
+    refused(path, "corrupt: bm25_lengths.npy is listed in the manifest but missing")
+
+
+@pytest.mark.parametrize("key", ["dim", "n_messages", "index_type", "encoder", "settings", "files"])
+def test_a_manifest_missing_a_key_is_refused(tmp_path, key):
+    # Before: a bare KeyError here, or later in SAEMemory.load.
+    path = tmp_path / "mem"
+    snapshot = save(path)
+    edit_manifest(snapshot, lambda manifest: manifest.pop(key))
+    with pytest.raises(ValueError, match=f"corrupt: snapshot-[0-9a-f]+/manifest.json lacks the key '{key}'"):
+        backend.read_manifest(path)
+
+
+@pytest.mark.parametrize("key,value", [("dim", "8"), ("n_messages", -1), ("settings", None), ("encoder", [1]),
+                                       ("files", {"dense.npy": "beef"}), ("milvus", {"uri": 3})])
+def test_a_manifest_value_of_the_wrong_type_is_refused(tmp_path, key, value):
+    # Before: a bare TypeError or AttributeError, or a wrong load.
+    path = tmp_path / "mem"
+    snapshot = save(path)
+    edit_manifest(snapshot, lambda manifest: manifest.__setitem__(key, value))
+    with pytest.raises(ValueError, match=f"corrupt: snapshot-[0-9a-f]+/manifest.json has {key}="):
+        backend.read_manifest(path)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00\x01binary", b"../../etc", b"", b"snapshot-0123456789ab"])
+def test_a_garbage_current_is_refused(tmp_path, content):
+    # Before: a bare UnicodeDecodeError, or a path outside the folder.
+    path = tmp_path / "mem"
+    save(path)
+    (path / "CURRENT").write_bytes(content)
+    with pytest.raises(ValueError, match="corrupt: CURRENT (must hold the name of a snapshot folder|names snapshot-)"):
+        backend.read_manifest(path)
+    with pytest.raises(ValueError, match="corrupt: CURRENT"):
+        MemoryIndex.load(path)
+
+
+def test_no_save_and_a_non_json_manifest(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no saved memory"):
+        MemoryIndex.load(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no saved memory"):
+        backend.read_manifest(tmp_path / "empty")
+    assert list((tmp_path / "empty").iterdir()) == []  # loading never creates a LOCK file
+    snapshot = save(tmp_path / "mem")
+    (snapshot / "manifest.json").write_bytes(b"\x80[")
+    with pytest.raises(ValueError, match="corrupt: snapshot-[0-9a-f]+/manifest.json cannot be read"):
+        backend.read_manifest(tmp_path / "mem")
+
+
+# What must keep working ------------------------------------------------------------------------
+
+
+def test_round_trip_keeps_ids_shared_by_two_users_and_odd_line_breaks(tmp_path):
+    path = tmp_path / "mem"
+    records, dense, sparse = bench.state(3)
+    records[0]["content"] = "line\u2028separator, next\x85line, paragraph\u2029end"
+    index = MemoryIndex(bench.DIM, bench.D_SAE)
+    index.add(records, dense, sparse)
+    index.save(path, MANIFEST)
+    loaded, manifest = MemoryIndex.load(path)
+    assert loaded._records == records and manifest["format_version"] == backend.FORMAT_VERSION
+    assert loaded.row_of[("u0", "m0")] == 0 and loaded.row_of[("u1", "m0")] == 1
+
+
+def test_a_format_1_save_without_checksums_still_loads(tmp_path):
+    path = tmp_path / "mem"
+    snapshot = save(path)
+    edit_manifest(snapshot, lambda manifest: (manifest.pop("files"), manifest.__setitem__("format_version", 1)))
+    assert MemoryIndex.load(path)[1]["token"] == 1
+    np.save(snapshot / "dense.npy", np.full((len(bench.state(1)[0]), bench.DIM), np.inf, np.float32))
+    refused(path, "corrupt: dense.npy holds NaN or infinite values")  # content is still checked
+
+
+def test_a_manifest_only_snapshot_as_milvus_writes(tmp_path):
+    path = tmp_path / "mem"
+    milvus = {"uri": "memory.db", "collection": "c", "index": "FLAT"}
+    sizes = {"dim": 8, "d_sae": 16, "index_type": None, "n_messages": 3}
+    backend.write_snapshot(path, {**MANIFEST, **sizes, "milvus": milvus})
+    snapshot, manifest = backend.read_manifest(path)
+    assert manifest["milvus"] == milvus and manifest["files"] == {}
+    assert {p.name for p in snapshot.iterdir()} == {"manifest.json"}
+    with pytest.raises(ValueError, match="Milvus"):
+        MemoryIndex.load(path)

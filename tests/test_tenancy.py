@@ -1,0 +1,238 @@
+"""No user can touch another's memories, and bad input never stores or loses anything.
+
+Regression tests, one or more per failure found by an attack on the public API, on both
+backends (``make`` runs each test in-process and on a real milvus-lite engine).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from langchain_core.messages import HumanMessage
+from llama_index.core.base.llms.types import ChatMessage
+
+import langchain_saememory
+import llama_index_saememory
+from llama_index_saememory.memory_block import SAEMemoryBlock, message_id
+from saememory import Message, SAEMemory
+from tests.helpers import QUESTION
+
+ALICE = [
+    {"id": "m1", "content": "My sister Ana moved to Lisbon last spring.", "session_id": "s1", "role": "user",
+     "timestamp": "2024-04-12", "metadata": {"mood": "happy"}},
+    {"id": "m2", "content": "I am allergic to peanuts.", "session_id": "s2"},
+]
+BOB = [{"id": "m1", "content": "My brother Tom lives in Oslo.", "session_id": "s1"}]
+
+
+@pytest.fixture
+def two_users(make) -> SAEMemory:
+    memory = make()
+    memory.add(ALICE, user_id="alice")
+    memory.add(BOB, user_id="bob")
+    return memory
+
+
+# 1 and 3: ids are per user; id-based calls act within one user -------------------------------
+
+
+def test_two_users_may_hold_the_same_id(two_users):
+    assert two_users.get("m1", user_id="alice")["content"] == ALICE[0]["content"]
+    assert two_users.get("m1", user_id="bob")["content"] == BOB[0]["content"]
+    assert len(two_users) == 3
+
+
+def test_another_users_id_is_answered_like_a_missing_one(two_users):
+    def error(call) -> str:
+        with pytest.raises(KeyError) as raised:
+            call()
+        return str(raised.value)
+
+    assert error(lambda: two_users.get("m2", user_id="bob")) == error(lambda: two_users.get("nope", user_id="bob")).replace("nope", "m2")
+    with pytest.raises(KeyError):
+        two_users.explain(QUESTION, "m2", user_id="bob")
+    with pytest.raises(KeyError):
+        two_users.delete("m2", user_id="bob")
+    with pytest.raises(KeyError):
+        two_users.update([{"id": "m2", "content": "hijacked"}], user_id="bob")
+    assert not two_users.contains("m2", user_id="bob") and two_users.contains("m2", user_id="alice")
+    assert two_users.get("m2", user_id="alice")["content"] == ALICE[1]["content"]  # untouched
+    # "already stored" speaks only of the caller's own ids: bob may add an id alice uses.
+    two_users.add([{"id": "m2", "content": "Bob's own note."}], user_id="bob")
+    assert two_users.get("m2", user_id="alice")["content"] == ALICE[1]["content"]
+
+
+def test_explain_returns_only_the_callers_message(two_users):
+    hit = two_users.explain("Where does my sibling live?", "m1", user_id="bob")
+    assert hit.user_id == "bob" and hit.content == BOB[0]["content"]
+    assert two_users.explain("Where does my sibling live?", "m1", user_id="alice").content == ALICE[0]["content"]
+
+
+def test_delete_acts_within_one_user(two_users):
+    two_users.delete("m1", user_id="bob")
+    assert two_users.get("m1", user_id="alice")["content"] == ALICE[0]["content"]
+    assert [h.id for h in two_users.search("Oslo", user_id="bob")] == []
+
+
+def test_update_changes_only_the_fields_given_and_never_the_owner(two_users):
+    two_users.update([{"id": "m1", "content": "My sister Ana moved to Porto."}], user_id="alice")
+    stored = two_users.get("m1", user_id="alice")
+    assert stored["content"] == "My sister Ana moved to Porto."
+    assert {k: stored[k] for k in ("session_id", "role", "timestamp", "user_id", "metadata")} == {
+        "session_id": "s1", "role": "user", "timestamp": "2024-04-12", "user_id": "alice", "metadata": {"mood": "happy"}}
+    assert two_users.get("m1", user_id="bob")["content"] == BOB[0]["content"]
+    assert two_users.search("Porto", k=1, user_id="alice")[0].content.endswith("Porto.")
+    two_users.update([{"id": "m1", "metadata": {"mood": "calm"}, "topic": "family"}], user_id="alice")
+    assert two_users.get("m1", user_id="alice")["metadata"] == {"mood": "calm", "topic": "family"}
+    assert two_users.get("m1", user_id="alice")["content"] == "My sister Ana moved to Porto."
+
+
+def test_update_cannot_move_a_message_to_another_user(two_users):
+    with pytest.raises(ValueError, match="user_id 'bob'.*'alice'"):
+        two_users.update([{"id": "m2", "content": "mine now", "user_id": "bob"}], user_id="alice")
+    with pytest.raises(KeyError):  # bob holds no m2: the message is looked up as bob's, not moved
+        two_users.update([{"id": "m2", "content": "mine now", "user_id": "bob"}])
+    assert two_users.get("m2", user_id="alice")["content"] == ALICE[1]["content"]
+    assert len(two_users.messages("bob")) == 1
+
+
+def test_update_with_a_message_object_keeps_what_it_does_not_give(two_users):
+    two_users.update([Message(content="I am allergic to peanuts and shellfish.", id="m2", user_id="alice")])
+    stored = two_users.get("m2", user_id="alice")
+    assert stored["session_id"] == "s2" and stored["content"].endswith("shellfish.")
+
+
+# 2 and 4: adapters and the memory block write only their own user's memory -------------------
+
+
+def test_langchain_retriever_writes_only_its_users_memory(two_users):
+    alice = langchain_saememory.SAEMemoryRetriever(memory=two_users, user_id="alice")
+    with pytest.raises(ValueError, match="'bob'"):
+        alice.add_messages([HumanMessage("I live in Oslo now.", additional_kwargs={"user_id": "bob"})])
+    with pytest.raises(ValueError, match="'bob'"):
+        alice.add_messages([{"content": "sneaky", "user_id": "bob"}])
+    assert len(two_users.messages("bob")) == 1
+    alice.add_messages([HumanMessage("I live in Madrid now.")])
+    assert [m["content"] for m in two_users.messages("alice")][-1] == "I live in Madrid now."
+
+
+def test_langchain_retriever_takes_the_user_per_call(two_users):
+    retriever = langchain_saememory.SAEMemoryRetriever(memory=two_users)
+    docs = retriever.invoke("Where does my brother live?", user_id="bob", k=1)
+    assert docs[0].metadata["user_id"] == "bob"
+
+
+def test_llama_index_retriever_writes_only_its_users_memory(two_users):
+    alice = llama_index_saememory.SAEMemoryRetriever(two_users, user_id="alice")
+    with pytest.raises(ValueError, match="'bob'"):
+        alice.add_messages([ChatMessage(role="user", content="x", additional_kwargs={"user_id": "bob"})])
+    assert len(two_users.messages("bob")) == 1
+
+
+def test_from_messages_bound_to_a_user_refuses_another_users_message(encoder):
+    with pytest.raises(ValueError, match="'bob'"):
+        langchain_saememory.SAEMemoryRetriever.from_messages(
+            [{"content": "hi", "user_id": "bob"}], user_id="alice", encoder=encoder)
+
+
+def test_memory_block_stores_under_its_user_and_ids_include_the_user(make):
+    memory = make()
+    said = ChatMessage(role="user", content="My cat is called Miso.")
+    assert message_id(said, "chat", "alice") != message_id(said, "chat", "bob")
+    for user in ("alice", "bob"):  # the same words in a same-named session, by two users
+        SAEMemoryBlock(memory=memory, user_id=user)._index([said], "chat")
+    assert [m["content"] for m in memory.messages("alice")] == [m["content"] for m in memory.messages("bob")] == [said.content]
+    block = SAEMemoryBlock(memory=memory, user_id="alice")
+    with pytest.raises(ValueError, match="'bob'"):
+        block._index([ChatMessage(role="user", content="x", additional_kwargs={"user_id": "bob"})], "chat")
+
+
+# 7: whatever add() accepts, save() can write ----------------------------------------------------
+
+
+@pytest.mark.parametrize("message,match", [
+    ({"content": "x", "metadata": {"when": dt.datetime(2024, 1, 1)}}, "datetime"),
+    ({"content": "x", "metadata": {"score": float("nan")}}, "JSON"),
+    ({"content": "x", "metadata": {1: "int key"}}, "unchanged"),
+    ({"content": "x", "metadata": {"pair": (1, 2)}}, "unchanged"),
+    ({"content": "x", "metadata": ["not", "a", "dict"]}, "metadata must be a dict"),
+    ({"content": "x", "id": "bad\udc80id"}, "surrogate"),
+    ({"content": "text with a lone \ud800 surrogate"}, "surrogate"),
+    ({"content": "x", "session_id": "\udfff"}, "surrogate"),
+])
+def test_add_refuses_what_save_cannot_write(make, tmp_path, message, match):
+    memory = make()
+    memory.add([{"content": "Kept.", "id": "kept"}])
+    with pytest.raises((TypeError, ValueError), match=match) as raised:
+        memory.add([message])
+    assert "Message 0" in str(raised.value)  # names the message
+    assert len(memory) == 1
+    memory.save(tmp_path / "m")  # and saving still works
+
+
+def test_update_refuses_what_save_cannot_write(two_users):
+    with pytest.raises(ValueError, match="datetime"):
+        two_users.update([{"id": "m1", "metadata": {"when": dt.date(2024, 1, 1)}}], user_id="alice")
+    assert two_users.get("m1", user_id="alice")["metadata"] == {"mood": "happy"}
+
+
+# 10: user ids: None is the default user; "" and non-strings are refused ---------------------
+
+
+@pytest.mark.parametrize("user_id,error", [("", ValueError), (0, TypeError), (5, TypeError), (b"alice", TypeError),
+                                           (["alice"], TypeError)])
+def test_bad_user_ids_are_refused_everywhere(two_users, user_id, error):
+    calls = [
+        lambda: two_users.search(QUESTION, user_id=user_id),
+        lambda: two_users.get("m1", user_id=user_id),
+        lambda: two_users.delete("m1", user_id=user_id),
+        lambda: two_users.update([{"id": "m1", "content": "x"}], user_id=user_id),
+        lambda: two_users.explain(QUESTION, "m1", user_id=user_id),
+        lambda: two_users.messages(user_id),
+        lambda: two_users.add([{"content": "x"}], user_id=user_id),
+        lambda: two_users.add([{"content": "x", "user_id": user_id}]),
+    ]
+    for call in calls:
+        with pytest.raises(error, match="user_id"):
+            call()
+    assert len(two_users) == 3
+
+
+def test_none_means_the_default_user(make):
+    memory = make()
+    memory.add([{"content": "Default user's note.", "id": "d", "user_id": None}])
+    assert memory.get("d")["user_id"] == "default" == memory.get("d", user_id=None)["user_id"]
+    assert memory.users() == ["default"] and "d" in memory
+
+
+@pytest.mark.parametrize("field", ["id", "session_id", "role"])
+def test_empty_strings_are_refused_not_replaced(make, field):
+    memory = make()
+    with pytest.raises(ValueError, match=f"{field} is an empty string"):
+        memory.add([{"content": "x", field: ""}])
+    assert len(memory) == 0
+
+
+# 12: our errors, not the libraries' ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"min_score": "1"}, ValueError, "min_score must be a finite number"),
+    ({"min_score": float("nan")}, ValueError, "min_score"),
+    ({"steer": {"music": float("nan")}}, ValueError, "steer"),
+    ({"steer": {3: "strong"}}, ValueError, "steer"),
+    ({"steer": {(1, 2): 1.0}}, TypeError, "steer key"),
+    ({"steer": [3, 4]}, TypeError, "steer must be a dict"),
+    ({"session_id": ""}, ValueError, "session_id"),
+    ({"fusion": "best"}, ValueError, "fusion"),
+])
+def test_bad_search_arguments_get_our_errors(two_users, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        two_users.search(QUESTION, user_id="alice", **kwargs)
+
+
+@pytest.mark.parametrize("query", ["lone \ud800 surrogate", "\udcff"])
+def test_a_query_that_is_not_valid_unicode_is_refused_clearly(two_users, query):
+    with pytest.raises(ValueError, match="query.*not valid Unicode"):
+        two_users.search(query, user_id="alice")
