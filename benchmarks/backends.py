@@ -42,7 +42,7 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from saememory.index import MemoryIndex  # noqa: E402
+from saememory.backends import FaissBackend  # noqa: E402
 from saememory.scoring import top_k  # noqa: E402
 
 DIM, D_SAE, WORDS_PER_MESSAGE, VOCAB = 384, 4096, 12, 5000
@@ -154,7 +154,8 @@ def run_local(n: int, n_queries: int, args) -> tuple[dict[str, Any], list[list[s
     records, dense, codes, qs = data(n, n_queries, args)
     gc.collect()
     before = rss()
-    local = MemoryIndex(DIM, D_SAE, stemmer=common.library_defaults()["bm25_stemmer"])
+    local = FaissBackend()
+    local.open(DIM, D_SAE, stemmer=common.library_defaults()["bm25_stemmer"])
     rate = insert(local, records, dense, codes, args.batch)
     grown = rss() - before
     exact, latency = timed_queries(local, qs, candidates=1)  # Flat: every message of the user is scored
@@ -170,7 +171,7 @@ def run_milvus(n: int, n_queries: int, exact: list[list[str]], args, workdir: Pa
     A fresh milvus-lite file per size, or, with ``--milvus-uri``, a collection per size and index
     on that Milvus, dropped afterwards.
     """
-    from saememory.milvus import MilvusBackend
+    from saememory.backends import MilvusBackend
 
     records, dense, codes, qs = data(n, n_queries, args)
     rows = []
@@ -180,7 +181,8 @@ def run_milvus(n: int, n_queries: int, exact: list[list[str]], args, workdir: Pa
         local_file = uri.endswith(".db")  # milvus-lite: its engine and files are this process' own
         gc.collect()
         before = rss()
-        remote = MilvusBackend(uri, collection, DIM, D_SAE, index=index, stemmer=common.library_defaults()["bm25_stemmer"])
+        remote = MilvusBackend(uri, collection, index=index)
+        remote.open(DIM, D_SAE, stemmer=common.library_defaults()["bm25_stemmer"])
         if len(remote):
             sys.exit(f"Collection {collection!r} on {uri} is not empty. Drop it, or point --milvus-uri at another Milvus.")
         rate = insert(remote, records, dense, codes, args.batch)
@@ -203,26 +205,26 @@ def run_milvus(n: int, n_queries: int, exact: list[list[str]], args, workdir: Pa
 
 def quality(args) -> list[dict[str, Any]]:
     """Real embeddings: LongMemEval dev turns, each question's haystack as one user, on both backends."""
-    from saememory import Encoder, SAEMemory
-    from saememory import longmemeval as lme
+    from saememory import Encoder, MilvusBackend, SAEMemory
+    from saememory.eval import longmemeval as lme
 
     questions = lme.load(DEV30)[: args.real_questions]
     encoder = Encoder()
     local = SAEMemory(encoder)
     workdir = Path(tempfile.mkdtemp(prefix="saememory-quality-"))
-    remotes = {c: SAEMemory(encoder, milvus_uri=str(workdir / "q.db"), milvus_collection=f"c{c}", candidates=c)
+    remotes = {c: SAEMemory(encoder, backend=MilvusBackend(str(workdir / "q.db"), f"c{c}"), candidates=c)
                for c in args.candidates}
     n = 0
     for question in questions:
         messages = [dict(m, user_id=question["question_id"], id=f"{question['question_id']}:{m['id']}")
                     for m in lme.messages(question, "user")]
         encoded = local._encode_records(messages, False)
-        local.index.add(messages, encoded.dense, encoded.sparse)
+        local.backend.add(messages, encoded.dense, encoded.sparse)
         for memory in remotes.values():
-            memory.index.add(messages, encoded.dense, encoded.sparse)
+            memory.backend.add(messages, encoded.dense, encoded.sparse)
         n += len(messages)
     for memory in remotes.values():
-        memory.index.flush()
+        memory.backend.flush()
     rows = []
     exact = [[h.id for h in local.search(q["question"], k=10, user_id=q["question_id"])] for q in questions]
     for candidates, memory in remotes.items():

@@ -4,7 +4,6 @@ its section of BENCHMARKS.md."""
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import platform
 import subprocess
@@ -57,17 +56,16 @@ def write_section(md_path: Path, section: str, start: str, end: str) -> None:
 
 
 def library_defaults() -> dict[str, Any]:
-    """The ranking settings of ``SAEMemory()``, read from its signature: what a user gets by default."""
+    """The ranking settings of ``SAEMemory()``: ``SearchConfig()``, what a user gets by default."""
     return dict(_defaults())
 
 
 @functools.cache
 def _defaults() -> tuple[tuple[str, Any], ...]:
     # Read once per process: default_scores runs inside timed loops.
-    from saememory import SAEMemory
-    from saememory.memory import SETTINGS
+    from saememory.ranking import SearchConfig
 
-    return tuple((n, p.default) for n, p in inspect.signature(SAEMemory.__init__).parameters.items() if n in SETTINGS)
+    return tuple(SearchConfig().to_dict().items())
 
 
 def default_scores(signals: Mapping[str, np.ndarray]) -> np.ndarray:

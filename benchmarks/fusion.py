@@ -29,7 +29,7 @@ import longmemeval as bench  # noqa: E402  (the LongMemEval harness: caches and 
 from common import commit, default_scores, library_defaults, machine, write_section  # noqa: E402
 
 from saememory import Encoder, EncoderConfig  # noqa: E402
-from saememory import longmemeval as lme  # noqa: E402
+from saememory.eval import longmemeval as lme  # noqa: E402
 from saememory.lexical import LexicalIndex  # noqa: E402
 from saememory.scoring import calibrate, fuse  # noqa: E402
 

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import commit, default_scores, library_defaults, machine, write_section  # noqa: E402
 
 from saememory import DEFAULT_SAE, Encoded, Encoder, EncoderConfig, SAEMemory  # noqa: E402
-from saememory import longmemeval as lme  # noqa: E402
+from saememory.eval import longmemeval as lme  # noqa: E402
 from saememory.lexical import LexicalIndex  # noqa: E402
 from saememory.scoring import SIGNALS, combine, fit_budget  # noqa: E402
 
@@ -758,7 +758,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], rs: list[Retriever],
         f"![recall_all@k vs context length]({plot_name})",
         "",
         "Notes: blank turns are not indexed and a session repeated inside one haystack is indexed once "
-        "(both never evidence; see `saememory.longmemeval`). The LlamaIndex BM25 is its own default (bm25s with "
+        "(both never evidence; see `saememory.eval.longmemeval`). The LlamaIndex BM25 is its own default (bm25s with "
         "an English stemmer and stopwords); LangChain's `BM25Retriever` is rank_bm25 over `str.split()`, its default. "
         "Question `gpt4_7a0daae1` is missing from the 499-question file (PROVENANCE.md).",
         MD_END,

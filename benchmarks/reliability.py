@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 
-from saememory import Encoder, SAEMemory  # noqa: E402
+from saememory import Encoder, MilvusBackend, SAEMemory  # noqa: E402
 
 USERS = ["alice", 'o"hara', "' OR 1=1 --", None]  # None: the default user
 HOSTILE_USERS = ["", 0, 5, b"alice", ["alice"], "\x00", "\u200b", "bad\ud800", 'alice" || user_id != "x', "x" * 600]
@@ -145,7 +145,7 @@ class Run:
 
 def run(backend: str, steps: int, seed: int, encoder: Encoder, folder: Path) -> dict[str, Counter]:
     if backend == "milvus":
-        memory = SAEMemory(encoder, milvus_uri=str(folder / "reliability.db"), milvus_collection=f"rel_{seed}")
+        memory = SAEMemory(encoder, backend=MilvusBackend(str(folder / "reliability.db"), f"rel_{seed}"))
     else:
         memory = SAEMemory(encoder)
     job = Run(memory, seed)

@@ -15,7 +15,7 @@ has completed; a load returning anything but exactly the state one saver began t
 records, vectors and codes, rebuilt from the token in the manifest); a round whose folder does
 not load so; leftovers after a clean save. The memories are small and synthetic (dimension 8,
 16 SAE features, up to 60 messages over two users sharing message ids), written through
-``MemoryIndex`` directly, so the child processes never import torch.
+``FaissBackend`` directly, so the child processes never import torch.
 """
 
 from __future__ import annotations
@@ -36,18 +36,19 @@ DIM, D_SAE, MAX_MESSAGES = 8, 16, 60
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november".split()
 
 
-def _import_index() -> Any:
-    """``saememory.index`` without ``saememory/__init__`` (which imports torch: 1 s per child instead of 0.3)."""
-    if "saememory" not in sys.modules:
-        import importlib.util
-        import types
+def new_index() -> Any:
+    """An empty, open ``FaissBackend`` of this benchmark's widths (``saememory``'s top level loads no torch)."""
+    from saememory.backends.faiss import FaissBackend
 
-        package = types.ModuleType("saememory")
-        package.__path__ = list(importlib.util.find_spec("saememory").submodule_search_locations)
-        sys.modules["saememory"] = package
-    from saememory import index
-
+    index = FaissBackend()
+    index.open(DIM, D_SAE)
     return index
+
+
+def load_index(folder: Any) -> tuple[Any, dict[str, Any]]:
+    from saememory.backends.faiss import FaissBackend
+
+    return FaissBackend.load(folder)
 
 
 def state(token: int) -> tuple[list[dict[str, Any]], Any, Any]:
@@ -66,7 +67,7 @@ def state(token: int) -> tuple[list[dict[str, Any]], Any, Any]:
 
 
 def mismatch(index: Any, token: int) -> str | None:
-    """Why a loaded ``MemoryIndex`` is not exactly the state saved under ``token``, or None."""
+    """Why a loaded ``FaissBackend`` is not exactly the state saved under ``token``, or None."""
     import numpy as np
 
     records, dense, sparse = state(token)
@@ -85,11 +86,10 @@ def _log(handle: int, *words: object) -> None:
 
 def saver(folder: Path, log: int) -> None:
     """Saves a new random memory to ``folder``, again and again."""
-    index_module = _import_index()
     while True:
         token = random.SystemRandom().getrandbits(62)
         records, dense, sparse = state(token)
-        index = index_module.MemoryIndex(DIM, D_SAE)
+        index = new_index()
         if records:
             index.add(records, dense, sparse)
         _log(log, "begin", token, time.time())
@@ -99,12 +99,11 @@ def saver(folder: Path, log: int) -> None:
 
 def loader(folder: Path, log: int) -> None:
     """Loads ``folder`` again and again, and checks each load against the state its token names."""
-    index_module = _import_index()
     loaded_once = False
     while True:
         started = time.time()
         try:
-            index, manifest = index_module.MemoryIndex.load(folder)
+            index, manifest = load_index(folder)
         except FileNotFoundError as err:
             if loaded_once:
                 _log(log, "fail", f"FileNotFoundError after a successful load: {err}")
@@ -192,7 +191,6 @@ def run_round(folder: Path, logs: Path, seconds: float, savers: int, loaders: in
 
 
 def _check_round(folder: Path, logs: Path, counts: Counts) -> None:
-    index_module = _import_index()
     begun, done_times, nosave_times = set(), [], []
     for log in logs.glob("*.log"):
         for line in log.read_text().splitlines():
@@ -214,7 +212,7 @@ def _check_round(folder: Path, logs: Path, counts: Counts) -> None:
     if late:
         counts.failures.append(f"{len(late)} loads found no save after the first save had completed")
     try:
-        index, manifest = index_module.MemoryIndex.load(folder)
+        index, manifest = load_index(folder)
     except FileNotFoundError:
         if done_times:
             counts.failures.append("the round's folder holds no save although saves completed")

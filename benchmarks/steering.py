@@ -4,7 +4,7 @@
 
 For each strict question (cached by ``benchmarks/longmemeval.py`` or ``benchmarks/fusion.py
 --fill``) and each evidence turn, the query is steered towards the turn's strongest SAE
-features that the query does not already share (``saememory.encoder.steer_code``, strength 1.0),
+features that the query does not already share (``saememory.interpret.steering.steer_code``, strength 1.0),
 and the turn's rank under ``SAEMemory()``'s default ranking is compared before and
 after. A second variant steers towards the features whose labels match the words of the gold
 answer: the feature-search a person would do. Writes the steering section of BENCHMARKS.md.
@@ -25,9 +25,9 @@ import longmemeval as bench  # noqa: E402
 from common import commit, default_scores, library_defaults, machine, write_section  # noqa: E402
 
 from saememory import Encoder, EncoderConfig  # noqa: E402
-from saememory import longmemeval as lme  # noqa: E402
-from saememory.encoder import steer_code  # noqa: E402
-from saememory.labels import find_features  # noqa: E402
+from saememory.eval import longmemeval as lme  # noqa: E402
+from saememory.interpret.labels import find_features  # noqa: E402
+from saememory.interpret.steering import steer_code  # noqa: E402
 from saememory.lexical import LexicalIndex  # noqa: E402
 
 ROOT = bench.ROOT

@@ -27,4 +27,4 @@ python -m saememory.train --corpus "$CORPUS" --out "$OUT/minilm-emb-topk2k" \
   --source embedding --layer 4 --d-sae 2048 --k 32 --max-texts 60000 --epochs 20 --batch-size 1024 --lr 4e-3 \
   --notes "Embedding source: the normalised all-MiniLM-L6-v2 sentence embedding (as in O'Neill et al. 2024). $NOTE"
 # Training rewrites each card whole; label the new weights again (labels.json, families.json, card sections).
-python benchmarks/label_saes.py
+python -m saememory.interpret.label

@@ -29,8 +29,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from langchain_saememory import SAEMemoryRetriever
-from saememory import DEFAULT_SAE, FUSIONS, Encoder, EncoderConfig, SAEMemory
-from saememory import longmemeval as lme
+from saememory import DEFAULT_SAE, FUSIONS, Encoder, EncoderConfig, MilvusBackend, SAEMemory
+from saememory.eval import longmemeval as lme
 
 PROMPT = (
     "You are a chat assistant with a long-term memory of your past conversations with this user.\n"
@@ -41,7 +41,7 @@ PROMPT = (
 FEATURES_PER_HIT = 3
 
 
-# --stack: (sparse preset, dense preset) of saememory.lm_encoder; "minilm" is the bundled default.
+# --stack: (sparse preset, dense preset) of saememory.encoders.lm; "minilm" is the bundled default.
 STACKS = {"minilm": None, "poster": ("gemma-2b-it-res-jb", "nomic-v1"), "gemma-scope": ("gemma-scope-2b-l12", "nomic-v1.5")}
 # --ranking: SAEMemory settings; "poster" is sqrt(max(dense, 0)² + sparse²) on raw scores, no BM25.
 RANKINGS = {"default": {}, "poster": {"fusion": "sqrt", "normalization": "none", "dense_weight": 1.0, "sparse_weight": 1.0,
@@ -130,7 +130,7 @@ def open_memory(encoder: Encoder, args: argparse.Namespace) -> SAEMemory:
     settings = {**RANKINGS[args.ranking], **({"fusion": args.fusion} if args.fusion else {})}
     if args.milvus is None:
         return SAEMemory(encoder, **settings)
-    memory = SAEMemory(encoder, milvus_uri=args.milvus, milvus_collection=args.milvus_collection, **settings)
+    memory = SAEMemory(encoder, backend=MilvusBackend(args.milvus, args.milvus_collection), **settings)
     for user in memory.users():
         memory.delete_user(user)
     return memory
@@ -185,12 +185,11 @@ def build_encoder(args: argparse.Namespace, sae: str | None) -> Any:
     """The encoder of ``--stack``, built once and shared by every question (so its cache works)."""
     if args.stack == "minilm":
         return Encoder(EncoderConfig(sae=sae, pooling=args.pooling or "max"))
-    from saememory.lm_encoder import LMEncoder, LMEncoderConfig
+    from saememory.encoders.lm import preset_encoder
 
     sparse, dense = STACKS[args.stack]
     extra = {"pooling": args.pooling} if args.pooling else {}
-    config = LMEncoderConfig.preset(sparse, dense, device=args.device, dtype=args.dtype, **extra)
-    return LMEncoder(config, cache_dir=args.cache_dir)
+    return preset_encoder(sparse, dense, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir, **extra)
 
 
 def main(argv: list[str] | None = None) -> None:

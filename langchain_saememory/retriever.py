@@ -11,11 +11,12 @@ from langchain_core.messages import BaseMessage
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
 
-from saememory import SAEMemory, check_user
+from saememory import SAEMemory, SearchConfig, check_user
+from saememory.backends import Backend
+from saememory.messages import message_dict, with_session
 
 # LangChain message types to chat roles.
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
-_PASSED_THROUGH = ("session_id", "timestamp", "user_id")
 
 
 def to_message_dicts(
@@ -30,19 +31,12 @@ def to_message_dicts(
     """
     out = []
     for message in messages:
-        if isinstance(message, BaseMessage):
-            data: dict[str, Any] = {
-                "content": message.text if isinstance(message.content, list) else message.content,
-                "role": _ROLES.get(message.type, message.type),
-            }
-            if message.id:
-                data["id"] = message.id
-            data.update({k: message.additional_kwargs[k] for k in _PASSED_THROUGH if k in message.additional_kwargs})
-        else:
-            data = dict(message)
-        if session_id is not None:
-            data.setdefault("session_id", session_id)
-        out.append(data)
+        if not isinstance(message, BaseMessage):
+            out.append(with_session(dict(message), session_id))
+            continue
+        text = message.text if isinstance(message.content, list) else message.content
+        extras = {**({"id": message.id} if message.id else {}), **message.additional_kwargs}
+        out.append(message_dict(text, _ROLES.get(message.type, message.type), extras, session_id))
     return out
 
 
@@ -96,6 +90,8 @@ class SAEMemoryRetriever(BaseRetriever):
         *,
         session_id: str | None = None,
         encoder: Any = None,
+        backend: Backend | None = None,
+        config: SearchConfig | None = None,
         show_progress: bool = False,
         **kwargs: Any,
     ) -> SAEMemoryRetriever:
@@ -110,13 +106,15 @@ class SAEMemoryRetriever(BaseRetriever):
                 (a multi-user import), and the retriever reads the default user.
             session_id: Session of messages that name none. Defaults to None ("default").
             encoder: An ``Encoder`` or ``EncoderConfig``. Defaults to the bundled MiniLM + SAE.
+            backend: Where the messages live (``FaissBackend`` or ``MilvusBackend``). Defaults to
+                None: in this process, exact.
+            config: The ranking settings, a ``SearchConfig``. Defaults to None: the default ranking.
             show_progress: Progress bar while encoding. Defaults to False.
-            **kwargs: Memory settings (``fusion``, ``index_type``, ...) and retriever fields
-                (``min_score``, ...).
+            **kwargs: Retriever fields (``min_score``, ``steer``, ``max_chars``, ...).
         """
-        dicts = to_message_dicts(messages, session_id)
-        memory, fields = SAEMemory.from_messages(dicts, encoder, show_progress, user_id, **kwargs)
-        return cls(memory=memory, k=k, user_id=user_id, **fields)
+        memory = SAEMemory(encoder, backend=backend, config=config)
+        memory.add(to_message_dicts(messages, session_id), show_progress=show_progress, user_id=user_id)
+        return cls(memory=memory, k=k, user_id=user_id, **kwargs)
 
     @classmethod
     def from_memory(cls, memory: SAEMemory, k: int = 10, **kwargs: Any) -> SAEMemoryRetriever:

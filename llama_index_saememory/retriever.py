@@ -10,9 +10,10 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-from saememory import EXPLANATION_KEYS, Hit, SAEMemory, check_user
+from saememory import EXPLANATION_KEYS, Hit, SAEMemory, SearchConfig, check_user
+from saememory.backends import Backend
+from saememory.messages import message_dict, with_session
 
-_PASSED_THROUGH = ("id", "session_id", "timestamp", "user_id")
 
 
 def to_message_dicts(
@@ -26,14 +27,11 @@ def to_message_dicts(
     """
     out = []
     for message in messages:
-        if isinstance(message, ChatMessage):
-            data: dict[str, Any] = {"content": message.content, "role": getattr(message.role, "value", message.role)}
-            data.update({k: message.additional_kwargs[k] for k in _PASSED_THROUGH if k in message.additional_kwargs})
-        else:
-            data = dict(message)
-        if session_id is not None:
-            data.setdefault("session_id", session_id)
-        out.append(data)
+        if not isinstance(message, ChatMessage):
+            out.append(with_session(dict(message), session_id))
+            continue
+        out.append(message_dict(message.content, getattr(message.role, "value", message.role),
+                                message.additional_kwargs, session_id))
     return out
 
 
@@ -102,6 +100,8 @@ class SAEMemoryRetriever(BaseRetriever):
         *,
         session_id: str | None = None,
         encoder: Any = None,
+        backend: Backend | None = None,
+        config: SearchConfig | None = None,
         show_progress: bool = False,
         **kwargs: Any,
     ) -> SAEMemoryRetriever:
@@ -116,12 +116,15 @@ class SAEMemoryRetriever(BaseRetriever):
                 (a multi-user import), and the retriever reads the default user.
             session_id: Session of messages that name none. Defaults to None ("default").
             encoder: An ``Encoder`` or ``EncoderConfig``. Defaults to the bundled MiniLM + SAE.
+            backend: Where the messages live (``FaissBackend`` or ``MilvusBackend``). Defaults to
+                None: in this process, exact.
+            config: The ranking settings, a ``SearchConfig``. Defaults to None: the default ranking.
             show_progress: Progress bar while encoding. Defaults to False.
-            **kwargs: Memory settings (``fusion``, ``index_type``, ...) and retriever arguments.
+            **kwargs: Retriever arguments (``min_score``, ``steer``, ``max_chars``, ...).
         """
-        dicts = to_message_dicts(messages, session_id)
-        memory, rest = SAEMemory.from_messages(dicts, encoder, show_progress, user_id, **kwargs)
-        return cls(memory, similarity_top_k=similarity_top_k, user_id=user_id, **rest)
+        memory = SAEMemory(encoder, backend=backend, config=config)
+        memory.add(to_message_dicts(messages, session_id), show_progress=show_progress, user_id=user_id)
+        return cls(memory, similarity_top_k=similarity_top_k, user_id=user_id, **kwargs)
 
     @classmethod
     def from_memory(cls, memory: SAEMemory, similarity_top_k: int = 10, **kwargs: Any) -> SAEMemoryRetriever:

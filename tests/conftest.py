@@ -11,6 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests must never reach for the network
 
 from saememory import Encoder, SAEMemory  # noqa: E402
+from saememory.backends import FaissBackend  # noqa: E402
 
 from tests.helpers import CONVERSATION  # noqa: E402
 
@@ -48,21 +49,24 @@ def make(request, encoder):
     """
     made = []
 
-    def build(enc=None, **kwargs) -> SAEMemory:
+    def build(enc=None, index: str | None = None, **kwargs) -> SAEMemory:
+        """``index`` is an approximate index for either backend ("HNSW32": FAISS' HNSW32, Milvus' HNSW)."""
         enc = enc or encoder
         if request.param == "milvus":
             from pymilvus import MilvusClient
 
-            from saememory.milvus import LITE_CONNECTION
+            from saememory.backends.milvus import LITE_CONNECTION, MilvusBackend
 
             identity = hashlib.sha1(json.dumps(enc.identity(), sort_keys=True).encode()).hexdigest()[:12]
-            db, name = request.getfixturevalue("milvus_db"), f"test_{len(made)}_{identity}"
+            db, name = request.getfixturevalue("milvus_db"), f"test_{len(made)}_{identity}_{index or 'flat'}"[:255]
             client = MilvusClient(db, **LITE_CONNECTION)  # no keepalive pings, which the engine refuses
             if client.has_collection(name):
                 client.delete(name, filter='id != ""')
             client.close()
-            kwargs = {"milvus_uri": db, "milvus_collection": name, **kwargs}
-        memory = SAEMemory(enc, **kwargs)
+            backend = MilvusBackend(db, name, index="HNSW" if index else "FLAT")
+        else:
+            backend = FaissBackend(index or "Flat")
+        memory = SAEMemory(enc, backend=backend, **kwargs)
         made.append(memory)
         assert len(memory) == 0
         return memory

@@ -19,7 +19,7 @@ def backends():
 def test_milvus_rows_against_exact_on_a_given_uri(backends, tmp_path):
     from pymilvus import MilvusClient
 
-    from saememory.milvus import LITE_CONNECTION
+    from saememory.backends.milvus import LITE_CONNECTION
 
     uri = str(tmp_path / "bench.db")
     args = SimpleNamespace(users=2, nnz=20, seed=0, milvus_index=["FLAT"], milvus_uri=uri, candidates=[500], batch=100)

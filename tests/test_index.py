@@ -1,4 +1,4 @@
-"""saememory.index: the FAISS index types that serve per-user search, deletion and training."""
+"""saememory.backends.faiss: the FAISS index types that serve per-user search, deletion and training."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from saememory import SAEMemory
-from saememory.index import MemoryIndex
+from saememory.backends import FaissBackend
 
 DIM, D_SAE = 8, 16
 SUPPORTED = ["Flat", "HNSW32", "IVF4,Flat", "IVF4,SQ8", "IVF2,PQ2x4", "SQ8"]
@@ -22,7 +22,7 @@ def _batch(rng, user: str, start: int, n: int):
     return records, dense, sparse
 
 
-def _search(index: MemoryIndex, user: str, rng, candidates: int = 500) -> list[str]:
+def _search(index: FaissBackend, user: str, rng, candidates: int = 500) -> list[str]:
     q = rng.standard_normal(DIM).astype(np.float32)
     ids, signals = index.score(user, None, q, sp.csr_matrix((1, D_SAE), dtype=np.float32), candidates)
     assert all(len(v) == len(ids) for v in signals.values())
@@ -32,7 +32,8 @@ def _search(index: MemoryIndex, user: str, rng, candidates: int = 500) -> list[s
 @pytest.mark.parametrize("index_type", SUPPORTED)
 def test_supported_types_select_delete_update_and_train_late(index_type):
     rng = np.random.default_rng(0)
-    index = MemoryIndex(DIM, D_SAE, index_type)
+    index = FaissBackend(index_type)
+    index.open(DIM, D_SAE)
     # A first batch far too small to train an IVF or PQ index: searched exactly meanwhile.
     index.add(*_batch(rng, "alice", 0, 3))
     index.add(*_batch(rng, "bob", 100, 2))
@@ -55,12 +56,12 @@ def test_supported_types_select_delete_update_and_train_late(index_type):
 @pytest.mark.parametrize("index_type", ["PQ4", "NSG32", "PCA4,Flat", "HNSW32_SQ8", "LSH", "not an index"])
 def test_other_types_are_refused_at_construction(index_type, encoder):
     with pytest.raises(ValueError, match="index_type.*use one of"):
-        SAEMemory(encoder, index_type=index_type)
+        SAEMemory(encoder, backend=FaissBackend(index_type))
 
 
 @pytest.mark.parametrize("index_type", ["IVF4,Flat", "HNSW32"])
 def test_a_memory_with_an_approximate_index_saves_and_loads_before_and_after_training(index_type, encoder, tmp_path):
-    memory = SAEMemory(encoder, index_type=index_type)
+    memory = SAEMemory(encoder, backend=FaissBackend(index_type))
     memory.add([{"content": "My sister Ana moved to Lisbon.", "id": "a"}, {"content": "I like tea.", "id": "b"}])
     memory.delete("b")
     memory.update([{"id": "a", "content": "My sister Ana moved to Porto."}])

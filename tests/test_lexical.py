@@ -78,6 +78,6 @@ def test_lexical_index_is_saved_and_loaded(encoder, tmp_path):
     before = [(h.id, round(h.bm25_score, 6), round(h.score, 6)) for h in memory.search("sister Lisbon", k=20)]
     memory.save(tmp_path / "m")
     loaded = SAEMemory.load(tmp_path / "m", encoder=encoder)
-    assert loaded.settings == memory.settings
+    assert loaded.config == memory.config
     assert [(h.id, round(h.bm25_score, 6), round(h.score, 6)) for h in loaded.search("sister Lisbon", k=20)] == before
     assert any(b > 0 for _, b, _ in before)

@@ -15,8 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 from saememory import Encoded, Encoder, EncoderConfig, Message, SAEMemory
-from saememory.index import MemoryIndex
-from saememory.milvus import MilvusBackend
+from saememory.backends import FaissBackend, MilvusBackend
 from tests.helpers import CONVERSATION, DISTRACTORS, PLANTED, QUESTION
 
 def ranking(memory: SAEMemory, query: str = QUESTION, **kwargs) -> list[tuple[str, float]]:
@@ -119,8 +118,7 @@ def test_users_never_see_each_other(make):
 
 
 def test_isolation_survives_deletes_and_approximate_index(make):
-    approximate = {"milvus_index": "HNSW"} if make.backend == "milvus" else {"index_type": "HNSW32"}
-    memory = make(candidates=2, **approximate)
+    memory = make(candidates=2, index="HNSW32")
     memory.add([{"content": t, "user_id": "u1" if i % 2 else "u2"} for i, t in enumerate(DISTRACTORS)])
     u1 = [m["id"] for m in memory.messages("u1")]
     memory.delete(u1[:3], user_id="u1")
@@ -159,8 +157,8 @@ def test_update_that_fails_in_the_engine_keeps_the_stored_version(memory, monkey
     def broken(*args, **kwargs):
         raise RuntimeError("engine went away")
 
-    target = memory.index.client if isinstance(memory.index, MilvusBackend) else memory.index
-    monkeypatch.setattr(target, "upsert" if isinstance(memory.index, MilvusBackend) else "add", broken)
+    target = memory.backend.client if isinstance(memory.backend, MilvusBackend) else memory.backend
+    monkeypatch.setattr(target, "upsert" if isinstance(memory.backend, MilvusBackend) else "add", broken)
     with pytest.raises(RuntimeError, match="engine went away"):
         memory.update([{"id": "planted", "content": "My sister Ana now lives in Porto.", "session_id": "s2"}])
     monkeypatch.undo()
@@ -189,7 +187,7 @@ def test_save_load_round_trip(memory, tmp_path, encoder):
     loaded.add([{"content": "A new memory after loading."}])
     assert len(loaded) == n + 1
     files = {p.name for p in (tmp_path / "mem").rglob("*") if p.is_file()}
-    if isinstance(memory.index, MemoryIndex):
+    if isinstance(memory.backend, FaissBackend):
         assert {"manifest.json", "dense.npy", "sparse.npz", "faiss.index", "records.jsonl", "CURRENT"} <= files
     else:  # the data lives in Milvus; the manifest says where
         assert files == {"manifest.json", "CURRENT", "LOCK"} and len(memory) == n + 1
@@ -341,7 +339,7 @@ def test_bad_settings(encoder):
     with pytest.raises(ValueError, match="fusion"):
         SAEMemory(encoder, fusion="sum")
     with pytest.raises(ValueError, match="index_type"):
-        SAEMemory(encoder, index_type="NotAnIndex")
+        SAEMemory(encoder, backend=FaissBackend("NotAnIndex"))
     with pytest.raises(ValueError, match="candidates"):
         SAEMemory(encoder, candidates=0)
 
@@ -463,7 +461,7 @@ def test_no_query_returns_another_users_message(make, candidates):
     memory = make(candidates=candidates)
     memory.add(_tenant_messages())
     memory.delete(f"{TENANTS[0]}-0", user_id=TENANTS[0])
-    queries = [memory._encode_query(q) for q in ["hiking in the mountains", 'note of o"hara', "alice's pasta"]]
+    queries = [memory.encoder.encode_query(q) for q in ["hiking in the mountains", 'note of o"hara', "alice's pasta"]]
     texts = ["hiking in the mountains", 'note of o"hara', "alice's pasta"]
     users = TENANTS + ["carol", 'alice" || user_id != "x']  # the last tries to break out of the filter
     for user in users:
@@ -475,7 +473,7 @@ def test_no_query_returns_another_users_message(make, candidates):
             for q, text in zip(queries, texts):
                 for lexical in (text, None):  # with and without the BM25 candidates
                     include = [f"{TENANTS[2]}-1", f"{TENANTS[0]}-2"]  # explain() of another user's id
-                    ids, signals = memory.index.score(user, session, q.dense[0], q.sparse[0], candidates, lexical, include)
+                    ids, signals = memory.backend.score(user, session, q.dense[0], q.sparse[0], candidates, lexical, include)
                     assert set(ids) <= expected and all(len(v) == len(ids) for v in signals.values())
                     if candidates >= 6:  # every message of the user is a candidate
                         assert set(ids) == expected
@@ -489,7 +487,7 @@ def test_no_query_returns_another_users_message(make, candidates):
 
 def test_milvus_ranks_as_in_process_when_every_message_is_a_candidate(encoder, tmp_path):
     messages = [dict(m, id=m.get("id") or f"m{i}") for i, m in enumerate(CONVERSATION)]
-    local, remote = SAEMemory(encoder), SAEMemory(encoder, milvus_uri=str(tmp_path / "m.db"), candidates=len(messages))
+    local, remote = SAEMemory(encoder), SAEMemory(encoder, backend=MilvusBackend(str(tmp_path / "m.db")), candidates=len(messages))
     for memory in (local, remote):
         memory.add(messages)
         memory.delete("m3")
@@ -508,7 +506,7 @@ def test_milvus_ranks_as_in_process_when_every_message_is_a_candidate(encoder, t
 
 
 def test_milvus_candidates_bound_the_ranking(encoder, tmp_path):
-    memory = SAEMemory(encoder, milvus_uri=str(tmp_path / "m.db"), candidates=2)
+    memory = SAEMemory(encoder, backend=MilvusBackend(str(tmp_path / "m.db")), candidates=2)
     memory.add(CONVERSATION)
     hits = memory.search(QUESTION, k=100)
     assert 2 <= len(hits) <= 6 and hits[0].id == "planted"  # at most 2 per signal, three signals
@@ -519,33 +517,37 @@ def test_milvus_candidates_bound_the_ranking(encoder, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"milvus_uri": "memory.sqlite"}, "path ending in .db"),
-    ({"milvus_uri": "/no/such/folder/m.db"}, "does not exist"),
-    ({"milvus_uri": 7}, "not a string"),
-    ({"milvus_uri": "m.db", "milvus_collection": "has-dash"}, "collection name"),
-    ({"milvus_uri": "m.db", "milvus_index": "IVF"}, "milvus_index"),
-    ({"milvus_uri": "m.db", "index_type": "HNSW32"}, "milvus_index"),
+    ({"uri": "memory.sqlite"}, "path ending in .db"),
+    ({"uri": "/no/such/folder/m.db"}, "does not exist"),
+    ({"uri": 7}, "not a string"),
+    ({"uri": "m.db", "collection": "has-dash"}, "collection name"),
+    ({"uri": "m.db", "index": "IVF"}, "index='IVF'"),
 ])
-def test_bad_milvus_settings_name_the_value(encoder, tmp_path, monkeypatch, kwargs, match):
+def test_bad_milvus_settings_name_the_value(tmp_path, monkeypatch, kwargs, match):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=match):
-        SAEMemory(encoder, **kwargs)
+        MilvusBackend(**kwargs)
+
+
+def test_backend_options_are_not_ranking_settings(encoder):
+    with pytest.raises(TypeError, match="backend=FaissBackend"):
+        SAEMemory(encoder, index_type="HNSW32")
 
 
 def test_milvus_refuses_a_collection_made_for_other_widths(encoder, tmp_path):
     db = str(tmp_path / "m.db")
-    SAEMemory(encoder, milvus_uri=db).add([{"content": "hello"}])
+    SAEMemory(encoder, backend=MilvusBackend(db)).add([{"content": "hello"}])
     dense_only = Encoder(EncoderConfig(sae=None), model=encoder.model)
     with pytest.raises(ValueError, match="d_sae=4096.*d_sae=0"):
-        SAEMemory(dense_only, milvus_uri=db)
-    memory = SAEMemory(dense_only, milvus_uri=db, milvus_collection="dense_only")  # placeholder codes work
+        SAEMemory(dense_only, backend=MilvusBackend(db))
+    memory = SAEMemory(dense_only, backend=MilvusBackend(db, "dense_only"))  # placeholder codes work
     memory.add([{"content": "Dense only, no SAE code.", "id": "d"}])
     hit = memory.search("dense", k=1)[0]
     assert hit.id == "d" and hit.sparse_score == 0.0 and hit.features == []
 
 
 def test_milvus_rejects_what_it_cannot_store(encoder, tmp_path):
-    memory = SAEMemory(encoder, milvus_uri=str(tmp_path / "m.db"))
+    memory = SAEMemory(encoder, backend=MilvusBackend(str(tmp_path / "m.db")))
     with pytest.raises(ValueError, match="65535"):
         memory.add([{"content": "word " * 14_000}])
     with pytest.raises(ValueError, match="control character"):
@@ -561,13 +563,14 @@ def test_adapters_run_on_milvus(encoder, tmp_path):
     from langchain_saememory import SAEMemoryRetriever as LangChainRetriever
     from llama_index_saememory import SAEMemoryRetriever as LlamaIndexRetriever
 
-    lc = LangChainRetriever.from_messages(CONVERSATION, k=2, encoder=encoder, milvus_uri=str(tmp_path / "lc.db"))
+    lc = LangChainRetriever.from_messages(CONVERSATION, k=2, encoder=encoder,
+                                       backend=MilvusBackend(str(tmp_path / "lc.db")))
     docs = lc.invoke(QUESTION)
-    assert isinstance(lc.memory.index, MilvusBackend) and docs[0].id == "planted" and len(docs) == 2
+    assert isinstance(lc.memory.backend, MilvusBackend) and docs[0].id == "planted" and len(docs) == 2
     li = LlamaIndexRetriever.from_messages(CONVERSATION, similarity_top_k=2, encoder=encoder,
-                                           milvus_uri=str(tmp_path / "li.db"), milvus_collection="chat")
+                                           backend=MilvusBackend(str(tmp_path / "li.db"), "chat"))
     nodes = li.retrieve(QUESTION)
-    assert isinstance(li.memory.index, MilvusBackend) and nodes[0].node.node_id == "planted"
+    assert isinstance(li.memory.backend, MilvusBackend) and nodes[0].node.node_id == "planted"
 
 
 def test_the_core_imports_without_pymilvus_and_says_what_to_install(encoder, monkeypatch, tmp_path):
@@ -578,7 +581,7 @@ def test_the_core_imports_without_pymilvus_and_says_what_to_install(encoder, mon
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
     monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if it were not installed
     with pytest.raises(ImportError, match=r'pip install "saememory\[milvus\]"'):
-        SAEMemory(encoder, milvus_uri=str(tmp_path / "m.db"))
+        SAEMemory(encoder, backend=MilvusBackend(str(tmp_path / "m.db")))
 
 
 def test_context_budget_keeps_the_best_that_fit(make):
@@ -599,7 +602,7 @@ def test_context_budget_keeps_the_best_that_fit(make):
 
 
 def test_bm25_stems_by_default_and_old_saves_keep_no_stemming(local_memory, tmp_path, encoder):
-    assert local_memory.settings["bm25_stemmer"] == "english"
+    assert local_memory.config.bm25_stemmer == "english"
     local_memory.add([{"id": "lessons", "content": "I started taking guitar lessons on Tuesdays."}])
     stemmed = {h.id: h.bm25_score for h in local_memory.search("guitar lesson", k=len(local_memory))}
     plain = SAEMemory(encoder, bm25_stemmer=None)
@@ -617,4 +620,4 @@ def test_bm25_stems_by_default_and_old_saves_keep_no_stemming(local_memory, tmp_
     del vocab["stemmer"]
     (snapshot / "bm25_vocab.json").write_text(json.dumps(vocab))
     old = SAEMemory.load(tmp_path / "old", encoder=encoder)
-    assert old.settings["bm25_stemmer"] is None and old.index.lexical.stemmer is None
+    assert old.config.bm25_stemmer is None and old.backend.lexical.stemmer is None

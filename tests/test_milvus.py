@@ -1,4 +1,4 @@
-"""saememory.milvus on its own: per-user message ids, refused collections and the idle connection.
+"""saememory.backends.milvus on its own: per-user message ids, refused collections and the idle connection.
 
 These build ``MilvusBackend`` directly (dim 4, d_sae 8, random vectors), on a real milvus-lite
 engine in a temporary file, without an encoder.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from saememory.milvus import LITE_CONNECTION, MilvusBackend
+from saememory.backends.milvus import LITE_CONNECTION, MilvusBackend
 
 DIM, D_SAE = 4, 8
 IDENTITY = {"model": "m", "pooling": "mean", "sae": {"name": "s", "sha256": "aa"}}
@@ -31,8 +31,10 @@ def vectors(n: int, seed: int = 0) -> tuple[np.ndarray, sp.csr_matrix]:
         n, D_SAE, density=0.5, format="csr", dtype=np.float32, random_state=seed)
 
 
-def backend(db, **kwargs) -> MilvusBackend:
-    return MilvusBackend(str(db), **{"collection": "c", "dim": DIM, "d_sae": D_SAE, "identity": IDENTITY, **kwargs})
+def backend(db, collection: str = "c", identity: dict | None = IDENTITY) -> MilvusBackend:
+    opened = MilvusBackend(str(db), collection)
+    opened.open(DIM, D_SAE, identity=identity)
+    return opened
 
 
 def test_two_users_may_hold_the_same_id(tmp_path):
@@ -74,7 +76,7 @@ def test_a_collection_of_the_previous_schema_is_refused(tmp_path):
     schema.add_field("dense", DataType.FLOAT_VECTOR, dim=DIM)
     schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
     client.create_collection("c", schema=schema, properties={"saememory.d_sae": str(D_SAE)})
-    with pytest.raises(ValueError, match=r"'c' at .*x\.db was made by an older saememory.*another milvus_collection"):
+    with pytest.raises(ValueError, match=r"'c' at .*x\.db was made by an older saememory.*another collection"):
         backend(db)
     backend(db, collection="c2").close()  # the fix the message names
 
@@ -86,14 +88,14 @@ def test_a_collection_made_with_another_encoder_is_refused(tmp_path):
     backend(db, identity=reordered).close()  # the same identity reopens it
     other_sae = {**IDENTITY, "sae": {"name": "s", "sha256": "bb"}}  # same widths, another SAE
     with pytest.raises(ValueError, match=r"'c' .* another encoder: identity\.sae\.sha256 is 'aa' there but 'bb' now\. "
-                                         r"Use the encoder it was made with or another milvus_collection"):
+                                         r"Use the encoder it was made with or another collection"):
         backend(db, identity=other_sae)
     with pytest.raises(ValueError, match=r"identity\.pooling is 'mean' there but 'cls' now"):
         backend(db, identity={**IDENTITY, "pooling": "cls"})
     with pytest.raises(ValueError, match=r"identity\.extra is absent there but 1 now"):
         backend(db, identity={**IDENTITY, "extra": 1})
-    MilvusBackend(str(db), "bare", dim=DIM, d_sae=D_SAE).close()  # made without an identity
-    with pytest.raises(ValueError, match=r"'bare' .* records no encoder identity.*another milvus_collection"):
+    backend(db, "bare", identity=None).close()  # made without an identity
+    with pytest.raises(ValueError, match=r"'bare' .* records no encoder identity.*another collection"):
         backend(db, collection="bare")
     with pytest.raises(ValueError, match=r"identity=.* is not JSON-serialisable"):
         backend(db, collection="new", identity={"model": object()})
@@ -113,7 +115,7 @@ def test_milvus_lite_connections_send_no_keepalive_pings(monkeypatch, tmp_path):
     monkeypatch.setattr(pymilvus, "MilvusClient", Recorder)
     for uri in (str(tmp_path / "x.db"), "http://localhost:19530"):
         with pytest.raises(RuntimeError, match="recorded"):
-            MilvusBackend(uri, dim=DIM)
+            MilvusBackend(uri).open(DIM, D_SAE)
     lite, server = made
     assert lite["dedicated"] is True  # a shared connection may carry another client's options
     assert lite["grpc_options"]["grpc.keepalive_time_ms"] == 2**31 - 1  # gRPC reads INT_MAX as "never"

@@ -1,7 +1,7 @@
-"""Saving and loading a MemoryIndex folder: across processes and kills, and against corrupt files.
+"""Saving and loading a FaissBackend folder: across processes and kills, and against corrupt files.
 
 Small synthetic memories (benchmarks/reliability_persistence.py's ``state``) written through
-``MemoryIndex`` directly: no encoder is needed, and the child processes never import torch.
+``FaissBackend`` directly: no encoder is needed, and the child processes never import torch.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from saememory import backend
-from saememory.index import MemoryIndex
+from saememory.backends import snapshot as backend
+from saememory.backends.faiss import FaissBackend
 from tests.helpers import ROOT, load_script
 
 bench = load_script(ROOT / "benchmarks" / "reliability_persistence.py")
@@ -27,7 +27,7 @@ MANIFEST = {"encoder": {}, "settings": {}}
 def save(path: Path, token: int = 1) -> Path:
     """Saves the memory of ``token`` to ``path``; returns its snapshot folder."""
     records, dense, sparse = bench.state(token)
-    index = MemoryIndex(bench.DIM, bench.D_SAE)
+    index = bench.new_index()
     index.add(records, dense, sparse)
     index.save(path, {**MANIFEST, "token": token})
     return snapshot_of(path)
@@ -51,7 +51,7 @@ def rehash(snapshot: Path, name: str) -> None:
 
 def refused(path: Path, match: str) -> str:
     with pytest.raises(ValueError, match=match) as err:
-        MemoryIndex.load(path)
+        FaissBackend.load(path)
     assert f"Saved memory at {path}" in str(err.value)
     return str(err.value)
 
@@ -81,27 +81,27 @@ def test_a_held_lock_makes_save_and_load_wait_then_fail_naming_the_folder(tmp_pa
         with pytest.raises(TimeoutError, match=f"save to {path}.*held its lock"):
             save(path, token=2)
         with pytest.raises(TimeoutError, match=f"load {path}"):
-            MemoryIndex.load(path)
+            FaissBackend.load(path)
         fcntl.flock(fd, fcntl.LOCK_SH)  # a reader: others may read, nobody may save
-        assert MemoryIndex.load(path)[1]["token"] == 1
+        assert FaissBackend.load(path)[1]["token"] == 1
         with pytest.raises(TimeoutError):
             save(path, token=2)
     finally:
         os.close(fd)
     save(path, token=2)
-    assert MemoryIndex.load(path)[1]["token"] == 2
+    assert FaissBackend.load(path)[1]["token"] == 2
 
 
 def test_a_failed_save_keeps_the_previous_one_and_removes_its_own_folder(tmp_path):
     path = tmp_path / "mem"
     save(path)
     records, dense, sparse = bench.state(2)
-    dense[1, 3] = np.nan  # a direct MemoryIndex user can add what SAEMemory would refuse
-    index = MemoryIndex(bench.DIM, bench.D_SAE)
+    dense[1, 3] = np.nan  # a direct FaissBackend user can add what SAEMemory would refuse
+    index = bench.new_index()
     index.add(records, dense, sparse)
     with pytest.raises(ValueError, match=f"Not saved to {path}: message 'm0' of user 'u1' holds NaN"):
         index.save(path, MANIFEST)
-    assert MemoryIndex.load(path)[1]["token"] == 1
+    assert FaissBackend.load(path)[1]["token"] == 1
     assert sorted(p.name for p in path.iterdir() if not p.name.startswith("snapshot-")) == ["CURRENT", "LOCK"]
 
 
@@ -198,12 +198,12 @@ def test_a_garbage_current_is_refused(tmp_path, content):
     with pytest.raises(ValueError, match="corrupt: CURRENT (must hold the name of a snapshot folder|names snapshot-)"):
         backend.read_manifest(path)
     with pytest.raises(ValueError, match="corrupt: CURRENT"):
-        MemoryIndex.load(path)
+        FaissBackend.load(path)
 
 
 def test_no_save_and_a_non_json_manifest(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no saved memory"):
-        MemoryIndex.load(tmp_path / "nothing")
+        FaissBackend.load(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no saved memory"):
         backend.read_manifest(tmp_path / "empty")
@@ -221,10 +221,10 @@ def test_round_trip_keeps_ids_shared_by_two_users_and_odd_line_breaks(tmp_path):
     path = tmp_path / "mem"
     records, dense, sparse = bench.state(3)
     records[0]["content"] = "line\u2028separator, next\x85line, paragraph\u2029end"
-    index = MemoryIndex(bench.DIM, bench.D_SAE)
+    index = bench.new_index()
     index.add(records, dense, sparse)
     index.save(path, MANIFEST)
-    loaded, manifest = MemoryIndex.load(path)
+    loaded, manifest = FaissBackend.load(path)
     assert loaded._records == records and manifest["format_version"] == backend.FORMAT_VERSION
     assert loaded.row_of[("u0", "m0")] == 0 and loaded.row_of[("u1", "m0")] == 1
 
@@ -233,7 +233,7 @@ def test_a_format_1_save_without_checksums_still_loads(tmp_path):
     path = tmp_path / "mem"
     snapshot = save(path)
     edit_manifest(snapshot, lambda manifest: (manifest.pop("files"), manifest.__setitem__("format_version", 1)))
-    assert MemoryIndex.load(path)[1]["token"] == 1
+    assert FaissBackend.load(path)[1]["token"] == 1
     np.save(snapshot / "dense.npy", np.full((len(bench.state(1)[0]), bench.DIM), np.inf, np.float32))
     refused(path, "corrupt: dense.npy holds NaN or infinite values")  # content is still checked
 
@@ -247,4 +247,4 @@ def test_a_manifest_only_snapshot_as_milvus_writes(tmp_path):
     assert manifest["milvus"] == milvus and manifest["files"] == {}
     assert {p.name for p in snapshot.iterdir()} == {"manifest.json"}
     with pytest.raises(ValueError, match="Milvus"):
-        MemoryIndex.load(path)
+        FaissBackend.load(path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from saememory import list_bundled_saes, load_labels, load_sae
-from saememory.encoder import BUNDLED_SAE_DIR
+from saememory.encoders.sentence_transformer import BUNDLED_SAE_DIR
 from saememory.sae import SAEConfig, SparseAutoencoder
 from tests.helpers import save_sae_lens_sae
 
@@ -127,4 +127,4 @@ def test_families_beside_weights_are_loaded_and_checked(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         stale = SparseAutoencoder.from_disk(path)
     assert stale.families == {} and stale.family(2) is None
-    assert "rerun benchmarks/label_saes.py" in caplog.text
+    assert "rerun python -m saememory.interpret.label" in caplog.text

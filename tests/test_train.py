@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from saememory import load_sae
-from saememory.train import TrainConfig, main, neighbour_recall, train
+from saememory.train import TrainConfig, main, neighbour_recall, read_corpus, train
 
 SUBJECTS = ["My sister", "Our neighbour", "The new manager", "My old roommate", "A friend from school",
             "My dentist", "The kids", "Grandpa"]
@@ -100,7 +100,7 @@ def test_resume_without_checkpoint_says_so(corpus, tmp_path):
 
 
 def test_config_rules():
-    with pytest.raises(ValueError, match="multiple of m \\* n"):
+    with pytest.raises(ValueError, match="h \\* m \\* n, but h=6, m=2, n=8"):
         TrainConfig(corpus=["x"], out="y", architecture="kronsae", d_sae=100, m=2, n=8)
     with pytest.raises(ValueError, match="architecture"):
         TrainConfig(corpus=["x"], out="y", architecture="gated")
@@ -118,3 +118,16 @@ def test_neighbour_recall_is_one_for_a_perfect_reconstruction():
 
     dense = torch.randn(50, 16)
     assert neighbour_recall(Identity(), dense) == 1.0
+
+
+def test_read_corpus_reads_longmemeval_json_through_the_eval_reader(tmp_path):
+    question = {"question_id": "q1", "haystack_session_ids": ["s1"], "haystack_dates": ["2024-01-01"],
+                "answer_session_ids": ["s1"], "haystack_sessions": [[
+                    {"role": "user", "content": "My sister moved to Lisbon."},
+                    {"role": "assistant", "content": "Lovely city!"},
+                    {"role": "user", "content": "  "}]]}
+    (tmp_path / "lme.json").write_text(json.dumps([question]))
+    assert read_corpus([str(tmp_path / "lme.json")]) == ["My sister moved to Lisbon.", "Lovely city!"]
+    (tmp_path / "other.json").write_text(json.dumps([{"text": "not LongMemEval"}]))
+    with pytest.raises(ValueError, match="not a LongMemEval file"):
+        read_corpus([str(tmp_path / "other.json")])

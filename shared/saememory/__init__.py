@@ -17,32 +17,43 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "DEFAULT_MODEL": "saememory.encoder",
-    "DEFAULT_SAE": "saememory.encoder",
-    "Encoded": "saememory.encoder",
-    "Encoder": "saememory.encoder",
-    "EncoderConfig": "saememory.encoder",
-    "list_bundled_saes": "saememory.encoder",
-    "load_sae": "saememory.encoder",
-    "DEFAULT_USER": "saememory.memory",
-    "EXPLANATION_KEYS": "saememory.memory",
-    "Hit": "saememory.memory",
-    "Message": "saememory.memory",
+    "DEFAULT_MODEL": "saememory.encoders.sentence_transformer",
+    "DEFAULT_SAE": "saememory.encoders.sentence_transformer",
+    "Encoded": "saememory.encoders.base",
+    "EncoderProtocol": "saememory.encoders.base",
+    "Encoder": "saememory.encoders.sentence_transformer",
+    "EncoderConfig": "saememory.encoders.sentence_transformer",
+    "list_bundled_saes": "saememory.encoders.sentence_transformer",
+    "load_sae": "saememory.encoders.sentence_transformer",
+    "DEFAULT_USER": "saememory.messages",
+    "Message": "saememory.messages",
+    "check_user": "saememory.messages",
+    "EXPLANATION_KEYS": "saememory.interpret.explain",
+    "Hit": "saememory.interpret.explain",
+    "format_hit": "saememory.interpret.explain",
     "SAEMemory": "saememory.memory",
-    "check_user": "saememory.memory",
-    "format_hit": "saememory.memory",
+    "SearchConfig": "saememory.ranking",
+    "Backend": "saememory.backends",
+    "FaissBackend": "saememory.backends",
+    "MilvusBackend": "saememory.backends",
     "SAEConfig": "saememory.sae",
     "SparseAutoencoder": "saememory.sae",
-    "load_labels": "saememory.sae",
+    "load_labels": "saememory.interpret.labels",
     "FUSIONS": "saememory.scoring",
     "combine": "saememory.scoring",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
-    from saememory.encoder import DEFAULT_MODEL, DEFAULT_SAE, Encoded, Encoder, EncoderConfig, list_bundled_saes, load_sae
-    from saememory.memory import DEFAULT_USER, EXPLANATION_KEYS, Hit, Message, SAEMemory, check_user, format_hit
-    from saememory.sae import SAEConfig, SparseAutoencoder, load_labels
+    from saememory.encoders.base import Encoded, EncoderProtocol
+    from saememory.encoders.sentence_transformer import DEFAULT_MODEL, DEFAULT_SAE, Encoder, EncoderConfig, list_bundled_saes, load_sae
+    from saememory.backends import Backend, FaissBackend, MilvusBackend
+    from saememory.interpret.explain import EXPLANATION_KEYS, Hit, format_hit
+    from saememory.memory import SAEMemory
+    from saememory.messages import DEFAULT_USER, Message, check_user
+    from saememory.ranking import SearchConfig
+    from saememory.interpret.labels import load_labels
+    from saememory.sae import SAEConfig, SparseAutoencoder
     from saememory.scoring import FUSIONS, combine
 
 

@@ -4,7 +4,8 @@ A directory holds ``cfg.json`` and ``sae_weights.safetensors`` exactly as
 ``sae_lens.SAE.save_inference_model`` writes them, so it also loads with
 ``sae_lens.SAE.load_from_disk``. Importing sae_lens takes about ten seconds, so the
 query path uses this module instead; ``tests/test_sae.py`` proves both encode alike.
-An optional ``labels.json`` beside the weights names the features.
+Optional ``labels.json`` and ``families.json`` beside the weights name the features and group
+them (``saememory.interpret.labels`` and ``saememory.interpret.families``).
 
 Besides sae-lens' own ``topk``, ``standard`` and ``jumprelu`` SAEs it reads ``kronsae`` SAEs
 (Kurochkin et al. 2025), trained by ``saememory.kronsae``; the mAND maths lives here so that
@@ -23,11 +24,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from saememory.interpret.families import FAMILIES_FILENAME, load_families
+from saememory.interpret.labels import LABELS_FILENAME, find_features, load_labels
+
 logger = logging.getLogger(__name__)
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
-LABELS_FILENAME = "labels.json"
-FAMILIES_FILENAME = "families.json"
 ARCHITECTURES = ("topk", "standard", "jumprelu", "kronsae")
 
 
@@ -197,13 +199,12 @@ class SparseAutoencoder:
             made_for = made_for.get("sae_sha256") if isinstance(made_for, dict) else None
             if made_for not in (None, sha256):  # optional explanations must not make the SAE unusable
                 logger.warning("Labels in %s were made for other weights (sha256 %s); not attached. "
-                               "Rerun benchmarks/label_saes.py for these weights.", path, made_for)
+                               "Rerun python -m saememory.interpret.label --saes %s for these weights.",
+                               path, made_for, path)
             else:
                 labels = load_labels(path / LABELS_FILENAME)
         sae = cls(cfg, weights, labels, name=name or path.name, sha256=sha256)
         if (path / FAMILIES_FILENAME).is_file():
-            from saememory.labels import load_families
-
             try:
                 sae.set_families(load_families(path / FAMILIES_FILENAME, sae_sha256=sae.sha256))
             except ValueError as err:  # optional explanations must not make the SAE unusable
@@ -250,7 +251,7 @@ class SparseAutoencoder:
         return self.labels.get(int(feature))
 
     def set_families(self, families: dict[int, dict[str, Any]]) -> None:
-        """Attaches feature families (``saememory.labels.load_families``): parent, root, depth."""
+        """Attaches feature families (``saememory.interpret.families.load_families``): parent, root, depth."""
         self.families = dict(families)
         self._family_sizes = {}
         for record in self.families.values():
@@ -258,6 +259,9 @@ class SparseAutoencoder:
 
     def family(self, feature: int) -> dict[str, Any] | None:
         """A feature's family as a hit carries it, or None without families or a record.
+
+        Args:
+            feature: Feature id.
 
         Returns:
             ``{"root", "root_label", "parent", "parent_label", "depth", "size"}``.
@@ -278,13 +282,11 @@ class SparseAutoencoder:
     def find_features(self, text: str, limit: int = 5) -> list[int]:
         """Features whose label holds the words of ``text``, best match first.
 
-        See ``saememory.labels.find_features`` for the matching rules.
+        See ``saememory.interpret.labels.find_features`` for the matching rules.
 
         Raises:
             ValueError: If the SAE has no labels, or none matches.
         """
-        from saememory.labels import find_features
-
         if not self.labels:
             raise ValueError(f"SAE {self.name!r} has no feature labels; steer by feature id instead.")
         found = find_features(self.labels, text, limit)
@@ -344,54 +346,3 @@ def kron_latents(pre: torch.Tensor, h: int, m: int, n: int) -> torch.Tensor:
     heads = pre.reshape(*pre.shape[:-1], h, m + n)
     p, q = heads[..., :m], heads[..., m:]
     return mand(p.unsqueeze(-1), q.unsqueeze(-2)).reshape(*pre.shape[:-1], h * m * n)
-
-
-def load_labels(path: str | Path, neuronpedia_id: str | None = None) -> dict[int, str]:
-    """Reads feature labels from a JSON file.
-
-    Two layouts are accepted: saememory's ``{"labels": {"<id>": "<label>", ...}}`` (or the bare
-    mapping) and a Neuronpedia explanations export, a list of records with ``index`` and
-    ``description``. When a feature has several explanations the first one wins.
-
-    Args:
-        path: The JSON file.
-        neuronpedia_id: ``"<modelId>/<layer>"`` (e.g. ``"gemma-2b-it/12-res-jb"``). When given and
-            the export's records carry ``modelId``, only records of that SAE are kept. Defaults
-            to None (all records).
-
-    Raises:
-        ValueError: If the file is in neither layout, the id is malformed, or no record matches it.
-    """
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if isinstance(data, dict) and isinstance(data.get("labels"), dict):
-        data = data["labels"]
-    labels: dict[int, str] = {}
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if isinstance(value, dict):
-                value = value.get("label") or value.get("description")
-            if value:
-                labels[int(key)] = str(value)
-        return labels
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a mapping of feature id to label or a list of records.")
-    for record in data:
-        if not isinstance(record, dict) or "index" not in record:
-            raise ValueError(
-                f"{path}: a list of labels must hold records with 'index' and 'description' "
-                f"(a Neuronpedia export); got {str(record)[:80]!r}."
-            )
-    if neuronpedia_id is not None and any("modelId" in r for r in data):
-        model_id, _, layer = neuronpedia_id.partition("/")
-        if not model_id or not layer:
-            raise ValueError(f"neuronpedia_id={neuronpedia_id!r} is not '<modelId>/<layer>', e.g. 'gemma-2b-it/12-res-jb'.")
-        kept = [r for r in data if r.get("modelId") == model_id and str(r.get("layer")) == layer]
-        if not kept:
-            found = sorted({f"{r.get('modelId')}/{r.get('layer')}" for r in data})
-            raise ValueError(f"{path} has no record of {neuronpedia_id!r}; it holds {found[:5]}. Export this SAE's explanations.")
-        data = kept
-    for record in data:
-        description = str(record.get("description") or "").strip()
-        if description:
-            labels.setdefault(int(record["index"]), description)
-    return labels

@@ -39,7 +39,9 @@ import numpy as np
 import torch
 
 from saememory.config import DictConfig
-from saememory.encoder import DEFAULT_MODEL, Encoder, EncoderConfig
+from saememory.encoders.sentence_transformer import DEFAULT_MODEL, Encoder, EncoderConfig
+from saememory.eval import longmemeval
+from saememory.sae import check_kron_shape
 
 logger = logging.getLogger(__name__)
 SOURCES = ("residual", "embedding")
@@ -136,19 +138,9 @@ class TrainConfig(DictConfig):
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0 disables), got {self.checkpoint_every}.")
         if self.architecture == "kronsae":
-            if self.m <= 0 or self.n <= 0 or self.d_sae % (self.m * self.n):
-                raise ValueError(
-                    f"A KronSAE has d_sae = h * m * n latents; d_sae={self.d_sae} is not a multiple "
-                    f"of m * n = {self.m} * {self.n}. Pick m and n whose product divides d_sae."
-                )
-            if self.h is None:
-                self.h = self.d_sae // (self.m * self.n)
-            if self.h * self.m * self.n != self.d_sae:
-                raise ValueError(
-                    f"h * m * n = {self.h} * {self.m} * {self.n} = {self.h * self.m * self.n} must equal "
-                    f"d_sae={self.d_sae}; leave h unset to derive it."
-                )
-
+            if self.h is None and self.m > 0 and self.n > 0:
+                self.h = self.d_sae // (self.m * self.n)  # a remainder fails the check below
+            check_kron_shape(self.d_sae, self.h, self.m, self.n)
 
 
 @dataclass
@@ -173,22 +165,31 @@ class Activations:
 
 
 def read_corpus(paths: list[str]) -> list[str]:
-    """Reads messages from text, JSONL or LongMemEval JSON files (gzipped or not)."""
+    """Reads messages from text, JSONL or LongMemEval JSON files (gzipped or not).
+
+    Args:
+        paths: ``.txt`` (or any other name: one message per line), ``.jsonl`` (one message per
+            line, its ``text`` or ``content``) or ``.json`` (LongMemEval: every turn of every
+            haystack session, both roles, read by ``saememory.eval.longmemeval``), each
+            optionally ``.gz``.
+
+    Returns:
+        The non-blank messages, in file order.
+    """
     texts: list[str] = []
     for raw in paths:
         path = Path(raw)
-        opener = gzip.open if path.suffix == ".gz" else open
         stem = path.name[:-3] if path.suffix == ".gz" else path.name
+        if stem.endswith(".json"):
+            texts.extend(m["content"] for q in longmemeval.load(path) for m in longmemeval.messages(q, roles="all"))
+            continue
+        opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt", encoding="utf-8") as handle:
             if stem.endswith(".jsonl"):
                 for line in handle:
                     if line.strip():
                         record = json.loads(line)
                         texts.append(str(record.get("text") or record.get("content") or ""))
-            elif stem.endswith(".json"):
-                for item in json.load(handle):
-                    for session in item.get("haystack_sessions", []):
-                        texts.extend(str(turn.get("content", "")) for turn in session)
             else:
                 texts.extend(line.rstrip("\n") for line in handle)
     return [t for t in texts if t.strip()]
@@ -201,12 +202,17 @@ def sample_texts(texts: list[str], max_texts: int, seed: int) -> list[str]:
     return unique[:max_texts]
 
 
+def activation_cache(cfg: TrainConfig, texts: list[str]) -> Path:
+    """The file ``collect`` caches the activations of ``texts`` in (model, layer and texts decide)."""
+    key = hashlib.sha256(json.dumps([cfg.model, cfg.layer, texts]).encode()).hexdigest()[:16]
+    return Path(cfg.cache_dir) / f"{key}.safetensors"
+
+
 def collect(cfg: TrainConfig, texts: list[str]) -> tuple[torch.Tensor, np.ndarray]:
     """Token states of ``cfg.layer`` and dense embeddings of ``texts``, cached on disk."""
     from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha256(json.dumps([cfg.model, cfg.layer, texts]).encode()).hexdigest()[:16]
-    path = Path(cfg.cache_dir) / f"{key}.safetensors"
+    path = activation_cache(cfg, texts)
     if path.is_file():
         cached = load_file(str(path))
         return cached["tokens"], cached["dense"].numpy()

@@ -1,4 +1,4 @@
-"""saememory.encoder: one forward pass, the right layer, the right pooling, clear errors."""
+"""saememory.encoders.sentence_transformer: one forward pass, the right layer, the right pooling, clear errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from saememory import Encoder, EncoderConfig, load_sae
-from saememory.encoder import MINILM_SHA256, load_sentence_transformer
+from saememory.encoders.sentence_transformer import MINILM_SHA256, load_sentence_transformer
 from tests.helpers import save_sae_lens_sae
 
 TEXTS = ["My sister lives in Lisbon.", "I bought a new tennis racket yesterday and it arrived today!"]

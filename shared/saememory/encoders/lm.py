@@ -1,6 +1,6 @@
 """The poster's stack: SAE codes of a causal LM's residual stream, plus a sentence-transformers dense side.
 
-``LMEncoder`` implements the encoder protocol ``SAEMemory`` takes:
+``LMEncoder`` implements ``EncoderProtocol`` (``saememory.encoders.base``):
 
 - sparse side (``LMResidualEncoder``): a causal LM from transformers (e.g. ``google/gemma-2b-it``)
   reads each message with BOS prepended; the SAE's ``hook_name`` (``blocks.<L>.hook_resid_post``
@@ -8,7 +8,8 @@
   (or input) is captured, and the forward pass stops there, so blocks after ``L`` never run. Every
   token but BOS and padding is encoded by the SAE, the codes are pooled per message (``mean``, the
   poster's choice, or ``max``) and L2-normalised.
-- dense side: saememory's ``Encoder`` with ``sae=None`` (e.g. Nomic through sentence-transformers).
+- dense side: saememory's ``Encoder`` with ``sae=None`` (e.g. Nomic through sentence-transformers;
+  ``saememory.encoders.sentence_transformer``).
 
 ``blocks.<L>.hook_resid_post`` is the output of block ``L``: transformers' ``hidden_states[L + 1]``
 for every block but the last (whose ``hidden_states`` entry has the final norm applied; the hook
@@ -21,6 +22,7 @@ encoder identity, in memory and optionally in a directory of ``.npz`` files (no 
 message shared by many questions is encoded once.
 
     >>> encoder = poster_encoder(device="cuda", dtype="bfloat16")  # Gemma-2B-it + jb SAE + Nomic v1
+    >>> encoder = preset_encoder("gemma-scope-2b-l12", "nomic-v1.5", pooling="max")
     >>> memory = SAEMemory(encoder)
 """
 
@@ -40,8 +42,11 @@ import scipy.sparse as sp
 import torch
 
 from saememory.config import DictConfig
-from saememory.encoder import POOLINGS, Encoded, Encoder, EncoderConfig, steer_code
-from saememory.sae import SAEConfig, SparseAutoencoder, load_labels
+from saememory.encoders.base import POOLINGS, Encoded
+from saememory.encoders.sentence_transformer import Encoder, EncoderConfig
+from saememory.interpret.labels import load_labels
+from saememory.interpret.steering import steer_code
+from saememory.sae import SAEConfig, SparseAutoencoder
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ _HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(post|pre)$")
 _BLOCK_PATHS = ("model.layers", "layers", "model.language_model.layers", "transformer.h", "h", "gpt_neox.layers")
 
 # Sparse side: a causal LM and a residual SAE of it (ids checked against sae-lens'
-# pretrained_saes.yaml by tests/test_lm_encoder.py).
+# pretrained_saes.yaml by tests/encoders/test_lm.py).
 SPARSE_PRESETS: dict[str, dict[str, Any]] = {
     # The poster: Gemma 1 2B instruction-tuned, Joseph Bloom's 16k ReLU SAE on block 12's output.
     "gemma-2b-it-res-jb": {
@@ -446,8 +451,7 @@ class CodeCache:
 class LMEncoder:
     """Dense vectors from sentence-transformers and sparse SAE codes from a causal LM.
 
-    Implements the encoder protocol of ``SAEMemory`` (``encode_documents``, ``encode_query``,
-    ``identity``, ``steer``, ``dim``, ``d_sae``, ``sae``, ``config``).
+    Implements ``EncoderProtocol`` (``saememory.encoders.base``).
 
     Args:
         config: Settings. Defaults to ``LMEncoderConfig()``, the poster's stack.
@@ -550,7 +554,7 @@ class LMEncoder:
         return Encoded(dense=dense.dense, sparse=sparse, truncated=dense.truncated | truncated)
 
     def steer(self, query: Encoded, strengths: dict[int, float]) -> Encoded:
-        """Boosts or suppresses SAE features of an encoded query; see ``saememory.encoder.steer_code``.
+        """Boosts or suppresses SAE features of an encoded query; see ``saememory.interpret.steering``.
 
         The sparse code changes as for saememory's residual source; the dense vector does not.
         """
@@ -560,32 +564,48 @@ class LMEncoder:
         return Encoded(dense=query.dense, sparse=sparse, truncated=query.truncated)
 
 
-def poster_encoder(device: str = "cuda", dtype: str = "bfloat16", **overrides: Any) -> LMEncoder:
-    """The poster's stack: gemma-2b-it, SAE ``gemma-2b-it-res-jb`` / ``blocks.12.hook_resid_post``
-    (mean pooling), Nomic embed text v1 without prefixes.
+def preset_encoder(
+    sparse: str = "gemma-2b-it-res-jb",
+    dense: str = "nomic-v1",
+    *,
+    device: str = "cuda",
+    dtype: str = "bfloat16",
+    cache_dir: str | Path | None = None,
+    **overrides: Any,
+) -> LMEncoder:
+    """An ``LMEncoder`` from named presets (``LMEncoderConfig.preset``).
 
     Args:
+        sparse: A key of ``SPARSE_PRESETS``. Defaults to ``"gemma-2b-it-res-jb"`` (the poster).
+        dense: A key of ``DENSE_PRESETS``. Defaults to ``"nomic-v1"`` (the poster).
         device: Where both models run. Defaults to ``"cuda"``.
-        dtype: Gemma's weights. Defaults to ``"bfloat16"``.
-        **overrides: Other ``LMEncoderConfig`` fields, and ``cache_dir``.
+        dtype: The LM's weights. Defaults to ``"bfloat16"``.
+        cache_dir: A directory keeping message codes across runs. Defaults to None (in memory).
+        **overrides: Other ``LMEncoderConfig`` fields, e.g. ``pooling="max"`` or ``labels=...``.
+
+    Raises:
+        ValueError: For an unknown preset name.
     """
-    cache_dir = overrides.pop("cache_dir", None)
-    config = LMEncoderConfig.preset("gemma-2b-it-res-jb", "nomic-v1", device=device, dtype=dtype, **overrides)
+    config = LMEncoderConfig.preset(sparse, dense, device=device, dtype=dtype, **overrides)
     return LMEncoder(config, cache_dir=cache_dir)
+
+
+def poster_encoder(device: str = "cuda", dtype: str = "bfloat16", **overrides: Any) -> LMEncoder:
+    """The poster's stack: ``preset_encoder("gemma-2b-it-res-jb", "nomic-v1", ...)``.
+
+    gemma-2b-it, SAE ``gemma-2b-it-res-jb`` / ``blocks.12.hook_resid_post`` (mean pooling), Nomic
+    embed text v1 without prefixes. Arguments as ``preset_encoder``'s.
+    """
+    return preset_encoder("gemma-2b-it-res-jb", "nomic-v1", device=device, dtype=dtype, **overrides)
 
 
 def gemma_scope_encoder(device: str = "cuda", dtype: str = "bfloat16", **overrides: Any) -> LMEncoder:
-    """Gemma 2 2B with the canonical 16k Gemma Scope SAE of block 12 (mean pooling), Nomic v1.5
-    with its task prefixes.
+    """Gemma Scope: ``preset_encoder("gemma-scope-2b-l12", "nomic-v1.5", ...)``.
 
-    Args:
-        device: Where both models run. Defaults to ``"cuda"``.
-        dtype: Gemma's weights. Defaults to ``"bfloat16"``.
-        **overrides: Other ``LMEncoderConfig`` fields, and ``cache_dir``.
+    Gemma 2 2B with the canonical 16k Gemma Scope SAE of block 12 (mean pooling), Nomic v1.5 with
+    its task prefixes. Arguments as ``preset_encoder``'s.
     """
-    cache_dir = overrides.pop("cache_dir", None)
-    config = LMEncoderConfig.preset("gemma-scope-2b-l12", "nomic-v1.5", device=device, dtype=dtype, **overrides)
-    return LMEncoder(config, cache_dir=cache_dir)
+    return preset_encoder("gemma-scope-2b-l12", "nomic-v1.5", device=device, dtype=dtype, **overrides)
 
 
 __all__ = [
@@ -603,4 +623,5 @@ __all__ = [
     "neuronpedia_labels",
     "parse_hook",
     "poster_encoder",
+    "preset_encoder",
 ]

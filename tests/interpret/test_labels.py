@@ -1,4 +1,4 @@
-"""saememory.labels: planted terms win, the check counts right, families follow density; shipped files fit."""
+"""saememory.interpret.labels: planted terms win, the check counts right, files round-trip; shipped labels fit."""
 
 from __future__ import annotations
 
@@ -11,25 +11,19 @@ import scipy.sparse as sp
 import torch
 
 from saememory import Encoder, EncoderConfig, list_bundled_saes, load_labels
-from saememory.encoder import BUNDLED_SAE_DIR
-from saememory.labels import (
+from saememory.encoders.sentence_transformer import BUNDLED_SAE_DIR
+from saememory.interpret.families import load_families
+from saememory.interpret.label import embedding_codes, residual_codes
+from saememory.interpret.labels import (
     STOPWORDS,
     check_labels,
-    cooccurrence,
-    describe_family,
     distinctive_terms,
-    embedding_codes,
-    family_parents,
-    feature_families,
     find_features,
     format_label,
     label_terms,
-    load_families,
-    residual_codes,
     split_words,
     stopword_mask,
     top_examples,
-    write_families,
     write_labels,
 )
 from saememory.sae import SAEConfig, SparseAutoencoder
@@ -119,52 +113,11 @@ def test_check_rate_and_lift_on_a_hand_made_case():
         check_labels(sp.csr_matrix(acts), sp.csr_matrix(holds), vocab, {0: "a"}, min_fires=5)
 
 
-def hand_made_cooccurrence() -> np.ndarray:
-    """Features A=0 (fires 100 times), B=1 (50), C=2 (20), D=3 (30), E=4 (10)."""
-    cooc = np.diag([100.0, 50.0, 20.0, 30.0, 10.0])
-    for i, j, n in [(0, 1, 40), (1, 2, 15), (0, 2, 12), (0, 3, 20), (1, 3, 5), (0, 4, 1)]:
-        cooc[i, j] = cooc[j, i] = n
-    return cooc
-
-
-def test_families_point_from_denser_to_sparser():
-    cooc = hand_made_cooccurrence()
-    # Weights: AB .78, BC .71, AD .65, AC .57 (a cycle: left out), BD .16, AE .09 (below 0.1).
-    parent = family_parents(cooc, np.ones(5, bool))
-    assert parent.tolist() == [-1, 0, 1, 0, -1]
-    families = feature_families(cooc, n_messages=1000)
-    assert families[0]["children"] == [1, 3] and families[1]["children"] == [2]
-    assert [families[f]["root"] for f in range(5)] == [0, 0, 0, 0, 4]
-    assert families[2]["depth"] == 2 and families[2]["parent"] == 1
-    # Level 2 drops A, the only parent root: B heads B, C and D.
-    assert [families[f]["roots"] for f in range(5)] == [[0, None], [0, 1], [0, 1], [0, 1], [4, 4]]
-    assert describe_family(families, 2, {0: "travel", 1: "flight"}) == {
-        "root": 0, "root_label": "travel", "parent": 1, "parent_label": "flight", "depth": 2, "size": 4}
-    assert describe_family(families, 99) is None
-
-
-def test_dense_features_stay_out_of_families():
-    families = feature_families(hand_made_cooccurrence(), n_messages=300)  # A fires on 1/3
-    assert families[0] == {"parent": None, "children": [], "root": 0, "depth": 0, "density": 0.333333,
-                           "roots": [0, None]}
-    assert families[2]["parent"] == 1 and families[3]["parent"] == 1
-
-
-def test_cooccurrence_counts_messages():
-    codes = sp.csr_matrix(np.array([[1.0, 0.5, 0.0], [2.0, 0.0, 0.0], [0.0, 0.3, 0.1]]))
-    assert cooccurrence(codes).tolist() == [[2, 1, 0], [1, 2, 1], [0, 1, 1]]
-
-
 def test_written_files_load_back(tmp_path):
     path = write_labels(tmp_path / "labels.json", {3: format_label(["flight", "airline"]), 1: "?"},
                         {3: ["Book a flight"]}, sae_sha256="abc", method="test")
     assert load_labels(path) == {1: "?", 3: "flight / airline"}
     assert label_terms("flight / airline") == ["flight", "airline"]
-    families = feature_families(hand_made_cooccurrence(), n_messages=1000)
-    write_families(tmp_path / "families.json", families, sae_sha256="abc", method="test")
-    assert load_families(tmp_path, sae_sha256="abc") == families
-    with pytest.raises(ValueError, match="rerun benchmarks/label_saes.py"):
-        load_families(tmp_path, sae_sha256="other")
 
 
 def test_find_features_by_label_text():
@@ -180,7 +133,7 @@ def test_shipped_labels_fit_the_shipped_weights(encoder, name):
     directory = BUNDLED_SAE_DIR / name
     data = json.loads((directory / "labels.json").read_text(encoding="utf-8"))
     digest = hashlib.sha256((directory / "sae_weights.safetensors").read_bytes()).hexdigest()
-    assert data["sae_sha256"] == digest, "labels.json is stale: rerun benchmarks/label_saes.py"
+    assert data["sae_sha256"] == digest, "labels.json is stale: rerun python -m saememory.interpret.label"
     sae = SparseAutoencoder.from_disk(directory)
     assert sae.labels and set(sae.labels) == {int(f) for f in data["labels"]}
     assert set(data["examples"]) == set(data["labels"])

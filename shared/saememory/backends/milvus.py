@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from saememory import backend
+from saememory.backends import snapshot
+from saememory.config import first_difference
 from saememory.lexical import LexicalIndex, check_stemmer
 
 INDEXES = ("auto", "FLAT", "HNSW")
@@ -84,68 +85,97 @@ def check_uri(uri: Any) -> tuple[str, bool]:
     Raises:
         ValueError: Naming the value, the rule and the fix.
     """
-    rule = ("milvus_uri must be a milvus-lite file (a path ending in .db, e.g. 'memory.db') or a server URI "
+    rule = ("uri must be a milvus-lite file (a path ending in .db, e.g. 'memory.db') or a server URI "
             "starting with http://, https:// or tcp:// (e.g. 'http://localhost:19530')")
     if not isinstance(uri, (str, Path)):
-        raise ValueError(f"milvus_uri={uri!r} is not a string; {rule}.")
+        raise ValueError(f"uri={uri!r} is not a string; {rule}.")
     text = str(uri)
     if text.startswith(SERVER_SCHEMES):
         return text, False
     if not text.endswith(".db"):
-        raise ValueError(f"milvus_uri={text!r} is neither; {rule}.")
+        raise ValueError(f"uri={text!r} is neither; {rule}.")
     path = Path(text).expanduser().resolve()
     if not path.parent.is_dir():
-        raise ValueError(f"milvus_uri={text!r}: the folder {path.parent} does not exist; create it or choose another path.")
+        raise ValueError(f"uri={text!r}: the folder {path.parent} does not exist; create it or choose another path.")
     return str(path), True
 
 
 class MilvusBackend:
     """Stores messages in one Milvus collection and scores one user's messages (a ``Backend``).
 
+    ``SAEMemory(backend=MilvusBackend("memory.db"))``; ``SAEMemory`` opens it with the encoder's
+    widths and identity.
+
     Args:
         uri: A milvus-lite file path ending in ``.db`` (started in-process by pymilvus) or a
             server URI (``http://``, ``https://``, ``tcp://``).
-        collection: The collection; created if missing, else reopened and checked against
-            ``dim``, ``d_sae`` and ``identity``. Defaults to ``"saememory"``.
-        dim: Dense vector width. Defaults to 384.
-        d_sae: SAE code width (0 for dense only). Defaults to 0.
+        collection: The collection; created if missing, else reopened and checked against the
+            encoder's widths and identity. Defaults to ``"saememory"``.
         index: Dense index: ``"FLAT"`` (exact), ``"HNSW"`` or ``"auto"`` (``FLAT`` on
             milvus-lite, ``HNSW`` on a server). Defaults to ``"auto"``.
         token: Server credentials (``"user:password"`` or an API key). Defaults to None.
-        stemmer: Snowball language of the stemmer saememory's BM25 scores with, or None.
-            Defaults to None.
-        identity: The encoder's ``identity()`` (a JSON-serialisable dict), recorded in a new
-            collection and compared with the recorded one on reopening. Defaults to None (not
-            recorded, not checked).
 
     Raises:
-        ValueError: For a bad ``uri``, ``collection``, ``index`` or ``identity``, or a collection
-            not made by this saememory, or made for other vector widths or another encoder.
-        ImportError: Without pymilvus.
+        ValueError: For a bad ``uri``, ``collection`` or ``index``; from ``open``, for a bad
+            ``identity``, or a collection not made by this saememory, or made for other vector
+            widths or another encoder.
+        ImportError: Without pymilvus, from ``open``.
     """
 
-    def __init__(self, uri: str, collection: str = "saememory", dim: int = 384, d_sae: int = 0,
-                 index: str = "auto", token: str | None = None, stemmer: str | None = None,
-                 identity: dict[str, Any] | None = None) -> None:
+    name = "milvus"
+
+    def __init__(self, uri: str, collection: str = "saememory", index: str = "auto", token: str | None = None) -> None:
         self.uri, self.lite = check_uri(uri)
-        self.stemmer = check_stemmer(stemmer)
         if not isinstance(collection, str) or not _NAME.fullmatch(collection):
-            raise ValueError(f"milvus_collection={collection!r} is not a Milvus collection name: letters, digits and "
+            raise ValueError(f"collection={collection!r} is not a Milvus collection name: letters, digits and "
                              "underscores, starting with a letter or underscore, at most 255; e.g. 'saememory'.")
         if index not in INDEXES:
-            raise ValueError(f"milvus_index={index!r} is not one of {INDEXES}.")
-        self.collection, self.dim, self.d_sae = collection, int(dim), int(d_sae)
-        self.index = ("FLAT" if self.lite else "HNSW") if index == "auto" else index
+            raise ValueError(f"index={index!r} is not one of {INDEXES}.")
+        self.collection, self.token = collection, token
+        self.index_type = ("FLAT" if self.lite else "HNSW") if index == "auto" else index
+        self.client = None  # connected by open()
+
+    def __repr__(self) -> str:
+        return f"MilvusBackend({self.uri!r}, collection={self.collection!r}, index={self.index_type!r})"
+
+    def open(self, dim: int, d_sae: int, *, identity: dict[str, Any] | None = None, stemmer: str | None = None) -> None:
+        """Connects, and creates the collection or checks the one there against these widths and ``identity``.
+
+        ``identity`` (the encoder's, a JSON-serialisable dict) is recorded in a new collection
+        and compared with the recorded one on reopening; None records and checks nothing.
+        """
+        if self.client is not None:
+            if (self.dim, self.d_sae) != (dim, d_sae):
+                raise ValueError(f"{self!r} is open for dim={self.dim}, d_sae={self.d_sae}, not dim={dim}, d_sae={d_sae}.")
+            return
+        self.dim, self.d_sae = int(dim), int(d_sae)
+        self.stemmer = check_stemmer(stemmer)
         self.identity = None if identity is None else _identity_json(identity)
         pymilvus = _pymilvus()
         self.client = pymilvus.MilvusClient(self.uri, **(LITE_CONNECTION if self.lite else {}),
-                                            **({"token": token} if token else {}))
-        if self.client.has_collection(collection):
-            self._check_existing()
-        else:
-            self._create(pymilvus)
-        self.client.load_collection(collection)
+                                            **({"token": self.token} if self.token else {}))
+        try:
+            if self.client.has_collection(self.collection):
+                self._check_existing()
+            else:
+                self._create(pymilvus)
+            self.client.load_collection(self.collection)
+        except BaseException:
+            self.close()  # a refused collection leaves this backend unopened, not half open
+            raise
         self._last_seq = 0
+
+    @classmethod
+    def load(cls, path: str | Path, *, identity: dict[str, Any] | None = None,
+             stemmer: str | None = None) -> tuple[MilvusBackend, dict[str, Any]]:
+        """Reconnects to the collection a saved manifest names (the data lives in Milvus)."""
+        _, manifest = snapshot.read_manifest(path)
+        milvus = manifest.get("milvus")
+        if milvus is None:
+            raise ValueError(f"{path} holds an in-process memory, not a Milvus manifest; load it with SAEMemory.load(path).")
+        backend = cls(milvus["uri"], milvus["collection"], index=milvus["index"])
+        backend.open(manifest["dim"], manifest["d_sae"], identity=identity, stemmer=stemmer)
+        return backend, manifest
 
     # Schema ---------------------------------------------------------------------------------
 
@@ -168,7 +198,7 @@ class MilvusBackend:
         schema.add_function(pymilvus.Function(name="text_bm25", function_type=pymilvus.FunctionType.BM25,
                                               input_field_names=["text"], output_field_names=["bm25"]))
         params = self.client.prepare_index_params()
-        if self.index == "HNSW":
+        if self.index_type == "HNSW":
             params.add_index("dense", index_type="HNSW", metric_type="IP", params={"M": 16, "efConstruction": 200})
         else:
             params.add_index("dense", index_type="FLAT", metric_type="IP")
@@ -188,24 +218,24 @@ class MilvusBackend:
         dim = fields.get("dense", {}).get("params", {}).get("dim")
         where = f"Milvus collection {self.collection!r} at {self.uri}"
         if d_sae is None or set(RECORD_FIELDS) - set(fields):
-            raise ValueError(f"{where} was not made by saememory; choose another milvus_collection.")
+            raise ValueError(f"{where} was not made by saememory; choose another collection.")
         if "pk" not in fields:
             raise ValueError(f"{where} was made by an older saememory, whose primary key is the message id alone; "
                              "this one needs the owner in the key, as users may share ids. Choose another "
-                             "milvus_collection (and add the messages again).")
+                             "collection (and add the messages again).")
         if int(dim) != self.dim or int(d_sae) != self.d_sae:
             raise ValueError(f"{where} holds dim={dim}, d_sae={d_sae}; this encoder gives dim={self.dim}, "
-                             f"d_sae={self.d_sae}. Use the encoder it was made with or another milvus_collection.")
+                             f"d_sae={self.d_sae}. Use the encoder it was made with or another collection.")
         saved = properties.get("saememory.identity")
         if self.identity is not None and saved is None:
             raise ValueError(f"{where} records no encoder identity, so it cannot show it was made with this encoder; "
-                             "choose another milvus_collection.")
+                             "choose another collection.")
         if self.identity is not None and json.loads(saved) != json.loads(self.identity):
-            key, was, now = _first_difference(json.loads(saved), json.loads(self.identity))
+            key, was, now = first_difference(json.loads(saved), json.loads(self.identity))
             raise ValueError(f"{where} was made with another encoder: {key} is {was!r} there but {now!r} now. "
-                             "Use the encoder it was made with or another milvus_collection.")
-        index = self.client.describe_index(self.collection, "dense").get("index_type", self.index)
-        self.index = index if index in INDEXES else self.index
+                             "Use the encoder it was made with or another collection.")
+        index = self.client.describe_index(self.collection, "dense").get("index_type", self.index_type)
+        self.index_type = index if index in INDEXES else self.index_type
 
     # Reading records ------------------------------------------------------------------------
 
@@ -297,18 +327,29 @@ class MilvusBackend:
             raise
 
     def replace(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
-        """Replaces stored messages with the same owner and id by upsert: each holds its old or new version."""
-        for rows in self._batches(records, dense, sparse):
+        """Replaces stored messages with the same owner and id by upsert: each holds its old or new version.
+
+        A replaced message keeps its place in the insertion order (its ``seq``).
+        """
+        seqs = []
+        for user, group in _by_user(records).items():
+            found = self._by_id(user, [r["id"] for r in group], ["id", "user_id", "seq"])
+            seqs.extend((user, r["id"], found[r["id"]]["seq"]) for r in group if r["id"] in found)
+        seq_of = {(user, mid): seq for user, mid, seq in seqs}
+        for rows in self._batches(records, dense, sparse, [seq_of.get((r["user_id"], r["id"])) for r in records]):
             self.client.upsert(self.collection, rows)
 
-    def _batches(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix):
-        """Validated entity rows, ``BATCH`` at a time, with insertion-order numbers after the last ones."""
+    def _batches(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix,
+                 seqs: list[int | None] | None = None):
+        """Validated entity rows, ``BATCH`` at a time; new ones get insertion-order numbers after the last ones."""
         self.validate(records)
         sparse = sp.csr_matrix(sparse)
         first = max(time.time_ns(), self._last_seq + 1)
         self._last_seq = first + len(records) - 1
+        seqs = seqs or [None] * len(records)
         for start in range(0, len(records), BATCH):
-            yield [self._row(records[i], dense[i], sparse, i, first + i) for i in range(start, min(start + BATCH, len(records)))]
+            yield [self._row(records[i], dense[i], sparse, i, first + i if seqs[i] is None else seqs[i])
+                   for i in range(start, min(start + BATCH, len(records)))]
 
     def _row(self, record: dict[str, Any], vector: np.ndarray, sparse: sp.csr_matrix, i: int, seq: int) -> dict[str, Any]:
         lo, hi = sparse.indptr[i], sparse.indptr[i + 1]
@@ -345,7 +386,7 @@ class MilvusBackend:
         expr = self._filter(user_id, session_id)
         limit = min(int(candidates), MAX_TOPK)
         fields = ["id", "user_id", "session_id", "seq", "dense", "sparse"] + (["text"] if query_text is not None else [])
-        dense_params = {"metric_type": "IP", **({"params": {"ef": max(limit, 64)}} if self.index == "HNSW" else {})}
+        dense_params = {"metric_type": "IP", **({"params": {"ef": max(limit, 64)}} if self.index_type == "HNSW" else {})}
         searches = [("dense", [np.asarray(q_dense, np.float32).reshape(-1).tolist()], dense_params)]
         q_code = sp.csr_matrix(q_sparse)
         if q_code.nnz:
@@ -400,9 +441,10 @@ class MilvusBackend:
 
     def save(self, path: str | Path, manifest: dict[str, Any]) -> None:
         """Writes a manifest naming the URI and collection; the data itself lives in Milvus."""
-        backend.write_snapshot(path, {
+        snapshot.write_snapshot(path, {
+            "backend": self.name,
             **manifest, "dim": self.dim, "d_sae": self.d_sae, "index_type": None, "n_messages": len(self),
-            "milvus": {"uri": self.uri, "collection": self.collection, "index": self.index},
+            "milvus": {"uri": self.uri, "collection": self.collection, "index": self.index_type},
         })
 
     def flush(self) -> None:
@@ -413,8 +455,10 @@ class MilvusBackend:
         self.client.flush(self.collection)
 
     def close(self) -> None:
-        """Releases the connection (a milvus-lite one is closed); the backend is not used afterwards."""
-        self.client.close()
+        """Releases the connection (a milvus-lite one is closed); ``open`` may connect again."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
 
 
 def _storable_key(value: str) -> bool:
@@ -423,6 +467,13 @@ def _storable_key(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _by_user(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        grouped.setdefault(record["user_id"], []).append(record)
+    return grouped
 
 
 def _pk(user_id: str, message_id: str) -> str:
@@ -453,25 +504,6 @@ def _identity_json(identity: Any) -> str:
         raise ValueError(f"The encoder identity is {len(text.encode())} bytes as JSON; a Milvus collection records "
                          f"at most {MAX_IDENTITY}. Shorten what identity() returns (e.g. hash long values).")
     return text
-
-
-class _Absent:
-    def __repr__(self) -> str:
-        return "absent"
-
-
-_ABSENT = _Absent()
-
-
-def _first_difference(saved: Any, current: Any, key: str = "identity") -> tuple[str, Any, Any] | None:
-    """The first (dotted) key at which two identities differ, with both values; None if equal."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        for name in sorted(set(saved) | set(current)):
-            found = _first_difference(saved.get(name, _ABSENT), current.get(name, _ABSENT), f"{key}.{name}")
-            if found:
-                return found
-        return None
-    return None if saved == current else (key, saved, current)
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:

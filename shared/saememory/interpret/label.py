@@ -1,57 +1,62 @@
-"""Label the features of the shipped SAEs offline, check the labels, and find feature families.
+"""Label an SAE's features offline, check the labels, and build its feature families.
 
-For each SAE directory the script rebuilds the SAE's own message split from its ``card.json``
+Usage::
+
+    python -m saememory.interpret.label                        # every SAE shipped in saememory/saes
+    python -m saememory.interpret.label --saes path/to/my-sae  # an SAE made by saememory.train
+    saememory-label --saes minilm-emb-topk4k --max-label-texts 20000
+
+For each SAE directory the command rebuilds the SAE's own message split from its ``card.json``
 (corpus, number of unique messages, held-out count, seed: the same de-duplicated, seeded sample
 ``saememory.train`` used), then
 
-1. labels every feature that fires on the training messages (no LLM; see ``saememory.labels``) and
-   keeps its top three example texts;
+1. labels every feature that fires on the training messages (no LLM; see
+   ``saememory.interpret.labels``) and keeps its top three example texts;
 2. checks the labels on the SAE's held-out messages, which the labeller never saw;
-3. builds feature families from message-level co-occurrence on the training messages;
+3. builds feature families from message-level co-occurrence on the training messages
+   (``saememory.interpret.families``);
 
 and writes ``labels.json`` and ``families.json`` beside the weights, a ``labels`` key in
 ``card.json`` and a ``## Labels`` section in ``model_card.md`` (both replaced on a rerun, nothing
 else touched). Token states come from ``saememory.train.collect``, so the activations cached
 while training are reused (a cold run encodes the messages: about 20 texts/s on 2 busy cores).
-
-Usage, from the repository root::
-
-    HF_HUB_OFFLINE=1 nice -n 10 python benchmarks/label_saes.py
-    HF_HUB_OFFLINE=1 nice -n 10 python benchmarks/label_saes.py --saes minilm-emb-topk4k --max-label-texts 20000
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
-from saememory.encoder import BUNDLED_SAE_DIR, list_bundled_saes, load_sae, load_sentence_transformer
-from saememory.labels import (
+from saememory.encoders.sentence_transformer import (
+    BUNDLED_SAE_DIR,
+    list_bundled_saes,
+    load_sae,
+    load_sentence_transformer,
+)
+from saememory.interpret.families import FAMILIES_FILENAME, cooccurrence, feature_families, write_families
+from saememory.interpret.labels import (
+    LABELS_FILENAME,
+    Words,
     check_labels,
-    cooccurrence,
     distinctive_terms,
-    embedding_codes,
-    feature_families,
     format_label,
-    residual_codes,
     split_words,
     stopword_mask,
     top_examples,
-    write_families,
     write_labels,
 )
-from saememory.sae import LABELS_FILENAME
-from saememory.train import TrainConfig, collect, read_corpus, sample_texts
+from saememory.train import TrainConfig, activation_cache, collect, read_corpus, sample_texts
 
-logger = logging.getLogger("label_saes")
+logger = logging.getLogger(__name__)
 SECTION = "## Labels"
 METHOD = {
     "residual": (
@@ -79,6 +84,79 @@ FAMILY_METHOD = (
 )
 
 
+@torch.inference_mode()
+def residual_codes(
+    sae: Any, states: torch.Tensor, words: Words, messages_per_chunk: int = 256
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Activations of a residual SAE per word occurrence and per message (maximum over tokens).
+
+    The message codes are the encoder's max-pooled codes before L2 normalisation.
+
+    Args:
+        sae: Anything with ``encode`` (a ``SparseAutoencoder``).
+        states: (n_real_tokens, d_in) token states, in the order of ``words.token_occurrence``
+            (``Encoder.token_states`` gives this order).
+        words: The words of the same texts, from ``saememory.interpret.labels.split_words``.
+        messages_per_chunk: Texts encoded at a time. Defaults to 256.
+
+    Returns:
+        ``(occurrences, messages)``: CSR matrices of shape (n_occurrences, d_sae) and
+        (n_messages, d_sae).
+
+    Raises:
+        ValueError: If the states and the words disagree on the number of tokens.
+    """
+    if states.shape[0] != words.token_occurrence.size:
+        raise ValueError(
+            f"Got {states.shape[0]} token states but the tokenizer found {words.token_occurrence.size} "
+            "real tokens in the texts; pass the states of exactly these texts, in order, with the "
+            "same tokenizer and max_length."
+        )
+    token_message = words.message[words.token_occurrence]
+    cuts = np.searchsorted(token_message, np.arange(0, words.n_messages + messages_per_chunk, messages_per_chunk))
+    occurrence_blocks, message_blocks = [], []
+    for start, end in zip(cuts[:-1], cuts[1:]):
+        if start == end:
+            continue
+        codes = sae.encode(states[start:end]).float()
+        occurrence = torch.from_numpy(words.token_occurrence[start:end])
+        message = torch.from_numpy(token_message[start:end])
+        occurrence_blocks.append(_group_max(codes, occurrence, int(occurrence[0])))
+        message_blocks.append(_group_max(codes, message, int(message[0])))
+    d_sae = sae.cfg.d_sae
+    return (
+        _stack(occurrence_blocks, words.term.size, d_sae),
+        _stack(message_blocks, words.n_messages, d_sae),
+    )
+
+
+def _group_max(codes: torch.Tensor, group: torch.Tensor, first: int) -> tuple[int, sp.csr_matrix]:
+    """Row-wise maximum of ``codes`` within each run of equal ``group`` ids; (first id, block)."""
+    local = group - first
+    out = torch.zeros(int(local[-1]) + 1, codes.shape[1], dtype=codes.dtype)
+    out.scatter_reduce_(0, local[:, None].expand_as(codes), codes, reduce="amax", include_self=True)
+    return first, sp.csr_matrix(out.numpy())
+
+
+def _stack(blocks: list[tuple[int, sp.csr_matrix]], n_rows: int, d_sae: int) -> sp.csr_matrix:
+    """Places row blocks at their offsets in an (n_rows, d_sae) CSR matrix."""
+    coo = [block.tocoo() for _, block in blocks]
+    rows = np.concatenate([c.row + first for (first, _), c in zip(blocks, coo)] or [np.zeros(0, int)])
+    cols = np.concatenate([c.col for c in coo] or [np.zeros(0, int)])
+    data = np.concatenate([c.data for c in coo] or [np.zeros(0, np.float32)])
+    return sp.csr_matrix((data, (rows, cols)), shape=(n_rows, d_sae), dtype=np.float32)
+
+
+@torch.inference_mode()
+def embedding_codes(sae: Any, dense: np.ndarray, batch_size: int = 4096) -> sp.csr_matrix:
+    """Activations of an embedding SAE on (n, d_in) normalised sentence embeddings, as CSR."""
+    blocks = [
+        sp.csr_matrix(sae.encode(torch.from_numpy(np.ascontiguousarray(dense[i : i + batch_size]))).numpy())
+        for i in range(0, len(dense), batch_size)
+    ]
+    return sp.vstack(blocks, format="csr").astype(np.float32) if blocks else sp.csr_matrix((0, sae.cfg.d_sae))
+
+
 def split_messages(card: dict[str, Any], max_label_texts: int | None) -> tuple[list[str], list[str], list[str]]:
     """The SAE's training messages (all, and the labelling subset) and its held-out messages."""
     data = card["data"]
@@ -95,30 +173,60 @@ def split_messages(card: dict[str, Any], max_label_texts: int | None) -> tuple[l
 
 def states_for(cfg: TrainConfig, all_texts: list[str], texts: list[str]) -> tuple[torch.Tensor, np.ndarray]:
     """Token states and embeddings of ``texts``, a prefix of ``all_texts``, reusing the training cache."""
-    # Same key as saememory.train.collect: a cache of all training messages serves any prefix.
-    def cached(batch: list[str]) -> bool:
-        key = hashlib.sha256(json.dumps([cfg.model, cfg.layer, batch]).encode()).hexdigest()[:16]
-        return (Path(cfg.cache_dir) / f"{key}.safetensors").is_file()
-
-    source = all_texts if cached(all_texts) else texts
-    if not cached(source):
+    source = all_texts if activation_cache(cfg, all_texts).is_file() else texts  # a cache of all serves a prefix
+    if not activation_cache(cfg, source).is_file():
         logger.info("No cached activations for these messages: encoding %d of them (slow).", len(source))
     tokens, dense = collect(cfg, source)
     return tokens, dense[: len(texts)]
 
 
-def label_one(sae_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Labels, checks and groups one SAE's features; writes its files; returns the card section."""
+def label_sae(
+    sae_dir: str | Path,
+    *,
+    max_label_texts: int | None = None,
+    n_top: int = 100,
+    n_check_features: int = 200,
+    threshold: float = 0.1,
+    max_density: float = 0.2,
+    seed: int = 0,
+    cache_dir: str = ".cache/activations",
+) -> dict[str, Any]:
+    """Labels, checks and groups one SAE's features; writes its files and card sections.
+
+    Args:
+        sae_dir: An SAE directory with the ``card.json`` that ``saememory.train`` writes.
+        max_label_texts: Label from the first N training messages. Defaults to None (all).
+        n_top: Top-activating units (word occurrences or messages) read per feature. Defaults to 100.
+        n_check_features: Features sampled for the held-out check. Defaults to 200.
+        threshold: Minimum normalised co-occurrence of a family edge. Defaults to 0.1.
+        max_density: Features firing on a larger share of messages stay out of families.
+            Defaults to 0.2.
+        seed: Seed of the check's sample. Defaults to 0.
+        cache_dir: Where ``saememory.train`` cached activations. Defaults to ``".cache/activations"``.
+
+    Returns:
+        The ``labels`` section written into ``card.json``.
+
+    Raises:
+        FileNotFoundError: If the directory has no ``card.json``.
+        ValueError: If the card's message split cannot be rebuilt from its corpus.
+    """
     started = time.time()
+    sae_dir = Path(sae_dir)
+    if not (sae_dir / "card.json").is_file():
+        raise FileNotFoundError(
+            f"No card.json in {sae_dir}: labelling rebuilds the SAE's training split from the card "
+            "that saememory.train writes. Label an SAE trained with python -m saememory.train."
+        )
     card = json.loads((sae_dir / "card.json").read_text())
     sae = load_sae(sae_dir)
     source = "residual" if (sae.cfg.hook_name or "").startswith("hidden_states.") else "embedding"
     model = load_sentence_transformer(card["model"])
     tokenizer, max_length = model.tokenizer, int(model.max_seq_length)
-    train_texts, texts, eval_texts = split_messages(card, args.max_label_texts)
+    train_texts, texts, eval_texts = split_messages(card, max_label_texts)
     layer = card["layer"] if card.get("layer") is not None else TrainConfig.layer
     cfg = TrainConfig(corpus=card["data"]["corpus"], out=str(sae_dir), layer=layer, model=card["model"],
-                      cache_dir=args.cache_dir)
+                      cache_dir=cache_dir)
     words = split_words(tokenizer, texts, max_length)
     eval_words = split_words(tokenizer, eval_texts, max_length, vocab=words.vocab)
     tokens, dense = states_for(cfg, train_texts, texts)
@@ -127,43 +235,38 @@ def label_one(sae_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     if source == "residual":
         occurrences, messages = residual_codes(sae, tokens[: words.token_occurrence.size], words)
         eval_messages = residual_codes(sae, eval_tokens, eval_words)[1]
-        terms = distinctive_terms(occurrences, words.occurrence_terms(), words.vocab, n_top=args.n_top)
+        terms = distinctive_terms(occurrences, words.occurrence_terms(), words.vocab, n_top=n_top)
         examples = top_examples(occurrences, words.message, texts, spans=words.span)
     else:
         messages = embedding_codes(sae, dense)
         eval_messages = embedding_codes(sae, eval_dense)
         terms = distinctive_terms(messages, words.message_terms(), words.vocab,
-                                  avoid=stopword_mask(words.vocab), n_top=args.n_top)
+                                  avoid=stopword_mask(words.vocab), n_top=n_top)
         examples = top_examples(messages, np.arange(len(texts)), texts)
     del tokens
     labels = {f: format_label(t) for f, t in terms.items()}
     logger.info("%s: %d features labelled; checking on held-out messages", sae_dir.name, len(labels))
     check = check_labels(eval_messages, eval_words.message_terms(), words.vocab, labels,
-                         n_features=args.n_check_features, seed=args.seed)
-    families = feature_families(cooccurrence(messages), len(texts), threshold=args.threshold,
-                                max_density=args.max_density)
-    method = METHOD[source].format(n_top=args.n_top)
-    family_method = FAMILY_METHOD.format(threshold=args.threshold, max_density=args.max_density)
+                         n_features=n_check_features, seed=seed)
+    families = feature_families(cooccurrence(messages), len(texts), threshold=threshold, max_density=max_density)
     provenance = {"corpus": card["data"]["corpus"], "n_messages": len(texts),
                   "messages": "the SAE's training messages (saememory.train split of card.json), first n"}
-    write_labels(sae_dir / LABELS_FILENAME, labels, examples, sae_sha256=sae.sha256, method=method,
-                 source=source, data=provenance, check=check)
-    write_families(sae_dir / "families.json", families, sae_sha256=sae.sha256, method=family_method,
-                   threshold=args.threshold, max_density=args.max_density, data=provenance)
-    sizes = {}
-    for record in families.values():
-        sizes[record["root"]] = sizes.get(record["root"], 0) + 1
-    multi = sorted((size for size in sizes.values() if size > 1), reverse=True)
+    write_labels(sae_dir / LABELS_FILENAME, labels, examples, sae_sha256=sae.sha256,
+                 method=METHOD[source].format(n_top=n_top), source=source, data=provenance, check=check)
+    write_families(sae_dir / FAMILIES_FILENAME, families, sae_sha256=sae.sha256,
+                   method=FAMILY_METHOD.format(threshold=threshold, max_density=max_density),
+                   threshold=threshold, max_density=max_density, data=provenance)
+    multi = sorted((size for size in Counter(r["root"] for r in families.values()).values() if size > 1), reverse=True)
     section = {
-        "method": "offline term contrast (saememory.labels), no LLM; see labels.json",
+        "method": "offline term contrast (saememory.interpret.labels), no LLM; see labels.json",
         "source": source,
         "labelling_messages": len(texts),
         "live_features": len(families),
         "labelled_features": len(labels),
         "check": check,
         "families": {
-            "threshold": args.threshold,
-            "max_density": args.max_density,
+            "threshold": threshold,
+            "max_density": max_density,
             "families_with_children": len(multi),
             "features_in_them": int(sum(multi)),
             "largest": multi[:5],
@@ -208,7 +311,7 @@ def update_cards(sae_dir: Path, card: dict[str, Any], section: dict[str, Any], l
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="saememory-label", description=__doc__.split("\n\n")[0])
     parser.add_argument("--saes", nargs="*", default=None, help="bundled names or directories; default: all bundled")
     parser.add_argument("--max-label-texts", type=int, default=None,
                         help="label from the first N training messages; default: all of them")
@@ -218,12 +321,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-density", type=float, default=0.2, help="features denser than this stay out of families")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=".cache/activations")
-    args = parser.parse_args(argv)
+    args = vars(parser.parse_args(argv))
+    names = args.pop("saes") or list_bundled_saes()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    names = args.saes if args.saes else list_bundled_saes()
     for name in names:
         sae_dir = Path(name) if Path(name).is_dir() else BUNDLED_SAE_DIR / name
-        section = label_one(sae_dir, args)
+        section = label_sae(sae_dir, **args)
         print(json.dumps({"sae": sae_dir.name, **section}, indent=2))
 
 

@@ -1,4 +1,4 @@
-"""Offline feature labels, a check that they mean something, and feature families.
+"""Feature labels: made offline from word statistics, checked on held-out text, written, read, searched.
 
 No language model is involved. A feature's label is the few terms most over-represented where it
 fires most, against their frequency in the whole corpus:
@@ -14,17 +14,16 @@ units (word occurrences or messages) that hold ``w`` and ``background`` the frac
 that do; the score is ``share * log(share / background)``, one term of a KL divergence, which
 rewards terms that are both common among the top units and rare elsewhere.
 
-``check_labels`` tests labels on held-out messages: a label's terms should be more frequent in
+:func:`check_labels` tests labels on held-out messages: a label's terms should be more frequent in
 messages where its feature fires strongly than in messages where it does not fire.
 
-``feature_families`` follows O'Neill et al. (2024, arXiv 2408.00657) and their saerch code:
-message-level co-occurrence counts, normalised by the sparser feature's count, thresholded,
-maximum spanning forest, edges pointing from the denser (parent) to the sparser (child) feature;
-then again with the parents of the first level removed.
+``labels.json`` sits beside an SAE's weights: :func:`write_labels` writes it,
+:func:`load_labels` reads it (or a Neuronpedia export) and ``SparseAutoencoder.from_disk``
+attaches it; :func:`find_features` finds features by the terms of their labels. The command
+``python -m saememory.interpret.label`` runs the whole labelling of an SAE (it also computes the
+activations, with torch); feature families are in ``saememory.interpret.families``.
 
-``labels.json`` and ``families.json`` sit beside an SAE's weights; ``SparseAutoencoder.from_disk``
-reads the labels and :func:`load_families` the families; :func:`describe_family` shapes one
-feature's family for a hit and :func:`find_features` finds features by the terms of their labels.
+numpy and scipy only.
 """
 
 from __future__ import annotations
@@ -38,13 +37,9 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import torch
-from scipy.sparse.csgraph import minimum_spanning_tree
 
+LABELS_FILENAME = "labels.json"
 LABELS_FORMAT = "saememory-labels/1"
-FAMILIES_FORMAT = "saememory-families/1"
-FAMILIES_FILENAME = "families.json"
-SOURCES = ("residual", "embedding")
 
 # A conventional English stopword list; chat fillers ("yeah", "okay") are left in on purpose.
 STOPWORDS = frozenset(
@@ -150,79 +145,6 @@ def split_words(
         token_occurrence=np.asarray(token_occurrence, dtype=np.int64),
         n_messages=len(texts),
     )
-
-
-@torch.inference_mode()
-def residual_codes(
-    sae: Any, states: torch.Tensor, words: Words, messages_per_chunk: int = 256
-) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """Activations of a residual SAE per word occurrence and per message (maximum over tokens).
-
-    The message codes are the encoder's max-pooled codes before L2 normalisation.
-
-    Args:
-        sae: Anything with ``encode`` (a ``SparseAutoencoder``).
-        states: (n_real_tokens, d_in) token states, in the order of ``words.token_occurrence``
-            (``Encoder.token_states`` gives this order).
-        words: The words of the same texts, from :func:`split_words`.
-        messages_per_chunk: Texts encoded at a time. Defaults to 256.
-
-    Returns:
-        ``(occurrences, messages)``: CSR matrices of shape (n_occurrences, d_sae) and
-        (n_messages, d_sae).
-
-    Raises:
-        ValueError: If the states and the words disagree on the number of tokens.
-    """
-    if states.shape[0] != words.token_occurrence.size:
-        raise ValueError(
-            f"Got {states.shape[0]} token states but the tokenizer found {words.token_occurrence.size} "
-            "real tokens in the texts; pass the states of exactly these texts, in order, with the "
-            "same tokenizer and max_length."
-        )
-    token_message = words.message[words.token_occurrence]
-    cuts = np.searchsorted(token_message, np.arange(0, words.n_messages + messages_per_chunk, messages_per_chunk))
-    occurrence_blocks, message_blocks = [], []
-    for start, end in zip(cuts[:-1], cuts[1:]):
-        if start == end:
-            continue
-        codes = sae.encode(states[start:end]).float()
-        occurrence = torch.from_numpy(words.token_occurrence[start:end])
-        message = torch.from_numpy(token_message[start:end])
-        occurrence_blocks.append(_group_max(codes, occurrence, int(occurrence[0])))
-        message_blocks.append(_group_max(codes, message, int(message[0])))
-    d_sae = sae.cfg.d_sae
-    return (
-        _stack(occurrence_blocks, words.term.size, d_sae),
-        _stack(message_blocks, words.n_messages, d_sae),
-    )
-
-
-def _group_max(codes: torch.Tensor, group: torch.Tensor, first: int) -> tuple[int, sp.csr_matrix]:
-    """Row-wise maximum of ``codes`` within each run of equal ``group`` ids; (first id, block)."""
-    local = group - first
-    out = torch.zeros(int(local[-1]) + 1, codes.shape[1], dtype=codes.dtype)
-    out.scatter_reduce_(0, local[:, None].expand_as(codes), codes, reduce="amax", include_self=True)
-    return first, sp.csr_matrix(out.numpy())
-
-
-def _stack(blocks: list[tuple[int, sp.csr_matrix]], n_rows: int, d_sae: int) -> sp.csr_matrix:
-    """Places row blocks at their offsets in an (n_rows, d_sae) CSR matrix."""
-    coo = [block.tocoo() for _, block in blocks]
-    rows = np.concatenate([c.row + first for (first, _), c in zip(blocks, coo)] or [np.zeros(0, int)])
-    cols = np.concatenate([c.col for c in coo] or [np.zeros(0, int)])
-    data = np.concatenate([c.data for c in coo] or [np.zeros(0, np.float32)])
-    return sp.csr_matrix((data, (rows, cols)), shape=(n_rows, d_sae), dtype=np.float32)
-
-
-@torch.inference_mode()
-def embedding_codes(sae: Any, dense: np.ndarray, batch_size: int = 4096) -> sp.csr_matrix:
-    """Activations of an embedding SAE on (n, d_in) normalised sentence embeddings, as CSR."""
-    blocks = [
-        sp.csr_matrix(sae.encode(torch.from_numpy(np.ascontiguousarray(dense[i : i + batch_size]))).numpy())
-        for i in range(0, len(dense), batch_size)
-    ]
-    return sp.vstack(blocks, format="csr").astype(np.float32) if blocks else sp.csr_matrix((0, sae.cfg.d_sae))
 
 
 def stopword_mask(vocab: Sequence[str]) -> np.ndarray:
@@ -444,119 +366,6 @@ def check_labels(
     }
 
 
-def cooccurrence(codes: sp.spmatrix) -> np.ndarray:
-    """(d_sae, d_sae) counts of messages where two features both fire; the diagonal counts each."""
-    fired = sp.csr_matrix(codes, dtype=np.float32)
-    fired.data = (fired.data > 0).astype(np.float32)
-    fired.eliminate_zeros()
-    return np.asarray((fired.T @ fired).toarray(), dtype=np.float64)
-
-
-def family_parents(cooc: np.ndarray, active: np.ndarray, threshold: float = 0.1) -> np.ndarray:
-    """Each active feature's parent in the maximum spanning forest of normalised co-occurrence.
-
-    The weight of features ``i`` and ``j`` is ``C[i, j] / (min(C[i, i], C[j, j]) + 1)``, about the
-    share of the sparser one's firings where the denser one fires too; weights below ``threshold``
-    are dropped. In the maximum spanning forest of what remains, each edge points from the denser
-    feature (the parent; ties go to the lower id) to the sparser; a feature with several denser
-    neighbours keeps the one it is most strongly tied to, so the parent links form a forest.
-
-    Args:
-        cooc: (d_sae, d_sae) co-occurrence counts from :func:`cooccurrence`.
-        active: (d_sae,) bool, the features taking part.
-        threshold: Minimum normalised weight of an edge. Defaults to 0.1, as O'Neill et al.
-
-    Returns:
-        (d_sae,) int: the parent of each feature, -1 for roots and features not taking part.
-    """
-    counts = np.diag(cooc).astype(np.float64)
-    ids = np.flatnonzero(active)
-    parent = np.full(cooc.shape[0], -1, dtype=np.int64)
-    if ids.size < 2:
-        return parent
-    n = counts[ids]
-    weight = cooc[np.ix_(ids, ids)] / (np.minimum.outer(n, n) + 1.0)
-    np.fill_diagonal(weight, 0.0)
-    weight[weight < threshold] = 0.0
-    # A minimum spanning forest of (2 - w) on the kept edges is a maximum spanning forest of w:
-    # every spanning forest of a graph has the same number of edges.
-    tree = minimum_spanning_tree(sp.csr_matrix(np.where(weight > 0, 2.0 - weight, 0.0))).tocoo()
-    best = np.zeros(cooc.shape[0])
-    for a, b in zip(tree.row, tree.col):
-        i, j = ids[a], ids[b]
-        if (counts[j], -j) > (counts[i], -i):
-            i, j = j, i  # i is the denser: the parent
-        w = weight[a, b]
-        if w > best[j] or (w == best[j] and 0 <= i < parent[j]):
-            parent[j], best[j] = i, w
-    return parent
-
-
-def feature_families(
-    cooc: np.ndarray,
-    n_messages: int,
-    *,
-    threshold: float = 0.1,
-    max_density: float = 0.2,
-    levels: int = 2,
-) -> dict[int, dict[str, Any]]:
-    """Feature families: trees of parent links, recomputed with the first level's parents removed.
-
-    Args:
-        cooc: (d_sae, d_sae) co-occurrence counts over ``n_messages`` messages.
-        n_messages: Messages the counts come from.
-        threshold: Minimum normalised co-occurrence of an edge. Defaults to 0.1.
-        max_density: Features firing on a larger share of messages stay out of families (their own
-            root), as the saerch code keeps only features below a density bound: a feature that
-            fires almost everywhere co-occurs with everything. Defaults to 0.2.
-        levels: Rounds; each round after the first drops the roots of the previous round's families
-            with children and builds the forest again. Defaults to 2.
-
-    Returns:
-        For every feature that fires: ``parent`` (id or None), ``children`` (ids), ``root`` (the
-        family's top feature), ``depth`` (0 for a root), ``density`` (share of messages) and
-        ``roots``: its family's root at each level (None where the feature was itself removed).
-
-    Raises:
-        ValueError: If ``cooc`` is not square or the settings are out of range.
-    """
-    if cooc.ndim != 2 or cooc.shape[0] != cooc.shape[1]:
-        raise ValueError(f"cooc must be a square (d_sae, d_sae) matrix, got shape {cooc.shape}.")
-    if not 0 < threshold < 1 or not 0 < max_density <= 1 or levels < 1 or n_messages < 1:
-        raise ValueError(
-            f"Need 0 < threshold < 1, 0 < max_density <= 1, levels >= 1 and n_messages >= 1; got "
-            f"threshold={threshold}, max_density={max_density}, levels={levels}, n_messages={n_messages}."
-        )
-    counts = np.diag(cooc)
-    fires = counts > 0
-    active = fires & (counts / n_messages <= max_density)
-    out: dict[int, dict[str, Any]] = {
-        int(f): {"parent": None, "children": [], "root": int(f), "depth": 0,
-                 "density": round(float(counts[f] / n_messages), 6), "roots": []}
-        for f in np.flatnonzero(fires)
-    }
-    for level in range(levels):
-        parent = family_parents(cooc, active, threshold)
-        for f, record in out.items():
-            if not active[f]:
-                record["roots"].append(None if level else f)
-                continue
-            root, depth = f, 0
-            while parent[root] >= 0:
-                root, depth = int(parent[root]), depth + 1
-            record["roots"].append(root)
-            if level == 0:
-                record["root"], record["depth"] = root, depth
-                record["parent"] = int(parent[f]) if parent[f] >= 0 else None
-        if level == 0:
-            for child in np.flatnonzero(parent >= 0):
-                out[int(parent[child])]["children"].append(int(child))
-        has_children = np.zeros_like(active)
-        has_children[parent[parent >= 0]] = True
-        active = active & ~(has_children & (parent < 0))
-    return out
-
-
 def write_labels(
     path: str | Path,
     labels: Mapping[int, str],
@@ -567,93 +376,83 @@ def write_labels(
     **extra: Any,
 ) -> Path:
     """Writes ``labels.json`` in saememory's layout (``load_labels`` reads its ``labels``)."""
-    data = {
-        "format": LABELS_FORMAT,
-        "sae_sha256": sae_sha256,
-        "method": method,
+    fields = {
         **extra,
         "labels": {str(f): labels[f] for f in sorted(labels)},
         "examples": {str(f): list(examples[f]) for f in sorted(examples)},
     }
-    path = Path(path)
-    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    return write_sae_file(path, LABELS_FORMAT, sae_sha256=sae_sha256, method=method, fields=fields,
+                          indent=1, ensure_ascii=False)
 
 
-def write_families(
-    path: str | Path, families: Mapping[int, dict[str, Any]], *, sae_sha256: str | None, method: str, **extra: Any
+def write_sae_file(
+    path: str | Path, file_format: str, *, sae_sha256: str | None, method: str, fields: Mapping[str, Any], **dump: Any
 ) -> Path:
-    """Writes ``families.json``: one record per feature, as :func:`feature_families` returns them."""
-    data = {
-        "format": FAMILIES_FORMAT,
-        "sae_sha256": sae_sha256,
-        "method": method,
-        **extra,
-        "features": {str(f): families[f] for f in sorted(families)},
-    }
-    path = Path(path)
-    path.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")
-    return path
-
-
-def load_families(path: str | Path, sae_sha256: str | None = None) -> dict[int, dict[str, Any]]:
-    """Reads ``families.json`` (or the one inside an SAE directory).
+    """Writes a JSON file that explains an SAE: its format, the weights' sha256 and the method, then ``fields``.
 
     Args:
-        path: The file, or the SAE directory holding it.
-        sae_sha256: If given, the file must have been made for the weights with this hash
-            (``SparseAutoencoder.sha256``). Defaults to None (not checked).
+        path: The file.
+        file_format: E.g. ``LABELS_FORMAT``.
+        sae_sha256: ``SparseAutoencoder.sha256`` of the weights it was made for.
+        method: How it was made, in words.
+        fields: The rest of the file.
+        **dump: Passed to ``json.dumps`` (indentation, separators).
+    """
+    data = {"format": file_format, "sae_sha256": sae_sha256, "method": method, **fields}
+    path = Path(path)
+    path.write_text(json.dumps(data, **dump) + "\n", encoding="utf-8")
+    return path
 
-    Returns:
-        Feature id to ``parent``, ``children``, ``root``, ``depth``, ``density`` and ``roots``.
+
+def load_labels(path: str | Path, neuronpedia_id: str | None = None) -> dict[int, str]:
+    """Reads feature labels from a JSON file.
+
+    Two layouts are accepted: saememory's ``{"labels": {"<id>": "<label>", ...}}`` (or the bare
+    mapping) and a Neuronpedia explanations export, a list of records with ``index`` and
+    ``description``. When a feature has several explanations the first one wins.
+
+    Args:
+        path: The JSON file.
+        neuronpedia_id: ``"<modelId>/<layer>"`` (e.g. ``"gemma-2b-it/12-res-jb"``). When given and
+            the export's records carry ``modelId``, only records of that SAE are kept. Defaults
+            to None (all records).
 
     Raises:
-        FileNotFoundError: If there is no such file.
-        ValueError: If the file is not a families file or was made for other weights.
+        ValueError: If the file is in neither layout, the id is malformed, or no record matches it.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / FAMILIES_FILENAME
-    if not path.is_file():
-        raise FileNotFoundError(f"No families file at {path}; make one with benchmarks/label_saes.py.")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or data.get("format") != FAMILIES_FORMAT:
-        raise ValueError(f"{path} is not a {FAMILIES_FORMAT!r} file (its format is {data.get('format')!r}).")
-    if sae_sha256 is not None and data.get("sae_sha256") != sae_sha256:
-        raise ValueError(
-            f"{path} was made for SAE weights with sha256 {data.get('sae_sha256')}, not {sae_sha256}; "
-            "rerun benchmarks/label_saes.py for these weights."
-        )
-    return {int(f): record for f, record in data["features"].items()}
-
-
-def describe_family(
-    families: Mapping[int, dict[str, Any]], feature: int, labels: Mapping[int, str] | None = None
-) -> dict[str, Any] | None:
-    """A feature's family in the shape a hit can carry.
-
-    Args:
-        families: From :func:`load_families`.
-        feature: Feature id.
-        labels: Feature id to label, to name the root and the parent. Defaults to None (no names).
-
-    Returns:
-        ``{"root", "root_label", "parent", "parent_label", "depth", "size"}``, or None if the feature
-        has no family record (it never fired on the labelling messages).
-    """
-    record = families.get(int(feature))
-    if record is None:
-        return None
-    labels = labels or {}
-    root, parent = record["root"], record["parent"]
-    return {
-        "root": root,
-        "root_label": labels.get(root),
-        "parent": parent,
-        "parent_label": labels.get(parent) if parent is not None else None,
-        "depth": record["depth"],
-        "size": sum(1 for other in families.values() if other["root"] == root),
-    }
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if isinstance(data, dict) and isinstance(data.get("labels"), dict):
+        data = data["labels"]
+    labels: dict[int, str] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(value, dict):
+                value = value.get("label") or value.get("description")
+            if value:
+                labels[int(key)] = str(value)
+        return labels
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a mapping of feature id to label or a list of records.")
+    for record in data:
+        if not isinstance(record, dict) or "index" not in record:
+            raise ValueError(
+                f"{path}: a list of labels must hold records with 'index' and 'description' "
+                f"(a Neuronpedia export); got {str(record)[:80]!r}."
+            )
+    if neuronpedia_id is not None and any("modelId" in r for r in data):
+        model_id, _, layer = neuronpedia_id.partition("/")
+        if not model_id or not layer:
+            raise ValueError(f"neuronpedia_id={neuronpedia_id!r} is not '<modelId>/<layer>', e.g. 'gemma-2b-it/12-res-jb'.")
+        kept = [r for r in data if r.get("modelId") == model_id and str(r.get("layer")) == layer]
+        if not kept:
+            found = sorted({f"{r.get('modelId')}/{r.get('layer')}" for r in data})
+            raise ValueError(f"{path} has no record of {neuronpedia_id!r}; it holds {found[:5]}. Export this SAE's explanations.")
+        data = kept
+    for record in data:
+        description = str(record.get("description") or "").strip()
+        if description:
+            labels.setdefault(int(record["index"]), description)
+    return labels
 
 
 def find_features(labels: Any, query: str, limit: int = 10) -> list[int]:

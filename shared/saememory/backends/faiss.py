@@ -16,37 +16,59 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from saememory import backend
 from saememory.arrays import GrowableCSR, GrowableMatrix
+from saememory.backends import snapshot
 from saememory.lexical import LexicalIndex
 
 
 SUPPORTED_INDEXES = "'Flat' (exact), 'HNSW32', 'IVF<n>,Flat', 'IVF<n>,SQ8', 'IVF<n>,PQ<m>' or 'SQ8'"
 
 
-class MemoryIndex:
-    """Stores messages' vectors, codes and metadata, and scores one user's messages (a ``Backend``).
+class FaissBackend:
+    """Stores messages' vectors, codes and metadata in this process, and scores one user's messages.
+
+    A ``Backend``: ``SAEMemory(backend=FaissBackend("HNSW32"))``; the default is exact search.
 
     Args:
-        dim: Dense vector width.
-        d_sae: Sparse code width (0 for dense only).
         index_type: A FAISS ``index_factory`` string over inner product, of a type that can
             search one user's rows through an ID selector: ``"Flat"`` (exact), ``"HNSW<M>"``,
             ``"IVF<n>,Flat"``, ``"IVF<n>,SQ8"``, ``"IVF<n>,PQ<m>"`` or ``"SQ8"``; others are
             refused. Defaults to ``"Flat"``. Approximate types give candidates that are then
             scored exactly from the stored vectors. Types that need training search exactly
             until the memory holds enough messages to train them (FAISS' 39 per centroid).
-        stemmer: BM25's Snowball stemmer language, or None. Defaults to None.
+
+    Raises:
+        ValueError: From ``open``, for a string that is no FAISS index or a type that is refused.
     """
 
-    def __init__(self, dim: int, d_sae: int, index_type: str = "Flat", stemmer: str | None = None) -> None:
-        self.dim, self.d_sae, self.index_type = dim, d_sae, index_type
+    name = "faiss"
+
+    def __init__(self, index_type: str = "Flat") -> None:
+        if not isinstance(index_type, str):
+            raise TypeError(f"index_type must be a FAISS index_factory string, got {index_type!r}; "
+                            f"use one of {SUPPORTED_INDEXES}.")
+        self.index_type = index_type
+        self.dim: int | None = None  # set by open()
+
+    def __repr__(self) -> str:
+        return f"FaissBackend({self.index_type!r})"
+
+    def open(self, dim: int, d_sae: int, *, identity: dict[str, Any] | None = None, stemmer: str | None = None) -> None:
+        """Allocates for an encoder of these widths; the index type is checked here (it needs ``dim``)."""
+        if self.dim is not None:
+            if (self.dim, self.d_sae) != (dim, d_sae):
+                raise ValueError(f"This FaissBackend holds dim={self.dim}, d_sae={self.d_sae}; the encoder gives "
+                                 f"dim={dim}, d_sae={d_sae}. Use a new FaissBackend, or the encoder it was made with.")
+            return
+        self.dim, self.d_sae = dim, d_sae
         self._learn_kind()
         self._faiss = self._new_faiss()
         self._dense = GrowableMatrix(dim)
         self._sparse = GrowableCSR(d_sae)
         self.lexical = LexicalIndex(stemmer=stemmer)
         self._records: list[dict[str, Any] | None] = []  # None marks a deleted row
+        self._seq: list[int] = []  # per row, its message's place in insertion order (kept by replace)
+        self._next_seq = 0
         self.row_of: dict[tuple[str, str], int] = {}  # (user_id, message id) -> row: ids are unique per user
         self._user_rows: dict[str, set[int]] = {}
         self._sorted_rows: dict[str, np.ndarray] = {}  # per user, dropped when the user's rows change
@@ -112,15 +134,16 @@ class MemoryIndex:
         return None if row is None else self._records[row]
 
     def records(self, user_id: str, session_id: str | None = None) -> list[dict[str, Any]]:
-        """One user's (and session's) records, in insertion order."""
-        return [self._records[r] for r in self.rows_for(user_id, session_id).tolist()]
+        """One user's (and session's) records, in insertion order (an updated message keeps its place)."""
+        return [self._records[r] for r in sorted(self.rows_for(user_id, session_id).tolist(), key=self._seq.__getitem__)]
 
     def fetch(self, user_id: str, message_ids: list[str]) -> list[tuple[dict[str, Any], sp.csr_matrix]]:
-        rows = [self.row_of[(user_id, mid)] for mid in message_ids]
-        return [(self._records[r], self._sparse.view[r]) for r in rows]
+        rows = [self.row_of.get((user_id, mid)) for mid in message_ids]
+        return [(self._records[r], self._sparse.view[r]) for r in rows if r is not None]
 
-    def add(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
-        """Adds rows; the caller has validated ids, vectors and codes."""
+    def add(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix,
+            seq: list[int] | None = None) -> None:
+        """Adds rows; the caller has validated ids, vectors and codes. ``seq``: their places in insertion order."""
         first = len(self._records)
         ids = np.arange(first, first + len(records), dtype=np.int64)
         if self._trained:
@@ -135,6 +158,10 @@ class MemoryIndex:
         self._dense.append(dense)
         self._sparse.append(sparse)
         self.lexical.add([record["content"] for record in records])
+        if seq is None:
+            seq = range(self._next_seq, self._next_seq + len(records))
+            self._next_seq += len(records)
+        self._seq.extend(seq)
         for row, record in zip(ids.tolist(), records):
             self._records.append(record)
             self.row_of[(record["user_id"], record["id"])] = row
@@ -147,7 +174,7 @@ class MemoryIndex:
         If adding fails, the old versions are untouched and still addressed by their ids.
         """
         old = [self.row_of[(record["user_id"], record["id"])] for record in records]
-        self.add(records, dense, sparse)  # points row_of at the new rows only once they exist
+        self.add(records, dense, sparse, [self._seq[row] for row in old])  # row_of moves only once the rows exist
         self._drop_rows(old)
 
     def delete(self, user_id: str, message_ids: list[str]) -> None:
@@ -245,13 +272,13 @@ class MemoryIndex:
         """Writes a new snapshot next to the old one, then atomically points ``CURRENT`` at it.
 
         A crash at any point leaves the previous snapshot readable. Only live rows are written.
-        Savers of one folder take turns (``backend.write_snapshot`` locks it).
+        Savers of one folder take turns (``snapshot.write_snapshot`` locks it).
 
         Raises:
             ValueError: If a message holds NaN or infinite values (a save ``load`` would refuse);
                 the previous save is kept.
         """
-        live = np.array(sorted(self.row_of.values()), dtype=np.int64)
+        live = np.array(sorted(self.row_of.values(), key=self._seq.__getitem__), dtype=np.int64)  # insertion order
 
         def write_files(tmp: Path) -> None:
             dense = self._dense.view[live] if live.size else np.zeros((0, self.dim), np.float32)
@@ -275,14 +302,13 @@ class MemoryIndex:
                 for row in live.tolist():
                     handle.write(json.dumps(self._records[row], ensure_ascii=False) + "\n")
 
-        full = {**manifest, "dim": self.dim, "d_sae": self.d_sae, "index_type": self.index_type,
-                "n_messages": int(live.size)}
-        backend.write_snapshot(path, full, write_files)
-
-    read_manifest = staticmethod(backend.read_manifest)
+        full = {**manifest, "backend": self.name, "dim": self.dim, "d_sae": self.d_sae,
+                "index_type": self.index_type, "n_messages": int(live.size)}
+        snapshot.write_snapshot(path, full, write_files)
 
     @classmethod
-    def load(cls, path: str | Path) -> tuple[MemoryIndex, dict[str, Any]]:
+    def load(cls, path: str | Path, *, identity: dict[str, Any] | None = None,
+             stemmer: str | None = None) -> tuple[FaissBackend, dict[str, Any]]:
         """Reads the live snapshot under a shared lock, refusing any file that fails a check.
 
         Every data file must match its sha256 in the manifest (saves of format 2 on), and hold
@@ -292,40 +318,43 @@ class MemoryIndex:
         Raises:
             FileNotFoundError: If ``path`` holds no saved memory.
             ValueError: If the save is corrupt (naming the file and the problem), of another
-                format version, or a Milvus memory's manifest.
-            TimeoutError: If another process holds the folder's lock for over ``backend.LOCK_TIMEOUT`` s.
+                format version, or a Milvus memory's manifest. ``identity`` is checked by
+                ``SAEMemory.load`` against the manifest's; BM25's stemmer is read from the save.
+            TimeoutError: If another process holds the folder's lock for over ``snapshot.LOCK_TIMEOUT`` s.
         """
-        with backend.reading(path) as (snapshot, manifest):
-            backend.verify_files(path, snapshot, manifest)
+        with snapshot.reading(path) as (folder, manifest):
+            snapshot.verify_files(path, folder, manifest)
             if manifest["index_type"] is None:
                 raise ValueError(f"{path} holds the manifest of a Milvus memory (its data lives in Milvus); "
                                  "load it with SAEMemory.load(path).")
             n, dim, d_sae = manifest["n_messages"], manifest["dim"], manifest["d_sae"]
             try:
-                index = cls(dim, d_sae, manifest["index_type"])
-            except ValueError as err:
+                index = cls(manifest["index_type"])
+                index.open(dim, d_sae)
+            except (TypeError, ValueError) as err:
                 raise ValueError(f"Saved memory at {path} cannot be loaded: {err}") from None
-            read = backend.read_part
-            dense = read(path, "dense.npy", lambda: np.load(snapshot / "dense.npy", allow_pickle=False))
-            backend.check_dense(path, "dense.npy", dense, (n, dim))
-            sparse = read(path, "sparse.npz", lambda: sp.load_npz(snapshot / "sparse.npz"))
-            backend.check_sparse(path, "sparse.npz", sparse, (n, d_sae))
-            stored = read(path, "faiss.index", lambda: faiss.read_index(str(snapshot / "faiss.index")))
+            read = snapshot.read_part
+            dense = read(path, "dense.npy", lambda: np.load(folder / "dense.npy", allow_pickle=False))
+            snapshot.check_dense(path, "dense.npy", dense, (n, dim))
+            sparse = read(path, "sparse.npz", lambda: sp.load_npz(folder / "sparse.npz"))
+            snapshot.check_sparse(path, "sparse.npz", sparse, (n, d_sae))
+            stored = read(path, "faiss.index", lambda: faiss.read_index(str(folder / "faiss.index")))
             want = n if stored.is_trained else 0  # an untrained index holds nothing yet
             if (stored.ntotal, stored.d) != (want, dim):
-                raise backend.corrupt(path, "faiss.index", f"holds {stored.ntotal} vectors of width {stored.d}, "
+                raise snapshot.corrupt(path, "faiss.index", f"holds {stored.ntotal} vectors of width {stored.d}, "
                                       f"but should hold {want} of width {dim} (manifest: n_messages={n}, dim={dim})")
-            lexical = read(path, "the BM25 files (bm25_*)", lambda: LexicalIndex.load(snapshot))
+            lexical = read(path, "the BM25 files (bm25_*)", lambda: LexicalIndex.load(folder))
             if len(lexical) != n:
-                raise backend.corrupt(path, "bm25_lengths.npy", f"holds {len(lexical)} lengths, but the manifest "
+                raise snapshot.corrupt(path, "bm25_lengths.npy", f"holds {len(lexical)} lengths, but the manifest "
                                       f"says n_messages={n}")
-            backend.check_sparse(path, "bm25_tf.npz", lexical._tf.view, (n, len(lexical.vocab)))
-            records = backend.read_records(path, snapshot / "records.jsonl", n)
+            snapshot.check_sparse(path, "bm25_tf.npz", lexical._tf.view, (n, len(lexical.vocab)))
+            records = snapshot.read_records(path, folder / "records.jsonl", n)
         index.lexical = lexical
         if n:
             index._faiss, index._trained = stored, stored.is_trained
             index._dense.append(dense)
             index._sparse.append(sparse)
+        index._seq, index._next_seq = list(range(n)), n  # saved in insertion order
         for row, record in enumerate(records):
             index._records.append(record)
             index.row_of[(record["user_id"], record["id"])] = row

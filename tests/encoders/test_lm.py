@@ -1,4 +1,4 @@
-"""saememory.lm_encoder: the right block, BOS dropped, sae-lens parity, the Hub path, labels, cache, memory.
+"""saememory.encoders.lm: the right block, BOS dropped, sae-lens parity, the Hub path, labels, cache, memory.
 
 Everything runs offline on a 3-block Gemma with random weights, a WordLevel tokenizer that adds
 BOS the Gemma way, and random SAEs written by sae-lens' own ``save_model``.
@@ -18,10 +18,11 @@ import pytest
 import torch
 
 from saememory import DEFAULT_MODEL, Encoder, SAEMemory, SparseAutoencoder
-from saememory import encoder as encoder_module
-from saememory.index import MemoryIndex
-from saememory import lm_encoder
-from saememory.lm_encoder import (
+from saememory.encoders import EncoderProtocol, encoder_config
+from saememory.encoders import sentence_transformer as encoder_module
+from saememory.backends import snapshot
+from saememory.encoders import lm as lm_encoder
+from saememory.encoders.lm import (
     DENSE_PRESETS,
     SPARSE_PRESETS,
     LMEncoder,
@@ -158,7 +159,7 @@ def test_other_families_read_the_same_block_in_batches(tokenizer, sae_dir, famil
 def test_local_sae_path_never_imports_sae_lens(sae_dir):
     """sae_lens takes ~10 s to import: only the Hub path may import it."""
     code = (
-        "import sys, torch, transformers as tf; from saememory.lm_encoder import LMResidualEncoder, load_lm_sae; "
+        "import sys, torch, transformers as tf; from saememory.encoders.lm import LMResidualEncoder, load_lm_sae; "
         "m = tf.GemmaForCausalLM(tf.GemmaConfig(vocab_size=8, hidden_size=32, intermediate_size=8, "
         "num_hidden_layers=2, num_attention_heads=1, num_key_value_heads=1, head_dim=8)); "
         f"LMResidualEncoder(m, None, load_lm_sae(None, {str(sae_dir)!r})); assert 'sae_lens' not in sys.modules"
@@ -386,6 +387,7 @@ def test_memory_add_search_save_load_and_steer(lm, tokenizer, sae_dir, tmp_path)
               for i in range(D_SAE)]
     (tmp_path / "export.json").write_text(json.dumps(export))
     enc = encoder_for(lm, tokenizer, sae_dir, labels=str(tmp_path / "export.json"))
+    assert isinstance(enc, EncoderProtocol) and encoder_config(enc) == {"type": "lm", **enc.config.to_dict()}
     memory = SAEMemory(enc)
     memory.add(CONVERSATION)
     hits = memory.search(QUESTION, k=3)
@@ -400,8 +402,8 @@ def test_memory_add_search_save_load_and_steer(lm, tokenizer, sae_dir, tmp_path)
     assert planted.sparse_score == pytest.approx(float(by_hand), abs=1e-5)
 
     memory.save(tmp_path / "mem")
-    _, manifest = MemoryIndex.read_manifest(tmp_path / "mem")
-    assert LMEncoderConfig.from_dict(manifest["encoder_config"]) == enc.config
+    _, manifest = snapshot.read_manifest(tmp_path / "mem")
+    assert manifest["encoder_config"] == encoder_config(enc) and manifest["encoder_config"]["type"] == "lm"
     loaded = SAEMemory.load(tmp_path / "mem", encoder=enc)
     assert [h.id for h in loaded.search(QUESTION, k=3)] == [h.id for h in hits]
     with pytest.raises(ValueError, match="another encoder: pooling"):

@@ -4,7 +4,6 @@ of the example agent and the benchmark script on a trimmed two-question file."""
 from __future__ import annotations
 
 import gzip
-import inspect
 import json
 import math
 from pathlib import Path
@@ -13,8 +12,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from saememory import Encoder, EncoderConfig, SAEMemory
-from saememory import longmemeval as lme
+from saememory import Encoder, EncoderConfig, SAEMemory, SearchConfig
+from saememory.eval import longmemeval as lme
 
 from tests.helpers import ROOT, load_script, save_sae_lens_sae
 
@@ -226,7 +225,7 @@ def test_agent_poster_ranking_is_the_posters_formula(trimmed, saes, tmp_path, en
     # --fusion overrides the ranking's fusion only.
     args = agent.parse_args([str(trimmed), "--ranking", "poster", "--fusion", "rrf"])
     memory = agent.open_memory(encoder, args)
-    assert memory.settings["fusion"] == "rrf" and memory.settings["bm25_weight"] == 0.0
+    assert memory.config.fusion == "rrf" and memory.config.bm25_weight == 0.0
 
 
 def test_agent_runs_on_milvus(trimmed, saes, tmp_path):
@@ -316,7 +315,7 @@ def test_agent_answers_and_writes_hypotheses(trimmed, tmp_path, monkeypatch, cap
                      "nomic-ai/nomic-embed-text-v1.5", "mean")),
 ])
 def test_agent_stack_presets_ask_for_the_gpu_stacks(monkeypatch, stack, expected):
-    import saememory.lm_encoder as lm
+    import saememory.encoders.lm as lm
 
     agent = load_script(ROOT / "examples" / "longmemeval_agent.py")
     built = {}
@@ -332,11 +331,11 @@ def test_fusion_benchmark_has_a_row_for_the_shipped_default():
     fusion = load_script(ROOT / "benchmarks" / "fusion.py")
     name, cfg = fusion.default_config()
     assert name in fusion.configurations(), "SAEMemory()'s ranking must be one of the ablation rows"
-    defaults = inspect.signature(SAEMemory.__init__).parameters
-    assert cfg["normalization"] == defaults["normalization"].default and cfg["fusion"] == defaults["fusion"].default
-    lexical = "stemmed bm25" if defaults["bm25_stemmer"].default else "bm25"
-    assert cfg["weights"] == {"dense": defaults["dense_weight"].default, "sparse": defaults["sparse_weight"].default,
-                              lexical: defaults["bm25_weight"].default}
+    defaults = SearchConfig()  # what SAEMemory() ranks with
+    assert cfg["normalization"] == defaults.normalization and cfg["fusion"] == defaults.fusion
+    lexical = "stemmed bm25" if defaults.bm25_stemmer else "bm25"
+    assert cfg["weights"] == {"dense": defaults.dense_weight, "sparse": defaults.sparse_weight,
+                              lexical: defaults.bm25_weight}
     low, high = fusion.bootstrap(np.array([0.0, 1.0, 0.0, 1.0]))
     assert 0.0 <= low <= 0.5 <= high <= 1.0
 

@@ -1,9 +1,10 @@
-"""The storage backend interface ``SAEMemory`` talks to, and the parts its implementations share.
+"""Snapshots on disk: atomic, checksummed, locked across processes, verified on load.
 
-Two implementations: ``saememory.index.MemoryIndex`` (in-process: FAISS + CSR, the default) and
-``saememory.milvus.MilvusBackend`` (milvus-lite file or Milvus server). Messages are addressed
-by their stable ids; the encoders, fusion, explanations and adapters sit above this interface
-and work the same on either.
+A saved memory is a folder holding ``snapshot-<hex>`` folders and a ``CURRENT`` file naming the
+live one. ``write_snapshot`` writes a new snapshot, then swaps ``CURRENT`` atomically;
+``reading`` holds a shared lock while a loader reads; the ``check_*`` and ``read_*`` helpers
+refuse a corrupt part with an error that names the file. Both backends save through here (the
+Milvus backend writes a manifest only).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -69,6 +70,7 @@ _MANIFEST_FIELDS = (
     ("settings", _of(dict), "an object", True),
     ("encoder_config", _of(dict, type(None)), "an object or null", False),
     ("milvus", _milvus, "null or an object naming a uri, collection and index as strings", False),
+    ("backend", lambda value: value in ("faiss", "milvus"), "'faiss' or 'milvus'", False),  # older saves: inferred
 )
 _FILES_FIELD = ("files", _files, "an object of plain file names and lowercase hex sha256s", True)  # format 2 on
 # (field, check, rule): what every stored record holds.
@@ -76,72 +78,6 @@ _RECORD_FIELDS = tuple((key, _of(str), "a string") for key in ("id", "content", 
     ("timestamp", _of(str, type(None)), "a string or null"),
     ("metadata", _of(dict), "an object"),
 )
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """Stores messages' records, dense vectors and SAE codes, and scores one user's messages.
-
-    A message is identified by its owner and its id together: two users may hold the same id,
-    and every id-based method acts within one user's messages only, so another user's message
-    is answered exactly like a missing one. Callers validate records, vectors and codes before
-    ``add``, and check that ids exist before ``replace`` and ``delete``.
-    """
-
-    dim: int
-    d_sae: int
-
-    def __len__(self) -> int:
-        """All stored messages, of every user."""
-
-    def users(self) -> list[str]:
-        """Users with at least one message, sorted."""
-
-    def stored(self, user_id: str, message_ids: list[str]) -> set[str]:
-        """Which of these ids the user holds (one round trip for an external engine)."""
-
-    def validate(self, records: list[dict[str, Any]]) -> None:
-        """Raises ValueError for records this backend cannot store, before anything changes."""
-
-    def get(self, user_id: str, message_id: str) -> dict[str, Any] | None:
-        """The user's stored record with this id, or None."""
-
-    def records(self, user_id: str, session_id: str | None = None) -> list[dict[str, Any]]:
-        """One user's (and session's) records, in insertion order."""
-
-    def add(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
-        """Stores new records (each names its ``user_id``) with their validated vectors and codes."""
-
-    def replace(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
-        """Replaces stored messages with the same owner and id; a failure never leaves one with no version."""
-
-    def delete(self, user_id: str, message_ids: list[str]) -> None:
-        """Removes the user's messages with these ids."""
-
-    def score(
-        self,
-        user_id: str,
-        session_id: str | None,
-        q_dense: np.ndarray,
-        q_sparse: sp.csr_matrix,
-        candidates: int,
-        query_text: str | None = None,
-        include: list[str] | None = None,
-    ) -> tuple[list[str], dict[str, np.ndarray]]:
-        """Candidate ids of one user (and session) and, aligned with them, per-signal scores.
-
-        Signals are ``"dense"`` and ``"sparse"`` (and ``"bm25"`` when ``query_text`` is given).
-        ``include`` names ids that must be among the candidates if they belong to the user.
-        """
-
-    def fetch(self, user_id: str, message_ids: list[str]) -> list[tuple[dict[str, Any], sp.csr_matrix]]:
-        """Records and SAE codes (1 x d_sae CSR rows) of the user's stored messages, in the given order."""
-
-    def save(self, path: str | Path, manifest: dict[str, Any]) -> None:
-        """Persists the memory (or, for an external engine, a manifest pointing at it)."""
-
-    def close(self) -> None:
-        """Releases connections or files; the backend is not used afterwards."""
 
 
 def write_snapshot(

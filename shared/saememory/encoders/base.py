@@ -1,0 +1,129 @@
+"""What every encoder is: the ``EncoderProtocol`` that ``SAEMemory`` uses, its output ``Encoded``,
+and the registry that rebuilds a saved encoder from its config.
+
+numpy and scipy only: the encoders themselves (torch, transformers, sentence-transformers) are
+imported when a saved memory names one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    from saememory.sae import SparseAutoencoder
+
+# How a message's token codes become one code (residual sources): element-wise max or mean.
+POOLINGS = ("max", "mean")
+
+# The "type" a saved encoder config carries -> (module, encoder class, config class).
+ENCODER_TYPES: dict[str, tuple[str, str, str]] = {
+    "sentence-transformer": ("saememory.encoders.sentence_transformer", "Encoder", "EncoderConfig"),
+    "lm": ("saememory.encoders.lm", "LMEncoder", "LMEncoderConfig"),
+}
+
+
+@dataclass
+class Encoded:
+    """Encodings of a batch of texts, row-aligned.
+
+    Attributes:
+        dense: (n, dim) float32, L2-normalised.
+        sparse: (n, d_sae) CSR float32, each row L2-normalised (or (n, 0) without an SAE).
+        truncated: (n,) bool, True where the text exceeded the model's window.
+    """
+
+    dense: np.ndarray
+    sparse: sp.csr_matrix
+    truncated: np.ndarray
+
+
+@runtime_checkable
+class EncoderProtocol(Protocol):
+    """The members ``SAEMemory`` uses of an encoder; this is the one list of them.
+
+    ``Encoder`` (sentence-transformers, the default) and ``LMEncoder`` (a causal LM's residual
+    stream) implement it; so can your own class. ``SAEMemory`` validates what it returns.
+    ``steer`` is called only by a steered search and ``config`` only by ``encoder_config``, so a
+    custom encoder without them works until those are needed (but is not an ``isinstance`` of
+    this protocol).
+
+    Attributes:
+        dim: Width of the dense vectors.
+        d_sae: Number of SAE features, 0 without an SAE.
+        sae: The ``SparseAutoencoder`` behind the sparse codes (its labels and families explain
+            hits), or None for dense only.
+        config: Settings with ``to_dict()``; ``encoder_config`` saves them so that
+            ``encoder_from_config`` can rebuild a registered encoder. A memory saved with any other
+            encoder is loaded with ``SAEMemory.load(path, encoder=...)``.
+    """
+
+    dim: int
+    d_sae: int
+    sae: SparseAutoencoder | None
+    config: Any
+
+    def encode_documents(self, texts: list[str], show_progress: bool = False) -> Encoded:
+        """Encodes messages, one row per text, in order."""
+        ...
+
+    def encode_query(self, text: str) -> Encoded:
+        """Encodes one query (one row)."""
+        ...
+
+    def identity(self) -> dict[str, Any]:
+        """What a saved memory records to recognise this encoder again (JSON values)."""
+        ...
+
+    def steer(self, query: Encoded, strengths: dict[int, float]) -> Encoded:
+        """An encoded query with SAE features boosted or suppressed (``saememory.interpret.steering``)."""
+        ...
+
+
+def encoder_config(encoder: Any) -> dict[str, Any] | None:
+    """The config to save for ``encoder``: its ``config.to_dict()`` plus its registered ``"type"``.
+
+    Args:
+        encoder: Any encoder.
+
+    Returns:
+        ``{"type": ..., **encoder.config.to_dict()}`` for an encoder of a type in
+        ``ENCODER_TYPES`` (or a subclass of one); None for any other encoder, which cannot be
+        rebuilt from a config.
+    """
+    for kind, (module, encoder_class, _) in ENCODER_TYPES.items():
+        cls = getattr(sys.modules.get(module), encoder_class, None)  # not imported: not this type
+        if cls is not None and isinstance(encoder, cls):
+            return {"type": kind, **encoder.config.to_dict()}
+    return None
+
+
+def encoder_from_config(config: dict[str, Any]) -> EncoderProtocol:
+    """Builds the encoder a saved config describes (the inverse of ``encoder_config``).
+
+    Args:
+        config: A dict from ``encoder_config``. A config saved before the ``"type"`` key existed
+            is read as an LM encoder if it has an ``"lm"`` key, else as the sentence-transformers
+            ``Encoder``.
+
+    Returns:
+        A new encoder; its models and SAE are loaded.
+
+    Raises:
+        ValueError: If the type is not registered, or the settings are not that type's.
+    """
+    settings = dict(config)
+    kind = settings.pop("type", None) or ("lm" if "lm" in settings else "sentence-transformer")
+    if kind not in ENCODER_TYPES:
+        raise ValueError(
+            f"Encoder type {kind!r} is not one of {sorted(ENCODER_TYPES)}; pass the encoder itself "
+            "(e.g. SAEMemory.load(path, encoder=...))."
+        )
+    module_name, encoder_class, config_class = ENCODER_TYPES[kind]
+    module = importlib.import_module(module_name)
+    return getattr(module, encoder_class)(getattr(module, config_class).from_dict(settings))

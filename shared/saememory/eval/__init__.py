@@ -1,0 +1,1 @@
+"""Evaluation: LongMemEval data and its official retrieval metrics (``longmemeval.py``, stdlib + numpy)."""

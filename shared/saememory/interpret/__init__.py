@@ -1,0 +1,1 @@
+"""Reading the SAE: why a message matched (``explain``), feature labels and families, steering."""

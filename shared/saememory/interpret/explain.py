@@ -1,0 +1,132 @@
+"""What a hit says and why: the ``Hit`` a search returns, its SAE features, and a readable view.
+
+A hit's ``features`` are the strongest entries of its L2-normalised code; its
+``shared_features`` are the features active in both the query and the message, each with its
+``contribution`` (query activation x message activation), so that the contributions of all
+shared features sum to the hit's ``sparse_score``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import scipy.sparse as sp
+
+# Hit metadata an LLM prompt or an embedder should not see: scores and SAE explanations.
+EXPLANATION_KEYS = ("score", "dense_score", "sparse_score", "bm25_score", "calibrated_score", "signals", "rank",
+                    "truncated", "features", "shared_features")
+
+
+@dataclass
+class Hit:
+    """A retrieved message with its scores and the SAE features behind them.
+
+    Attributes:
+        id, content, role, session_id, timestamp, user_id, metadata: The stored message.
+        score: The combined score the ranking used.
+        dense_score: Cosine similarity of the dense embeddings.
+        sparse_score: Cosine similarity of the SAE codes.
+        bm25_score: BM25 score of the message among the user's messages (0.0 when the lexical
+            signal is off).
+        calibrated_score: How far the combined score stands above the user's other messages for
+            this query, in standard deviations; comparable across queries.
+        signals: Per signal used in the ranking: ``raw`` and ``normalized`` score and ``share``
+            of the combined score (of the magnitudes of the weighted terms: a z-scored signal
+            below the user's average pulls the score down and still has a share).
+        rank: 1-based position in the results.
+        truncated: True if the message was longer than the model's window and was encoded
+            truncated.
+        features: The message's strongest SAE features: ``id``, ``activation``, ``label``.
+        shared_features: Features active in both query and message, with ``contribution``: their
+            share of ``sparse_score`` (the contributions of all shared features sum to it).
+    """
+
+    id: str
+    content: str
+    role: str
+    session_id: str
+    timestamp: str | None
+    user_id: str
+    score: float
+    dense_score: float
+    sparse_score: float
+    rank: int
+    bm25_score: float = 0.0
+    calibrated_score: float = 0.0
+    signals: dict[str, dict[str, float]] = field(default_factory=dict)
+    truncated: bool = False
+    features: list[dict[str, Any]] = field(default_factory=list)
+    shared_features: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_metadata(self) -> dict[str, Any]:
+        """A flat dict for framework documents and nodes (``content`` excluded)."""
+        data = asdict(self)
+        data.pop("content")
+        extra = data.pop("metadata")
+        return {**extra, **data}
+
+
+def make_hit(ranked: Any, q_acts: dict[int, float], sae: Any, top_features: int) -> Hit:
+    """The ``Hit`` of one ``saememory.ranking.Ranked`` message, with its features explained."""
+    record = ranked.record
+    features, shared = explain_features(ranked.code, q_acts, sae, top_features)
+    return Hit(
+        id=record["id"], content=record["content"], role=record["role"], session_id=record["session_id"],
+        timestamp=record["timestamp"], user_id=record["user_id"], score=ranked.score,
+        dense_score=ranked.raw["dense"], sparse_score=ranked.raw["sparse"], bm25_score=ranked.raw.get("bm25", 0.0),
+        calibrated_score=ranked.calibrated, signals=ranked.signals, rank=ranked.rank,
+        truncated=record.get("truncated", False), features=features, shared_features=shared,
+        metadata=copy.deepcopy(record.get("metadata") or {}),  # never the stored object
+    )
+
+
+def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n: int) -> tuple[list[dict], list[dict]]:
+    """A message's ``n`` strongest features and the ``n`` features it shares with the query that add most."""
+    if n == 0 or code.nnz == 0:
+        return [], []
+    label = sae.label if sae is not None else (lambda f: None)
+    ids, acts = code.indices, code.data
+    strongest = [
+        {"id": int(ids[i]), "activation": round(float(acts[i]), 6), "label": label(int(ids[i]))}
+        for i in np.argsort(-acts, kind="stable")[:n]
+    ]
+    both = [(int(f), float(a) * q_acts[int(f)]) for f, a in zip(ids, acts) if int(f) in q_acts]
+    both.sort(key=lambda item: -item[1])
+    shared = [
+        {"id": f, "contribution": round(c, 6), "query_activation": round(q_acts[f], 6), "label": label(f)}
+        for f, c in both[:n]
+    ]
+    if sae is not None and getattr(sae, "families", None):
+        for feature in strongest + shared:
+            feature["family"] = sae.family(feature["id"])
+    return strongest, shared
+
+
+def format_hit(content: str, metadata: Mapping[str, Any], width: int = 100) -> str:
+    """A readable explanation of one retrieved message: scores, strongest and shared features.
+
+    Works on ``Hit.to_metadata()`` and so on LangChain documents' and LlamaIndex nodes' metadata.
+    """
+
+    def name(feature: Mapping[str, Any]) -> str:
+        return f"#{feature['id']}" + (f" {feature['label']!r}" if feature.get("label") else "")
+
+    text = content if len(content) <= width else content[: width - 1] + "…"
+    bm25 = f" bm25={metadata['bm25_score']:.2f}" if "bm25" in (metadata.get("signals") or {}) else ""
+    lines = [
+        f"[{metadata.get('rank', '?')}] score={metadata['score']:.3f} (z={metadata.get('calibrated_score', 0.0):.1f}) "
+        f"dense={metadata['dense_score']:.3f} sparse={metadata['sparse_score']:.3f}{bm25}  "
+        f"({metadata.get('session_id')}, {metadata.get('timestamp')}, {metadata.get('role')})"
+        f"{' [truncated]' if metadata.get('truncated') else ''}",
+        f"    {text}",
+    ]
+    if metadata.get("shared_features"):
+        shared = ", ".join(f"{name(f)} +{f['contribution']:.3f}" for f in metadata["shared_features"])
+        lines.append(f"    matched on: {shared}")
+    if metadata.get("features"):
+        lines.append("    strongest: " + ", ".join(f"{name(f)} {f['activation']:.2f}" for f in metadata["features"]))
+    return "\n".join(lines)
