@@ -16,7 +16,7 @@ import sys
 from typing import TypedDict
 
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.runnables import ConfigurableField, RunnableConfig
 from langgraph.graph import END, START, StateGraph
 

@@ -62,6 +62,9 @@ class SAEMemoryRetriever(BaseRetriever):
         user_id: Whose memories this retriever reads and ``add_messages`` writes. Defaults to
             None, the default user; ``invoke(query, user_id=...)`` reads another per call.
         session_id: Restrict to one session. Defaults to None (all sessions of the user).
+        since, until: Only messages said in this window (any timestamp form; see
+            ``saememory.Message``). Defaults to None; ``invoke(q, since=...)`` sets it per call.
+        roles: Only messages of these roles, e.g. ``"user"``. Defaults to None (all).
         min_score: Drop hits with a lower combined score. Defaults to None.
         steer: SAE features to boost or suppress in every query (feature id or label text to
             strength; see ``SAEMemory.search``). Defaults to None; ``invoke(q, steer=...)``
@@ -77,6 +80,9 @@ class SAEMemoryRetriever(BaseRetriever):
     k: int = 10
     user_id: str | None = None
     session_id: str | None = None
+    since: Any = None
+    until: Any = None
+    roles: str | list[str] | None = None
     min_score: float | None = None
     steer: dict[int | str, float] | None = None
     max_chars: int | None = None
@@ -143,6 +149,9 @@ class SAEMemoryRetriever(BaseRetriever):
         k: int | None = None,
         user_id: str | None = None,
         session_id: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        roles: str | list[str] | None = None,
         min_score: float | None = None,
         steer: dict[int | str, float] | None = None,
         max_chars: int | None = None,
@@ -152,6 +161,9 @@ class SAEMemoryRetriever(BaseRetriever):
             k=self.k if k is None else k,
             user_id=user_id if user_id is not None else self.user_id,
             session_id=session_id if session_id is not None else self.session_id,
+            since=since if since is not None else self.since,
+            until=until if until is not None else self.until,
+            roles=roles if roles is not None else self.roles,
             min_score=min_score if min_score is not None else self.min_score,
             steer=steer if steer is not None else self.steer,
             max_chars=max_chars if max_chars is not None else self.max_chars,
@@ -166,6 +178,9 @@ class SAEMemoryRetriever(BaseRetriever):
         k: int | None = None,
         user_id: str | None = None,
         session_id: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        roles: str | list[str] | None = None,
         min_score: float | None = None,
         steer: dict[int | str, float] | None = None,
         max_chars: int | None = None,
@@ -178,6 +193,9 @@ class SAEMemoryRetriever(BaseRetriever):
             k=k,
             user_id=user_id,
             session_id=session_id,
+            since=since,
+            until=until,
+            roles=roles,
             min_score=min_score,
             steer=steer,
             max_chars=max_chars,

@@ -76,10 +76,10 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
             try:
                 self.memory.add(new, user_id=user)
             except ValueError:
-                # Another task stored some of them meanwhile: add the rest one by one.
-                for record in new:
-                    if not self.memory.contains(record["id"], user_id=user):
-                        self.memory.add([record], user_id=user)
+                rest = [r for r in new if not self.memory.contains(r["id"], user_id=user)]
+                if len(rest) == len(new):
+                    raise  # nothing was stored meanwhile: the batch itself is refused, and none of it stored
+                self.memory.add(rest, user_id=user)  # another task stored some of them meanwhile
         return set(ids)
 
     def _recall(self, messages: list[ChatMessage], session_id: str | None) -> str:

@@ -61,6 +61,9 @@ class SAEMemoryRetriever(BaseRetriever):
         similarity_top_k: Messages per query. Defaults to 10.
         user_id: Whose memories this retriever reads. Defaults to None, the default user.
         session_id: Restrict to one session. Defaults to None (all sessions of the user).
+        since, until: Only messages said in this window (any timestamp form; see
+            ``saememory.Message``). Defaults to None.
+        roles: Only messages of these roles, e.g. ``"user"``. Defaults to None (all).
         min_score: Drop hits with a lower combined score. Defaults to None.
         steer: SAE features to boost or suppress in every query (feature id or label text to
             strength; see ``SAEMemory.search``). Defaults to None.
@@ -76,6 +79,9 @@ class SAEMemoryRetriever(BaseRetriever):
         similarity_top_k: int = 10,
         user_id: str | None = None,
         session_id: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        roles: str | list[str] | None = None,
         min_score: float | None = None,
         steer: dict[int | str, float] | None = None,
         max_chars: int | None = None,
@@ -86,6 +92,7 @@ class SAEMemoryRetriever(BaseRetriever):
         self.similarity_top_k = similarity_top_k
         self.user_id = user_id
         self.session_id = session_id
+        self.since, self.until, self.roles = since, until, roles
         self.min_score = min_score
         self.steer = steer
         self.max_chars = max_chars
@@ -145,6 +152,9 @@ class SAEMemoryRetriever(BaseRetriever):
             k=self.similarity_top_k,
             user_id=self.user_id,
             session_id=self.session_id,
+            since=self.since,
+            until=self.until,
+            roles=self.roles,
             min_score=self.min_score,
             steer=self.steer,
             max_chars=self.max_chars,

@@ -73,3 +73,9 @@ def test_a_memory_with_an_approximate_index_saves_and_loads_before_and_after_tra
     assert loaded.search("Where does my sister live?", k=1)[0].id == "a"
     loaded.save(tmp_path / "m")
     assert len(SAEMemory.load(tmp_path / "m")) == 160
+
+
+@pytest.mark.parametrize("index_type", ["IVF2,RQ2x4", "IVF2,LSQ2x4"])
+def test_ivf_kinds_without_id_selectors_are_refused(index_type, encoder):
+    with pytest.raises(ValueError, match="ID selector"):
+        SAEMemory(encoder, backend=FaissBackend(index_type))

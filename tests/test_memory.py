@@ -502,7 +502,8 @@ def test_milvus_ranks_as_in_process_when_every_message_is_a_candidate(encoder, t
                         (y.score, y.dense_score, y.sparse_score, y.bm25_score), abs=1e-5)
                     assert [f["id"] for f in x.shared_features] == [f["id"] for f in y.shared_features]
                     assert x.to_metadata().keys() == y.to_metadata().keys()
-    assert local.messages() == remote.messages()
+    untimed = [[{k: v for k, v in r.items() if k != "time"} for r in m.messages()] for m in (local, remote)]
+    assert untimed[0] == untimed[1]  # "time" is when each was added: a few milliseconds apart
 
 
 def test_milvus_candidates_bound_the_ranking(encoder, tmp_path):

@@ -35,6 +35,7 @@ prints the shrunk steps, the seed and a ``@reproduce_failure`` blob (``print_blo
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import os
 import shutil
 import uuid
@@ -46,6 +47,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
 from saememory import Message, SAEMemory
+from saememory.times import instant, iso
 
 # What a run costs: examples per backend (Milvus' round trips make its steps ~3x dearer).
 DEFAULT_EXAMPLES = {"in-process": 16, "milvus": 8}
@@ -66,7 +68,7 @@ TEXTS = (
 )
 QUERIES = ("Where does my sister live?", "What food should I avoid?", "guitar lessons")
 SESSIONS = ("s1", "s2")
-RECORD_KEYS = ("id", "content", "role", "session_id", "timestamp", "user_id", "metadata", "truncated")
+RECORD_KEYS = ("id", "content", "role", "session_id", "timestamp", "time", "user_id", "metadata", "truncated")
 
 user_args = st.sampled_from(USER_ARGS)
 texts = st.sampled_from(TEXTS)
@@ -76,6 +78,11 @@ timestamps = st.sampled_from([None, "2024-01-02", "2024-05-06T10:00:00Z"])
 metadatas = st.sampled_from([None, {}, {"mood": "happy"}, {"n": 1, "ok": True, "none": None, "tags": ["a", "b"]},
                              {"nested": {"k": "v"}, "tags": []}])
 extras = st.sampled_from([{}, {"topic": "family"}, {"topic": "food", "lang": "pt"}])
+
+
+def _time(timestamp) -> str | None:
+    """The UTC instant the memory stores for a timestamp; None: the time of adding, known only after."""
+    return None if timestamp is None else iso(instant(timestamp))
 
 
 def owner(user_arg: str | None) -> str:
@@ -180,7 +187,7 @@ def machine_for(backend: str, encoder, folder, milvus_db: str | None, stats: Cou
             return {
                 "id": message_id, "content": given["content"], "role": given.get("role") or "user",
                 "session_id": given.get("session_id") or "default", "timestamp": given.get("timestamp"),
-                "user_id": user, "metadata": copy.deepcopy({**(given.get("metadata") or {}), **extra}),
+                "time": _time(given.get("timestamp")), "user_id": user, "metadata": copy.deepcopy({**(given.get("metadata") or {}), **extra}),
                 "truncated": False,
             }
 
@@ -191,6 +198,8 @@ def machine_for(backend: str, encoder, folder, milvus_db: str | None, stats: Cou
             for key in ("content", "role", "session_id", "timestamp"):
                 if key in given:
                     new[key] = given[key]
+            if "timestamp" in given:
+                new["time"] = _time(given["timestamp"])
             metadata = copy.deepcopy(given["metadata"]) if "metadata" in given else copy.deepcopy(record["metadata"])
             metadata.update(copy.deepcopy({k: v for k, v in given.items() if k not in RECORD_KEYS}))
             new["metadata"] = metadata
@@ -206,11 +215,16 @@ def machine_for(backend: str, encoder, folder, milvus_db: str | None, stats: Cou
                     self.memory.add(messages, user_id=user_id, **kwargs)
                 self.count("add", "refused")
                 return
+            started = iso(dt.datetime.now(dt.timezone.utc))
             returned = self.memory.add(messages, user_id=user_id, **kwargs)
             assert len(returned) == len(messages)
             for (user, given), got, message in zip(given_ids, returned, messages):
                 assert got == given if given is not None else (isinstance(got, str) and (user, got) not in self.model)
                 self.model[(user, got)] = self.expected_record(message, user, got)
+                if self.model[(user, got)]["time"] is None:  # no timestamp: the time of adding, read back once
+                    added = self.memory.get(got, user_id=user)["time"]
+                    assert started <= added <= iso(dt.datetime.now(dt.timezone.utc))
+                    self.model[(user, got)]["time"] = added
             self.count("add")
             for message in messages:  # what the caller does with its objects afterwards is its own business
                 metadata = message.metadata if isinstance(message, Message) else message.get("metadata")

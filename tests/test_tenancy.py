@@ -236,3 +236,105 @@ def test_bad_search_arguments_get_our_errors(two_users, kwargs, error, match):
 def test_a_query_that_is_not_valid_unicode_is_refused_clearly(two_users, query):
     with pytest.raises(ValueError, match="query.*not valid Unicode"):
         two_users.search(query, user_id="alice")
+
+
+# A user's memories as a whole: delete, export, and what repr tells ----------------------------
+
+
+def test_delete_user_removes_only_that_user(two_users):
+    assert two_users.delete_user("alice") == 2
+    assert two_users.users() == ["bob"] and two_users.get("m1", user_id="bob")["content"] == BOB[0]["content"]
+    assert two_users.delete_user("nobody") == 0
+
+
+def test_export_writes_one_users_messages_as_json_lines(two_users, tmp_path):
+    import json
+
+    assert two_users.export(tmp_path / "alice.jsonl", user_id="alice") == 2
+    lines = [json.loads(line) for line in (tmp_path / "alice.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in lines] == ["m1", "m2"] and {r["user_id"] for r in lines} == {"alice"}
+    assert lines[0]["metadata"] == {"mood": "happy"}
+
+
+def test_repr_tells_size_users_encoder_and_backend(two_users):
+    text = repr(two_users)
+    assert "3 messages" in text and "2 users" in text and "'alice'" in text and "minilm" in text.lower()
+    assert "Backend" in text
+
+
+# Found by an adversarial review ------------------------------------------------------------------
+
+
+def test_metadata_too_deep_or_with_huge_integers_is_refused_when_added(make):
+    memory = make()
+    deep: dict = {}
+    cursor = deep
+    for _ in range(600):
+        cursor["x"] = {}
+        cursor = cursor["x"]
+    for metadata, match in [(deep, "nested deeper"), ({"v": 2**70}, "64-bit"), ({"v": [-(2**63) - 1]}, "64-bit")]:
+        with pytest.raises(ValueError, match=match):
+            memory.add([{"content": "hello", "metadata": metadata}])
+    memory.add([{"content": "hello", "id": "ok", "metadata": {"v": 2**63 - 1, "d": {"e": {"f": [1]}}}}])
+    assert memory.get("ok")["metadata"]["v"] == 2**63 - 1 and memory.search("hello")[0].id == "ok"
+
+
+def test_one_backend_serves_one_memory(encoder):
+    from saememory.backends import FaissBackend
+
+    backend = FaissBackend()
+    SAEMemory(encoder, backend=backend)
+    with pytest.raises(ValueError, match="already serves another SAEMemory"):
+        SAEMemory(encoder, backend=backend)
+
+
+def test_an_update_racing_a_delete_and_re_add_changes_nothing(make, monkeypatch):
+    memory = make()
+    memory.add([{"id": "m", "content": "old", "session_id": "old-session", "metadata": {"secret": "old"}}])
+    real, raced = memory._encode_records, []
+
+    def encode_while_another_call_replaces_the_message(records, show_progress):
+        if not raced:  # once: the add below encodes through here too
+            raced.append(True)
+            memory.delete("m")
+            memory.add([{"id": "m", "content": "new", "role": "assistant", "session_id": "new", "metadata": {"s": "new"}}])
+        return real(records, show_progress)
+
+    monkeypatch.setattr(memory, "_encode_records", encode_while_another_call_replaces_the_message)
+    with pytest.raises(ValueError, match="changed while this update was encoding"):
+        memory.update([{"id": "m", "content": "updated"}])
+    assert memory.get("m")["metadata"] == {"s": "new"} and memory.get("m")["role"] == "assistant"
+
+
+def test_a_closed_milvus_memory_says_so(encoder, tmp_path):
+    from saememory import MilvusBackend
+
+    memory = SAEMemory(encoder, backend=MilvusBackend(str(tmp_path / "x.db")))
+    memory.add([{"content": "hello"}])
+    memory.close()
+    assert "closed" in repr(memory)
+    with pytest.raises(ValueError, match="closed"):
+        memory.search("hello")
+
+
+def test_save_never_deletes_a_folder_it_did_not_make(two_users, tmp_path):
+    (tmp_path / "snapshot-2024-holiday-photos").mkdir()
+    (tmp_path / ".tmp-drafts").mkdir()
+    (tmp_path / "snapshot-2024").mkdir()
+    two_users.save(tmp_path)
+    two_users.save(tmp_path)
+    assert {"snapshot-2024-holiday-photos", ".tmp-drafts", "snapshot-2024"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_the_memory_block_stores_none_of_a_refused_batch(make):
+    memory = make()
+    block = SAEMemoryBlock(memory=memory, user_id="alice")
+    with pytest.raises(ValueError, match="'bob'"):
+        block._index([ChatMessage(role="user", content="first"),
+                      ChatMessage(role="user", content="x", additional_kwargs={"user_id": "bob"})], "chat")
+    assert len(memory) == 0
+
+
+def test_deleting_bytes_is_refused_clearly(two_users):
+    with pytest.raises(TypeError, match="bytes"):
+        two_users.delete(b"m1", user_id="alice")

@@ -20,18 +20,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import numpy as np
-import scipy.sparse as sp
 
 from saememory.backends import Backend, FaissBackend, backend_class
 from saememory.backends import snapshot
 from saememory.config import finite, first_difference, positive_int
-from saememory.encoders import Encoded, encoder_config, encoder_from_config
+from saememory.encoders import Encoded, check_encoded, encoder_config, encoder_from_config
 from saememory.encoders.sentence_transformer import Encoder, EncoderConfig
 from saememory.interpret.explain import Hit, make_hit
-from saememory.messages import (DEFAULT_USER, Message, changes_of, check_id, check_session, check_text, check_user,
+from saememory.interpret.steering import resolve_steering
+from saememory.messages import (Message, changes_of, check_id, check_session, check_text, check_user,
                                 ids_by_user, merged, new_record)
 from saememory.ranking import SearchConfig, rank
+from saememory.times import instant, iso
 
 
 class SAEMemory:
@@ -57,16 +57,23 @@ class SAEMemory:
         self.encoder = Encoder(encoder) if encoder is None or isinstance(encoder, EncoderConfig) else encoder
         self.config = _config(config, settings)
         self.backend = FaissBackend() if backend is None else backend
+        if getattr(self.backend, "_saememory_claimed", False):
+            raise ValueError(f"{self.backend!r} already serves another SAEMemory; give each memory its own backend "
+                             "object (two memories on one Milvus collection: one backend each, same encoder).")
         self.backend.open(self.encoder.dim, self.encoder.d_sae, identity=self.encoder.identity(),
                           stemmer=self.config.bm25_stemmer)
+        self.backend._saememory_claimed = True
         # Encoding happens outside the lock; only backend calls take it, so one slow add never
         # blocks searches for long, and no search sees half of an add.
         self._lock = threading.RLock()
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self.backend)
 
     def __repr__(self) -> str:
+        if self._closed:
+            return f"SAEMemory(closed, backend={self.backend!r})"
         users = self.users()
         shown = ", ".join(map(repr, users[:3])) + (", ..." if len(users) > 3 else "")
         sae = self.encoder.sae.name if self.encoder.sae is not None else None
@@ -120,6 +127,7 @@ class SAEMemory:
         """Releases the backend's connections (Milvus); the memory is not used afterwards."""
         with self._lock:
             self.backend.close()
+            self._closed = True
 
     # Writing ---------------------------------------------------------------------------------
 
@@ -187,10 +195,11 @@ class SAEMemory:
         self.backend.validate(records)  # a record the backend refuses must not cost the stored version
         encoded = self._encode_records(records, False)
         with self._lock:
-            for user, ids in ids_by_user(records).items():
-                gone = self._missing(user, ids)
-                if gone:
-                    raise KeyError(f"Messages {gone[:5]} of user {user!r} were deleted meanwhile; nothing was updated.")
+            now = [self.backend.get(c["user_id"], c["id"]) for c in changes]
+            changed = [c["id"] for c, before, after in zip(changes, stored, now) if before != after]
+            if changed:  # deleted, re-added or updated by another call while this one encoded
+                raise ValueError(f"Messages {changed[:5]} changed while this update was encoding; nothing was "
+                                 "updated. Call update() again.")
             self.backend.replace(records, encoded.dense, encoded.sparse)
         return [r["id"] for r in records]
 
@@ -201,6 +210,8 @@ class SAEMemory:
             KeyError: Naming the ids the user does not hold; nothing was deleted.
         """
         user = check_user(user_id)
+        if isinstance(message_ids, (bytes, bytearray)):
+            raise TypeError(f"message_ids must be an id (str) or a list of ids, got {type(message_ids).__name__}.")
         ids = [message_ids] if isinstance(message_ids, str) else list(message_ids)
         ids = list(dict.fromkeys(check_id(i) for i in ids))
         with self._lock:
@@ -234,6 +245,7 @@ class SAEMemory:
     # Reading ---------------------------------------------------------------------------------
 
     def search(self, query: str, k: int = 10, *, user_id: str | None = None, session_id: str | None = None,
+               since: Any = None, until: Any = None, roles: str | Iterable[str] | None = None,
                min_score: float | None = None, fusion: str | None = None, steer: Mapping[int | str, float] | None = None,
                max_chars: int | None = None) -> list[Hit]:
         """The ``k`` messages of one user that best match ``query``, best first.
@@ -244,6 +256,10 @@ class SAEMemory:
             user_id: Whose memory to search. Defaults to None, the default user. An unknown
                 user has no messages, so the result is empty.
             session_id: Restrict to one session of that user. Defaults to all sessions.
+            since: Only messages said at or after this time (any form a timestamp takes, see
+                ``Message``; without a zone, UTC). Defaults to None.
+            until: Only messages said at or before this time. Defaults to None.
+            roles: Only messages of this role or these roles, e.g. ``"user"``. Defaults to all.
             min_score: Drop hits whose combined score is below this. Defaults to none.
             fusion: Override the memory's fusion for this call. Defaults to the memory's.
             steer: Features to boost or suppress in the query before ranking: feature id (or a
@@ -259,7 +275,8 @@ class SAEMemory:
             ValueError: If ``query`` is empty, blank or not valid Unicode, ``k <= 0``,
                 ``max_chars <= 0``, or another argument is out of its range.
         """
-        return self._search(query, k, user_id, session_id, min_score, fusion, steer, max_chars)
+        window = _window(since, until, roles)
+        return self._search(query, k, user_id, session_id, min_score, fusion, steer, max_chars, window=window)
 
     def explain(self, query: str, message_id: str, *, user_id: str | None = None, session_id: str | None = None) -> Hit:
         """Scores, rank and features of one of the user's messages for ``query``, as ``search`` ranks it.
@@ -284,24 +301,11 @@ class SAEMemory:
         raise KeyError(f"Message {message_id!r} of user {user!r} was deleted meanwhile.")
 
     def resolve_features(self, steer: Mapping[int | str, float]) -> dict[int, float]:
-        """Turns a steering spec with feature ids or label texts into feature ids."""
-        if self.encoder.sae is None:
-            raise ValueError("Steering needs an SAE; this memory's encoder is dense only.")
-        if not isinstance(steer, Mapping):
-            raise TypeError(f"steer must be a dict of feature id or label text to strength, got {type(steer).__name__}.")
-        out: dict[int, float] = {}
-        for key, strength in steer.items():
-            strength = finite(f"steer[{key!r}]", strength)
-            if isinstance(key, str):
-                features = self.encoder.sae.find_features(key)
-            elif isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-                features = [int(key)]  # the encoder checks the range
-            else:
-                raise TypeError(f"steer key {key!r} is neither a label text nor a feature id (an int).")
-            out.update({f: strength for f in features})
-        return out
+        """Turns a steering spec with feature ids or label texts into feature ids (see ``interpret.steering``)."""
+        return resolve_steering(self.encoder.sae, steer)
 
-    def _search(self, query, k, user_id, session_id, min_score, fusion, steer, max_chars, include=None) -> list[Hit]:
+    def _search(self, query, k, user_id, session_id, min_score, fusion, steer, max_chars, include=None,
+                window: dict[str, Any] | None = None) -> list[Hit]:
         check_text("query", query)
         k = positive_int("k", k)
         user, session = check_user(user_id), check_session(session_id)
@@ -314,7 +318,8 @@ class SAEMemory:
             q = self._checked(self.encoder.steer(q, features), 1, "the steered query")
         q_dense, q_sparse = q.dense[0], q.sparse[0]
         with self._lock:
-            ranked = rank(self.backend, config, query, q_dense, q_sparse, user, session, k, min_score, max_chars, include)
+            ranked = rank(self.backend, config, query, q_dense, q_sparse, user, session, k, min_score, max_chars, include,
+                          **(window or {}))
         q_acts = dict(zip(q_sparse.indices.tolist(), q_sparse.data.tolist()))
         return [make_hit(r, q_acts, self.encoder.sae, config.top_features) for r in ranked]
 
@@ -329,24 +334,7 @@ class SAEMemory:
         return encoded
 
     def _checked(self, encoded: Encoded, n: int, what: str = "messages") -> Encoded:
-        """Rejects encoder output that would corrupt the backend, before anything is stored."""
-        consequence = "nothing was stored" if what == "messages" else "nothing was searched"
-        dense = np.asarray(encoded.dense, dtype=np.float32)
-        if dense.shape != (n, self.encoder.dim):
-            raise ValueError(f"Encoder returned dense vectors of shape {dense.shape} for {what}, expected "
-                             f"{(n, self.encoder.dim)}; {consequence}. A custom encoder must return one row per text.")
-        sparse = sp.csr_matrix(encoded.sparse, dtype=np.float32)
-        if sparse.shape != (n, self.encoder.d_sae):
-            raise ValueError(f"Encoder returned sparse codes of shape {sparse.shape} for {what}, expected "
-                             f"{(n, self.encoder.d_sae)}; {consequence}.")
-        if not np.isfinite(dense).all() or not np.isfinite(sparse.data).all():
-            raise ValueError(f"Encoder returned NaN or infinite values for {what}; {consequence}. "
-                             "A custom encoder must return finite vectors.")
-        truncated = np.asarray(getattr(encoded, "truncated", np.zeros(n, bool)), dtype=bool).reshape(-1)
-        if truncated.shape != (n,):
-            raise ValueError(f"Encoder returned truncated flags of shape {truncated.shape}, expected {(n,)}; "
-                             f"{consequence}. A custom encoder must return one flag per text (or none).")
-        return Encoded(dense=np.ascontiguousarray(dense), sparse=sparse, truncated=truncated)
+        return check_encoded(encoded, n, self.encoder.dim, self.encoder.d_sae, what)
 
     # Persistence -----------------------------------------------------------------------------
 
@@ -391,6 +379,20 @@ class SAEMemory:
         backend, manifest = backend_class(name).load(path, identity=encoder.identity(), stemmer=config.bm25_stemmer)
         _check_identity(path, manifest, encoder.identity())  # the manifest read with the data, under one lock
         return cls(encoder, backend=backend, config=config)
+
+
+def _window(since: Any, until: Any, roles: str | Iterable[str] | None) -> dict[str, Any]:
+    """A search's time and role filters, validated: UTC instants and a tuple of roles."""
+    window = {"since": None if since is None else iso(instant(since, "since")),
+              "until": None if until is None else iso(instant(until, "until")), "roles": None}
+    if window["since"] and window["until"] and window["since"] > window["until"]:
+        raise ValueError(f"since={since!r} is after until={until!r}; no message can be in that window.")
+    if roles is not None:
+        roles = (roles,) if isinstance(roles, str) else tuple(roles)
+        if not roles or not all(isinstance(r, str) and r for r in roles):
+            raise ValueError(f"roles must be a role or a list of roles (non-empty strings), got {roles!r}.")
+        window["roles"] = roles
+    return window
 
 
 def _config(config: SearchConfig | None, settings: dict[str, Any]) -> SearchConfig:

@@ -1,7 +1,8 @@
 """Messages as they are stored: the ``Message`` type, owners, and the checks every write passes.
 
-A stored record is plain JSON: ``id``, ``content``, ``role``, ``session_id``, ``timestamp``,
-``user_id`` and ``metadata``. Whatever passes these checks comes back unchanged from a save,
+A stored record is plain JSON: ``id``, ``content``, ``role``, ``session_id``, ``timestamp`` (as
+given, for display), ``time`` (its UTC instant, see ``saememory.times``), ``user_id`` and
+``metadata``. Whatever passes these checks comes back unchanged from a save,
 and a message is identified by its owner and its id together.
 """
 
@@ -12,6 +13,8 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+
+from saememory.times import stored_time
 
 DEFAULT_USER = "default"
 DEFAULT_SESSION = "default"
@@ -30,7 +33,9 @@ class Message:
             to None: a new UUID when added.
         session_id: The conversation it belongs to. Defaults to None: ``"default"`` when added,
             the stored session when updated.
-        timestamp: When it was said, any string (ISO 8601 recommended). Defaults to None.
+        timestamp: When it was said: ISO 8601 (with or without a zone; without, UTC), a
+            ``datetime`` or ``date``, epoch seconds, or LongMemEval's ``2023/05/20 (Sat) 02:21``.
+            Parsed when added; kept as given for display. Defaults to None: the time of adding.
         user_id: Whose memory it is. Defaults to None: the default user, ``"default"``.
         metadata: Extra fields, returned with every hit; JSON values with string keys.
             Defaults to None: empty when added, the stored metadata when updated.
@@ -42,7 +47,7 @@ class Message:
     role: str | None = None
     id: str | None = None
     session_id: str | None = None
-    timestamp: str | None = None
+    timestamp: Any = None
     user_id: str | None = None
     metadata: dict[str, Any] | None = None
 
@@ -121,7 +126,7 @@ def _message_fields(message: Message | Mapping[str, Any], position: int) -> dict
     if "metadata" in given and not isinstance(given["metadata"], Mapping):
         raise TypeError(f"{where}: metadata must be a dict, got {type(given['metadata']).__name__}.")
     if "timestamp" in given:
-        given["timestamp"] = str(given["timestamp"])
+        given["timestamp"], given["time"] = stored_time(given["timestamp"], f"{where}: timestamp")
     given["extra"] = extra
     given["where"] = where
     return given
@@ -147,6 +152,7 @@ def new_record(message: Message | Mapping[str, Any], position: int, owner: str |
         "role": given.get("role", "user"),
         "session_id": given.get("session_id", DEFAULT_SESSION),
         "timestamp": given.get("timestamp"),
+        "time": given["time"] if "time" in given else stored_time(None)[1],
         "user_id": _owner(given, owner),
         "metadata": {**dict(given.get("metadata") or {}), **given["extra"]},  # extra keys travel as metadata
     }
@@ -164,7 +170,7 @@ def changes_of(message: Message | Mapping[str, Any], position: int, owner: str |
 
 def merged(record: dict[str, Any], change: dict[str, Any], position: int) -> dict[str, Any]:
     """The stored record with the given fields changed; owner and id stay."""
-    merged = {key: change.get(key, record[key]) for key in ("content", "role", "session_id", "timestamp")}
+    merged = {key: change.get(key, record.get(key)) for key in ("content", "role", "session_id", "timestamp", "time")}
     metadata = dict(change["metadata"]) if "metadata" in change else dict(record.get("metadata") or {})
     metadata.update(change["extra"])
     merged = {"id": record["id"], **merged, "user_id": record["user_id"], "metadata": metadata}
@@ -177,6 +183,9 @@ def _check_storable(record: dict[str, Any], where: str) -> dict[str, Any]:
     Returns:
         A deep copy of ``record``, so that the caller's objects never alias what is stored.
     """
+    problem = _beyond_limits(record.get("metadata"), 1)
+    if problem:
+        raise ValueError(f"{where}: metadata {problem}; flatten it or store the value as a string.")
     try:
         text = json.dumps(record, ensure_ascii=False, allow_nan=False)
         text.encode("utf-8")
@@ -189,6 +198,24 @@ def _check_storable(record: dict[str, Any], where: str) -> dict[str, Any]:
         raise ValueError(f"{where}: metadata would not come back unchanged from a save (keys must be str, "
                          "sequences lists, not tuples); convert it to plain JSON first.")
     return copy
+
+
+MAX_DEPTH = 32  # metadata nesting: deeper values are refused, not left to fail every later read
+_INT64 = (-(2**63), 2**63 - 1)  # what every backend can store (Milvus' JSON keeps 64-bit integers)
+
+
+def _beyond_limits(value: Any, depth: int) -> str | None:
+    """Why ``value`` (metadata) is beyond what every backend stores and reads back, or None."""
+    if isinstance(value, (dict, list)):
+        if depth > MAX_DEPTH:
+            return f"is nested deeper than {MAX_DEPTH} levels"
+        for item in value.values() if isinstance(value, dict) else value:
+            problem = _beyond_limits(item, depth + 1)
+            if problem:
+                return problem
+    elif isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+        return f"holds the integer {value}, outside the 64-bit range"
+    return None
 
 
 def ids_by_user(records: list[dict[str, Any]]) -> dict[str, list[str]]:

@@ -136,16 +136,21 @@ def rank(
     min_score: float | None = None,
     max_chars: int | None = None,
     include: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    roles: tuple[str, ...] | None = None,
 ) -> list[Ranked]:
     """The best of one user's (and session's) messages for an encoded query, best first.
 
     Args:
         include: A message id that must be among the scored candidates (for ``explain``).
             Defaults to None.
+        since, until, roles: Filters, validated (see ``Backend.score``).
         Others: As ``SAEMemory.search``; arguments are already validated.
     """
     ids, signals = backend.score(user_id, session_id, q_dense, q_sparse, config.candidates,
-                                 query_text=query if config.lexical else None, include=[include] if include else None)
+                                 query_text=query if config.lexical else None, include=[include] if include else None,
+                                 since=since, until=until, roles=roles)
     if not ids:
         return []
     scores, normalized, shares = fuse(signals, config.weights, config.fusion, config.normalization, config.rrf_k,

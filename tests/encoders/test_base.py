@@ -49,8 +49,8 @@ def test_a_custom_encoder_saves_no_config(encoder):
 
 def test_light_modules_load_without_torch():
     code = (
-        "import sys; import saememory.encoders, saememory.eval.longmemeval, saememory.interpret.labels, "
-        "saememory.interpret.families, saememory.interpret.steering; "
+        "import sys; import saememory, saememory.encoders, saememory.eval.longmemeval, saememory.interpret.labels, "
+        "saememory.interpret.families, saememory.interpret.steering, saememory.scoring, saememory.messages; "
         "heavy = {'torch', 'transformers', 'sentence_transformers', 'sae_lens'} & set(sys.modules); "
         "assert not heavy, heavy"
     )

@@ -84,11 +84,18 @@ class Backend(Protocol):
         candidates: int,
         query_text: str | None = None,
         include: list[str] | None = None,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        roles: tuple[str, ...] | None = None,
     ) -> tuple[list[str], dict[str, np.ndarray]]:
-        """Candidate ids of one user (and session) and, aligned with them, per-signal scores.
+        """Candidate ids of one user's messages that pass the filters and, aligned with them, per-signal scores.
 
         Signals are ``"dense"`` and ``"sparse"`` (and ``"bm25"`` when ``query_text`` is given).
-        ``include`` names ids that must be among the candidates if they belong to the user.
+        ``include`` names ids that must be among the candidates if they belong to the user and
+        pass the filters. The filters: ``session_id``; ``since``/``until``, UTC instants in
+        ``saememory.times.iso`` form, both inclusive (a message with no known time passes neither);
+        ``roles``, the roles to keep. None: no filter.
         """
 
     def fetch(self, user_id: str, message_ids: list[str]) -> list[tuple[dict[str, Any], sp.csr_matrix]]:
@@ -104,3 +111,13 @@ class Backend(Protocol):
         """Releases connections or files; the backend is not used afterwards."""
 
 
+
+
+def matches(record: dict[str, Any], session_id: str | None, since: str | None, until: str | None,
+            roles: tuple[str, ...] | None) -> bool:
+    """Whether a record passes a search's filters (see ``Backend.score``); both backends check with it."""
+    time = record.get("time")
+    return ((session_id is None or record["session_id"] == session_id)
+            and (since is None or (time is not None and time >= since))
+            and (until is None or (time is not None and time <= until))
+            and (roles is None or record["role"] in roles))

@@ -18,9 +18,13 @@ import scipy.sparse as sp
 
 from saememory.arrays import GrowableCSR, GrowableMatrix
 from saememory.backends import snapshot
+from saememory.backends.base import matches
 from saememory.lexical import LexicalIndex
 
 
+# IVF kinds whose search takes an ID selector (the additive quantizers, RQ and LSQ, do not).
+_IVF_WITH_SELECTORS = tuple(getattr(faiss, name) for name in ("IndexIVFFlat", "IndexIVFScalarQuantizer", "IndexIVFPQ",
+                                                                "IndexIVFPQFastScan") if hasattr(faiss, name))
 SUPPORTED_INDEXES = "'Flat' (exact), 'HNSW32', 'IVF<n>,Flat', 'IVF<n>,SQ8', 'IVF<n>,PQ<m>' or 'SQ8'"
 
 
@@ -94,11 +98,11 @@ class FaissBackend:
             pass
         elif isinstance(inner, faiss.IndexHNSW) and isinstance(faiss.downcast_index(inner.storage), faiss.IndexFlat):
             self._removable = False  # HNSW graphs cannot drop nodes: dead rows stay out of every selector instead
-        elif isinstance(inner, faiss.IndexIVF):
+        elif isinstance(inner, _IVF_WITH_SELECTORS):
             ksub = 2 ** inner.pq.nbits if isinstance(inner, faiss.IndexIVFPQ) else 0
             self._min_train, self._nprobe = 39 * max(inner.nlist, ksub), min(inner.nlist, 16)
         elif isinstance(inner, faiss.IndexScalarQuantizer):
-            self._min_train = 1
+            self._min_train = 1000  # per-dimension ranges: one message trains them badly
         else:
             raise ValueError(f"index_type={self.index_type!r} builds a FAISS {type(inner).__name__}, which cannot "
                              f"search one user's messages through an ID selector; use one of {SUPPORTED_INDEXES}.")
@@ -190,16 +194,17 @@ class FaissBackend:
             self._sorted_rows.pop(user, None)
             self._records[row] = None
 
-    def rows_for(self, user_id: str, session_id: str | None = None) -> np.ndarray:
-        """The live rows of one user (and session), sorted (cached until the user's rows change)."""
+    def rows_for(self, user_id: str, session_id: str | None = None, since: str | None = None,
+                 until: str | None = None, roles: tuple[str, ...] | None = None) -> np.ndarray:
+        """The live rows of one user (and session, time window, roles), sorted; see ``Backend.score``."""
         rows = self._sorted_rows.get(user_id)
         if rows is None:
             found = self._user_rows.get(user_id, set())
             rows = np.fromiter(sorted(found), dtype=np.int64, count=len(found))
             self._sorted_rows[user_id] = rows
-        if session_id is not None:
-            rows = rows[np.fromiter((self._records[r]["session_id"] == session_id for r in rows.tolist()),
-                                    dtype=bool, count=rows.size)]
+        if session_id is not None or since is not None or until is not None or roles is not None:
+            keep = [matches(self._records[r], session_id, since, until, roles) for r in rows.tolist()]
+            rows = rows[np.asarray(keep, dtype=bool).reshape(-1)]
         return rows
 
     def score(
@@ -211,6 +216,10 @@ class FaissBackend:
         candidates: int,
         query_text: str | None = None,
         include: list[str] | None = None,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        roles: tuple[str, ...] | None = None,
     ) -> tuple[list[str], dict[str, np.ndarray]]:
         """Similarities of the query to one user's candidate messages, per signal.
 
@@ -226,11 +235,11 @@ class FaissBackend:
             ``(ids, signals)``: the candidate ids and, aligned with them, ``"dense"`` and
             ``"sparse"`` (and ``"bm25"``) scores.
         """
-        rows, signals = self._score_rows(user_id, session_id, q_dense, q_sparse, candidates, query_text, include)
+        allowed = self.rows_for(user_id, session_id, since, until, roles)
+        rows, signals = self._score_rows(user_id, allowed, q_dense, q_sparse, candidates, query_text, include)
         return [self._records[r]["id"] for r in rows.tolist()], signals
 
-    def _score_rows(self, user_id, session_id, q_dense, q_sparse, candidates, query_text, include):
-        allowed = self.rows_for(user_id, session_id)
+    def _score_rows(self, user_id, allowed, q_dense, q_sparse, candidates, query_text, include):
         if allowed.size == 0:
             return allowed, {"dense": np.zeros(0, np.float32), "sparse": np.zeros(0, np.float32)}
         others = {"sparse": self._sparse_scores(q_sparse, allowed)}

@@ -39,6 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from saememory.backends import snapshot
+from saememory.backends.base import matches
 from saememory.config import first_difference
 from saememory.lexical import LexicalIndex, check_stemmer
 
@@ -49,7 +50,7 @@ MAX_TEXT = 65_535  # bytes, Milvus' VARCHAR limit
 MAX_TOPK = 16_384  # Milvus' largest search limit
 BATCH = 1_000  # rows per insert call
 MAX_IDENTITY = 65_535  # bytes of identity JSON: Milvus documents no limit on property values; its VARCHAR one
-RECORD_FIELDS = ["id", "user_id", "session_id", "role", "timestamp", "seq", "text", "metadata", "truncated"]
+RECORD_FIELDS = ["id", "user_id", "session_id", "role", "timestamp", "time", "seq", "text", "metadata", "truncated"]
 # Keepalive: milvus-lite's engine is a grpcio server with gRPC's default ping policy: without calls
 # in flight it accepts one ping per 2 h (during calls one per 5 min), and at the third ping too soon
 # it sends GOAWAY "too_many_pings" and drops the connection. pymilvus pings every 10 s, calls or
@@ -133,7 +134,14 @@ class MilvusBackend:
             raise ValueError(f"index={index!r} is not one of {INDEXES}.")
         self.collection, self.token = collection, token
         self.index_type = ("FLAT" if self.lite else "HNSW") if index == "auto" else index
-        self.client = None  # connected by open()
+        self._client = None  # connected by open()
+
+    @property
+    def client(self) -> Any:
+        """The open pymilvus client; refuses clearly once closed (or before ``open``)."""
+        if self._client is None:
+            raise ValueError(f"{self!r} is closed (or was never opened); open a new SAEMemory on it.")
+        return self._client
 
     def __repr__(self) -> str:
         return f"MilvusBackend({self.uri!r}, collection={self.collection!r}, index={self.index_type!r})"
@@ -144,15 +152,17 @@ class MilvusBackend:
         ``identity`` (the encoder's, a JSON-serialisable dict) is recorded in a new collection
         and compared with the recorded one on reopening; None records and checks nothing.
         """
-        if self.client is not None:
+        if self._client is not None:  # opened by load(): the same encoder, or refused
             if (self.dim, self.d_sae) != (dim, d_sae):
                 raise ValueError(f"{self!r} is open for dim={self.dim}, d_sae={self.d_sae}, not dim={dim}, d_sae={d_sae}.")
+            if identity is not None and self.identity is not None and json.loads(self.identity) != identity:
+                raise ValueError(f"{self!r} is open for another encoder; use a new MilvusBackend for this one.")
             return
         self.dim, self.d_sae = int(dim), int(d_sae)
         self.stemmer = check_stemmer(stemmer)
         self.identity = None if identity is None else _identity_json(identity)
         pymilvus = _pymilvus()
-        self.client = pymilvus.MilvusClient(self.uri, **(LITE_CONNECTION if self.lite else {}),
+        self._client = pymilvus.MilvusClient(self.uri, **(LITE_CONNECTION if self.lite else {}),
                                             **({"token": self.token} if self.token else {}))
         try:
             if self.client.has_collection(self.collection):
@@ -188,6 +198,7 @@ class MilvusBackend:
         schema.add_field("session_id", DataType.VARCHAR, max_length=MAX_KEY)
         schema.add_field("role", DataType.VARCHAR, max_length=MAX_KEY)
         schema.add_field("timestamp", DataType.VARCHAR, max_length=MAX_KEY, nullable=True)
+        schema.add_field("time", DataType.VARCHAR, max_length=32, nullable=True)  # saememory.times.iso: sorts as time
         schema.add_field("seq", DataType.INT64)
         schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT, enable_analyzer=True)
         schema.add_field("metadata", DataType.JSON)
@@ -217,12 +228,12 @@ class MilvusBackend:
         d_sae = properties.get("saememory.d_sae")
         dim = fields.get("dense", {}).get("params", {}).get("dim")
         where = f"Milvus collection {self.collection!r} at {self.uri}"
-        if d_sae is None or set(RECORD_FIELDS) - set(fields):
+        if d_sae is None or {"id", "user_id", "text", "dense", "sparse"} - set(fields):
             raise ValueError(f"{where} was not made by saememory; choose another collection.")
-        if "pk" not in fields:
-            raise ValueError(f"{where} was made by an older saememory, whose primary key is the message id alone; "
-                             "this one needs the owner in the key, as users may share ids. Choose another "
-                             "collection (and add the messages again).")
+        if "pk" not in fields or set(RECORD_FIELDS) - set(fields):
+            raise ValueError(f"{where} was made by an older saememory (its primary key is the message id alone, or "
+                             "it has no time field); this one keys messages by owner and id, as users may share "
+                             "ids. Choose another collection (and add the messages again).")
         if int(dim) != self.dim or int(d_sae) != self.d_sae:
             raise ValueError(f"{where} holds dim={dim}, d_sae={d_sae}; this encoder gives dim={self.dim}, "
                              f"d_sae={self.d_sae}. Use the encoder it was made with or another collection.")
@@ -308,9 +319,19 @@ class MilvusBackend:
         return rows
 
     @staticmethod
-    def _filter(user_id: str, session_id: str | None) -> str:
-        expr = f"user_id == {literal(user_id)}"
-        return expr if session_id is None else f"{expr} && session_id == {literal(session_id)}"
+    def _filter(user_id: str, session_id: str | None, since: str | None = None, until: str | None = None,
+                roles: tuple[str, ...] | None = None) -> str:
+        """The filter expression of one user's messages that pass a search's filters; every value escaped."""
+        parts = [f"user_id == {literal(user_id)}"]
+        if session_id is not None:
+            parts.append(f"session_id == {literal(session_id)}")
+        if since is not None:
+            parts.append(f"time >= {literal(since)}")
+        if until is not None:
+            parts.append(f"time <= {literal(until)}")
+        if roles is not None:
+            parts.append(f"role in [{', '.join(literal(r) for r in roles)}]")
+        return " && ".join(parts)
 
     # Writing --------------------------------------------------------------------------------
 
@@ -357,7 +378,8 @@ class MilvusBackend:
         return {
             "pk": _pk(record["user_id"], record["id"]),
             "id": record["id"], "user_id": record["user_id"], "session_id": record["session_id"],
-            "role": record["role"], "timestamp": record["timestamp"], "seq": seq, "text": record["content"],
+            "role": record["role"], "timestamp": record["timestamp"], "time": record.get("time"), "seq": seq,
+            "text": record["content"],
             "metadata": record.get("metadata") or {}, "truncated": bool(record.get("truncated", False)),
             "dense": vector.tolist(), "sparse": code or {self.d_sae: 1.0},  # the placeholder: see the module doc
         }
@@ -381,11 +403,16 @@ class MilvusBackend:
         candidates: int,
         query_text: str | None = None,
         include: list[str] | None = None,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        roles: tuple[str, ...] | None = None,
     ) -> tuple[list[str], dict[str, np.ndarray]]:
         """Union of the dense, SAE and BM25 searches' top ``candidates``, scored exactly; see the module doc."""
-        expr = self._filter(user_id, session_id)
+        expr = self._filter(user_id, session_id, since, until, roles)
         limit = min(int(candidates), MAX_TOPK)
-        fields = ["id", "user_id", "session_id", "seq", "dense", "sparse"] + (["text"] if query_text is not None else [])
+        fields = ["id", "user_id", "session_id", "role", "time", "seq", "dense", "sparse"] + (
+            ["text"] if query_text is not None else [])
         dense_params = {"metric_type": "IP", **({"params": {"ef": max(limit, 64)}} if self.index_type == "HNSW" else {})}
         searches = [("dense", [np.asarray(q_dense, np.float32).reshape(-1).tolist()], dense_params)]
         q_code = sp.csr_matrix(q_sparse)
@@ -406,7 +433,7 @@ class MilvusBackend:
                                          output_fields=fields, limit=len(batch)):
                 found[_pk(row["user_id"], row["id"])] = row
         # Defence in depth: nothing outside this user's (and session's) messages may pass.
-        rows = [r for r in found.values() if r["user_id"] == user_id and (session_id is None or r["session_id"] == session_id)]
+        rows = [r for r in found.values() if r["user_id"] == user_id and matches(r, session_id, since, until, roles)]
         if not rows:
             return [], {"dense": np.zeros(0, np.float32), "sparse": np.zeros(0, np.float32)}
         dense = np.asarray([r["dense"] for r in rows], dtype=np.float32) @ np.asarray(q_dense, np.float32).reshape(-1)
@@ -456,9 +483,9 @@ class MilvusBackend:
 
     def close(self) -> None:
         """Releases the connection (a milvus-lite one is closed); ``open`` may connect again."""
-        if self.client is not None:
+        if self._client is not None:
             self.client.close()
-            self.client = None
+            self._client = None
 
 
 def _storable_key(value: str) -> bool:
@@ -509,7 +536,8 @@ def _identity_json(identity: Any) -> str:
 def _record(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"], "content": row["text"], "role": row["role"], "session_id": row["session_id"],
-        "timestamp": row["timestamp"], "user_id": row["user_id"], "metadata": dict(row["metadata"] or {}),
+        "timestamp": row["timestamp"], "time": row.get("time"), "user_id": row["user_id"],
+        "metadata": dict(row["metadata"] or {}),
         "truncated": bool(row["truncated"]),
     }
 

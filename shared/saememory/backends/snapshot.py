@@ -35,7 +35,7 @@ READABLE_VERSIONS = (1, 2)  # format 1 loads without checksums
 CURRENT = "CURRENT"
 LOCK = "LOCK"
 LOCK_TIMEOUT = 60.0  # seconds a save or load waits for another process's save or load
-_SNAPSHOT_NAME = re.compile(r"snapshot-[0-9a-f]{1,64}")
+_SNAPSHOT_NAME = re.compile(r"snapshot-[0-9a-f]{12}")  # as write_snapshot names them
 _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -78,6 +78,7 @@ _RECORD_FIELDS = tuple((key, _of(str), "a string") for key in ("id", "content", 
     ("timestamp", _of(str, type(None)), "a string or null"),
     ("metadata", _of(dict), "an object"),
 )
+_OPTIONAL_RECORD_FIELDS = (("time", _of(str, type(None)), "a UTC time string or null"),)  # saves before times
 
 
 def write_snapshot(
@@ -123,7 +124,8 @@ def write_snapshot(
         _fsync_dir(path)
         # Under the exclusive lock no reader or saver is on any other snapshot: all are garbage.
         for old in path.iterdir():
-            if old.name != snapshot and old.name.startswith(("snapshot-", ".tmp-")):
+            name = old.name[len(".tmp-"):] if old.name.startswith(".tmp-") else old.name
+            if old.name != snapshot and _SNAPSHOT_NAME.fullmatch(name) and old.is_dir():  # never a folder of the user's
                 shutil.rmtree(old, ignore_errors=True)
 
 
@@ -294,8 +296,10 @@ def _live_snapshot(path: Path) -> tuple[Path, dict[str, Any]]:
 def _record_problem(record: Any) -> str | None:
     if not isinstance(record, dict):
         return f"is a JSON {type(record).__name__}, not an object"
-    for key, check, rule in _RECORD_FIELDS:
+    for key, check, rule in _RECORD_FIELDS + _OPTIONAL_RECORD_FIELDS:
         if key not in record:
+            if (key, check, rule) in _OPTIONAL_RECORD_FIELDS:
+                continue
             return f"lacks the field {key!r}"
         if not check(record[key]):
             return f"has {key}={_short(record[key])}, but it must be {rule}"

@@ -11,6 +11,6 @@
 Importing this package loads numpy and scipy only; each encoder module loads torch and its models.
 """
 
-from saememory.encoders.base import POOLINGS, Encoded, EncoderProtocol, encoder_config, encoder_from_config
+from saememory.encoders.base import POOLINGS, Encoded, EncoderProtocol, check_encoded, encoder_config, encoder_from_config
 
-__all__ = ["POOLINGS", "Encoded", "EncoderProtocol", "encoder_config", "encoder_from_config"]
+__all__ = ["POOLINGS", "Encoded", "EncoderProtocol", "check_encoded", "encoder_config", "encoder_from_config"]

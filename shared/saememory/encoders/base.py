@@ -127,3 +127,29 @@ def encoder_from_config(config: dict[str, Any]) -> EncoderProtocol:
     module_name, encoder_class, config_class = ENCODER_TYPES[kind]
     module = importlib.import_module(module_name)
     return getattr(module, encoder_class)(getattr(module, config_class).from_dict(settings))
+
+
+def check_encoded(encoded: Encoded, n: int, dim: int, d_sae: int, what: str = "messages") -> Encoded:
+    """An encoder's output for ``n`` texts, checked before anything is stored or searched.
+
+    Raises:
+        ValueError: For vectors or codes of the wrong shape, NaN or infinite values, or
+            truncated flags of the wrong shape, naming ``what`` was encoded.
+    """
+    consequence = "nothing was stored" if what == "messages" else "nothing was searched"
+    dense = np.asarray(encoded.dense, dtype=np.float32)
+    if dense.shape != (n, dim):
+        raise ValueError(f"Encoder returned dense vectors of shape {dense.shape} for {what}, expected {(n, dim)}; "
+                         f"{consequence}. A custom encoder must return one row per text.")
+    sparse = sp.csr_matrix(encoded.sparse, dtype=np.float32)
+    if sparse.shape != (n, d_sae):
+        raise ValueError(f"Encoder returned sparse codes of shape {sparse.shape} for {what}, expected {(n, d_sae)}; "
+                         f"{consequence}.")
+    if not np.isfinite(dense).all() or not np.isfinite(sparse.data).all():
+        raise ValueError(f"Encoder returned NaN or infinite values for {what}; {consequence}. "
+                         "A custom encoder must return finite vectors.")
+    truncated = np.asarray(getattr(encoded, "truncated", np.zeros(n, bool)), dtype=bool).reshape(-1)
+    if truncated.shape != (n,):
+        raise ValueError(f"Encoder returned truncated flags of shape {truncated.shape}, expected {(n,)}; "
+                         f"{consequence}. A custom encoder must return one flag per text (or none).")
+    return Encoded(dense=np.ascontiguousarray(dense), sparse=sparse, truncated=truncated)

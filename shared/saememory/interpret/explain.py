@@ -26,6 +26,8 @@ class Hit:
 
     Attributes:
         id, content, role, session_id, timestamp, user_id, metadata: The stored message.
+        time: When it was said, as a UTC instant (ISO 8601); None for a message saved before
+            saememory parsed times.
         score: The combined score the ranking used.
         dense_score: Cosine similarity of the dense embeddings.
         sparse_score: Cosine similarity of the SAE codes.
@@ -61,6 +63,7 @@ class Hit:
     features: list[dict[str, Any]] = field(default_factory=list)
     shared_features: list[dict[str, Any]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    time: str | None = None
 
     def to_metadata(self) -> dict[str, Any]:
         """A flat dict for framework documents and nodes (``content`` excluded)."""
@@ -81,6 +84,7 @@ def make_hit(ranked: Any, q_acts: dict[int, float], sae: Any, top_features: int)
         calibrated_score=ranked.calibrated, signals=ranked.signals, rank=ranked.rank,
         truncated=record.get("truncated", False), features=features, shared_features=shared,
         metadata=copy.deepcopy(record.get("metadata") or {}),  # never the stored object
+        time=record.get("time"),
     )
 
 

@@ -7,10 +7,13 @@ feature; 0 suppresses it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+
+from saememory.config import finite
 
 
 def steer_code(code: sp.csr_matrix, strengths: dict[int, float], d_sae: int) -> sp.csr_matrix:
@@ -66,3 +69,28 @@ def _pinned(row: Any, strengths: dict[int, float]) -> Any:
     for feature, strength in strengths.items():
         row[int(feature)] = strength * peak
     return row
+
+
+def resolve_steering(sae: Any, steer: Any) -> dict[int, float]:
+    """A steering spec, feature id or label text to strength, as feature ids to finite strengths.
+
+    Raises:
+        ValueError: Without an SAE, for a strength that is not a finite number, or a label text
+            that matches no feature.
+        TypeError: If ``steer`` is not a mapping, or a key is neither a str nor an int.
+    """
+    if sae is None:
+        raise ValueError("Steering needs an SAE; this memory's encoder is dense only.")
+    if not isinstance(steer, Mapping):
+        raise TypeError(f"steer must be a dict of feature id or label text to strength, got {type(steer).__name__}.")
+    out: dict[int, float] = {}
+    for key, strength in steer.items():
+        strength = finite(f"steer[{key!r}]", strength)
+        if isinstance(key, str):
+            features = sae.find_features(key)
+        elif isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            features = [int(key)]  # steer_code checks the range
+        else:
+            raise TypeError(f"steer key {key!r} is neither a label text nor a feature id (an int).")
+        out.update({f: strength for f in features})
+    return out
