@@ -338,3 +338,15 @@ def test_the_memory_block_stores_none_of_a_refused_batch(make):
 def test_deleting_bytes_is_refused_clearly(two_users):
     with pytest.raises(TypeError, match="bytes"):
         two_users.delete(b"m1", user_id="alice")
+
+
+def test_a_retriever_that_can_see_nothing_says_why_without_naming_users(two_users):
+    lc = langchain_saememory.SAEMemoryRetriever(memory=two_users)  # the default user: no messages
+    with pytest.warns(UserWarning, match="2 other user") as caught:
+        assert lc.invoke("Where does my sister live?") == []
+    assert "alice" not in str(caught[0].message) and "bob" not in str(caught[0].message)
+    li = llama_index_saememory.SAEMemoryRetriever(two_users)
+    with pytest.warns(UserWarning, match="user_id="):
+        assert li.retrieve("Where does my sister live?") == []
+    assert two_users.unseen("alice") is None and two_users.unseen("new-user") is None
+    assert SAEMemory(two_users.encoder).unseen() is None

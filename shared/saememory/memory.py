@@ -28,7 +28,7 @@ from saememory.encoders import Encoded, check_encoded, encoder_config, encoder_f
 from saememory.encoders.sentence_transformer import Encoder, EncoderConfig
 from saememory.interpret.explain import Hit, make_hit
 from saememory.interpret.steering import resolve_steering
-from saememory.messages import (Message, changes_of, check_id, check_session, check_text, check_user,
+from saememory.messages import (DEFAULT_USER, Message, changes_of, check_id, check_session, check_text, check_user,
                                 ids_by_user, merged, new_record)
 from saememory.ranking import SearchConfig, rank
 from saememory.times import instant, iso
@@ -114,6 +114,23 @@ class SAEMemory:
         user, session = check_user(user_id), check_session(session_id)
         with self._lock:
             return copy.deepcopy(self.backend.records(user, session))
+
+    def unseen(self, user_id: str | None = None) -> str | None:
+        """Why a search of the default user finds nothing although the memory is not empty, or None.
+
+        For the adapters: a retriever left on the default user over a memory whose messages all
+        name users returns nothing, and should say so. Other users are counted, never named; a
+        named user with no messages is a new user and gets None.
+        """
+        user = check_user(user_id)
+        if user != DEFAULT_USER:
+            return None  # a named user with no messages yet is a new user, not a mistake
+        with self._lock:
+            users = self.backend.users()
+        if user in users or not users:
+            return None
+        return (f"User {user!r} has no messages, so every search returns nothing; this memory holds messages of "
+                f"{len(users)} other user(s). Pass user_id= to the retriever (or per call) to read one of them.")
 
     def export(self, path: str | Path, user_id: str | None = None) -> int:
         """Writes one user's messages to a JSON Lines file, one stored record a line; returns how many."""
