@@ -293,7 +293,8 @@ class SAEMemory:
                 ``max_chars <= 0``, or another argument is out of its range.
         """
         window = _window(since, until, roles)
-        return self._search(query, k, user_id, session_id, min_score, fusion, steer, max_chars, window=window)
+        return self._search(query, k, user_id=user_id, session_id=session_id, min_score=min_score, fusion=fusion,
+                            steer=steer, max_chars=max_chars, window=window)
 
     def explain(self, query: str, message_id: str, *, user_id: str | None = None, session_id: str | None = None) -> Hit:
         """Scores, rank and features of one of the user's messages for ``query``, as ``search`` ranks it.
@@ -312,7 +313,7 @@ class SAEMemory:
         record = self.get(message_id, user_id=user)
         if session_id is not None and record["session_id"] != check_session(session_id):
             raise KeyError(f"Message {message_id!r} of user {user!r} is not in session {session_id!r}.")
-        for hit in self._search(query, max(len(self), 1), user, session_id, None, None, None, None, include=message_id):
+        for hit in self._search(query, max(len(self), 1), user_id=user, session_id=session_id, include=message_id):
             if hit.id == message_id:
                 return hit
         raise KeyError(f"Message {message_id!r} of user {user!r} was deleted meanwhile.")
@@ -321,8 +322,9 @@ class SAEMemory:
         """Turns a steering spec with feature ids or label texts into feature ids (see ``interpret.steering``)."""
         return resolve_steering(self.encoder.sae, steer)
 
-    def _search(self, query, k, user_id, session_id, min_score, fusion, steer, max_chars, include=None,
-                window: dict[str, Any] | None = None) -> list[Hit]:
+    def _search(self, query: str, k: int, *, user_id: str | None, session_id: str | None,
+                min_score: float | None = None, fusion: str | None = None, steer: Mapping[int | str, float] | None = None,
+                max_chars: int | None = None, include: str | None = None, window: dict[str, Any] | None = None) -> list[Hit]:
         check_text("query", query)
         k = positive_int("k", k)
         user, session = check_user(user_id), check_session(session_id)
