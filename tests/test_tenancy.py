@@ -350,3 +350,14 @@ def test_a_retriever_that_can_see_nothing_says_why_without_naming_users(two_user
         assert li.retrieve("Where does my sister live?") == []
     assert two_users.unseen("alice") is None and two_users.unseen("new-user") is None
     assert SAEMemory(two_users.encoder).unseen() is None
+
+
+def test_explain_ranks_and_scores_as_search_does(make):
+    memory = make()
+    memory.add([{"content": t, "session_id": f"s{i % 3}"} for i, t in enumerate(
+        ["My sister lives in Lisbon.", "I like tea.", "My brother moved to Oslo.", "Where is my sister now?",
+         "The weather is nice.", "My sister Ana is a doctor."])])
+    query = "Where does my sister live?"
+    for hit in memory.search(query, k=10):
+        explained = memory.explain(query, hit.id)
+        assert (explained.rank, round(explained.score, 6)) == (hit.rank, round(hit.score, 6))
