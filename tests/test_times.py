@@ -69,7 +69,7 @@ def test_search_filters_by_window_and_role_on_both_backends(make):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"since": "soon"}, "since"), ({"until": object()}, "until"), ({"roles": []}, "roles"), ({"roles": [""]}, "roles"),
+    ({"since": "soon"}, "since"), ({"until": object()}, "until"), ({"roles": []}, "roles"), ({"roles": [""]}, "roles"), ({"roles": 5}, "roles"),
     ({"since": "2024-02-01", "until": "2024-01-01"}, "after"),
 ])
 def test_bad_filters_are_refused(make, kwargs, match):

@@ -45,8 +45,8 @@ class SAEMemory:
             or ``MilvusBackend``, not yet opened. Defaults to None: ``FaissBackend()``, exact.
         config: The ranking settings, a ``SearchConfig``. Defaults to None: ``SearchConfig()``
             with any ``settings`` given.
-        **settings: ``SearchConfig`` fields as keywords (``fusion="rrf"``, ``k``-independent
-            settings only); not together with ``config``.
+        **settings: ``SearchConfig`` fields as keywords (e.g. ``fusion="rrf"``,
+            ``sparse_weight=1.0``); not together with ``config``.
 
     Raises:
         ValueError: For an unknown or invalid setting, or a backend that does not fit the encoder.
@@ -407,10 +407,10 @@ def _window(since: Any, until: Any, roles: str | Iterable[str] | None) -> dict[s
     if window["since"] and window["until"] and window["since"] > window["until"]:
         raise ValueError(f"since={since!r} is after until={until!r}; no message can be in that window.")
     if roles is not None:
-        roles = (roles,) if isinstance(roles, str) else tuple(roles)
-        if not roles or not all(isinstance(r, str) and r for r in roles):
+        given = (roles,) if isinstance(roles, str) else tuple(roles) if isinstance(roles, (list, tuple, set)) else ()
+        if not given or not all(isinstance(r, str) and r for r in given):
             raise ValueError(f"roles must be a role or a list of roles (non-empty strings), got {roles!r}.")
-        window["roles"] = roles
+        window["roles"] = given
     return window
 
 
