@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import warnings
 from typing import Any, Iterable, Mapping
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
@@ -170,7 +169,7 @@ class SAEMemoryRetriever(BaseRetriever):
             max_chars=max_chars if max_chars is not None else self.max_chars,
         )
         if not hits:
-            _warn_if_unseen(self.memory, user_id if user_id is not None else self.user_id)
+            self.memory.warn_if_unseen(user_id if user_id is not None else self.user_id)
         return [Document(id=hit.id, page_content=hit.content, metadata=hit.to_metadata()) for hit in hits]
 
     async def _aget_relevant_documents(
@@ -203,9 +202,3 @@ class SAEMemoryRetriever(BaseRetriever):
             steer=steer,
             max_chars=max_chars,
         )
-
-
-def _warn_if_unseen(memory: SAEMemory, user_id: str | None) -> None:
-    reason = memory.unseen(user_id)
-    if reason:
-        warnings.warn(reason, UserWarning, stacklevel=3)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import warnings
 from typing import Any, Iterable, Mapping
 
 from llama_index.core.base.llms.types import ChatMessage
@@ -161,15 +160,9 @@ class SAEMemoryRetriever(BaseRetriever):
             max_chars=self.max_chars,
         )
         if not hits:
-            _warn_if_unseen(self.memory, self.user_id)
+            self.memory.warn_if_unseen(self.user_id)
         return [hit_to_node(hit) for hit in hits]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         # The default runs _retrieve on the event loop; encoding is CPU-bound, so use a thread.
         return await asyncio.to_thread(self._retrieve, query_bundle)
-
-
-def _warn_if_unseen(memory: SAEMemory, user_id: str | None) -> None:
-    reason = memory.unseen(user_id)
-    if reason:
-        warnings.warn(reason, UserWarning, stacklevel=3)

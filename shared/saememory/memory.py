@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -114,6 +115,12 @@ class SAEMemory:
         user, session = check_user(user_id), check_session(session_id)
         with self._lock:
             return copy.deepcopy(self.backend.records(user, session))
+
+    def warn_if_unseen(self, user_id: str | None = None) -> None:
+        """Warns (``UserWarning``) with ``unseen``'s reason, if any: the adapters call it on an empty result."""
+        reason = self.unseen(user_id)
+        if reason:
+            warnings.warn(reason, UserWarning, stacklevel=3)
 
     def unseen(self, user_id: str | None = None) -> str | None:
         """Why a search of the default user finds nothing although the memory is not empty, or None.

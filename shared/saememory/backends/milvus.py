@@ -41,6 +41,7 @@ import scipy.sparse as sp
 from saememory.backends import snapshot
 from saememory.backends.base import matches
 from saememory.config import first_difference
+from saememory.messages import ids_by_user
 from saememory.lexical import LexicalIndex, check_stemmer
 
 INDEXES = ("auto", "FLAT", "HNSW")
@@ -293,7 +294,7 @@ class MilvusBackend:
     def records(self, user_id: str, session_id: str | None = None) -> list[dict[str, Any]]:
         """One user's (and session's) records, in insertion order."""
         rows = self._iterate(self._filter(user_id, session_id), RECORD_FIELDS)
-        rows = sorted((r for r in rows if r["user_id"] == user_id and session_id in (None, r["session_id"])),
+        rows = sorted((r for r in rows if r["user_id"] == user_id and matches(r, session_id, None, None, None)),
                       key=lambda r: r["seq"])
         return [_record(row) for row in rows]
 
@@ -352,11 +353,9 @@ class MilvusBackend:
 
         A replaced message keeps its place in the insertion order (its ``seq``).
         """
-        seqs = []
-        for user, group in _by_user(records).items():
-            found = self._by_id(user, [r["id"] for r in group], ["id", "user_id", "seq"])
-            seqs.extend((user, r["id"], found[r["id"]]["seq"]) for r in group if r["id"] in found)
-        seq_of = {(user, mid): seq for user, mid, seq in seqs}
+        seq_of = {}
+        for user, ids in ids_by_user(records).items():
+            seq_of.update({(user, mid): row["seq"] for mid, row in self._by_id(user, ids, ["id", "user_id", "seq"]).items()})
         for rows in self._batches(records, dense, sparse, [seq_of.get((r["user_id"], r["id"])) for r in records]):
             self.client.upsert(self.collection, rows)
 
@@ -494,13 +493,6 @@ def _storable_key(value: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _by_user(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    grouped: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
-        grouped.setdefault(record["user_id"], []).append(record)
-    return grouped
 
 
 def _pk(user_id: str, message_id: str) -> str:
