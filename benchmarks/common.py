@@ -68,9 +68,16 @@ def _defaults() -> tuple[tuple[str, Any], ...]:
     return tuple(SearchConfig().to_dict().items())
 
 
-def default_scores(signals: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Fused scores of the raw ``dense``, ``sparse`` and ``bm25`` signals, ranked as ``SAEMemory()`` ranks.
+# SearchConfig settings that turn off every adjustment for what is current (saememory.current):
+# the rankings scored on cached matrices (fusion.py, longmemeval.py) are fusion alone, and
+# benchmarks/current.py measures the adjustments through SAEMemory itself.
+NO_ADJUSTMENTS = {"recency_weight": 0.0, "asks_penalty": 0.0, "time_weight": 0.0, "supersede_depth": 0}
 
+
+def default_scores(signals: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Fused scores of the raw ``dense``, ``sparse`` and ``bm25`` signals, as ``SAEMemory()`` fuses them.
+
+    This is the default fusion, before the adjustments for what is current (``NO_ADJUSTMENTS``).
     The ``bm25`` signal must come from a ``LexicalIndex`` with ``library_defaults()["bm25_stemmer"]``.
     """
     from saememory.scoring import SIGNALS, fuse
@@ -78,3 +85,19 @@ def default_scores(signals: Mapping[str, np.ndarray]) -> np.ndarray:
     d = dict(_defaults())
     weights = {s: d[f"{s}_weight"] for s in SIGNALS}
     return fuse(signals, weights, d["fusion"], d["normalization"], d["rrf_k"], d["normalize_top"])[0]
+
+
+def bootstrap(diff: np.ndarray, n: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of paired differences."""
+    rng = np.random.default_rng(seed)
+    means = np.asarray(diff)[rng.integers(0, len(diff), size=(n, len(diff)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def wilson(share: float, n: int, z: float = 1.96) -> str:
+    """A share with its 95% Wilson interval, e.g. ``0.47 [0.32, 0.62]``."""
+    if n == 0:
+        return "–"
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((share * (1 - share) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return f"{share:.2f} [{max(0.0, centre - half):.2f}, {min(1.0, centre + half):.2f}]"

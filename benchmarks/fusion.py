@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import longmemeval as bench  # noqa: E402  (the LongMemEval harness: caches and splits)
-from common import commit, default_scores, library_defaults, machine, write_section  # noqa: E402
+from common import bootstrap, commit, default_scores, library_defaults, machine, write_section  # noqa: E402
 
 from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
@@ -138,13 +138,6 @@ def evaluate(data: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
         out[f"chars@z{t}"] = float(chars[n - 1])
         out[f"n@z{t}"] = n
     return out
-
-
-def bootstrap(diff: np.ndarray, n: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean of paired differences."""
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, diff.size, size=(n, diff.size))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def length_bucket(data: dict[str, Any]) -> str:

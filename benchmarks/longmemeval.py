@@ -47,7 +47,7 @@ import scipy.sparse as sp
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import commit, default_scores, library_defaults, machine, write_section  # noqa: E402
+from common import NO_ADJUSTMENTS, commit, default_scores, library_defaults, machine, write_section  # noqa: E402
 
 from saememory import DEFAULT_SAE, Encoded, Encoder, EncoderConfig, SAEMemory  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
@@ -549,7 +549,7 @@ def measure_latency(q: dict[str, Any], caches: Caches, rs: list[Retriever], enco
             encoder = CachedEncoder(cache, caches.base_encoder, sae)
 
             def build_and_query(encoder=encoder, settings=r.settings):
-                memory = SAEMemory(encoder, **settings)
+                memory = SAEMemory(encoder, **{**NO_ADJUSTMENTS, **settings})  # fusion alone, as the numpy path
                 memory.add(items)
                 return memory, memory.search(query, k=POSTER_TOP)
 

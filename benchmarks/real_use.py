@@ -1,20 +1,25 @@
 """A memory used as a chat app uses it: several users, months of sessions, both roles, facts that
 change, and the user's questions stored as later turns. A development set, not a proof.
 
-    python benchmarks/real_use.py --users 6 --seed 0
+    python benchmarks/real_use.py --users 30 --seed 0
 
-How it is made (deterministic from ``--seed``): each user gets six facts (city, job, pet, band,
-doctor, phone), said by the user in early sessions; three of them change months later (said
-again with the new value). Between them, sessions of everyday small talk. Every user message is
-followed by an assistant reply, and one reply in three echoes the subject back as a question
-("Love the name. What kind of music do you play?"). Then the user asks one question per fact,
-and each question (with a short reply) is stored as a later turn, as a chat app stores it, before
-the next question is asked. The texts come from hand-written templates: they are far more
-regular than real users, so treat the numbers as a check of direction, not of size.
+How it is made (deterministic from ``--seed``): each user gets six facts (city, job, dog, band,
+doctor, phone), said by the user in the first four months in one of several phrasings; three of
+them change in months 7 to 11, said again in another phrasing ("I moved to Oslo last month!").
+Between them, sessions of everyday small talk. Every user message is followed by an assistant
+reply: for a fact, one in three echoes it as a question ("Love the name. What breed is your
+dog?"), one in three repeats it as a statement ("Oslo is a lovely place to live."), the rest
+are generic. Then the user asks one question per fact. With "questions stored", each question
+is first stored (as a chat app stores the turn) and then searched: half of the time with the
+same words, half with other words for the same question; a short reply is stored after it.
+The texts come from hand-written templates: far more regular than real users, so the numbers
+check direction, not size.
 
-Reported per ranking, over every question of every user: the current answer in the top 1 and
-top 3 with the questions not stored and stored, and the share of changed facts whose new
-statement ranks above the old one.
+Reported per ranking, over every question of every user: the user's message stating the current
+value in the top 1 and top 3, with the questions not stored and stored, and the share of changed
+facts whose new statement ranks above the old one. The peers are those of the LongMemEval
+benchmark, on the same MiniLM vectors (cached under ``benchmarks/.cache``): LangChain's
+``EnsembleRetriever`` and LlamaIndex's ``QueryFusionRetriever``, each over BM25 and dense.
 """
 
 from __future__ import annotations
@@ -24,28 +29,61 @@ import datetime as dt
 import os
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 
-from saememory import Encoder, SAEMemory  # noqa: E402
+from common import wilson  # noqa: E402
 
-# fact -> (statement template, question, echo, values)
+from saememory import SAEMemory  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Fact:
+    said: tuple[str, ...]  # first statements
+    changed: tuple[str, ...]  # statements of a new value
+    questions: tuple[str, ...]  # two wordings of the same question
+    ask_back: str  # the assistant echoing it as a question
+    say_back: str  # the assistant repeating it as a statement
+    values: tuple[str, ...]
+
+
 FACTS = {
-    "city": ("I live in {} now.", "Which city do I live in?", "Nice! How do you like living there?",
-             ["Lisbon", "Porto", "Madrid", "Oslo", "Dublin", "Vienna", "Krakow", "Lyon"]),
-    "job": ("I work as a {} these days.", "What is my job?", "Interesting! What do you do all day at work?",
-            ["nurse", "carpenter", "data analyst", "teacher", "pharmacist", "baker", "translator"]),
-    "pet": ("My dog is called {}.", "What is my dog's name?", "Love the name. What breed is your dog?",
-            ["Miso", "Pepper", "Biscuit", "Luna", "Rocky", "Noodle", "Olive"]),
-    "band": ("I play the {} in a band.", "Which instrument do I play in my band?",
-             "How fun! What kind of music do you play?", ["violin", "drums", "bass guitar", "saxophone", "piano"]),
-    "doctor": ("My doctor is Dr. {}.", "What is my doctor's name?", "Good to have a doctor you trust. How often do you see them?",
-               ["Alvarez", "Okafor", "Lindqvist", "Moreau", "Tanaka", "Novak"]),
-    "phone": ("My new phone number is {}.", "What is my phone number?", "Got it. Should I remind you to update your contacts?",
-              ["555-0142", "555-0178", "555-0193", "555-0121", "555-0166"]),
+    "city": Fact(("I live in {} now.", "Home for me is {} these days.", "I've been living in {} for a few years."),
+                 ("I moved to {} last month!", "We just relocated to {}.", "I live in {} now."),
+                 ("Which city do I live in?", "Where do I live these days?"),
+                 "Nice! How do you like living there?", "{} is a lovely place to live.",
+                 ("Lisbon", "Porto", "Madrid", "Oslo", "Dublin", "Vienna", "Krakow", "Lyon")),
+    "job": Fact(("I work as a {} these days.", "My job? I'm a {}.", "I've been a {} since college."),
+                ("I just started a new job as a {}.", "Big news: I'm now working as a {}.", "I work as a {} these days."),
+                ("What is my job?", "What do I do for work?"),
+                "Interesting! What do you do all day at work?", "Being a {} sounds rewarding.",
+                ("nurse", "carpenter", "data analyst", "teacher", "pharmacist", "baker", "translator")),
+    "pet": Fact(("My dog is called {}.", "We named our puppy {}.", "I have a dog named {}."),
+                ("We adopted a new dog and called her {}.", "Our new puppy is named {}.", "My dog is called {}."),
+                ("What is my dog's name?", "What did I name my dog?"),
+                "Love the name. What breed is your dog?", "{} is such a cute name for a dog.",
+                ("Miso", "Pepper", "Biscuit", "Luna", "Rocky", "Noodle", "Olive")),
+    "band": Fact(("I play the {} in a band.", "In my band I'm on {}.", "I've played {} with my band for years."),
+                 ("I switched to playing {} in the band.", "Now I'm the band's {} player.", "I play the {} in a band."),
+                 ("Which instrument do I play in my band?", "What do I play in the band?"),
+                 "How fun! What kind of music do you play?", "The {} is a great instrument for a band.",
+                 ("violin", "drums", "bass guitar", "saxophone", "piano")),
+    "doctor": Fact(("My doctor is Dr. {}.", "I see Dr. {} for checkups.", "Dr. {} has been my GP for ages."),
+                   ("I changed doctors, I now see Dr. {}.", "My new GP is Dr. {}.", "My doctor is Dr. {}."),
+                   ("What is my doctor's name?", "Who is my doctor?"),
+                   "Good to have a doctor you trust. How often do you see them?", "Dr. {} sounds like a good doctor.",
+                   ("Alvarez", "Okafor", "Lindqvist", "Moreau", "Tanaka", "Novak")),
+    "phone": Fact(("My phone number is {}.", "You can reach me at {}.", "My number is {}."),
+                  ("My new phone number is {}.", "I got a new number: {}.", "My phone number changed to {}."),
+                  ("What is my phone number?", "What's my number?"),
+                  "Got it. Should I remind you to update your contacts?", "Noted, {} is your number.",
+                  ("555-0142", "555-0178", "555-0193", "555-0121", "555-0166")),
 }
 SMALL_TALK = [
     "Can you suggest a recipe for a quick weeknight pasta?", "What are some good stretches after a long run?",
@@ -63,9 +101,10 @@ CHANGED = 3  # facts per user that change
 class Question:
     user: str
     fact: str
-    text: str
-    answer_id: str  # the message stating the current value
-    old_id: str | None  # the message stating the old value, if the fact changed
+    text: str  # the wording searched
+    stored: str  # the wording stored before it is searched (the same or the other one)
+    answer_id: str  # the user's message stating the current value
+    old_id: str | None  # the user's message stating the old value, if the fact changed
     date: dt.datetime
 
 
@@ -77,88 +116,141 @@ def build(users: int, seed: int) -> tuple[list[dict], list[Question]]:
     for u in range(users):
         user, n = f"user{u}", 0
         changing = set(rng.sample(sorted(FACTS), CHANGED))
-        first = {fact: rng.choice(values) for fact, (_, _, _, values) in FACTS.items()}
-        second = {fact: rng.choice([v for v in FACTS[fact][3] if v != first[fact]]) for fact in changing}
-        events = [(rng.randint(0, 120), fact, first[fact]) for fact in FACTS]  # days from the start
-        events += [(rng.randint(200, 330), fact, second[fact]) for fact in changing]
-        events += [(rng.randint(0, 360), None, rng.choice(SMALL_TALK)) for _ in range(24)]
+        first = {name: rng.choice(fact.values) for name, fact in FACTS.items()}
+        second = {name: rng.choice([v for v in FACTS[name].values if v != first[name]]) for name in changing}
+        events = [(rng.randint(0, 120), name, rng.choice(FACTS[name].said).format(first[name]), first[name])
+                  for name in FACTS]  # days from the start
+        events += [(rng.randint(200, 330), name, rng.choice(FACTS[name].changed).format(second[name]), second[name])
+                   for name in changing]
+        events += [(rng.randint(0, 360), None, rng.choice(SMALL_TALK), None) for _ in range(24)]
         stated: dict[str, list[str]] = {}
-        for day, fact, value in sorted(events, key=lambda e: e[0]):
+        for day, name, text, value in sorted(events, key=lambda e: e[0]):
             when = start + dt.timedelta(days=day, minutes=rng.randint(0, 600))
-            session = f"{user}-s{day}"
-            text = FACTS[fact][0].format(value) if fact else value
-            mid = f"{user}-m{n}"
+            session, mid = f"{user}-s{day}", f"{user}-m{n}"
             messages.append({"id": mid, "content": text, "role": "user", "session_id": session, "timestamp": when,
                              "user_id": user})
-            if fact:
-                stated.setdefault(fact, []).append(mid)
-            reply = FACTS[fact][2] if fact and rng.random() < 1 / 3 else rng.choice(REPLIES)
-            messages.append({"id": f"{user}-m{n}r", "content": reply, "role": "assistant", "session_id": session,
+            reply = rng.choice(REPLIES)
+            if name is not None:
+                stated.setdefault(name, []).append(mid)
+                kind = rng.randrange(3)
+                reply = FACTS[name].ask_back if kind == 0 else FACTS[name].say_back.format(value) if kind == 1 else reply
+            messages.append({"id": f"{mid}r", "content": reply, "role": "assistant", "session_id": session,
                              "timestamp": when + dt.timedelta(seconds=30), "user_id": user})
             n += 1
         asked = start + dt.timedelta(days=365)
-        for i, fact in enumerate(sorted(FACTS)):
-            ids = stated[fact]
-            questions.append(Question(user, fact, FACTS[fact][1], ids[-1], ids[0] if len(ids) > 1 else None,
+        for i, name in enumerate(sorted(FACTS)):
+            ids, wordings = stated[name], FACTS[name].questions
+            same = rng.random() < 0.5
+            text = rng.choice(wordings)
+            stored = text if same else next(w for w in wordings if w != text)
+            questions.append(Question(user, name, text, stored, ids[-1], ids[0] if len(ids) > 1 else None,
                                       asked + dt.timedelta(minutes=i)))
     return messages, questions
 
 
-RANKINGS = {
-    "default (dense + 2 SAE + BM25, z-score)": {},
-    "dense + BM25, z-score (no SAE)": {"sparse_weight": 0.0},
-    "dense only": {"fusion": "dense"},
-    "BM25 only": {"fusion": "bm25"},
-}
+Ranker = Callable[[list[dict], Question], list[str]]
 
 
-def evaluate(encoder: Encoder, messages: list[dict], questions: list[Question], settings: dict) -> dict[str, float]:
+def memory_ranker(settings: dict[str, Any], encoder: Any) -> Callable[[list[dict]], Ranker]:
+    """``SAEMemory`` with these settings, fed the messages once and each stored question as it comes."""
+
+    def start(messages: list[dict]) -> Ranker:
+        memory = SAEMemory(encoder, **settings)
+        memory.add(messages)
+        count = len(messages)
+
+        def rank(current: list[dict], q: Question) -> list[str]:
+            nonlocal count
+            memory.add(current[count:])
+            count = len(current)
+            return [h.id for h in memory.search(q.text, k=50, user_id=q.user, now=q.date)]
+
+        return rank
+
+    return start
+
+
+def peer_ranker(name: str, caches: Any) -> Callable[[list[dict]], Ranker]:
+    """LangChain's or LlamaIndex's fusion retriever over one user's messages, built per question."""
+    import longmemeval as bench
+
+    retrieve = bench.langchain_ensemble(caches) if name == "langchain" else bench.llama_index_fusion(caches)
+
+    def start(messages: list[dict]) -> Ranker:
+        def rank(current: list[dict], q: Question) -> list[str]:
+            mine = [m for m in current if m["user_id"] == q.user]
+            return retrieve(bench.build_corpus(mine, q.text, caches), 50)
+
+        return rank
+
+    return start
+
+
+def evaluate(start: Callable[[list[dict]], Ranker], messages: list[dict], questions: list[Question]) -> dict[str, float]:
     counts = {"top1": 0, "top3": 0, "top1_stored": 0, "top3_stored": 0, "new_above_old": 0, "changed": 0}
-    memory = SAEMemory(encoder, **settings)
-    memory.add(messages)
+    current = list(messages)
+    rank = start(current)
     for q in questions:  # questions not stored: every question sees only the history
-        ranked = [h.id for h in memory.search(q.text, k=50, user_id=q.user)]
+        ranked = rank(current, q)
         counts["top1"] += ranked[:1] == [q.answer_id]
         counts["top3"] += q.answer_id in ranked[:3]
         if q.old_id is not None:
             counts["changed"] += 1
-            counts["new_above_old"] += ranked.index(q.answer_id) < ranked.index(q.old_id)
-    for q in questions:  # the same questions, each stored with a reply before the next one is asked
-        memory.add([{"content": q.text, "role": "user", "session_id": f"{q.user}-questions", "user_id": q.user,
-                     "timestamp": q.date}])
-        ranked = [h.id for h in memory.search(q.text, k=50, user_id=q.user)]
+            counts["new_above_old"] += q.answer_id in ranked and (q.old_id not in ranked or
+                                                                  ranked.index(q.answer_id) < ranked.index(q.old_id))
+    for i, q in enumerate(questions):  # each question stored, then searched; a reply stored after it
+        current.append({"id": f"{q.user}-q{i}", "content": q.stored, "role": "user", "session_id": f"{q.user}-questions",
+                        "user_id": q.user, "timestamp": q.date})
+        ranked = rank(current, q)
         counts["top1_stored"] += ranked[:1] == [q.answer_id]
         counts["top3_stored"] += q.answer_id in ranked[:3]
-        memory.add([{"content": "Let me check my notes.", "role": "assistant", "session_id": f"{q.user}-questions",
-                     "user_id": q.user, "timestamp": q.date + dt.timedelta(seconds=20)}])
+        current.append({"id": f"{q.user}-q{i}r", "content": "Let me check my notes.", "role": "assistant",
+                        "session_id": f"{q.user}-questions", "user_id": q.user,
+                        "timestamp": q.date + dt.timedelta(seconds=20)})
     n = len(questions)
     return {"top1": counts["top1"] / n, "top3": counts["top3"] / n, "top1_stored": counts["top1_stored"] / n,
             "top3_stored": counts["top3_stored"] / n,
             "new_first": counts["new_above_old"] / max(counts["changed"], 1), "n": n, "changed": counts["changed"]}
 
 
-def wilson(share: float, n: int, z: float = 1.96) -> str:
-    """A share with its 95% Wilson interval, e.g. ``0.47 [0.32, 0.62]``."""
-    if n == 0:
-        return "–"
-    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * ((share * (1 - share) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return f"{share:.2f} [{max(0.0, centre - half):.2f}, {min(1.0, centre + half):.2f}]"
+def rankings(peers: bool) -> dict[str, dict[str, Any] | str]:
+    """Our rankings (``SAEMemory`` settings over the defaults) and, by name, the framework peers."""
+    off = {"recency_weight": 0.0, "asks_penalty": 0.0, "time_weight": 0.0}
+    out: dict[str, dict[str, Any] | str] = {
+        "default (SearchConfig())": {},
+        "default without the adjustments for what is current": off,
+        "default without the SAE": {"sparse_weight": 0.0},
+        "dense only": {"fusion": "dense", **off},
+        "BM25 only": {"fusion": "bm25", **off},
+    }
+    if peers:
+        out["LangChain EnsembleRetriever (BM25 + dense, RRF)"] = "langchain"
+        out["LlamaIndex QueryFusionRetriever (BM25 + dense, relative score)"] = "llama_index"
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=6)
+    parser.add_argument("--users", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-peers", action="store_true", help="leave out LangChain's and LlamaIndex's retrievers")
     args = parser.parse_args(argv)
+    import longmemeval as bench
+
+    from saememory import Encoder, EncoderConfig
+
     messages, questions = build(args.users, args.seed)
-    encoder = Encoder()
+    caches = bench.Caches(bench.ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling="max")))
+    caches.fill([m["content"] for m in messages] + [q.stored for q in questions] + ["Let me check my notes."],
+                [q.text for q in questions])
+    encoder = bench.CachedEncoder(caches.base, caches.base_encoder, caches.base_encoder.sae)
     print(f"{args.users} users, {len(messages)} messages, {len(questions)} questions "
           f"({sum(q.old_id is not None for q in questions)} about changed facts)\n")
     print("| ranking | answer top 1 | top 3 | top 1, questions stored | top 3, questions stored | new fact above old |")
     print("|---|---|---|---|---|---|")
-    for name, settings in RANKINGS.items():
-        r = evaluate(encoder, messages, questions, settings)
+    for name, how in rankings(not args.no_peers).items():
+        start = peer_ranker(how, caches) if isinstance(how, str) else memory_ranker(how, encoder)
+        r = evaluate(start, messages, questions)
         cells = [wilson(r[key], r["n"]) for key in ("top1", "top3", "top1_stored", "top3_stored")]
         print(f"| {name} | {' | '.join(cells)} | {wilson(r['new_first'], r['changed'])} |", flush=True)
 

@@ -43,9 +43,11 @@ FEATURES_PER_HIT = 3
 
 # --stack: (sparse preset, dense preset) of saememory.encoders.lm; "minilm" is the bundled default.
 STACKS = {"minilm": None, "poster": ("gemma-2b-it-res-jb", "nomic-v1"), "gemma-scope": ("gemma-scope-2b-l12", "nomic-v1.5")}
-# --ranking: SAEMemory settings; "poster" is sqrt(max(dense, 0)² + sparse²) on raw scores, no BM25.
+# --ranking: SAEMemory settings; "poster" is sqrt(max(dense, 0)² + sparse²) on raw scores, no BM25,
+# and none of the adjustments for what is current.
 RANKINGS = {"default": {}, "poster": {"fusion": "sqrt", "normalization": "none", "dense_weight": 1.0, "sparse_weight": 1.0,
-                                      "bm25_weight": 0.0}}
+                                      "bm25_weight": 0.0, "asks_penalty": 0.0, "time_weight": 0.0,
+                                      "supersede_depth": 0}}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -141,7 +143,7 @@ def run_question(question: dict[str, Any], encoder: Encoder, args: argparse.Name
     memory = open_memory(encoder, args)
     memory.add(corpus(question, args.granularity, args.roles))
     retriever = SAEMemoryRetriever.from_memory(memory, k=args.k, max_chars=args.max_chars)
-    docs = retriever.invoke(question["question"])
+    docs = retriever.invoke(question["question"], now=question["question_date"])  # time words count back from it
     context = lme.format_context(
         {"timestamp": d.metadata["timestamp"], "role": d.metadata["role"], "content": d.page_content} for d in docs
     )

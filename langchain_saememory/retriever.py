@@ -65,6 +65,9 @@ class SAEMemoryRetriever(BaseRetriever):
         since, until: Only messages said in this window (any timestamp form; see
             ``saememory.Message``). Defaults to None; ``invoke(q, since=...)`` sets it per call.
         roles: Only messages of these roles, e.g. ``"user"``. Defaults to None (all).
+        now: The time queries are asked at, which their time words ("two weeks ago") count
+            back from. Defaults to None: the present at each call; ``invoke(q, now=...)`` sets
+            it per call.
         min_score: Drop hits with a lower combined score. Defaults to None.
         steer: SAE features to boost or suppress in every query (feature id or label text to
             strength; see ``SAEMemory.search``). Defaults to None; ``invoke(q, steer=...)``
@@ -83,6 +86,7 @@ class SAEMemoryRetriever(BaseRetriever):
     since: Any = None
     until: Any = None
     roles: str | list[str] | None = None
+    now: Any = None
     min_score: float | None = None
     steer: dict[int | str, float] | None = None
     max_chars: int | None = None
@@ -152,6 +156,7 @@ class SAEMemoryRetriever(BaseRetriever):
         since: Any = None,
         until: Any = None,
         roles: str | list[str] | None = None,
+        now: Any = None,
         min_score: float | None = None,
         steer: dict[int | str, float] | None = None,
         max_chars: int | None = None,
@@ -164,6 +169,7 @@ class SAEMemoryRetriever(BaseRetriever):
             since=since if since is not None else self.since,
             until=until if until is not None else self.until,
             roles=roles if roles is not None else self.roles,
+            now=now if now is not None else self.now,
             min_score=min_score if min_score is not None else self.min_score,
             steer=steer if steer is not None else self.steer,
             max_chars=max_chars if max_chars is not None else self.max_chars,
@@ -183,6 +189,7 @@ class SAEMemoryRetriever(BaseRetriever):
         since: Any = None,
         until: Any = None,
         roles: str | list[str] | None = None,
+        now: Any = None,
         min_score: float | None = None,
         steer: dict[int | str, float] | None = None,
         max_chars: int | None = None,
@@ -198,6 +205,7 @@ class SAEMemoryRetriever(BaseRetriever):
             since=since,
             until=until,
             roles=roles,
+            now=now,
             min_score=min_score,
             steer=steer,
             max_chars=max_chars,

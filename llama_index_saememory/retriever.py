@@ -64,6 +64,8 @@ class SAEMemoryRetriever(BaseRetriever):
         since, until: Only messages said in this window (any timestamp form; see
             ``saememory.Message``). Defaults to None.
         roles: Only messages of these roles, e.g. ``"user"``. Defaults to None (all).
+        now: The time queries are asked at, which their time words ("two weeks ago") count
+            back from. Defaults to None: the present at each query.
         min_score: Drop hits with a lower combined score. Defaults to None.
         steer: SAE features to boost or suppress in every query (feature id or label text to
             strength; see ``SAEMemory.search``). Defaults to None.
@@ -82,6 +84,7 @@ class SAEMemoryRetriever(BaseRetriever):
         since: Any = None,
         until: Any = None,
         roles: str | list[str] | None = None,
+        now: Any = None,
         min_score: float | None = None,
         steer: dict[int | str, float] | None = None,
         max_chars: int | None = None,
@@ -92,7 +95,7 @@ class SAEMemoryRetriever(BaseRetriever):
         self.similarity_top_k = similarity_top_k
         self.user_id = user_id
         self.session_id = session_id
-        self.since, self.until, self.roles = since, until, roles
+        self.since, self.until, self.roles, self.now = since, until, roles, now
         self.min_score = min_score
         self.steer = steer
         self.max_chars = max_chars
@@ -155,6 +158,7 @@ class SAEMemoryRetriever(BaseRetriever):
             since=self.since,
             until=self.until,
             roles=self.roles,
+            now=self.now,
             min_score=self.min_score,
             steer=self.steer,
             max_chars=self.max_chars,

@@ -13,15 +13,18 @@ def test_the_data_has_changed_facts_echoes_and_both_roles():
     changed = [q for q in questions if q.old_id is not None]
     assert len(changed) == 3 * real_use.CHANGED
     by_id = {m["id"]: m for m in messages}
-    for q in changed:  # the answer is the later statement of the fact
+    for q in changed:  # the answer is the later statement of the fact, by the user
         assert by_id[q.answer_id]["timestamp"] > by_id[q.old_id]["timestamp"]
-    echoes = {echo for _, _, echo, _ in real_use.FACTS.values()}
-    assert any(m["content"] in echoes for m in messages)
+        assert by_id[q.answer_id]["role"] == by_id[q.old_id]["role"] == "user"
+    asked_back = {fact.ask_back for fact in real_use.FACTS.values()}
+    assert any(m["content"] in asked_back for m in messages)
+    assert any(q.stored != q.text for q in questions) and any(q.stored == q.text for q in questions)
 
 
 def test_it_runs_and_reports_shares(encoder):
     real_use = load_script(ROOT / "benchmarks" / "real_use.py")
     messages, questions = real_use.build(users=1, seed=0)
-    result = real_use.evaluate(encoder, messages, questions, {})
+    result = real_use.evaluate(real_use.memory_ranker({}, encoder), messages, questions)
     assert result["n"] == len(real_use.FACTS) and 0.0 <= result["top3_stored"] <= 1.0
+    assert result["changed"] == real_use.CHANGED
     assert real_use.wilson(0.5, 100) == "0.50 [0.40, 0.60]"

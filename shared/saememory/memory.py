@@ -270,8 +270,8 @@ class SAEMemory:
 
     def search(self, query: str, k: int = 10, *, user_id: str | None = None, session_id: str | None = None,
                since: Any = None, until: Any = None, roles: str | Iterable[str] | None = None,
-               min_score: float | None = None, fusion: str | None = None, steer: Mapping[int | str, float] | None = None,
-               max_chars: int | None = None) -> list[Hit]:
+               now: Any = None, min_score: float | None = None, fusion: str | None = None,
+               steer: Mapping[int | str, float] | None = None, max_chars: int | None = None) -> list[Hit]:
         """The ``k`` messages of one user that best match ``query``, best first.
 
         Args:
@@ -284,6 +284,9 @@ class SAEMemory:
                 ``Message``; without a zone, UTC). Defaults to None.
             until: Only messages said at or before this time. Defaults to None.
             roles: Only messages of this role or these roles, e.g. ``"user"``. Defaults to all.
+            now: The time the query is asked at, which its time words ("two weeks ago", "in
+                March") count back from; any form a timestamp takes. Defaults to None: the
+                present. Messages said after it are not left out (pass ``until`` for that).
             min_score: Drop hits whose combined score is below this. Defaults to none.
             fusion: Override the memory's fusion for this call. Defaults to the memory's.
             steer: Features to boost or suppress in the query before ranking: feature id (or a
@@ -299,11 +302,12 @@ class SAEMemory:
             ValueError: If ``query`` is empty, blank or not valid Unicode, ``k <= 0``,
                 ``max_chars <= 0``, or another argument is out of its range.
         """
-        window = _window(since, until, roles)
+        window = _window(since, until, roles, now)
         return self._search(query, k, user_id=user_id, session_id=session_id, min_score=min_score, fusion=fusion,
                             steer=steer, max_chars=max_chars, window=window)
 
-    def explain(self, query: str, message_id: str, *, user_id: str | None = None, session_id: str | None = None) -> Hit:
+    def explain(self, query: str, message_id: str, *, user_id: str | None = None, session_id: str | None = None,
+                now: Any = None) -> Hit:
         """Scores, rank and features of one of the user's messages for ``query``, as ``search`` ranks it.
 
         Args:
@@ -312,6 +316,7 @@ class SAEMemory:
             user_id: Whose message. Defaults to None, the default user.
             session_id: Rank within one session, as ``search(..., session_id=...)``. Defaults to
                 None: among all of the user's messages, as ``search`` does by default.
+            now: The time the query is asked at, as ``search``. Defaults to the present.
 
         Raises:
             KeyError: If the user (and session) holds no message with this id.
@@ -320,7 +325,9 @@ class SAEMemory:
         record = self.get(message_id, user_id=user)
         if session_id is not None and record["session_id"] != check_session(session_id):
             raise KeyError(f"Message {message_id!r} of user {user!r} is not in session {session_id!r}.")
-        for hit in self._search(query, max(len(self), 1), user_id=user, session_id=session_id, include=message_id):
+        window = _window(None, None, None, now)
+        for hit in self._search(query, max(len(self), 1), user_id=user, session_id=session_id, include=message_id,
+                                window=window):
             if hit.id == message_id:
                 return hit
         raise KeyError(f"Message {message_id!r} of user {user!r} was deleted meanwhile.")
@@ -407,10 +414,11 @@ class SAEMemory:
         return cls(encoder, backend=backend, config=config)
 
 
-def _window(since: Any, until: Any, roles: str | Iterable[str] | None) -> dict[str, Any]:
-    """A search's time and role filters, validated: UTC instants and a tuple of roles."""
+def _window(since: Any, until: Any, roles: str | Iterable[str] | None, now: Any = None) -> dict[str, Any]:
+    """A search's time and role filters and reference time, validated: UTC instants and a tuple of roles."""
     window = {"since": None if since is None else iso(instant(since, "since")),
-              "until": None if until is None else iso(instant(until, "until")), "roles": None}
+              "until": None if until is None else iso(instant(until, "until")), "roles": None,
+              "now": None if now is None else instant(now, "now")}
     if window["since"] and window["until"] and window["since"] > window["until"]:
         raise ValueError(f"since={since!r} is after until={until!r}; no message can be in that window.")
     if roles is not None:

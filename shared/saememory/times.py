@@ -5,12 +5,21 @@ ISO 8601 string in UTC (``2024-04-12T09:30:00.000000+00:00``), which sorts as ti
 backends filter ``since``/``until`` by plain comparison. Accepted: ISO 8601 with or without a
 zone (without one it is taken as UTC), ``datetime`` (naive: UTC), ``date`` (midnight UTC), epoch
 seconds (int or float) and LongMemEval's ``2023/05/20 (Sat) 02:21`` (UTC).
+
+``query_window`` reads the time a question names ("last week", "two months ago", "in March",
+"yesterday", "last Saturday", "in the past three weeks") as a window of instants, counted back
+from a reference time. Calendar arithmetic is python-dateutil's ``relativedelta``; the phrases
+are matched here, because a period is needed and not a point: dateparser, tried first, reads
+"in March" as March 30th (the reference day's number), "May I ask" as a date, and knows no
+"last weekend".
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+import re
+from dataclasses import dataclass
 from typing import Any
 
 _LONGMEMEVAL = "%Y/%m/%d (%a) %H:%M"
@@ -72,3 +81,113 @@ def _parse_text(text: str, name: str) -> dt.datetime:
         return dt.datetime.strptime(text, _LONGMEMEVAL)
     except ValueError:
         raise ValueError(f"{name}={text[:60]!r} is not a time saememory reads; pass {_ACCEPTED}.") from None
+
+
+# Query time expressions -------------------------------------------------------------------------
+
+_NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+            "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "a couple of": 2, "couple of": 2,
+            "a few": 3, "few": 3, "several": 3}
+_NUM = r"(\d{1,3}|a couple of|couple of|a few|few|several|an?|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)"
+_UNIT = r"(day|week|month|year)s?"
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+           "november", "december")
+# Most specific first; the first phrase found in the query decides its window.
+_PATTERNS = (
+    ("span", re.compile(rf"\b(?:in|over|during|within|for)?\s*the\s+(?:past|last)\s+(?:{_NUM}\s+)?{_UNIT}\b", re.I)),
+    ("ago", re.compile(rf"\b{_NUM}\s+{_UNIT}\s+ago\b", re.I)),
+    ("day", re.compile(r"\b(yesterday|today|tonight|this morning|last night)\b", re.I)),
+    ("weekend", re.compile(r"\b(?:last|past|previous|this past)\s+weekend\b", re.I)),
+    ("weekday", re.compile(rf"\b(?:last|past|previous|this past|on)\s+({'|'.join(_WEEKDAYS)})\b", re.I)),
+    ("last", re.compile(r"\b(?:last|previous)\s+(week|month|year)\b", re.I)),
+    ("month", re.compile(rf"\b(in|during|since|last|early|late|mid|of)\s+({'|'.join(_MONTHS)})\b", re.I)),
+)
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """The time a query names, as UTC instants: ``start <= t <= end``.
+
+    Attributes:
+        start, end: The window's bounds (timezone-aware, UTC).
+        phrase: The words of the query it was read from, e.g. ``"two weeks ago"``.
+    """
+
+    start: dt.datetime
+    end: dt.datetime
+    phrase: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"start": iso(self.start), "end": iso(self.end), "phrase": self.phrase}
+
+
+def query_window(query: str, now: dt.datetime) -> TimeWindow | None:
+    """The time window a query names, counted back from ``now``, or None if it names none.
+
+    A point in the past ("two weeks ago", "last week") becomes that point give or take half its
+    unit, since people round ("two weeks ago" is 10.5 to 17.5 days back); a named day, weekend
+    or month becomes that whole day, weekend or month (the latest one before ``now``); "the past
+    three weeks" and "since March" run up to ``now``. A question that asks for a duration ("how
+    many days ago ...") names no window. Only the first phrase found counts.
+
+    Args:
+        query: The question.
+        now: The reference time, timezone-aware (``instant`` gives one).
+    """
+    from dateutil.relativedelta import relativedelta
+
+    for kind, pattern in _PATTERNS:
+        match = pattern.search(query)
+        if match is None:
+            continue
+        phrase = match.group(0).strip()
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        if kind == "span":
+            count, unit = _count(match.group(1)), match.group(2).lower()
+            return TimeWindow(now - relativedelta(**{unit + "s": count}), now, phrase)
+        if kind == "ago":
+            count, unit = _count(match.group(1)), match.group(2).lower()
+            anchor = now - relativedelta(**{unit + "s": count})
+            return _around(anchor, unit, phrase)
+        if kind == "day":
+            word = match.group(1).lower()
+            start = day - dt.timedelta(days=1) if word in ("yesterday", "last night") else day
+            return TimeWindow(start, start + dt.timedelta(days=1), phrase)
+        if kind == "weekend":
+            back = (day.weekday() - 5) % 7 or 7  # the latest Saturday before today
+            start = day - dt.timedelta(days=back)
+            return TimeWindow(start, start + dt.timedelta(days=2), phrase)
+        if kind == "weekday":
+            back = (day.weekday() - _WEEKDAYS.index(match.group(1).lower())) % 7 or 7
+            start = day - dt.timedelta(days=back)
+            return TimeWindow(start, start + dt.timedelta(days=1), phrase)
+        if kind == "last":  # the calendar week (from Monday), month or year before, and a month or so back
+            unit = match.group(1).lower()
+            this = {"week": day - dt.timedelta(days=day.weekday()), "month": day.replace(day=1),
+                    "year": day.replace(month=1, day=1)}[unit]
+            around = _around(now - relativedelta(**{unit + "s": 1}), unit, phrase)
+            return TimeWindow(min(this - relativedelta(**{unit + "s": 1}), around.start), max(this, around.end), phrase)
+        month = _MONTHS.index(match.group(2).lower()) + 1
+        if match.group(1).lower() != "last" and month == now.month and now.day > 1:
+            start = day.replace(day=1)  # "in March", asked in March: this month so far
+        else:
+            start = day.replace(day=1, month=month) - relativedelta(years=1 if month >= now.month else 0)
+        if match.group(1).lower() == "since":
+            return TimeWindow(start, now, phrase)
+        return TimeWindow(start, min(start + relativedelta(months=1), now), phrase)
+    return None
+
+
+def _count(word: str | None) -> int:
+    if word is None:
+        return 1
+    word = " ".join(word.lower().split())
+    return int(word) if word.isdigit() else _NUMBERS[word]
+
+
+def _around(anchor: dt.datetime, unit: str, phrase: str) -> TimeWindow:
+    """``anchor`` give or take half a ``unit`` (at least a day): how loosely people count back."""
+    half = {"day": dt.timedelta(days=1), "week": dt.timedelta(days=3.5), "month": dt.timedelta(days=15),
+            "year": dt.timedelta(days=182)}[unit]
+    return TimeWindow(anchor - half, anchor + half, phrase)

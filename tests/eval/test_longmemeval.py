@@ -355,7 +355,7 @@ def test_benchmarks_rank_as_the_shipped_default(encoder):
     from tests.helpers import CONVERSATION, QUESTION
 
     common = load_script(ROOT / "benchmarks" / "common.py")
-    memory = SAEMemory(encoder)
+    memory = SAEMemory(encoder, **common.NO_ADJUSTMENTS)  # the benchmarks' numpy path is the fusion alone
     memory.add(CONVERSATION)
     hits = memory.search(QUESTION, k=len(CONVERSATION))
     texts = [m["content"] for m in CONVERSATION]

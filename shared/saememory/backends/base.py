@@ -104,6 +104,9 @@ class Backend(Protocol):
         Ids the user does not hold are skipped.
         """
 
+    def vectors(self, user_id: str, message_ids: list[str]) -> dict[str, np.ndarray]:
+        """Dense vectors of the user's messages among these ids, by id; ids the user does not hold are skipped."""
+
     def save(self, path: str | Path, manifest: dict[str, Any]) -> None:
         """Persists the memory (or, for an external engine, a manifest pointing at it)."""
 

@@ -145,6 +145,10 @@ class FaissBackend:
         rows = [self.row_of.get((user_id, mid)) for mid in message_ids]
         return [(self._records[r], self._sparse.view[r]) for r in rows if r is not None]
 
+    def vectors(self, user_id: str, message_ids: list[str]) -> dict[str, np.ndarray]:
+        rows = {mid: self.row_of.get((user_id, mid)) for mid in message_ids}
+        return {mid: self._dense.view[r].copy() for mid, r in rows.items() if r is not None}
+
     def add(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix,
             seq: list[int] | None = None) -> None:
         """Adds rows; the caller has validated ids, vectors and codes. ``seq``: their places in insertion order."""

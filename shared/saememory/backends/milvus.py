@@ -303,6 +303,10 @@ class MilvusBackend:
         found = self._by_id(user_id, message_ids, RECORD_FIELDS + ["sparse"])
         return [(_record(found[m]), self._code_rows([found[m]["sparse"]])) for m in message_ids if m in found]
 
+    def vectors(self, user_id: str, message_ids: list[str]) -> dict[str, np.ndarray]:
+        found = self._by_id(user_id, message_ids, ["id", "user_id", "dense"])
+        return {m: np.asarray(found[m]["dense"], dtype=np.float32) for m in message_ids if m in found}
+
     def _iterate(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
         """Every entity matching ``expr``: one query when they fit in Milvus' result limit, else an iterator."""
         n = self._count(expr)

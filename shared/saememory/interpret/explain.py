@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 # Hit metadata an LLM prompt or an embedder should not see: scores and SAE explanations.
 EXPLANATION_KEYS = ("score", "dense_score", "sparse_score", "bm25_score", "calibrated_score", "signals", "rank",
-                    "truncated", "features", "shared_features")
+                    "truncated", "features", "shared_features", "adjustments")
 
 
 @dataclass
@@ -44,6 +44,10 @@ class Hit:
         features: The message's strongest SAE features: ``id``, ``activation``, ``label``.
         shared_features: Features active in both query and message, with ``contribution``: their
             share of ``sparse_score`` (the contributions of all shared features sum to it).
+        adjustments: What moved the message after fusion, in calibrated units (see
+            ``saememory.current``): ``recency``, ``asks`` (negative: it only asks) and ``time``
+            (said within the time the query names). Only those that apply; already in
+            ``score`` and ``calibrated_score``.
     """
 
     id: str
@@ -64,6 +68,7 @@ class Hit:
     shared_features: list[dict[str, Any]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     time: str | None = None
+    adjustments: dict[str, float] = field(default_factory=dict)
 
     def to_metadata(self) -> dict[str, Any]:
         """A flat dict for framework documents and nodes (``content`` excluded)."""
@@ -84,7 +89,7 @@ def make_hit(ranked: Any, q_acts: dict[int, float], sae: Any, top_features: int)
         calibrated_score=ranked.calibrated, signals=ranked.signals, rank=ranked.rank,
         truncated=record.get("truncated", False), features=features, shared_features=shared,
         metadata=copy.deepcopy(record.get("metadata") or {}),  # never the stored object
-        time=record.get("time"),
+        time=record.get("time"), adjustments=dict(ranked.adjustments),
     )
 
 

@@ -1,0 +1,160 @@
+"""What is current, on LongMemEval-S: recency, questions that only ask, and the query's time words.
+
+    python benchmarks/current.py --split dev       # every setting of the grid, on the dev split
+    python benchmarks/current.py --split report    # the default against no adjustment, held out
+
+Each question's user turns go into an ``SAEMemory`` with their session dates as timestamps (cached
+vectors from ``benchmarks/longmemeval.py``; run ``--fill`` to encode what is missing), and the
+question is searched with ``now=`` its question date, through ``SAEMemory.search`` itself: the
+adjustments of ``saememory.current`` run exactly as a user gets them. Official protocol: user
+turns, ``_abs`` left out, strict questions. Reported: turn R_all@10 and nDCG@10, overall and per
+question type, with paired bootstrap intervals against the same ranking without adjustments.
+Writes the ``current-<split>`` section of BENCHMARKS.md and the numbers to
+``benchmarks/current_<split>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
+import longmemeval as bench  # noqa: E402  (the LongMemEval harness: caches and splits)
+from common import NO_ADJUSTMENTS, bootstrap, commit, machine, write_section  # noqa: E402
+
+from saememory import Encoder, EncoderConfig, SAEMemory  # noqa: E402
+from saememory.eval import longmemeval as lme  # noqa: E402
+from saememory.ranking import SearchConfig  # noqa: E402
+from saememory.times import instant, query_window  # noqa: E402
+
+ROOT = bench.ROOT
+OFF = NO_ADJUSTMENTS
+GRID = {"recency_weight": (0.0, 0.5), "asks_penalty": (0.0, 8.0), "time_weight": (0.0, 1.0, 2.0),
+        "supersede_depth": (0, 10)}
+METRICS = ("recall_all@10", "ndcg_any@10")
+
+
+def settings_name(settings: dict[str, float]) -> str:
+    return ", ".join(f"{k.split('_')[0]} {v:g}" for k, v in settings.items())
+
+
+def run(chosen: list[tuple[int, dict[str, Any]]], caches: bench.Caches, grid: list[dict[str, float]]) -> dict[str, list[dict]]:
+    """Per setting, one row per strict question: its type, whether its query names a time, and the metrics."""
+    from tqdm.auto import tqdm
+
+    encoder = bench.CachedEncoder(caches.base, caches.base_encoder, caches.base_encoder.sae)
+    rows: dict[str, list[dict]] = {settings_name(s): [] for s in grid}
+    for _, q in tqdm(chosen, desc="questions", unit="question"):
+        gold = lme.gold_turn_ids(q, "user")
+        if not gold:
+            continue
+        items = lme.messages(q, "user")
+        try:
+            memory = SAEMemory(encoder)
+            memory.add(items)
+        except KeyError:  # not cached: counted as skipped
+            continue
+        when = {m["id"]: instant(m["timestamp"]) for m in items}
+        dated = sorted((when[g], g) for g in gold)
+        newest, oldest = dated[-1][1], dated[0][1]
+        changed = q["question_type"] == "knowledge-update" and dated[0][0] < dated[-1][0]
+        now = instant(q["question_date"])
+        named = query_window(q["question"], now) is not None
+        base = memory.config
+        for settings in grid:
+            memory.config = base.replace(**settings)
+            ranked = [h.id for h in memory.search(q["question"], k=50, now=now)]
+            metrics = lme.retrieval_metrics(ranked, gold, (10,))
+            new_first = None
+            if changed:  # a knowledge update: does the latest evidence turn rank above the earliest?
+                place = {m: i for i, m in enumerate(ranked)}
+                new_first = float(place.get(newest, 99) < place.get(oldest, 99))
+            rows[settings_name(settings)].append({"id": q["question_id"], "type": q["question_type"], "time_words": named,
+                                                  "new_first": new_first, **{m: metrics[m] for m in METRICS}})
+        memory.close()
+    return rows
+
+
+def table(rows: dict[str, list[dict]], baseline: str, names: list[str]) -> list[str]:
+    types = sorted({r["type"] for r in rows[baseline]})
+    lines = ["| setting | turn R_all@10 | nDCG@10 | Δ R_all@10 vs none [95% CI] | Δ nDCG@10 vs none [95% CI] | "
+             + " | ".join(f"{t} (n={sum(r['type'] == t for r in rows[baseline])})" for t in types)
+             + f" | time words in query (n={sum(r['time_words'] for r in rows[baseline])})"
+             + f" | knowledge updates: latest evidence above earliest (n={sum(r['new_first'] is not None for r in rows[baseline])}) |",
+             "|---|---:|---:|---:|---:|" + "---:|" * (len(types) + 2)]
+    for name in names:
+        cells = [f"{np.mean([r[m] for r in rows[name]]):.3f}" for m in METRICS]
+        for m in METRICS:
+            diff = np.array([a[m] - b[m] for a, b in zip(rows[name], rows[baseline])])
+            low, high = bootstrap(diff) if name != baseline else (0.0, 0.0)
+            cells.append(f"{diff.mean():+.3f} [{low:+.3f}, {high:+.3f}]")
+        for t in types:
+            cells.append("{:.3f} / {:.3f}".format(*[np.mean([r[m] for r in rows[name] if r["type"] == t]) for m in METRICS]))
+        timed = [r for r in rows[name] if r["time_words"]]
+        cells.append("{:.3f} / {:.3f}".format(*[np.mean([r[m] for r in timed]) if timed else float("nan") for m in METRICS]))
+        updates = [r["new_first"] for r in rows[name] if r["new_first"] is not None]
+        cells.append(f"{np.mean(updates):.2f}" if updates else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--split", choices=("dev", "report"), default="dev")
+    parser.add_argument("--fill", action="store_true", help="encode (and cache) the user turns not cached yet")
+    parser.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = parser.parse_args(argv)
+
+    questions = lme.load(bench.DEFAULT_DATA)
+    dev = bench.dev_ids(questions, Path(bench.DEFAULT_DEV))
+    offsets = (0, 1) if args.split == "dev" else (2, 3, 4)
+    chosen = bench.select(questions, args.split, dev, 5, offsets, None)
+    caches = bench.Caches(ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling="max")))
+    if args.fill:
+        for _, q in chosen:
+            caches.fill([m["content"] for m in lme.messages(q, "user")], [q["question"]])
+    default = {name: getattr(SearchConfig(), name) for name in OFF}
+    if args.split == "dev":
+        grid = [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]
+    else:
+        grid = [OFF, default] + [{**OFF, name: default[name]} for name in OFF if default[name]]
+    grid = list({settings_name(g): g for g in grid}.values())
+    rows = run(chosen, caches, grid)
+    baseline = settings_name(OFF)
+    n = len(rows[baseline])
+    mean = {name: float(np.mean([r[m] for r in rs for m in METRICS])) for name, rs in rows.items()}
+    names = sorted(rows, key=lambda name: -mean[name]) if args.split == "dev" else list(rows)
+
+    (ROOT / "benchmarks" / f"current_{args.split}.json").write_text(json.dumps(rows))
+    start, end = f"<!-- current-{args.split}:start -->", f"<!-- current-{args.split}:end -->"
+    split = ("the dev split (dev30 + strict questions at i % 5 in {0, 1}): what the defaults are chosen on"
+             if args.split == "dev" else "held out (strict questions at i % 5 in {2, 3, 4}, dev30 left out)")
+    lines = [start, f"### What is current on LongMemEval-S, {split}", "",
+             f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}",
+             f"- Data: `{bench.DEFAULT_DATA.relative_to(ROOT.parent) if bench.DEFAULT_DATA.is_relative_to(ROOT.parent) else bench.DEFAULT_DATA}`; "
+             f"{n} strict questions ({len(chosen) - n} of {len(chosen)} skipped: not cached or no user-side evidence)",
+             f"- Machine: {machine()}",
+             f"- Command: `python benchmarks/current.py {shlex.join(argv if argv is not None else sys.argv[1:])}`",
+             f"- Default: {settings_name(default)} (`SearchConfig()`); every row is `SAEMemory.search(question, k=10, now=question date)` "
+             "over the question's user turns, with everything else at its default.", "",
+             "Per type: turn R_all@10 / nDCG@10. \"time words in query\": the questions whose text names a time "
+             "`saememory.times.query_window` reads.", ""]
+    lines += table(rows, baseline, names)
+    lines += ["", end]
+    write_section(args.md, "\n".join(lines) + "\n", start, end)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

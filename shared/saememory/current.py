@@ -1,0 +1,170 @@
+"""What is current: the adjustments made to a query's best candidates for time and for questions.
+
+After fusion, the ``adjust_depth`` best of a user's messages for a query are adjusted. Each
+adjustment is in calibrated units (standard deviations of the fused scores over the user's
+messages for this query) and is recorded on the hit, so a ranking can always be read back:
+
+- ``recency``: the newest of these candidates gains ``recency_weight``, the oldest nothing,
+  linearly in time between. Of two messages that match about equally, the later one, what the
+  user says now, ranks first: "I live in Oslo now" above the same sentence with Lisbon a year
+  before.
+- ``asks``: a message that asks without telling loses ``asks_penalty``. It has a question and
+  tells nothing else: an assistant's message may add at most two words of its own ("Love the
+  name. What breed is he?"); the user's has no sentence besides its questions, and they add at
+  most four words to the query's (the same question asked earlier and stored, or another short
+  one: "Who is my doctor?"). A question that carries news ("Can you suggest a gift for my sister
+  Ana, who turns 40 in May?") keeps its score, and so does any statement.
+- ``supersedes``: of two of the user's statements among the ``supersede_depth`` best that are
+  about the same subject (dense cosine at least ``SAME_SUBJECT``), the later one is raised just
+  above the earlier one: "We adopted a new dog and called her Olive" above "I have a dog named
+  Rocky", whatever else separates them.
+- ``echoes``: among the same best candidates, a reply (any role but the user's) that repeats a
+  statement the user made earlier in its session (dense cosine at least ``ECHO``) is lowered
+  just below it: "Luna is such a cute name for a dog" below "We named our puppy Luna".
+- ``time``: when the query names a time ("two weeks ago", "in March"; see
+  ``saememory.times.query_window``), the messages said within it gain ``time_weight``.
+
+Words are counted as BM25 counts them (``saememory.lexical.tokenize``: lowercase, English
+stopwords dropped, stemmed with the memory's stemmer).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from saememory.lexical import tokenize
+from saememory.times import TimeWindow, iso, query_window
+
+ADJUSTMENTS = ("recency", "asks", "time")
+OWN_WORDS = 2  # words of its own an assistant's message that asks may state ("Love the name.")
+NEW_QUESTION_WORDS = 4  # words a user's question that only asks may add to the query's
+SAME_SUBJECT = 0.4  # dense cosine from which two of the user's statements are about the same subject
+ECHO = 0.5  # dense cosine from which a reply repeats a user's statement of its session
+SUPERSEDE_MARGIN = 1.0  # how far (calibrated units) below an earlier statement a later one may be and still supersede it
+
+_SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n|$)")
+
+
+def adjustments(records: list[dict[str, Any]], calibrated: np.ndarray, query: str, now: dt.datetime, config: Any,
+                vectors: Callable[[list[str]], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Each adjustment that applies, aligned with ``records``, in calibrated units.
+
+    Args:
+        records: The best candidates' stored records (``id``, ``content``, ``role``, ``time``),
+            best first.
+        calibrated: Their calibrated scores.
+        query: The query text.
+        now: The reference time the query's time words count back from (timezone-aware).
+        config: The ``SearchConfig``: ``recency_weight``, ``asks_penalty``, ``time_weight``,
+            ``supersede_depth`` (0 turns each off) and ``bm25_stemmer``.
+        vectors: Gives the dense vectors of message ids (``Backend.vectors`` for the user).
+    """
+    out: dict[str, np.ndarray] = {}
+    if not records:
+        return out
+    if config.recency_weight:
+        out["recency"] = config.recency_weight * recency(records)
+    asks = asks_without_telling(records, query, config.bm25_stemmer)
+    if config.asks_penalty:
+        out["asks"] = -config.asks_penalty * asks.astype(np.float64)
+    window = query_window(query, now) if config.time_weight else None
+    if window is not None:
+        out["time"] = config.time_weight * within(records, window).astype(np.float64)
+    if config.supersede_depth:
+        scores = calibrated + sum(out.values(), np.zeros(len(records)))
+        top = [i for i in np.argsort(-scores, kind="stable")[:config.supersede_depth].tolist() if not asks[i]]
+        found = vectors([records[i]["id"] for i in top])
+        top = [i for i in top if records[i]["id"] in found and records[i].get("time") is not None]
+        if len(top) > 1:
+            raised, lowered = settle([records[i] for i in top], np.stack([found[records[i]["id"]] for i in top]),
+                                     scores[top])
+            out["supersedes"], out["echoes"] = np.zeros(len(records)), np.zeros(len(records))
+            out["supersedes"][top], out["echoes"][top] = raised, lowered
+    return {name: values for name, values in out.items() if values.any()}
+
+
+def recency(records: list[dict[str, Any]]) -> np.ndarray:
+    """Each record's place in time among ``records``: 1 for the newest, 0 for the oldest (and for
+    a record with no time, as saved before times were parsed)."""
+    times = np.array([_seconds(r.get("time")) for r in records], dtype=np.float64)
+    known = np.isfinite(times)
+    if known.sum() < 2:
+        return np.zeros(len(records))
+    low, high = times[known].min(), times[known].max()
+    if high == low:
+        return np.zeros(len(records))
+    return np.where(known, (times - low) / (high - low), 0.0)
+
+
+def asks_without_telling(records: list[dict[str, Any]], query: str, stemmer: str | None) -> np.ndarray:
+    """Which records only ask (see the module doc), as a boolean array."""
+    split = [_sentences(r["content"]) for r in records]
+    words = tokenize([query] + [part for stated, asked in split for part in (stated, asked)], stemmer)
+    query_words = set(words[0])
+    out = np.zeros(len(records), dtype=bool)
+    for i, record in enumerate(records):
+        if not split[i][1]:
+            continue  # no question at all
+        stated, asked = set(words[1 + 2 * i]), set(words[2 + 2 * i])
+        if record["role"] == "user":
+            out[i] = not stated and len(asked - query_words) <= NEW_QUESTION_WORDS
+        else:
+            out[i] = len(stated - query_words) <= OWN_WORDS
+    return out
+
+
+def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Later statements above the earlier ones they supersede, and echoes below what they echo.
+
+    Args:
+        records: Statements among the best candidates (none only asks), each with a ``time``.
+        vectors: Their dense vectors (unit length), one row each.
+        scores: Their scores so far (calibrated units).
+
+    Returns:
+        ``(raised, lowered)``: how far each record is raised (a user's statement that supersedes
+        an earlier one) and lowered (another role's message that echoes a user's statement of
+        its session), in the units of ``scores``.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    new = scores.copy()
+    times = [r["time"] for r in records]
+    similar = vectors @ vectors.T
+    users = [i for i, r in enumerate(records) if r["role"] == "user"]
+    for b in sorted(users, key=times.__getitem__):  # earliest first, so a chain of changes carries
+        earlier = [new[a] for a in users if times[a] < times[b] and similar[a, b] >= SAME_SUBJECT
+                   and records[a]["session_id"] != records[b]["session_id"] and new[a] - new[b] <= SUPERSEDE_MARGIN]
+        if earlier and max(earlier) >= new[b]:
+            new[b] = max(earlier) + 1e-3
+    raised = new - scores
+    for e, record in enumerate(records):
+        if record["role"] == "user":
+            continue
+        echoed = [new[u] for u in users if records[u]["session_id"] == record["session_id"]
+                  and times[u] <= times[e] and similar[u, e] >= ECHO]
+        if echoed and min(echoed) <= new[e]:
+            new[e] = min(echoed) - 1e-3
+    return raised, new - scores - raised
+
+
+def within(records: list[dict[str, Any]], window: TimeWindow) -> np.ndarray:
+    """Which records were said inside ``window`` (a record with no time is not)."""
+    start, end = iso(window.start), iso(window.end)
+    return np.array([r.get("time") is not None and start <= r["time"] <= end for r in records], dtype=bool)
+
+
+def _sentences(text: str) -> tuple[str, str]:
+    """``(stated, asked)``: the text's sentences that do not end in a question mark, and those that do."""
+    stated, asked = [], []
+    for sentence in _SENTENCE.findall(text):
+        (asked if sentence.rstrip().endswith("?") else stated).append(sentence)
+    return " ".join(stated), " ".join(asked)
+
+
+def _seconds(time: str | None) -> float:
+    return dt.datetime.fromisoformat(time).timestamp() if time else float("nan")

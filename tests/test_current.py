@@ -1,0 +1,205 @@
+"""What is current: time words in queries, questions that only ask, supersession and echoes."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from saememory import SAEMemory, SearchConfig
+from saememory.current import adjustments, asks_without_telling, recency, settle
+from saememory.times import instant, query_window
+
+NOW = instant("2023-05-30T14:00:00")  # a Tuesday
+OFF = {"recency_weight": 0.0, "asks_penalty": 0.0, "time_weight": 0.0, "supersede_depth": 0}
+
+
+def day(text: str) -> dt.datetime:
+    return instant(text)
+
+
+@pytest.mark.parametrize("query, start, end", [
+    ("What did I buy two weeks ago?", "2023-05-13T02:00:00", "2023-05-20T02:00:00"),  # 14 days, give or take 3.5
+    ("What kitchen appliance did I buy 10 days ago?", "2023-05-19T14:00:00", "2023-05-21T14:00:00"),
+    ("I cooked something a couple of days ago. What was it?", "2023-05-27T14:00:00", "2023-05-29T14:00:00"),
+    ("Where did I go yesterday?", "2023-05-29", "2023-05-30"),
+    ("What did I do last weekend?", "2023-05-27", "2023-05-29"),
+    ("Who did I meet last Tuesday?", "2023-05-23", "2023-05-24"),
+    ("What did I eat in March?", "2023-03-01", "2023-04-01"),
+    ("What did I read in June?", "2022-06-01", "2022-07-01"),  # the latest June before now
+    ("Which shoes did I clean last month?", "2023-04-01", "2023-05-15T14:00:00"),
+    ("What trips did I take in the past three months?", "2023-02-28T14:00:00", "2023-05-30T14:00:00"),
+    ("What have I read since January?", "2023-01-01", "2023-05-30T14:00:00"),
+])
+def test_query_window_reads_the_time_a_question_names(query, start, end):
+    window = query_window(query, NOW)
+    assert window is not None
+    assert (window.start, window.end) == (day(start), day(end))
+    assert window.phrase.lower() in query.lower()
+
+
+@pytest.mark.parametrize("query", [
+    "How many days ago did I start my new job?",  # asks for a duration, names no time
+    "May I ask what my dog's name is?",  # the modal verb, not the month
+    "Which city do I live in?",
+    "What was the March 15th issue about?",  # a month without a preposition is not read
+])
+def test_query_window_names_no_time(query):
+    assert query_window(query, NOW) is None
+
+
+def test_query_window_counts_back_across_the_new_year():
+    window = query_window("What did I do in December?", instant("2024-01-10"))
+    assert (window.start, window.end) == (day("2023-12-01"), day("2024-01-01"))
+
+
+def record(content: str, role: str = "user", time: str | None = "2024-01-01", session: str = "s", mid: str = "m") -> dict:
+    from saememory.times import iso
+
+    return {"id": mid, "content": content, "role": role, "session_id": session,
+            "time": None if time is None else iso(instant(time))}
+
+
+def test_asks_without_telling_tells_questions_from_news():
+    query = "Which city do I live in?"
+    records = [
+        record("Which city do I live in?"),  # the same question, stored earlier
+        record("Where do I live these days?"),  # the same question in other words
+        record("Who is my doctor?"),  # another short question: it tells nothing either
+        record("Can you suggest a birthday gift for my sister Ana, who turns 40 in May?"),  # a question with news
+        record("I live in Oslo now."),
+        record("My job? I'm a teacher."),  # the user's statement after a question
+        record("Love the name. What breed is your dog?", role="assistant"),
+        record("Oslo is a lovely place to live.", role="assistant"),
+        record("Here is a recipe: boil the pasta, then toss it with garlic and oil. Want more?", role="assistant"),
+    ]
+    flags = asks_without_telling(records, query, "english").tolist()
+    assert flags == [True, True, True, False, False, False, True, False, False]
+
+
+def test_recency_places_each_record_in_time_and_leaves_unknown_times_at_zero():
+    records = [record("a", time="2024-01-01"), record("b", time="2024-07-01"), record("c", time=None),
+               record("d", time="2024-04-01")]
+    values = recency(records)
+    assert values[0] == 0.0 and values[1] == 1.0 and values[2] == 0.0 and 0.0 < values[3] < 1.0
+    assert recency([record("a")]).tolist() == [0.0]
+
+
+def unit(*values: float) -> np.ndarray:
+    v = np.array(values, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def test_settle_raises_a_later_statement_and_lowers_an_echo():
+    records = [record("I have a dog named Rocky.", time="2024-01-01", session="s1", mid="old"),
+               record("Rocky is a great name.", role="assistant", time="2024-01-01T00:01", session="s1", mid="echo"),
+               record("We adopted a new dog, Olive.", time="2024-06-01", session="s2", mid="new"),
+               record("I play the violin.", time="2024-07-01", session="s3", mid="other")]
+    vectors = np.stack([unit(1, 0.2, 0), unit(1, 0.3, 0), unit(1, 0, 0.5), unit(0, 0, 1)])
+    scores = np.array([3.0, 3.5, 2.5, 1.0])
+    raised, lowered = settle(records, vectors, scores)
+    after = scores + raised + lowered
+    assert after[2] > after[0] > after[1]  # the new statement first, the echo below what it echoes
+    assert raised[3] == 0 and lowered[3] == 0  # another subject is left alone
+    assert raised[0] == 0 and lowered[0] == 0
+
+
+def test_settle_leaves_a_statement_far_below_and_one_of_the_same_session():
+    records = [record("My phone number is 555-0142.", time="2024-01-01", session="s1", mid="a"),
+               record("My phone number is 555-0193.", time="2024-02-01", session="s2", mid="b"),
+               record("And my office number is 555-0100.", time="2024-01-01T00:05", session="s1", mid="c")]
+    vectors = np.stack([unit(1, 0.1, 0), unit(1, 0.2, 0), unit(1, 0, 0.1)])
+    raised, _ = settle(records, vectors, np.array([5.0, 0.0, 4.0]))  # b is 5 sd below a: not the same answer
+    assert raised.tolist() == [0.0, 0.0, 0.0]  # and c, though later, shares a's session
+
+
+def test_adjustments_with_every_weight_off_change_nothing():
+    config = SearchConfig(**OFF)
+    out = adjustments([record("Which city do I live in?")], np.zeros(1), "Which city do I live in?", NOW, config,
+                      lambda ids: {})
+    assert out == {} and not config.adjusts
+
+
+@pytest.mark.parametrize("name", ["recency_weight", "asks_penalty", "time_weight"])
+def test_search_config_refuses_a_bad_weight_naming_it(name):
+    with pytest.raises(ValueError, match=name):
+        SearchConfig(**{name: -1.0})
+    with pytest.raises(ValueError, match=name):
+        SearchConfig(**{name: float("nan")})
+
+
+def test_search_config_refuses_a_bad_depth():
+    with pytest.raises(ValueError, match="supersede_depth"):
+        SearchConfig(supersede_depth=-1)
+    with pytest.raises(ValueError, match="adjust_depth"):
+        SearchConfig(adjust_depth=0)
+
+
+CHAT = [
+    {"id": "city-old", "content": "I live in Lisbon now.", "timestamp": "2024-01-05T10:00:00", "session_id": "jan"},
+    {"id": "city-old-r", "content": "Nice! How do you like living there?", "role": "assistant",
+     "timestamp": "2024-01-05T10:00:30", "session_id": "jan"},
+    {"id": "dog", "content": "We named our puppy Luna.", "timestamp": "2024-02-10T09:00:00", "session_id": "feb"},
+    {"id": "dog-r", "content": "Luna is such a cute name for a dog.", "role": "assistant",
+     "timestamp": "2024-02-10T09:00:30", "session_id": "feb"},
+    {"id": "tea", "content": "How long should I steep green tea?", "timestamp": "2024-03-01T08:00:00", "session_id": "mar"},
+    {"id": "kettle", "content": "I bought a new electric kettle today.", "timestamp": "2024-11-26T08:00:00",
+     "session_id": "nov"},
+    {"id": "city-new", "content": "I moved to Oslo last month!", "timestamp": "2024-09-02T18:00:00", "session_id": "sep"},
+    {"id": "hike", "content": "I want to plan a weekend hiking trip.", "timestamp": "2024-05-01T08:00:00", "session_id": "may"},
+    {"id": "city-q", "content": "Which city do I live in?", "timestamp": "2024-12-01T09:00:00", "session_id": "dec"},
+]
+ASKED = "2024-12-01T09:01:00"
+
+
+def test_the_current_answer_comes_first_on_both_backends(make):
+    memory = make()
+    memory.add(CHAT)
+    hits = memory.search("Which city do I live in?", k=3, now=ASKED)
+    assert hits[0].id == "city-new", [h.id for h in hits]
+    assert hits[0].adjustments.get("supersedes", 0) > 0
+    ranked = [h.id for h in memory.search("Which city do I live in?", k=9, now=ASKED)]
+    assert ranked.index("city-q") > ranked.index("city-old")  # the stored question is below both answers
+    dog = [h.id for h in memory.search("What is my dog's name?", k=2, now=ASKED)]
+    assert dog == ["dog", "dog-r"]  # the user's fact above the assistant's echo of it
+    kettle = memory.search("What did I buy last week?", k=1, now=ASKED)
+    assert kettle[0].id == "kettle" and kettle[0].adjustments["time"] > 0
+
+
+def test_adjustments_are_in_the_scores_and_explain_agrees(make):
+    memory = make()
+    memory.add(CHAT)
+    hits = memory.search("Which city do I live in?", k=9, now=ASKED)
+    assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    assert all(a.calibrated_score >= b.calibrated_score for a, b in zip(hits, hits[1:]))
+    for hit in hits:
+        explained = memory.explain("Which city do I live in?", hit.id, now=ASKED)
+        assert (explained.rank, explained.adjustments) == (hit.rank, hit.adjustments)
+        assert explained.score == pytest.approx(hit.score)
+    plain = make(**OFF)
+    plain.add(CHAT)
+    assert all(h.adjustments == {} for h in plain.search("Which city do I live in?", k=9, now=ASKED))
+
+
+def test_now_is_checked_and_a_window_counts_back_from_it(encoder):
+    memory = SAEMemory(encoder)
+    memory.add(CHAT)
+    with pytest.raises(ValueError, match="now="):
+        memory.search("What did I buy last week?", now="next tuesday")
+    early = memory.search("What did I buy last week?", k=9, now="2024-03-05")  # the week before: the tea question
+    assert "time" not in next(h for h in early if h.id == "kettle").adjustments
+    assert early[0].id != "kettle" or early[0].adjustments.get("time") is None
+
+
+def test_adapters_take_now_per_call(encoder):
+    from langchain_saememory import SAEMemoryRetriever
+    from llama_index_saememory import SAEMemoryRetriever as SAEMemoryLlamaRetriever
+
+    memory = SAEMemory(encoder)
+    memory.add(CHAT)
+    docs = SAEMemoryRetriever(memory=memory, k=1).invoke("What did I buy last week?", now=ASKED)
+    assert docs[0].id == "kettle" and docs[0].metadata["adjustments"]["time"] > 0
+    nodes = SAEMemoryLlamaRetriever(memory, similarity_top_k=1, now=ASKED).retrieve("What did I buy last week?")
+    assert nodes[0].node.node_id == "kettle"
