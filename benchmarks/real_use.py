@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 
-from common import wilson  # noqa: E402
+from common import NO_ADJUSTMENTS, wilson  # noqa: E402
 
 from saememory import SAEMemory  # noqa: E402
 
@@ -115,7 +115,7 @@ def build(users: int, seed: int) -> tuple[list[dict], list[Question]]:
     start = dt.datetime(2024, 1, 1, 9, 0, tzinfo=dt.timezone.utc)
     for u in range(users):
         user, n = f"user{u}", 0
-        changing = set(rng.sample(sorted(FACTS), CHANGED))
+        changing = sorted(rng.sample(sorted(FACTS), CHANGED))  # sorted: a set would follow the per-process string hash
         first = {name: rng.choice(fact.values) for name, fact in FACTS.items()}
         second = {name: rng.choice([v for v in FACTS[name].values if v != first[name]]) for name in changing}
         events = [(rng.randint(0, 120), name, rng.choice(FACTS[name].said).format(first[name]), first[name])
@@ -215,7 +215,7 @@ def evaluate(start: Callable[[list[dict]], Ranker], messages: list[dict], questi
 
 def rankings(peers: bool) -> dict[str, dict[str, Any] | str]:
     """Our rankings (``SAEMemory`` settings over the defaults) and, by name, the framework peers."""
-    off = {"recency_weight": 0.0, "asks_penalty": 0.0, "time_weight": 0.0}
+    off = NO_ADJUSTMENTS
     out: dict[str, dict[str, Any] | str] = {
         "default (SearchConfig())": {},
         "default without the adjustments for what is current": off,

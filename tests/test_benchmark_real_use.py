@@ -28,3 +28,15 @@ def test_it_runs_and_reports_shares(encoder):
     assert result["n"] == len(real_use.FACTS) and 0.0 <= result["top3_stored"] <= 1.0
     assert result["changed"] == real_use.CHANGED
     assert real_use.wilson(0.5, 100) == "0.50 [0.40, 0.60]"
+
+
+def test_the_data_is_the_same_in_every_process():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib, json, sys; sys.path.insert(0, 'benchmarks'); import real_use; "
+            "m, q = real_use.build(4, 0); print(hashlib.sha1(json.dumps([m, [vars(x) for x in q]], default=str).encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(digests) == 1
