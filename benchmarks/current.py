@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
              if args.split == "dev" else "held out (strict questions at i % 5 in {2, 3, 4}, dev30 left out)")
     lines = [start, f"### What is current on LongMemEval-S, {split}", "",
              f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}",
-             f"- Data: `{bench.DEFAULT_DATA.relative_to(ROOT.parent) if bench.DEFAULT_DATA.is_relative_to(ROOT.parent) else bench.DEFAULT_DATA}`; "
+             f"- Data: `../shared/data/longmemeval/{bench.DEFAULT_DATA.name}`; "
              f"{n} strict questions ({len(chosen) - n} of {len(chosen)} skipped: not cached or no user-side evidence)",
              f"- Machine: {machine()}",
              f"- Command: `python benchmarks/current.py {shlex.join(argv if argv is not None else sys.argv[1:])}`",
