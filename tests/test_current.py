@@ -41,6 +41,8 @@ def test_query_window_reads_the_time_a_question_names(query, start, end):
 
 @pytest.mark.parametrize("query", [
     "How many days ago did I start my new job?",  # asks for a duration, names no time
+    "What did I do on the last day of my trip?",  # "the last day" of something is no span of time
+    "What did I study in the last year of college?",
     "May I ask what my dog's name is?",  # the modal verb, not the month
     "Which city do I live in?",
     "What was the March 15th issue about?",  # a month without a preposition is not read
@@ -73,9 +75,12 @@ def test_asks_without_telling_tells_questions_from_news():
         record("Love the name. What breed is your dog?", role="assistant"),
         record("Oslo is a lovely place to live.", role="assistant"),
         record("Here is a recipe: boil the pasta, then toss it with garlic and oil. Want more?", role="assistant"),
+        record("My dog is Luna, isn't she cute?"),  # statements with a question tagged on
+        record("I moved to Oslo, remember?"),
+        record("So, which city do I live in?"),  # the same question after an opener
     ]
     flags = asks_without_telling(records, query, "english").tolist()
-    assert flags == [True, True, True, False, False, False, True, False, False]
+    assert flags == [True, True, True, False, False, False, True, False, False, False, False, True]
 
 
 def test_recency_places_each_record_in_time_and_leaves_unknown_times_at_zero():
@@ -203,3 +208,51 @@ def test_adapters_take_now_per_call(encoder):
     assert docs[0].id == "kettle" and docs[0].metadata["adjustments"]["time"] > 0
     nodes = SAEMemoryLlamaRetriever(memory, similarity_top_k=1, now=ASKED).retrieve("What did I buy last week?")
     assert nodes[0].node.node_id == "kettle"
+
+
+@pytest.mark.parametrize("now, query", [
+    ("0005-03-01", "What did I do 999 years ago?"),
+    ("0001-01-03", "What did I do last month?"),
+    ("9999-12-31T20:00:00", "What did I do 3 days ago?"),
+    ("0001-01-01", "What did I do in December?"),
+])
+def test_query_window_at_the_edges_of_time_is_none_or_inside_them(now, query):
+    window = query_window(query, instant(now))
+    assert window is None or window.start <= window.end
+
+
+def test_query_window_uses_the_first_phrase_and_the_askers_days():
+    assert query_window("What did I buy last Saturday, three days ago?", NOW).phrase == "last Saturday"
+    tokyo = dt.timezone(dt.timedelta(hours=9))
+    for hour in (1, 8, 20):  # the same day in Tokyo, whatever the hour
+        window = query_window("What did I do yesterday?", dt.datetime(2024, 6, 4, hour, tzinfo=tokyo))
+        assert (window.start, window.end) == (dt.datetime(2024, 6, 3, tzinfo=tokyo), dt.datetime(2024, 6, 4, tzinfo=tokyo))
+
+
+def test_query_window_on_the_first_of_the_month_and_at_the_weekend():
+    window = query_window("What did I eat in March?", instant("2023-03-01T05:00:00"))
+    assert window.start == day("2023-03-01")  # this March, not last year's
+    saturday, sunday = instant("2023-06-03T12:00:00"), instant("2023-06-04T12:00:00")
+    for now in (saturday, sunday):  # the weekend before this one, on either day of it
+        window = query_window("What did I do last weekend?", now)
+        assert (window.start, window.end) == (day("2023-05-27"), day("2023-05-29"))
+
+
+def test_the_asker_zone_decides_which_messages_were_yesterday(encoder):
+    memory = SAEMemory(encoder)
+    memory.add([{"id": "dentist", "content": "I went to the dentist this afternoon.", "timestamp": "2024-06-03T15:00:00+09:00"},
+                {"id": "park", "content": "I walked in the park.", "timestamp": "2024-06-01T10:00:00+09:00"}])
+    for now in ("2024-06-04T08:00:00+09:00", "2024-06-04T20:00:00+09:00"):
+        hit = memory.explain("What did I do yesterday?", "dentist", now=now)
+        assert hit.adjustments.get("time", 0) > 0
+
+
+def test_adjustments_with_equal_scores_order_but_do_not_move_scores(encoder):
+    kettle = [{"id": "a", "content": "I bought a kettle.", "timestamp": "2024-11-26"}]
+    memory, plain = SAEMemory(encoder), SAEMemory(encoder, **OFF)
+    memory.add(kettle)
+    plain.add(kettle)
+    hit = memory.search("What did I buy last week?", now="2024-12-01")[0]
+    assert hit.adjustments["time"] > 0
+    assert hit.score == plain.search("What did I buy last week?", now="2024-12-01")[0].score
+    assert memory.search("What did I buy last week?", now="2024-12-01", min_score=hit.score + 0.01) == []

@@ -8,16 +8,18 @@ messages for this query) and is recorded on the hit, so a ranking can always be 
   linearly in time between. Of two messages that match about equally, the later one, what the
   user says now, ranks first: "I live in Oslo now" above the same sentence with Lisbon a year
   before.
-- ``asks``: a message that asks without telling loses ``asks_penalty``. It has a question and
-  tells nothing else: an assistant's message may add at most two words of its own ("Love the
-  name. What breed is he?"); the user's has no sentence besides its questions, and they add at
-  most four words to the query's (the same question asked earlier and stored, or another short
-  one: "Who is my doctor?"). A question that carries news ("Can you suggest a gift for my sister
-  Ana, who turns 40 in May?") keeps its score, and so does any statement.
+- ``asks``: a message that asks without telling loses ``asks_penalty``. It has a question (a
+  sentence that ends in "?" and opens as an English question does) and tells nothing else: an
+  assistant's message may add at most two words of its own ("Love the name. What breed is
+  he?"); the user's has no sentence besides its questions, and they add at most four words to
+  the query's (the same question asked earlier and stored, or another short one: "Who is my
+  doctor?"). A question that carries news ("Can you suggest a gift for my sister Ana, who turns
+  40 in May?") keeps its score, and so does a statement with a question tagged on ("My dog is
+  Luna, isn't she cute?").
 - ``supersedes``: of two of the user's statements among the ``supersede_depth`` best that are
-  about the same subject (dense cosine at least ``SAME_SUBJECT``), the later one is raised just
-  above the earlier one: "We adopted a new dog and called her Olive" above "I have a dog named
-  Rocky", whatever else separates them.
+  about the same subject (dense cosine at least ``SAME_SUBJECT``), said in different sessions,
+  the later one is raised just above the earlier one if it scores at most ``SUPERSEDE_MARGIN``
+  below it: "We adopted a new dog and called her Olive" above "I have a dog named Rocky".
 - ``echoes``: among the same best candidates, a reply (any role but the user's) that repeats a
   statement the user made earlier in its session (dense cosine at least ``ECHO``) is lowered
   just below it: "Luna is such a cute name for a dog" below "We named our puppy Luna".
@@ -40,7 +42,6 @@ import numpy as np
 from saememory.lexical import tokenize
 from saememory.times import TimeWindow, iso, query_window
 
-ADJUSTMENTS = ("recency", "asks", "time")
 OWN_WORDS = 2  # words of its own an assistant's message that asks may state ("Love the name.")
 NEW_QUESTION_WORDS = 4  # words a user's question that only asks may add to the query's
 SAME_SUBJECT = 0.4  # dense cosine from which two of the user's statements are about the same subject
@@ -48,6 +49,11 @@ ECHO = 0.5  # dense cosine from which a reply repeats a user's statement of its 
 SUPERSEDE_MARGIN = 1.0  # how far (calibrated units) below an earlier statement a later one may be and still supersede it
 
 _SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n|$)")
+_WORD = re.compile(r"[\w']+")
+_QUESTION_OPENINGS = frozenset(
+    "what which who whom whose where when why how do does did is are was were am can could should would will "
+    "shall may might must have has had any anyone anything".split())
+_OPENERS = frozenset("so and but also oh hey hi hello ok okay well um hmm btw then now quick question".split())
 
 
 def adjustments(records: list[dict[str, Any]], calibrated: np.ndarray, query: str, now: dt.datetime, config: Any,
@@ -159,10 +165,17 @@ def within(records: list[dict[str, Any]], window: TimeWindow) -> np.ndarray:
 
 
 def _sentences(text: str) -> tuple[str, str]:
-    """``(stated, asked)``: the text's sentences that do not end in a question mark, and those that do."""
+    """``(stated, asked)``: the text's sentences that ask, and the others.
+
+    A sentence asks when it ends in a question mark and opens as an English question does (a
+    question word or an auxiliary, after any "so", "hey", "ok" ...): "My dog is Luna, isn't she
+    cute?" and "I moved to Oslo, remember?" state.
+    """
     stated, asked = [], []
     for sentence in _SENTENCE.findall(text):
-        (asked if sentence.rstrip().endswith("?") else stated).append(sentence)
+        words = [w for w in _WORD.findall(sentence.lower()) if w not in _OPENERS]
+        opens = bool(words) and words[0].split("'")[0] in _QUESTION_OPENINGS
+        (asked if opens and sentence.rstrip().endswith("?") else stated).append(sentence)
     return " ".join(stated), " ".join(asked)
 
 

@@ -32,7 +32,7 @@ from saememory.interpret.steering import resolve_steering
 from saememory.messages import (DEFAULT_USER, Message, changes_of, check_id, check_session, check_text, check_user,
                                 ids_by_user, merged, new_record)
 from saememory.ranking import SearchConfig, rank
-from saememory.times import instant, iso
+from saememory.times import instant, iso, local_instant
 
 
 class SAEMemory:
@@ -285,8 +285,9 @@ class SAEMemory:
             until: Only messages said at or before this time. Defaults to None.
             roles: Only messages of this role or these roles, e.g. ``"user"``. Defaults to all.
             now: The time the query is asked at, which its time words ("two weeks ago", "in
-                March") count back from; any form a timestamp takes. Defaults to None: the
-                present. Messages said after it are not left out (pass ``until`` for that).
+                March") count back from; any form a timestamp takes, and its time zone sets
+                where days begin (none: UTC). Defaults to None: the present, in UTC. Messages
+                said after it are not left out (pass ``until`` for that).
             min_score: Drop hits whose combined score is below this. Defaults to none.
             fusion: Override the memory's fusion for this call. Defaults to the memory's.
             steer: Features to boost or suppress in the query before ranking: feature id (or a
@@ -418,7 +419,9 @@ def _window(since: Any, until: Any, roles: str | Iterable[str] | None, now: Any 
     """A search's time and role filters and reference time, validated: UTC instants and a tuple of roles."""
     window = {"since": None if since is None else iso(instant(since, "since")),
               "until": None if until is None else iso(instant(until, "until")), "roles": None,
-              "now": None if now is None else instant(now, "now")}
+              "now": None if now is None else local_instant(now, "now")}
+    if now is not None:
+        instant(now, "now")  # within UTC's years too
     if window["since"] and window["until"] and window["since"] > window["until"]:
         raise ValueError(f"since={since!r} is after until={until!r}; no message can be in that window.")
     if roles is not None:

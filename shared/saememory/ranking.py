@@ -206,13 +206,15 @@ def rank(
             adjusted[name][pool] = values
         total = sum(adjusted.values(), np.zeros(len(ids)))
         sd = float(np.std(scores)) if len(ids) > 1 else 0.0
-        scores, calibrated = scores + total * (sd or 1.0), calibrated + total  # in the fused score's own units too
+        # In the fused score's own units too; with all scores equal (sd 0) they only order.
+        scores, calibrated = scores + total * sd, calibrated + total
+    # calibrated orders as scores do (an increasing function of them, plus the adjustments)
     if config.selection == "adaptive":
         chosen = top_k(calibrated, k, config.threshold)
-        chosen = chosen if chosen.size else top_k(scores, 1)
-        chosen = chosen[scores[chosen] >= min_score] if min_score is not None else chosen
+        chosen = chosen if chosen.size else top_k(calibrated, 1)
     else:
-        chosen = top_k(scores, k, min_score)
+        chosen = top_k(calibrated, k)
+    chosen = chosen[scores[chosen] >= min_score] if min_score is not None else chosen
     missing = [ids[p] for p in chosen.tolist() if ids[p] not in found]
     found.update({record["id"]: (record, code) for record, code in backend.fetch(user_id, missing)} if missing else {})
     chosen = [p for p in chosen.tolist() if ids[p] in found]  # another process may have deleted one meanwhile

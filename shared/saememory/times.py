@@ -33,6 +33,20 @@ def instant(value: Any, name: str = "timestamp") -> dt.datetime:
     Raises:
         ValueError: If ``value`` is none of the accepted forms, naming ``name`` and the forms.
     """
+    moment = local_instant(value, name)
+    try:
+        return moment.astimezone(dt.timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{name}={value!r} is outside the years 1 to 9999 in UTC.") from None
+
+
+def local_instant(value: Any, name: str = "timestamp") -> dt.datetime:
+    """``value`` as a timezone-aware ``datetime`` in its own zone (UTC when it names none), so
+    that "yesterday" can be counted in the asker's days; ``instant`` for the same in UTC.
+
+    Raises:
+        ValueError: If ``value`` is none of the accepted forms, naming ``name`` and the forms.
+    """
     if isinstance(value, dt.datetime):
         moment = value
     elif isinstance(value, dt.date):
@@ -50,10 +64,7 @@ def instant(value: Any, name: str = "timestamp") -> dt.datetime:
         raise ValueError(f"{name}={value!r} is a {type(value).__name__}; pass {_ACCEPTED}.")
     if moment.tzinfo is None or moment.utcoffset() is None:
         moment = moment.replace(tzinfo=dt.timezone.utc)  # no zone given: UTC, documented
-    try:
-        return moment.astimezone(dt.timezone.utc)
-    except OverflowError:
-        raise ValueError(f"{name}={value!r} is outside the years 1 to 9999 in UTC.") from None
+    return moment
 
 
 def iso(moment: dt.datetime) -> str:
@@ -93,14 +104,15 @@ _UNIT = r"(day|week|month|year)s?"
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
            "november", "december")
-# Most specific first; the first phrase found in the query decides its window.
+# The phrase that starts first in the query decides its window; at the same place, the first pattern.
 _PATTERNS = (
-    ("span", re.compile(rf"\b(?:in|over|during|within|for)?\s*the\s+(?:past|last)\s+(?:{_NUM}\s+)?{_UNIT}\b", re.I)),
+    ("span", re.compile(rf"\b(?:in|over|during|within|for)\s+the\s+(?:past|last)\s+(?:{_NUM}\s+)?{_UNIT}\b(?!\s+of\b)", re.I)),
+    ("span", re.compile(rf"\bthe\s+(?:past|last)\s+{_NUM}\s+{_UNIT}\b(?!\s+of\b)", re.I)),
     ("ago", re.compile(rf"\b{_NUM}\s+{_UNIT}\s+ago\b", re.I)),
     ("day", re.compile(r"\b(yesterday|today|tonight|this morning|last night)\b", re.I)),
     ("weekend", re.compile(r"\b(?:last|past|previous|this past)\s+weekend\b", re.I)),
     ("weekday", re.compile(rf"\b(?:last|past|previous|this past|on)\s+({'|'.join(_WEEKDAYS)})\b", re.I)),
-    ("last", re.compile(r"\b(?:last|previous)\s+(week|month|year)\b", re.I)),
+    ("last", re.compile(r"\b(?:last|previous)\s+(week|month|year)\b(?!\s+of\b)", re.I)),  # not "the last year of college"
     ("month", re.compile(rf"\b(in|during|since|last|early|late|mid|of)\s+({'|'.join(_MONTHS)})\b", re.I)),
 )
 
@@ -128,19 +140,30 @@ def query_window(query: str, now: dt.datetime) -> TimeWindow | None:
     A point in the past ("two weeks ago", "last week") becomes that point give or take half its
     unit, since people round ("two weeks ago" is 10.5 to 17.5 days back); a named day, weekend
     or month becomes that whole day, weekend or month (the latest one before ``now``); "the past
-    three weeks" and "since March" run up to ``now``. A question that asks for a duration ("how
-    many days ago ...") names no window. Only the first phrase found counts.
+    three weeks" and "since March" run up to ``now``. Days, weekends and months are those of
+    ``now``'s time zone. A question that asks for a duration ("how many days ago ...") names no
+    window, and neither does one before year 1 or after 9999. Only the phrase that comes first
+    in the query counts.
 
     Args:
         query: The question.
-        now: The reference time, timezone-aware (``instant`` gives one).
+        now: The reference time, timezone-aware, in the asker's zone (``local_instant``).
     """
+    try:
+        window = _window(query, now)
+        if window is not None:
+            iso(window.start), iso(window.end)  # in UTC too, as records are compared
+        return window
+    except (OverflowError, ValueError):  # the time named lies before year 1 or after 9999: no window to rank
+        return None
+
+
+def _window(query: str, now: dt.datetime) -> TimeWindow | None:
     from dateutil.relativedelta import relativedelta
 
-    for kind, pattern in _PATTERNS:
-        match = pattern.search(query)
-        if match is None:
-            continue
+    found = [(match.start(), order, kind, match) for order, (kind, pattern) in enumerate(_PATTERNS)
+             if (match := pattern.search(query)) is not None]
+    for _, _, kind, match in sorted(found, key=lambda f: f[:2])[:1]:
         phrase = match.group(0).strip()
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
         if kind == "span":
@@ -155,7 +178,8 @@ def query_window(query: str, now: dt.datetime) -> TimeWindow | None:
             start = day - dt.timedelta(days=1) if word in ("yesterday", "last night") else day
             return TimeWindow(start, start + dt.timedelta(days=1), phrase)
         if kind == "weekend":
-            back = (day.weekday() - 5) % 7 or 7  # the latest Saturday before today
+            back = (day.weekday() - 5) % 7
+            back += 7 if back < 2 else 0  # on a Saturday or Sunday, the weekend before this one
             start = day - dt.timedelta(days=back)
             return TimeWindow(start, start + dt.timedelta(days=2), phrase)
         if kind == "weekday":
@@ -169,7 +193,7 @@ def query_window(query: str, now: dt.datetime) -> TimeWindow | None:
             around = _around(now - relativedelta(**{unit + "s": 1}), unit, phrase)
             return TimeWindow(min(this - relativedelta(**{unit + "s": 1}), around.start), max(this, around.end), phrase)
         month = _MONTHS.index(match.group(2).lower()) + 1
-        if match.group(1).lower() != "last" and month == now.month and now.day > 1:
+        if match.group(1).lower() != "last" and month == now.month:
             start = day.replace(day=1)  # "in March", asked in March: this month so far
         else:
             start = day.replace(day=1, month=month) - relativedelta(years=1 if month >= now.month else 0)

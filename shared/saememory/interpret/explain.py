@@ -45,9 +45,10 @@ class Hit:
         shared_features: Features active in both query and message, with ``contribution``: their
             share of ``sparse_score`` (the contributions of all shared features sum to it).
         adjustments: What moved the message after fusion, in calibrated units (see
-            ``saememory.current``): ``recency``, ``asks`` (negative: it only asks) and ``time``
-            (said within the time the query names). Only those that apply; already in
-            ``score`` and ``calibrated_score``.
+            ``saememory.current``): ``supersedes`` (a later statement raised above an earlier
+            one), ``echoes`` (negative: a reply repeating the user), ``asks`` (negative: it only
+            asks), ``time`` (said within the time the query names) and ``recency``. Only those
+            that apply; already in ``score`` and ``calibrated_score``.
     """
 
     id: str
