@@ -4,8 +4,9 @@ A directory holds ``cfg.json`` and ``sae_weights.safetensors`` exactly as
 ``sae_lens.SAE.save_inference_model`` writes them, so it also loads with
 ``sae_lens.SAE.load_from_disk``. Importing sae_lens takes about ten seconds, so the
 query path uses this module instead; ``tests/test_sae.py`` proves both encode alike.
-Optional ``labels.json`` and ``families.json`` beside the weights name the features and group
-them (``saememory.interpret.labels`` and ``saememory.interpret.families``).
+Optional ``labels.json``, ``families.json`` and ``hygiene.json`` beside the weights name the
+features, group them and mark those never shown as explanations (``saememory.interpret.labels``,
+``saememory.interpret.families``, ``saememory.interpret.hygiene``).
 
 Besides sae-lens' own ``topk``, ``standard`` and ``jumprelu`` SAEs it reads ``kronsae`` SAEs
 (Kurochkin et al. 2025), trained by ``saememory.kronsae``; the mAND maths lives here so that
@@ -25,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from saememory.interpret.families import FAMILIES_FILENAME, load_families
+from saememory.interpret.hygiene import HYGIENE_FILENAME, load_hygiene
 from saememory.interpret.labels import LABELS_FILENAME, find_features, load_labels
 
 logger = logging.getLogger(__name__)
@@ -168,6 +170,7 @@ class SparseAutoencoder:
         self.name = name
         self.sha256 = sha256
         self.families: dict[int, dict[str, Any]] = {}
+        self.hidden: dict[int, str] = {}  # features never shown as an explanation, with why (interpret.hygiene)
         self._family_sizes: dict[int, int] = {}
 
     @classmethod
@@ -204,6 +207,11 @@ class SparseAutoencoder:
             else:
                 labels = load_labels(path / LABELS_FILENAME)
         sae = cls(cfg, weights, labels, name=name or path.name, sha256=sha256)
+        if (path / HYGIENE_FILENAME).is_file():
+            try:
+                sae.hidden = load_hygiene(path / HYGIENE_FILENAME, sae_sha256=sae.sha256)
+            except ValueError as err:  # optional explanations must not make the SAE unusable
+                logger.warning("Feature hygiene not attached: %s", err)
         if (path / FAMILIES_FILENAME).is_file():
             try:
                 sae.set_families(load_families(path / FAMILIES_FILENAME, sae_sha256=sae.sha256))

@@ -3,7 +3,7 @@
 A hit's ``features`` are the strongest entries of its L2-normalised code; its
 ``shared_features`` are the features active in both the query and the message, each with its
 ``contribution`` (query activation x message activation), so that the contributions of all
-shared features sum to the hit's ``sparse_score``.
+shared features, listed or hidden by the SAE's hygiene, sum to the hit's ``sparse_score``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 # Hit metadata an LLM prompt or an embedder should not see: scores and SAE explanations.
 EXPLANATION_KEYS = ("score", "dense_score", "sparse_score", "bm25_score", "calibrated_score", "signals", "rank",
-                    "truncated", "features", "shared_features", "adjustments")
+                    "truncated", "features", "shared_features", "adjustments", "explained_share")
 
 
 @dataclass
@@ -43,7 +43,12 @@ class Hit:
             truncated.
         features: The message's strongest SAE features: ``id``, ``activation``, ``label``.
         shared_features: Features active in both query and message, with ``contribution``: their
-            share of ``sparse_score`` (the contributions of all shared features sum to it).
+            share of ``sparse_score`` (the contributions of all shared features, listed or not,
+            sum to it).
+            Features that read form, not meaning (function words, punctuation, features on
+            most messages; ``saememory.interpret.hygiene``) are never listed, in either list.
+        explained_share: The share of ``sparse_score`` that the listed ``shared_features``
+            carry; the rest is spread over many small or hidden features.
         adjustments: What moved the message after fusion, in calibrated units (see
             ``saememory.current``): ``supersedes`` (a later statement raised above an earlier
             one), ``echoes`` (negative: a reply repeating the user), ``asks`` (negative: it only
@@ -70,6 +75,7 @@ class Hit:
     metadata: dict[str, Any] = field(default_factory=dict)
     time: str | None = None
     adjustments: dict[str, float] = field(default_factory=dict)
+    explained_share: float = 0.0
 
     def to_metadata(self) -> dict[str, Any]:
         """A flat dict for framework documents and nodes (``content`` excluded)."""
@@ -82,7 +88,7 @@ class Hit:
 def make_hit(ranked: Any, q_acts: dict[int, float], sae: Any, top_features: int) -> Hit:
     """The ``Hit`` of one ``saememory.ranking.Ranked`` message, with its features explained."""
     record = ranked.record
-    features, shared = explain_features(ranked.code, q_acts, sae, top_features)
+    features, shared, explained = explain_features(ranked.code, q_acts, sae, top_features)
     return Hit(
         id=record["id"], content=record["content"], role=record["role"], session_id=record["session_id"],
         timestamp=record["timestamp"], user_id=record["user_id"], score=ranked.score,
@@ -90,30 +96,38 @@ def make_hit(ranked: Any, q_acts: dict[int, float], sae: Any, top_features: int)
         calibrated_score=ranked.calibrated, signals=ranked.signals, rank=ranked.rank,
         truncated=record.get("truncated", False), features=features, shared_features=shared,
         metadata=copy.deepcopy(record.get("metadata") or {}),  # never the stored object
-        time=record.get("time"), adjustments=dict(ranked.adjustments),
+        time=record.get("time"), adjustments=dict(ranked.adjustments), explained_share=round(explained, 6),
     )
 
 
-def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n: int) -> tuple[list[dict], list[dict]]:
-    """A message's ``n`` strongest features and the ``n`` features it shares with the query that add most."""
+def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n: int) -> tuple[list[dict], list[dict], float]:
+    """A message's ``n`` strongest features, the ``n`` features it shares with the query that add
+    most, and the share of the SAE score those shared features carry.
+
+    Features the SAE's hygiene hides (``sae.hidden``: function words, punctuation, features on
+    most messages; see ``saememory.interpret.hygiene``) are never listed; they still count in the
+    score and in the share's denominator.
+    """
     if n == 0 or code.nnz == 0:
-        return [], []
+        return [], [], 0.0
     label = sae.label if sae is not None else (lambda f: None)
+    hidden = getattr(sae, "hidden", None) or {}
     ids, acts = code.indices, code.data
     strongest = [
         {"id": int(ids[i]), "activation": round(float(acts[i]), 6), "label": label(int(ids[i]))}
-        for i in np.argsort(-acts, kind="stable")[:n]
-    ]
+        for i in np.argsort(-acts, kind="stable") if int(ids[i]) not in hidden
+    ][:n]
     both = [(int(f), float(a) * q_acts[int(f)]) for f, a in zip(ids, acts) if int(f) in q_acts]
-    both.sort(key=lambda item: -item[1])
+    total = sum(c for _, c in both)
+    both = sorted(((f, c) for f, c in both if f not in hidden), key=lambda item: -item[1])[:n]
     shared = [
         {"id": f, "contribution": round(c, 6), "query_activation": round(q_acts[f], 6), "label": label(f)}
-        for f, c in both[:n]
+        for f, c in both
     ]
     if sae is not None and getattr(sae, "families", None):
         for feature in strongest + shared:
             feature["family"] = sae.family(feature["id"])
-    return strongest, shared
+    return strongest, shared, (sum(c for _, c in both) / total if total > 0 else 0.0)
 
 
 def format_hit(content: str, metadata: Mapping[str, Any], width: int = 100) -> str:
@@ -136,7 +150,10 @@ def format_hit(content: str, metadata: Mapping[str, Any], width: int = 100) -> s
     ]
     if metadata.get("shared_features"):
         shared = ", ".join(f"{name(f)} +{f['contribution']:.3f}" for f in metadata["shared_features"])
-        lines.append(f"    matched on: {shared}")
+        carried = f" ({metadata['explained_share']:.0%} of the SAE score)" if "explained_share" in metadata else ""
+        lines.append(f"    matched on: {shared}{carried}")
+    if metadata.get("adjustments"):
+        lines.append("    adjusted: " + ", ".join(f"{k} {v:+.2f}" for k, v in metadata["adjustments"].items()))
     if metadata.get("features"):
         lines.append("    strongest: " + ", ".join(f"{name(f)} {f['activation']:.2f}" for f in metadata["features"]))
     return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""What a person is shown as the reason for a hit: labels that read form, labels grounded in the text.
+
+    python benchmarks/explanations.py --every 1
+
+For held-out LongMemEval-S questions (the report split: i % 5 in {2, 3, 4}, dev30 left out; user
+turns; cached vectors from ``benchmarks/longmemeval.py``), the top 3 hits of the default fusion
+are explained as ``SAEMemory`` explains them (``interpret.explain.explain_features``: the 5
+strongest and the 5 shared features), once without and once with the SAE's feature hygiene
+(``hygiene.json``: features whose labels are only function words, punctuation or numbers, and
+features on most messages, are not listed). Reported per condition:
+
+- *function-word labels*: the share of labels shown made only of stopwords, punctuation or
+  digits (with hygiene this is 0 by construction: it is the rule that hides them);
+- *grounded*: the share of labels shown that are among the 10% of all the SAE's labels closest
+  in meaning to the hit's text (MiniLM cosine of label and message; a random label scores 0.10);
+- *explained share*: the median share of the SAE score carried by the shared features shown.
+
+Writes the ``explanations`` section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
+import fusion  # noqa: E402
+import longmemeval as bench  # noqa: E402
+from common import commit, default_scores, machine, wilson, write_section  # noqa: E402
+
+from saememory import Encoder, EncoderConfig  # noqa: E402
+from saememory.eval import longmemeval as lme  # noqa: E402
+from saememory.interpret.explain import explain_features  # noqa: E402
+from saememory.interpret.hygiene import function_label  # noqa: E402
+
+TOP_HITS, TOP_FEATURES = 3, 5
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--every", type=int, default=1, help="keep held-out questions at i %% every == 0 of the split; default 1")
+    parser.add_argument("--md", type=Path, default=bench.ROOT / "BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    questions = lme.load(bench.DEFAULT_DATA)
+    dev = bench.dev_ids(questions, Path(bench.DEFAULT_DEV))
+    chosen = bench.select(questions, "report", dev, 5, (2, 3, 4), None)[::args.every]
+    encoder = Encoder(EncoderConfig(pooling="max"))
+    sae = encoder.sae
+    caches = bench.Caches(bench.ROOT / "benchmarks" / ".cache", encoder)
+    labelled = sorted(sae.labels)
+    label_vectors = encoder.encode_documents([sae.labels[f] for f in labelled]).dense  # one row per labelled feature
+    column = {f: i for i, f in enumerate(labelled)}
+    hidden, stats = dict(sae.hidden), {"without hygiene": [], "with hygiene": []}
+    n_hits = 0
+    for _, q in chosen:
+        data = fusion.question_signals(q, caches)
+        if data is None:
+            continue
+        corpus = bench.build_corpus(lme.messages(q, "user"), q["question"], caches)
+        signals = {"dense": data["signals"]["dense"], "sparse": data["signals"]["sparse"],
+                   "bm25": data["signals"]["stemmed bm25"]}
+        top = np.argsort(-default_scores(signals), kind="stable")[:TOP_HITS]
+        q_code = corpus.q_sparse["res"]
+        q_acts = dict(zip(q_code.indices.tolist(), q_code.data.tolist()))
+        for row in top.tolist():
+            n_hits += 1
+            closeness = label_vectors @ corpus.dense[row]  # every label against this message
+            cutoff = np.quantile(closeness, 0.9)
+            for name, hide in (("without hygiene", {}), ("with hygiene", hidden)):
+                sae.hidden = hide
+                strongest, shared, explained = explain_features(corpus.sparse["res"][row], q_acts, sae, TOP_FEATURES)
+                shown = [f["id"] for f in strongest + shared if f["label"]]
+                stats[name].append({"function": [function_label(sae.labels[f]) for f in shown],
+                                    "grounded": [bool(closeness[column[f]] >= cutoff) for f in shown],
+                                    "explained": explained, "unlabelled": sum(not f["label"] for f in strongest + shared)})
+    sae.hidden = hidden
+    start, end = "<!-- explanations:start -->", "<!-- explanations:end -->"
+    lines = [start, "## Explanations: what a person is shown (2026-11-30)", "",
+             f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}; machine: {machine()}",
+             f"- Data: LongMemEval-S held out (report split, every {args.every}), {len(chosen)} questions, "
+             f"the top {TOP_HITS} hits of the default fusion: {n_hits} hits; SAE `{sae.name}`, "
+             f"{len(hidden)} of {sae.cfg.d_sae} features hidden by its `hygiene.json`",
+             f"- Command: `python benchmarks/explanations.py --every {args.every}`", "",
+             "| condition | labels shown per hit | function-word labels shown | grounded labels shown (random: 0.10) "
+             "| median share of the SAE score carried by the shared features shown | unlabelled features shown per hit |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, rows in stats.items():
+        function = [x for r in rows for x in r["function"]]
+        grounded = [x for r in rows for x in r["grounded"]]
+        lines.append(f"| {name} | {len(function) / max(len(rows), 1):.1f} | "
+                     f"{wilson(float(np.mean(function)) if function else 0.0, len(function))} | "
+                     f"{wilson(float(np.mean(grounded)) if grounded else 0.0, len(grounded))} | "
+                     f"{np.median([r['explained'] for r in rows]):.3f} | {np.mean([r['unlabelled'] for r in rows]):.1f} |")
+    lines += ["", end]
+    write_section(args.md, "\n".join(lines) + "\n", start, end)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
