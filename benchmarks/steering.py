@@ -27,7 +27,7 @@ from common import commit, default_scores, library_defaults, machine, write_sect
 from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
 from saememory.interpret.labels import find_features  # noqa: E402
-from saememory.interpret.steering import steer_code  # noqa: E402
+from saememory.interpret.steering import resolve_steering, steer_code  # noqa: E402
 from saememory.lexical import LexicalIndex  # noqa: E402
 
 ROOT = bench.ROOT
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     encoder = Encoder(EncoderConfig(pooling="max"))
     caches = bench.Caches(ROOT / "benchmarks" / ".cache", encoder)
     sae = encoder.sae
-    evidence_rows, answer_rows, n_questions = [], [], 0
+    evidence_rows, answer_rows, text_rows, suppress_rows, n_questions = [], [], [], [], 0
     for _, q in chosen:
         items = lme.messages(q, "user")
         gold = set(lme.gold_turn_ids(q, "user"))
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         bm25 = lexical.scores(q["question"], np.arange(len(items)))
         sparse = (codes @ q_code.T).toarray().ravel()
         answer_features = find_features(sae, str(q["answer"]), limit=args.features)
+        as_text = resolve_steering(sae, {str(q["answer"]): 1.0}, lambda t: encoder.encode_query(t).sparse[0])
         for row, item in enumerate(items):
             if item["id"] not in gold:
                 continue
@@ -85,6 +86,11 @@ def main(argv: list[str] | None = None) -> None:
             if answer_features:
                 steered = steer_code(q_code, dict.fromkeys(answer_features, 1.0), sae.cfg.d_sae)
                 answer_rows.append((before, rank_of(row, dense, (codes @ steered.T).toarray().ravel(), bm25)))
+            steered = steer_code(q_code, as_text, sae.cfg.d_sae)
+            text_rows.append((before, rank_of(row, dense, (codes @ steered.T).toarray().ravel(), bm25)))
+            lacking = [int(q_code.indices[i]) for i in np.argsort(-q_code.data) if code[0, int(q_code.indices[i])] == 0]
+            steered = steer_code(q_code, dict.fromkeys(lacking[: args.features], 0.0), sae.cfg.d_sae)
+            suppress_rows.append((before, rank_of(row, dense, (codes @ steered.T).toarray().ravel(), bm25)))
     lines = [START, "## Steering on LongMemEval dev questions", "",
              f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit `{commit()}`; machine: {machine()}",
              f"- data: split `{args.split}`, positions i % {args.every} == {args.offset}, strict questions with cached "
@@ -94,7 +100,10 @@ def main(argv: list[str] | None = None) -> None:
              "", "| steering towards | evidence turns | rank raised | unchanged | lowered | median rank before → after | in top 10 before → after |",
              "|---|---|---|---|---|---|---|"]
     for title, rows in ((f"the evidence turn's {args.features} strongest features not shared with the query", evidence_rows),
-                        (f"the {args.features} features whose labels best match the gold answer's words", answer_rows)):
+                        (f"the {args.features} features whose labels best match the gold answer's words", answer_rows),
+                        ("the gold answer as a text, as `search(steer={answer: 1.0})` reads it (labels holding all its "
+                         "words, else its own 8 strongest features)", text_rows),
+                        (f"suppressed: the query's {args.features} strongest features the evidence turn lacks", suppress_rows)):
         if not rows:
             lines.append(f"| {title} | 0 | – | – | – | – | – |")
             continue
@@ -102,8 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {title} | {len(rows)} | {int((after < before).sum())} | {int((after == before).sum())} | "
                      f"{int((after > before).sum())} | {np.median(before):.0f} → {np.median(after):.0f} | "
                      f"{int((before <= 10).sum())} → {int((after <= 10).sum())} |")
-    lines += ["", "The first row is an oracle demonstration (the evidence is known); the second is what a person "
-              "searching features by words could do without it.", END]
+    lines += ["", "The first and last rows are oracle demonstrations (the evidence is known); the second and third "
+              "are what a person steering by words could do without it.", END]
     write_section(args.md, "\n".join(lines) + "\n", START, END)
     print("\n".join(lines))
 

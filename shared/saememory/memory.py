@@ -335,7 +335,7 @@ class SAEMemory:
 
     def resolve_features(self, steer: Mapping[int | str, float]) -> dict[int, float]:
         """Turns a steering spec with feature ids or label texts into feature ids (see ``interpret.steering``)."""
-        return resolve_steering(self.encoder.sae, steer)
+        return resolve_steering(self.encoder.sae, steer, lambda text: self.encoder.encode_query(text).sparse[0])
 
     def _search(self, query: str, k: int, *, user_id: str | None, session_id: str | None,
                 min_score: float | None = None, fusion: str | None = None, steer: Mapping[int | str, float] | None = None,

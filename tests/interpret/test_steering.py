@@ -7,6 +7,7 @@ import copy
 import pytest
 
 from saememory import Encoder, EncoderConfig, SAEMemory
+from saememory.interpret.steering import TEXT_FEATURES, resolve_steering
 from tests.helpers import CONVERSATION, QUESTION
 
 TARGET = "I started learning the guitar two weeks ago."
@@ -57,8 +58,27 @@ def test_steering_by_label(memory, target_id):
     assert labelled.resolve_features({"GUITAR": 1.0}) == {features[0]: 1.0}
     before = rank_of(labelled, target_id)
     assert rank_of(labelled, target_id, steer={"guitar": 1.0, "instrument": 1.0}) < before
-    with pytest.raises(ValueError, match="No feature label"):
-        labelled.search(QUESTION, steer={"submarine": 1.0})
+    # A text no label holds steers by its own strongest features, none of them hidden.
+    own = labelled.resolve_features({"submarine": 1.0})
+    assert 0 < len(own) <= TEXT_FEATURES and not set(own) & set(sae.hidden)
+    assert labelled.search(QUESTION, steer={"submarine": 1.0})
+    with pytest.raises(ValueError, match="No feature label"):  # and without an encoder it cannot be read
+        resolve_steering(sae, {"submarine": 1.0})
+
+
+def test_a_label_word_steers_every_feature_it_labels():
+    class Labelled:
+        labels = {f: "guitar / strings" for f in range(7)} | {7: "violin", 8: "electric guitar"}
+
+    assert resolve_steering(Labelled(), {"Guitar": 1.0}) == {f: 1.0 for f in range(7)}  # no cap; a term, not a part
+    assert resolve_steering(Labelled(), {"guitar strings": 0.0}) == {f: 0.0 for f in range(7)}
+
+
+def test_the_readme_steering_example_runs(memory):
+    readme_steer = {1834: 1.0, "violin": 1.0, 2231: 0.0}
+    resolved = memory.resolve_features(readme_steer)
+    assert resolved[1834] == 1.0 and resolved[2231] == 0.0 and len(resolved) > 2
+    assert memory.search("What instrument is my daughter learning?", k=3, steer=readme_steer)
 
 
 def test_embedding_source_moves_the_dense_query(encoder):
@@ -77,8 +97,7 @@ def test_bad_steering(memory, encoder):
     unlabelled.labels = {}
     no_labels = SAEMemory(Encoder(memory.encoder.config, model=encoder.model, sae=unlabelled))
     no_labels.add(CONVERSATION[:2])
-    with pytest.raises(ValueError, match="no feature labels"):
-        no_labels.search(QUESTION, steer={"guitar": 1.0})
+    assert no_labels.resolve_features({"guitar": 1.0})  # without labels, a text steers by its own features
     with pytest.raises(ValueError, match=">= 0"):
         memory.search(QUESTION, steer={3: -1.0})
     with pytest.raises(ValueError, match="outside"):

@@ -7,13 +7,15 @@ feature; 0 suppresses it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from saememory.config import finite
+from saememory.interpret.labels import label_terms
 
 
 def steer_code(code: sp.csr_matrix, strengths: dict[int, float], d_sae: int) -> sp.csr_matrix:
@@ -71,26 +73,65 @@ def _pinned(row: Any, strengths: dict[int, float]) -> Any:
     return row
 
 
-def resolve_steering(sae: Any, steer: Any) -> dict[int, float]:
-    """A steering spec, feature id or label text to strength, as feature ids to finite strengths.
+TEXT_FEATURES = 8  # a text that names no label steers by this many of its own strongest features
+
+
+def resolve_steering(sae: Any, steer: Any, encode: Callable[[str], sp.csr_matrix] | None = None) -> dict[int, float]:
+    """A steering spec, feature id or text to strength, as feature ids to finite strengths.
+
+    A text steers every feature whose label holds each of its words as a term ("violin": all the
+    features labelled with "violin", however many). A text that no label holds steers by what it
+    means to the SAE: its own ``TEXT_FEATURES`` strongest features, those the SAE's hygiene
+    hides left out (``encode`` gives its code).
+
+    Args:
+        sae: The ``SparseAutoencoder``.
+        steer: Feature id (int) or text to strength (1.0: as strong as the query's strongest
+            feature; 0 suppresses).
+        encode: Gives a text's (1, d_sae) SAE code. Defaults to None: a text that no label
+            holds is then an error.
 
     Raises:
-        ValueError: Without an SAE, for a strength that is not a finite number, or a label text
-            that matches no feature.
+        ValueError: Without an SAE, for a strength that is not a finite number, or a text that
+            neither a label holds nor, without ``encode``, can be encoded; or a text with no
+            feature to steer.
         TypeError: If ``steer`` is not a mapping, or a key is neither a str nor an int.
     """
     if sae is None:
         raise ValueError("Steering needs an SAE; this memory's encoder is dense only.")
     if not isinstance(steer, Mapping):
-        raise TypeError(f"steer must be a dict of feature id or label text to strength, got {type(steer).__name__}.")
+        raise TypeError(f"steer must be a dict of feature id or text to strength, got {type(steer).__name__}.")
     out: dict[int, float] = {}
     for key, strength in steer.items():
         strength = finite(f"steer[{key!r}]", strength)
         if isinstance(key, str):
-            features = sae.find_features(key)
+            features = labelled_features(sae, key) or text_features(sae, key, encode)
         elif isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             features = [int(key)]  # steer_code checks the range
         else:
-            raise TypeError(f"steer key {key!r} is neither a label text nor a feature id (an int).")
+            raise TypeError(f"steer key {key!r} is neither a text nor a feature id (an int).")
         out.update({f: strength for f in features})
     return out
+
+
+def labelled_features(sae: Any, text: str) -> list[int]:
+    """Every feature whose label holds each word of ``text`` as a term (case folded), by id."""
+    words = set(re.findall(r"\w+", text.lower()))
+    if not words:
+        return []
+    return sorted(f for f, label in (getattr(sae, "labels", None) or {}).items()
+                  if words <= {t.lower() for t in label_terms(label)})
+
+
+def text_features(sae: Any, text: str, encode: Callable[[str], sp.csr_matrix] | None) -> list[int]:
+    """The ``TEXT_FEATURES`` strongest features of ``text``'s own code, hidden ones left out."""
+    if encode is None:
+        raise ValueError(f"No feature label of SAE {getattr(sae, 'name', 'this SAE')!r} holds {text!r}, and "
+                         "without an encoder the text cannot be read; steer by feature id instead.")
+    code = sp.csr_matrix(encode(text))
+    hidden = getattr(sae, "hidden", None) or {}
+    order = [int(code.indices[i]) for i in np.argsort(-code.data, kind="stable")]
+    features = [f for f in order if f not in hidden][:TEXT_FEATURES]
+    if not features:
+        raise ValueError(f"{text!r} activates no feature to steer by; steer by feature id instead.")
+    return features
