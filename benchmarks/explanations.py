@@ -13,7 +13,10 @@ features on most messages, are not listed). Reported per condition:
   digits (with hygiene this is 0 by construction: it is the rule that hides them);
 - *grounded*: the share of labels shown that are among the 10% of all the SAE's labels closest
   in meaning to the hit's text (MiniLM cosine of label and message; a random label scores 0.10);
-- *explained share*: the median share of the SAE score carried by the shared features shown.
+- *explained share*: the median share of the SAE score carried by the shared features shown;
+- *word pairs*: the same for the 5 word pairs shown (``Hit.matched_words``: the query word and
+  the message word where each shared feature peaks; all pairs together make up the score), and
+  the share of hits whose pairs shown carry at least half of it.
 
 Writes the ``explanations`` section of BENCHMARKS.md.
 """
@@ -37,7 +40,7 @@ from common import commit, default_scores, machine, wilson, write_section  # noq
 
 from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
-from saememory.interpret.explain import explain_features  # noqa: E402
+from saememory.interpret.explain import explain_features, match_words  # noqa: E402
 from saememory.interpret.hygiene import function_label  # noqa: E402
 
 TOP_HITS, TOP_FEATURES = 3, 5
@@ -69,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         top = np.argsort(-default_scores(signals), kind="stable")[:TOP_HITS]
         q_code = corpus.q_sparse["res"]
         q_acts = dict(zip(q_code.indices.tolist(), q_code.data.tolist()))
-        for row in top.tolist():
+        q_words = encoder.peak_words([q["question"]], query=True)[0]
+        m_words = encoder.peak_words([corpus.texts[row] for row in top.tolist()])
+        for row, read in zip(top.tolist(), m_words):
             n_hits += 1
             closeness = label_vectors @ corpus.dense[row]  # every label against this message
             cutoff = np.quantile(closeness, 0.9)
@@ -77,9 +82,11 @@ def main(argv: list[str] | None = None) -> None:
                 sae.hidden = hide
                 strongest, shared, explained = explain_features(corpus.sparse["res"][row], q_acts, sae, TOP_FEATURES)
                 shown = [f["id"] for f in strongest + shared if f["label"]]
+                _, pairs_share = match_words(corpus.sparse["res"][row], q_acts, q_words, read, sae, TOP_FEATURES)
                 stats[name].append({"function": [function_label(sae.labels[f]) for f in shown],
                                     "grounded": [bool(closeness[column[f]] >= cutoff) for f in shown],
-                                    "explained": explained, "unlabelled": sum(not f["label"] for f in strongest + shared)})
+                                    "explained": explained, "unlabelled": sum(not f["label"] for f in strongest + shared),
+                                    "pairs": pairs_share})
     sae.hidden = hidden
     start, end = "<!-- explanations:start -->", "<!-- explanations:end -->"
     lines = [start, "## Explanations: what a person is shown (2026-11-30)", "",
@@ -89,15 +96,18 @@ def main(argv: list[str] | None = None) -> None:
              f"{len(hidden)} of {sae.cfg.d_sae} features hidden by its `hygiene.json`",
              f"- Command: `python benchmarks/explanations.py --every {args.every}`", "",
              "| condition | labels shown per hit | function-word labels shown | grounded labels shown (random: 0.10) "
-             "| median share of the SAE score carried by the shared features shown | unlabelled features shown per hit |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| median share of the SAE score carried by the shared features shown | unlabelled features shown per hit "
+             "| median share carried by the 5 word pairs shown | hits whose word pairs shown carry ≥ 50% |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, rows in stats.items():
         function = [x for r in rows for x in r["function"]]
         grounded = [x for r in rows for x in r["grounded"]]
         lines.append(f"| {name} | {len(function) / max(len(rows), 1):.1f} | "
                      f"{wilson(float(np.mean(function)) if function else 0.0, len(function))} | "
                      f"{wilson(float(np.mean(grounded)) if grounded else 0.0, len(grounded))} | "
-                     f"{np.median([r['explained'] for r in rows]):.3f} | {np.mean([r['unlabelled'] for r in rows]):.1f} |")
+                     f"{np.median([r['explained'] for r in rows]):.3f} | {np.mean([r['unlabelled'] for r in rows]):.1f} | "
+                     f"{np.median([r['pairs'] for r in rows]):.3f} | "
+                     f"{wilson(float(np.mean([r['pairs'] >= 0.5 for r in rows])), len(rows))} |")
     lines += ["", end]
     write_section(args.md, "\n".join(lines) + "\n", start, end)
     print("\n".join(lines))

@@ -60,7 +60,7 @@ def main() -> None:
     )
     for question in QUESTIONS:
         print(f"Q: {question}")
-        for doc in retriever.invoke(question):
+        for doc in retriever.invoke(question, words=True):  # explained word by word
             print(format_hit(doc.page_content, doc.metadata))
         print(f"A: {chain.invoke(question)}\n")
 

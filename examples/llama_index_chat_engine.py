@@ -22,7 +22,7 @@ from saememory import format_hit  # noqa: E402
 
 
 def main() -> None:
-    retriever = SAEMemoryRetriever.from_messages(messages(), similarity_top_k=3)
+    retriever = SAEMemoryRetriever.from_messages(messages(), similarity_top_k=3, words=True)  # explained word by word
     print(f"Indexed {len(retriever.memory)} messages.\n")
     # MockLLM keeps this offline; pass any LlamaIndex LLM as llm= for real answers.
     engine = ContextChatEngine.from_defaults(retriever=retriever, llm=MockLLM(max_tokens=20))

@@ -75,6 +75,8 @@ class SAEMemoryRetriever(BaseRetriever):
         max_chars: A context budget in characters: of the ``k`` best, keep those that fit,
             skipping any that would overflow (see ``SAEMemory.search``). Defaults to None (no
             budget); ``invoke(q, max_chars=...)`` overrides it per call.
+        words: Explain every hit word by word (``matched_words`` in the metadata; see
+            ``SAEMemory.search``). Defaults to False; ``invoke(q, words=True)`` per call.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -90,6 +92,7 @@ class SAEMemoryRetriever(BaseRetriever):
     min_score: float | None = None
     steer: dict[int | str, float] | None = None
     max_chars: int | None = None
+    words: bool = False
 
     @classmethod
     def from_messages(
@@ -160,6 +163,7 @@ class SAEMemoryRetriever(BaseRetriever):
         min_score: float | None = None,
         steer: dict[int | str, float] | None = None,
         max_chars: int | None = None,
+        words: bool | None = None,
     ) -> list[Document]:
         hits = self.memory.search(
             query,
@@ -173,6 +177,7 @@ class SAEMemoryRetriever(BaseRetriever):
             min_score=min_score if min_score is not None else self.min_score,
             steer=steer if steer is not None else self.steer,
             max_chars=max_chars if max_chars is not None else self.max_chars,
+            words=words if words is not None else self.words,
         )
         if not hits:
             self.memory.warn_if_unseen(user_id if user_id is not None else self.user_id)
@@ -193,6 +198,7 @@ class SAEMemoryRetriever(BaseRetriever):
         min_score: float | None = None,
         steer: dict[int | str, float] | None = None,
         max_chars: int | None = None,
+        words: bool | None = None,
     ) -> list[Document]:
         # Encoding is CPU-bound torch work: run it off the event loop.
         return await asyncio.to_thread(
@@ -209,4 +215,5 @@ class SAEMemoryRetriever(BaseRetriever):
             min_score=min_score,
             steer=steer,
             max_chars=max_chars,
+            words=words,
         )

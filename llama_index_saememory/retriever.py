@@ -72,6 +72,8 @@ class SAEMemoryRetriever(BaseRetriever):
         max_chars: A context budget in characters: of the ``similarity_top_k`` best, keep those
             that fit, skipping any that would overflow (see ``SAEMemory.search``). Defaults to
             None (no budget).
+        words: Explain every hit word by word (``matched_words`` in the node metadata; see
+            ``SAEMemory.search``). Defaults to False.
         callback_manager: LlamaIndex callback manager. Defaults to a new one.
     """
 
@@ -88,6 +90,7 @@ class SAEMemoryRetriever(BaseRetriever):
         min_score: float | None = None,
         steer: dict[int | str, float] | None = None,
         max_chars: int | None = None,
+        words: bool = False,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
@@ -99,6 +102,7 @@ class SAEMemoryRetriever(BaseRetriever):
         self.min_score = min_score
         self.steer = steer
         self.max_chars = max_chars
+        self.words = words
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @classmethod
@@ -162,6 +166,7 @@ class SAEMemoryRetriever(BaseRetriever):
             min_score=self.min_score,
             steer=self.steer,
             max_chars=self.max_chars,
+            words=self.words,
         )
         if not hits:
             self.memory.warn_if_unseen(self.user_id)

@@ -18,7 +18,7 @@ def test_example_runs_offline(script):
     assert "Indexed 13 messages." in out
     assert out.count("Q: ") == 3
     assert "score=" in out and "dense=" in out and "sparse=" in out
-    assert "matched on: #" in out and "strongest: #" in out
+    assert "matched on: #" in out and "strongest: #" in out and "words: '" in out
     # The violin question retrieves the violin session first.
     violin = out.split("Q: What instrument")[1]
     assert "violin" in violin.split("\n")[2].lower()

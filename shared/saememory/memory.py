@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import scipy.sparse as sp
 
 from saememory.backends import Backend, FaissBackend, backend_class
 from saememory.backends import snapshot
@@ -31,7 +32,7 @@ from saememory.interpret.explain import Hit, make_hit
 from saememory.interpret.steering import resolve_steering
 from saememory.messages import (DEFAULT_USER, Message, changes_of, check_id, check_session, check_text, check_user,
                                 ids_by_user, merged, new_record)
-from saememory.ranking import SearchConfig, rank
+from saememory.ranking import Ranked, SearchConfig, rank
 from saememory.times import instant, iso, local_instant
 
 
@@ -271,7 +272,8 @@ class SAEMemory:
     def search(self, query: str, k: int = 10, *, user_id: str | None = None, session_id: str | None = None,
                since: Any = None, until: Any = None, roles: str | Iterable[str] | None = None,
                now: Any = None, min_score: float | None = None, fusion: str | None = None,
-               steer: Mapping[int | str, float] | None = None, max_chars: int | None = None) -> list[Hit]:
+               steer: Mapping[int | str, float] | None = None, max_chars: int | None = None,
+               words: bool = False) -> list[Hit]:
         """The ``k`` messages of one user that best match ``query``, best first.
 
         Args:
@@ -297,6 +299,9 @@ class SAEMemory:
                 many characters together, in rank order, skipping a message that would overflow
                 so that a shorter, lower-ranked one can still fit. Pass a larger ``k`` (e.g. 50)
                 to give the budget room. Defaults to None (no budget).
+            words: Explain each hit word by word (``Hit.matched_words``): the query and the hits
+                are read again by the model, so it costs about one more encoding of the hits.
+                Needs a residual SAE. Defaults to False (``explain`` always does it).
 
         Raises:
             TypeError: If ``query`` is not a string or ``k`` not an integer.
@@ -305,7 +310,7 @@ class SAEMemory:
         """
         window = _window(since, until, roles, now)
         return self._search(query, k, user_id=user_id, session_id=session_id, min_score=min_score, fusion=fusion,
-                            steer=steer, max_chars=max_chars, window=window)
+                            steer=steer, max_chars=max_chars, window=window, words=words)
 
     def explain(self, query: str, message_id: str, *, user_id: str | None = None, session_id: str | None = None,
                 now: Any = None) -> Hit:
@@ -327,19 +332,36 @@ class SAEMemory:
         if session_id is not None and record["session_id"] != check_session(session_id):
             raise KeyError(f"Message {message_id!r} of user {user!r} is not in session {session_id!r}.")
         window = _window(None, None, None, now)
-        for hit in self._search(query, max(len(self), 1), user_id=user, session_id=session_id, include=message_id,
-                                window=window):
-            if hit.id == message_id:
-                return hit
+        ranked, q_sparse = self._rank(query, max(len(self), 1), user_id=user, session_id=session_id, include=message_id,
+                                      window=window)
+        for found in ranked:
+            if found.record["id"] == message_id:
+                return self._hits([found], query, q_sparse, words=True)[0]
         raise KeyError(f"Message {message_id!r} of user {user!r} was deleted meanwhile.")
 
     def resolve_features(self, steer: Mapping[int | str, float]) -> dict[int, float]:
         """Turns a steering spec with feature ids or label texts into feature ids (see ``interpret.steering``)."""
         return resolve_steering(self.encoder.sae, steer, lambda text: self.encoder.encode_query(text).sparse[0])
 
-    def _search(self, query: str, k: int, *, user_id: str | None, session_id: str | None,
-                min_score: float | None = None, fusion: str | None = None, steer: Mapping[int | str, float] | None = None,
-                max_chars: int | None = None, include: str | None = None, window: dict[str, Any] | None = None) -> list[Hit]:
+    def _search(self, query: str, k: int, *, words: bool = False, **options: Any) -> list[Hit]:
+        ranked, q_sparse = self._rank(query, k, **options)
+        return self._hits(ranked, query, q_sparse, words)
+
+    def _hits(self, ranked: list[Ranked], query: str, q_sparse: sp.csr_matrix, words: bool) -> list[Hit]:
+        """Hits of ranked messages, explained (word by word when asked and the encoder can)."""
+        q_acts = dict(zip(q_sparse.indices.tolist(), q_sparse.data.tolist()))
+        config = self.config
+        pairs: list[Any] = [None] * len(ranked)
+        if words and ranked and hasattr(self.encoder, "peak_words") and self.encoder.sae is not None:
+            read = self.encoder.peak_words([query], query=True)[0]
+            pairs = [(read, m) for m in self.encoder.peak_words([r.record["content"] for r in ranked])]
+        return [make_hit(r, q_acts, self.encoder.sae, config.top_features, p) for r, p in zip(ranked, pairs)]
+
+    def _rank(self, query: str, k: int, *, user_id: str | None, session_id: str | None,
+              min_score: float | None = None, fusion: str | None = None, steer: Mapping[int | str, float] | None = None,
+              max_chars: int | None = None, include: str | None = None,
+              window: dict[str, Any] | None = None) -> tuple[list[Ranked], sp.csr_matrix]:
+        """The ranked messages, and the query's (steered) code."""
         check_text("query", query)
         k = positive_int("k", k)
         user, session = check_user(user_id), check_session(session_id)
@@ -354,8 +376,7 @@ class SAEMemory:
         with self._lock:
             ranked = rank(self.backend, config, query, q_dense, q_sparse, user, session, k, min_score, max_chars, include,
                           **(window or {}))
-        q_acts = dict(zip(q_sparse.indices.tolist(), q_sparse.data.tolist()))
-        return [make_hit(r, q_acts, self.encoder.sae, config.top_features) for r in ranked]
+        return ranked, q_sparse
 
     # Encoding with validation ----------------------------------------------------------------
 

@@ -253,6 +253,38 @@ class Encoder:
         dense = query.dense if self.layer is not None else steer_embedding(self.sae, query.dense, strengths)
         return Encoded(dense=dense.astype(np.float32), sparse=sparse, truncated=query.truncated)
 
+    def peak_words(self, texts: list[str], query: bool = False) -> list[tuple[list[str], dict[int, int]]]:
+        """For each text, its words and, per active SAE feature, the word where the feature peaks.
+
+        The pooled (max) code of a residual SAE takes each feature from one token; this names
+        that token's word (wordpieces joined), so a match can be read word by word. Texts are
+        encoded as ``encode_query`` (``query=True``) or ``encode_documents`` encode them.
+
+        Returns:
+            ``(words, peaks)`` per text: ``peaks`` maps feature id to an index into ``words``.
+            Empty for an embedding-source SAE or none (no token to point at).
+        """
+        if self.layer is None:
+            return [([], {}) for _ in texts]
+        prefix = self.config.query_prefix if query else self.config.document_prefix
+        out = []
+        for start in range(0, len(texts), self.config.batch_size):
+            batch = [prefix + t for t in texts[start : start + self.config.batch_size]]
+            features = self._forward(batch)
+            mask = self._token_mask(features)
+            states = features["all_layer_embeddings"][self.layer]
+            for row in range(len(batch)):
+                ids = features["input_ids"][row][mask[row]].tolist()
+                words, owner = _words(self.tokenizer.convert_ids_to_tokens(ids))
+                codes = self.sae.encode(states[row][mask[row]]).float()  # tokens x d_sae
+                if codes.shape[0] == 0:
+                    out.append((words, {}))
+                    continue
+                peak_values, peak_tokens = codes.max(dim=0)
+                active = torch.nonzero(peak_values > 0).flatten().tolist()
+                out.append((words, {f: owner[int(peak_tokens[f])] for f in active}))
+        return out
+
     def token_states(self, texts: list[str], layer: int) -> tuple[torch.Tensor, np.ndarray]:
         """States of layer ``layer`` for every real token, and each text's dense embedding.
 
@@ -331,3 +363,21 @@ class Encoder:
     def _truncated(self, texts: list[str]) -> np.ndarray:
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]]
         return np.array([length > self.max_tokens for length in lengths], dtype=bool)
+
+
+def _words(pieces: list[str]) -> tuple[list[str], list[int]]:
+    """Tokenizer pieces joined into words, and each piece's word index: WordPiece ("##" continues
+    a word) or, when pieces carry a start mark ("▁" SentencePiece, "Ġ" byte-level BPE), a piece
+    without the mark continues one."""
+    marked = any(piece[:1] in ("▁", "Ġ") for piece in pieces)
+    words: list[str] = []
+    owner: list[int] = []
+    for piece in pieces:
+        if words and (piece.startswith("##") if not marked else piece[:1] not in ("▁", "Ġ")):
+            words[-1] += piece[2:] if not marked else piece
+        elif words and not marked and not piece[:1].isalnum() and not words[-1][-1:].isalnum():
+            words[-1] += piece  # punctuation after punctuation: "!!"
+        else:
+            words.append(piece.lstrip("▁Ġ"))
+        owner.append(len(words) - 1)
+    return words, owner

@@ -17,7 +17,8 @@ import scipy.sparse as sp
 
 # Hit metadata an LLM prompt or an embedder should not see: scores and SAE explanations.
 EXPLANATION_KEYS = ("score", "dense_score", "sparse_score", "bm25_score", "calibrated_score", "signals", "rank",
-                    "truncated", "features", "shared_features", "adjustments", "explained_share")
+                    "truncated", "features", "shared_features", "adjustments", "explained_share", "matched_words",
+                    "words_share")
 
 
 @dataclass
@@ -49,6 +50,10 @@ class Hit:
             most messages; ``saememory.interpret.hygiene``) are never listed, in either list.
         explained_share: The share of ``sparse_score`` that the listed ``shared_features``
             carry; the rest is spread over many small or hidden features.
+        matched_words: Which word of the query matched which word of the message, through which
+            features, with contributions (see ``match_words``); filled by ``explain`` and by
+            ``search(..., words=True)`` with a residual SAE, else empty.
+        words_share: The share of ``sparse_score`` the ``matched_words`` shown carry.
         adjustments: What moved the message after fusion, in calibrated units (see
             ``saememory.current``): ``supersedes`` (a later statement raised above an earlier
             one), ``echoes`` (negative: a reply repeating the user), ``asks`` (negative: it only
@@ -76,6 +81,8 @@ class Hit:
     time: str | None = None
     adjustments: dict[str, float] = field(default_factory=dict)
     explained_share: float = 0.0
+    matched_words: list[dict[str, Any]] = field(default_factory=list)
+    words_share: float = 0.0
 
     def to_metadata(self) -> dict[str, Any]:
         """A flat dict for framework documents and nodes (``content`` excluded)."""
@@ -85,10 +92,17 @@ class Hit:
         return {**extra, **data}
 
 
-def make_hit(ranked: Any, q_acts: dict[int, float], sae: Any, top_features: int) -> Hit:
-    """The ``Hit`` of one ``saememory.ranking.Ranked`` message, with its features explained."""
+def make_hit(ranked: Any, q_acts: dict[int, float], sae: Any, top_features: int,
+             words: tuple[tuple[list[str], dict[int, int]], tuple[list[str], dict[int, int]]] | None = None) -> Hit:
+    """The ``Hit`` of one ``saememory.ranking.Ranked`` message, with its features explained.
+
+    Args:
+        words: The query's and the message's ``Encoder.peak_words``, to explain the match word
+            by word. Defaults to None (no ``matched_words``).
+    """
     record = ranked.record
     features, shared, explained = explain_features(ranked.code, q_acts, sae, top_features)
+    pairs, pairs_share = match_words(ranked.code, q_acts, *words, sae, top_features) if words else ([], 0.0)
     return Hit(
         id=record["id"], content=record["content"], role=record["role"], session_id=record["session_id"],
         timestamp=record["timestamp"], user_id=record["user_id"], score=ranked.score,
@@ -97,6 +111,7 @@ def make_hit(ranked: Any, q_acts: dict[int, float], sae: Any, top_features: int)
         truncated=record.get("truncated", False), features=features, shared_features=shared,
         metadata=copy.deepcopy(record.get("metadata") or {}),  # never the stored object
         time=record.get("time"), adjustments=dict(ranked.adjustments), explained_share=round(explained, 6),
+        matched_words=pairs, words_share=round(pairs_share, 6),
     )
 
 
@@ -130,6 +145,47 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
     return strongest, shared, (sum(c for _, c in both) / total if total > 0 else 0.0)
 
 
+def match_words(code: sp.csr_matrix, q_acts: dict[int, float], query: tuple[list[str], dict[int, int]],
+                message: tuple[list[str], dict[int, int]], sae: Any, n: int) -> tuple[list[dict], float]:
+    """Which words of the message matched which words of the query, and the share of the SAE
+    score the pairs shown carry.
+
+    Each shared feature joins the query word and the message word where it peaks (``peaks`` of
+    ``Encoder.peak_words``); a pair's contribution is the sum of its features' contributions, so
+    all pairs together make up ``sparse_score``. The ``n`` pairs that carry most are shown, each
+    with its strongest listed features, except pairs of two function words or punctuation.
+
+    Returns:
+        ``(pairs, share)``: dicts with ``query_word``, ``message_word``, ``contribution`` and
+        ``features`` (``id``, ``label``, ``contribution``), best first; and their share of the score.
+    """
+    (q_words, q_peaks), (m_words, m_peaks) = query, message
+    hidden = getattr(sae, "hidden", None) or {}
+    label = sae.label if sae is not None else (lambda f: None)
+    pairs: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    total = 0.0
+    for f, a in zip(code.indices.tolist(), code.data.tolist()):
+        if f not in q_acts:
+            continue
+        c = a * q_acts[f]
+        total += c
+        if f in q_peaks and f in m_peaks:
+            pairs.setdefault((q_words[q_peaks[f]], m_words[m_peaks[f]]), []).append((f, c))
+    ranked = sorted(pairs.items(), key=lambda item: -sum(c for _, c in item[1]))
+    shown = [(words, feats) for words, feats in ranked if not all(_function_word(w) for w in words)][:n]
+    out = [{"query_word": qw, "message_word": mw, "contribution": round(sum(c for _, c in feats), 6),
+            "features": [{"id": f, "label": label(f), "contribution": round(c, 6)}
+                         for f, c in sorted(feats, key=lambda x: -x[1]) if f not in hidden][:3]}
+           for (qw, mw), feats in shown]
+    return out, (sum(p["contribution"] for p in out) / total if total > 0 else 0.0)
+
+
+def _function_word(word: str) -> bool:
+    from saememory.interpret.labels import STOPWORDS
+
+    return word.lower() in STOPWORDS or not any(ch.isalnum() for ch in word)
+
+
 def format_hit(content: str, metadata: Mapping[str, Any], width: int = 100) -> str:
     """A readable explanation of one retrieved message: scores, strongest and shared features.
 
@@ -152,6 +208,9 @@ def format_hit(content: str, metadata: Mapping[str, Any], width: int = 100) -> s
         shared = ", ".join(f"{name(f)} +{f['contribution']:.3f}" for f in metadata["shared_features"])
         carried = f" ({metadata['explained_share']:.0%} of the SAE score)" if "explained_share" in metadata else ""
         lines.append(f"    matched on: {shared}{carried}")
+    if metadata.get("matched_words"):
+        pairs = ", ".join(f"{p['query_word']!r}~{p['message_word']!r} +{p['contribution']:.3f}" for p in metadata["matched_words"])
+        lines.append(f"    words: {pairs} ({metadata.get('words_share', 0.0):.0%} of the SAE score)")
     if metadata.get("adjustments"):
         lines.append("    adjusted: " + ", ".join(f"{k} {v:+.2f}" for k, v in metadata["adjustments"].items()))
     if metadata.get("features"):

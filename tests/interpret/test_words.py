@@ -1,0 +1,70 @@
+"""Word-level explanations: which word of the query matched which word of the message."""
+
+from __future__ import annotations
+
+import pytest
+import scipy.sparse as sp
+
+from saememory import Encoder, EncoderConfig, SAEMemory
+from saememory.encoders.sentence_transformer import _words
+from saememory.interpret.explain import match_words
+from tests.helpers import CONVERSATION, QUESTION
+
+
+def test_wordpieces_join_into_words():
+    words, owner = _words(["my", "daughter", "ma", "##ya", "'", "s", "violin", "!", "!"])
+    assert words == ["my", "daughter", "maya", "'", "s", "violin", "!!"]
+    assert owner == [0, 1, 2, 2, 3, 4, 5, 6, 6]
+    assert _words(["▁My", "▁sis", "ter", "▁Ana"]) == (["My", "sister", "Ana"], [0, 1, 1, 2])
+    assert _words(["ĠMy", "Ġsis", "ter"]) == (["My", "sister"], [0, 1, 1])
+
+
+def test_match_words_adds_up_and_hides_function_pairs():
+    code = sp.csr_matrix(([0.6, 0.5, 0.4], ([0, 0, 0], [1, 2, 3])), shape=(1, 8))
+    q_acts = {1: 0.5, 2: 0.5, 3: 0.5}
+    query = (["my", "instrument"], {1: 1, 2: 1, 3: 0})
+    message = (["my", "violin"], {1: 1, 2: 1, 3: 0})
+
+    class SAE:
+        hidden = {2: "function words"}
+
+        def label(self, f):
+            return f"label {f}"
+
+    pairs, share = match_words(code, q_acts, query, message, SAE(), 5)
+    assert [(p["query_word"], p["message_word"]) for p in pairs] == [("instrument", "violin")]  # "my"~"my" not shown
+    assert pairs[0]["contribution"] == pytest.approx(0.3 + 0.25)
+    assert [f["id"] for f in pairs[0]["features"]] == [1]  # the hidden feature counts but is not named
+    assert share == pytest.approx(0.55 / 0.75)
+
+
+def test_peak_words_name_a_word_for_every_active_feature(encoder):
+    text = "My daughter Maya just started violin lessons on Tuesdays."
+    (words, peaks), = encoder.peak_words([text])
+    code = encoder.encode_documents([text]).sparse[0]
+    assert "violin" in words and set(code.indices.tolist()) == set(peaks)
+    assert all(0 <= i < len(words) for i in peaks.values())
+
+
+def test_search_and_explain_explain_word_by_word(encoder):
+    memory = SAEMemory(encoder)
+    memory.add(CONVERSATION)
+    plain = memory.search(QUESTION, k=3)
+    assert all(h.matched_words == [] for h in plain)
+    hits = memory.search(QUESTION, k=3, words=True)
+    assert [h.id for h in hits] == [h.id for h in plain]  # the ranking does not change
+    for hit in hits:
+        assert hit.matched_words and 0 < hit.words_share <= 1
+        total = sum(p["contribution"] for p in hit.matched_words)
+        assert total == pytest.approx(hit.words_share * hit.sparse_score, abs=1e-4)
+        assert all(p["query_word"].lower() in QUESTION.lower() for p in hit.matched_words)
+        assert all(p["message_word"].lower() in hit.content.lower().replace(" ", "") for p in hit.matched_words)
+    explained = memory.explain(QUESTION, hits[0].id)
+    assert explained.matched_words == hits[0].matched_words
+
+
+def test_an_embedding_sae_has_no_words(encoder):
+    memory = SAEMemory(Encoder(EncoderConfig(sae="minilm-emb-topk4k"), model=encoder.model))
+    memory.add(CONVERSATION[:3])
+    hit = memory.search(QUESTION, k=1, words=True)[0]
+    assert hit.matched_words == [] and hit.words_share == 0.0
