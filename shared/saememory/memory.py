@@ -301,7 +301,8 @@ class SAEMemory:
                 to give the budget room. Defaults to None (no budget).
             words: Explain each hit word by word (``Hit.matched_words``): the query and the hits
                 are read again by the model, so it costs about one more encoding of the hits.
-                Needs a residual SAE. Defaults to False (``explain`` always does it).
+                Needs an ``Encoder`` (sentence-transformers) with a residual SAE; otherwise the
+                pairs stay empty. Defaults to False (``explain`` always does it).
 
         Raises:
             TypeError: If ``query`` is not a string or ``k`` not an integer.
@@ -344,6 +345,8 @@ class SAEMemory:
         return resolve_steering(self.encoder.sae, steer, lambda text: self.encoder.encode_query(text).sparse[0])
 
     def _search(self, query: str, k: int, *, words: bool = False, **options: Any) -> list[Hit]:
+        if not isinstance(words, bool):
+            raise TypeError(f"words must be True or False, got {words!r}.")
         ranked, q_sparse = self._rank(query, k, **options)
         return self._hits(ranked, query, q_sparse, words)
 

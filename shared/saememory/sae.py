@@ -209,7 +209,10 @@ class SparseAutoencoder:
         sae = cls(cfg, weights, labels, name=name or path.name, sha256=sha256)
         if (path / HYGIENE_FILENAME).is_file():
             try:
-                sae.hidden = load_hygiene(path / HYGIENE_FILENAME, sae_sha256=sae.sha256)
+                hidden = load_hygiene(path / HYGIENE_FILENAME, sae_sha256=sae.sha256)
+                if any(f >= cfg.d_sae for f in hidden):
+                    raise ValueError(f"{path / HYGIENE_FILENAME} names features outside 0..{cfg.d_sae - 1}.")
+                sae.hidden = hidden
             except ValueError as err:  # optional explanations must not make the SAE unusable
                 logger.warning("Feature hygiene not attached: %s", err)
         if (path / FAMILIES_FILENAME).is_file():

@@ -88,3 +88,29 @@ def test_hygiene_for_other_weights_is_not_attached(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         sae = SparseAutoencoder.from_disk(folder)
     assert sae.hidden == {} and "hygiene not attached" in caplog.text
+
+
+@pytest.mark.parametrize("content", [
+    '{"format": "saememory-hygiene/1", "sae_sha256": "abc"}',
+    '{"format": "saememory-hygiene/1", "sae_sha256": "abc", "hidden": [1, 2]}',
+    '{"format": "saememory-hygiene/1", "sae_sha256": "abc", "hidden": {"-5": "x"}}',
+    '{"format": "saememory-hygiene/1", "sae_sha256": "abc", "hidden": {"3": 4}}',
+    'not json',
+])
+def test_a_malformed_hygiene_file_is_refused_with_a_value_error(tmp_path, content):
+    (tmp_path / HYGIENE_FILENAME).write_text(content)
+    with pytest.raises(ValueError):
+        load_hygiene(tmp_path / HYGIENE_FILENAME, sae_sha256="abc")
+
+
+def test_a_hygiene_file_naming_features_out_of_range_is_not_attached(tmp_path, caplog):
+    from saememory.encoders.sentence_transformer import BUNDLED_SAE_DIR
+
+    folder = tmp_path / "sae"
+    shutil.copytree(BUNDLED_SAE_DIR / "minilm-l4-res-topk4k", folder)
+    data = json.loads((folder / HYGIENE_FILENAME).read_text())
+    data["hidden"]["99999"] = "function words"
+    (folder / HYGIENE_FILENAME).write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        assert SparseAutoencoder.from_disk(folder).hidden == {}
+    assert "outside" in caplog.text

@@ -68,3 +68,42 @@ def test_an_embedding_sae_has_no_words(encoder):
     memory.add(CONVERSATION[:3])
     hit = memory.search(QUESTION, k=1, words=True)[0]
     assert hit.matched_words == [] and hit.words_share == 0.0
+
+
+def test_steered_features_are_paired_and_the_share_stays_a_share(encoder):
+    memory = SAEMemory(encoder)
+    memory.add([{"content": "I love my old violin. " * 80}, {"content": "My sister Ana lives in Lisbon."}])
+    for hit in memory.search("Which city does my sister live in now?", k=2, words=True, steer={"violin": 1.0}):
+        assert 0.0 <= hit.words_share <= 1.0
+        assert all(p["features"] for p in hit.matched_words)  # never a pair carried by hidden features only
+    with pytest.raises(TypeError, match="words"):
+        memory.search("violin", words="no")
+
+
+def test_all_pairs_make_up_the_score_even_when_steered(encoder):
+    from saememory.interpret.explain import match_words
+
+    memory = SAEMemory(encoder)
+    memory.add([{"id": "v", "content": "I love my old violin and play it every day."}])
+    query = "Which city does my sister live in now?"
+    q = encoder.steer(encoder.encode_query(query), memory.resolve_features({"violin": 1.0}))
+    q_acts = dict(zip(q.sparse[0].indices.tolist(), q.sparse[0].data.tolist()))
+    code = encoder.encode_documents([memory.get("v")["content"]]).sparse[0]
+    read = encoder.peak_words([query], query=True)[0], encoder.peak_words([memory.get("v")["content"]])[0]
+
+    class Everything:  # no hygiene, and every word counts
+        hidden: dict = {}
+
+        def label(self, f):
+            return None
+
+    import saememory.interpret.explain as explain
+
+    original = explain._function_word
+    explain._function_word = lambda word: False
+    try:
+        pairs, share = match_words(code, q_acts, *read, Everything(), 10_000)
+    finally:
+        explain._function_word = original
+    assert sum(p["contribution"] for p in pairs) == pytest.approx(float(code.multiply(q.sparse[0]).sum()), abs=1e-4)
+    assert any(p["query_word"] == "(steered)" for p in pairs) and share == pytest.approx(1.0, abs=1e-4)

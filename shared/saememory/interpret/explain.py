@@ -52,7 +52,7 @@ class Hit:
             carry; the rest is spread over many small or hidden features.
         matched_words: Which word of the query matched which word of the message, through which
             features, with contributions (see ``match_words``); filled by ``explain`` and by
-            ``search(..., words=True)`` with a residual SAE, else empty.
+            ``search(..., words=True)`` with an ``Encoder`` and a residual SAE, else empty.
         words_share: The share of ``sparse_score`` the ``matched_words`` shown carry.
         adjustments: What moved the message after fusion, in calibrated units (see
             ``saememory.current``): ``supersedes`` (a later statement raised above an earlier
@@ -152,14 +152,18 @@ def match_words(code: sp.csr_matrix, q_acts: dict[int, float], query: tuple[list
 
     Each shared feature joins the query word and the message word where it peaks (``peaks`` of
     ``Encoder.peak_words``); a pair's contribution is the sum of its features' contributions, so
-    all pairs together make up ``sparse_score``. The ``n`` pairs that carry most are shown, each
-    with its strongest listed features, except pairs of two function words or punctuation.
+    all pairs together make up ``sparse_score``. A feature that steering put into the query has
+    no query word: its query side is ``"(steered)"``. The ``n`` pairs that carry most are shown,
+    each with its strongest features, leaving out pairs with a function word or punctuation on
+    either side and pairs carried only by features the SAE's hygiene hides.
 
     Returns:
         ``(pairs, share)``: dicts with ``query_word``, ``message_word``, ``contribution`` and
         ``features`` (``id``, ``label``, ``contribution``), best first; and their share of the score.
     """
     (q_words, q_peaks), (m_words, m_peaks) = query, message
+    if not m_words:  # nothing read word by word (an embedding-source SAE, or an empty reading)
+        return [], 0.0
     hidden = getattr(sae, "hidden", None) or {}
     label = sae.label if sae is not None else (lambda f: None)
     pairs: dict[tuple[str, str], list[tuple[int, float]]] = {}
@@ -169,15 +173,17 @@ def match_words(code: sp.csr_matrix, q_acts: dict[int, float], query: tuple[list
             continue
         c = a * q_acts[f]
         total += c
-        if f in q_peaks and f in m_peaks:
-            pairs.setdefault((q_words[q_peaks[f]], m_words[m_peaks[f]]), []).append((f, c))
+        words = (q_words[q_peaks[f]] if f in q_peaks else "(steered)", m_words[m_peaks[f]] if f in m_peaks else "(unread)")
+        pairs.setdefault(words, []).append((f, c))
     ranked = sorted(pairs.items(), key=lambda item: -sum(c for _, c in item[1]))
-    shown = [(words, feats) for words, feats in ranked if not all(_function_word(w) for w in words)][:n]
+    shown = [(words, feats) for words, feats in ranked
+             if not any(_function_word(w) for w in words) and any(f not in hidden for f, _ in feats)][:n]
     out = [{"query_word": qw, "message_word": mw, "contribution": round(sum(c for _, c in feats), 6),
             "features": [{"id": f, "label": label(f), "contribution": round(c, 6)}
                          for f, c in sorted(feats, key=lambda x: -x[1]) if f not in hidden][:3]}
            for (qw, mw), feats in shown]
-    return out, (sum(p["contribution"] for p in out) / total if total > 0 else 0.0)
+    carried = sum(c for _, feats in shown for _, c in feats)
+    return out, (min(1.0, carried / total) if total > 0 else 0.0)
 
 
 def _function_word(word: str) -> bool:

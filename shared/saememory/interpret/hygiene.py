@@ -77,13 +77,20 @@ def load_hygiene(path: str | Path, sae_sha256: str | None = None) -> dict[int, s
     Raises:
         ValueError: If the file is not a hygiene file, or was made for other weights.
     """
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} cannot be read as JSON: {err}") from None
     if not isinstance(data, dict) or data.get("format") != HYGIENE_FORMAT:
         raise ValueError(f"{path} is not a {HYGIENE_FORMAT} file.")
     if sae_sha256 is not None and data.get("sae_sha256") != sae_sha256:
         raise ValueError(f"{path} was made for other SAE weights (sha256 {data.get('sae_sha256')}); rerun "
                          f"python -m saememory.interpret.hygiene on the SAE directory.")
-    return {int(f): str(reason) for f, reason in data["hidden"].items()}
+    hidden = data.get("hidden")
+    if not isinstance(hidden, dict) or not all(isinstance(k, str) and k.isdigit() and isinstance(v, str)
+                                               for k, v in hidden.items()):
+        raise ValueError(f"{path}: 'hidden' must map feature ids (digit strings) to reasons (strings).")
+    return {int(f): reason for f, reason in hidden.items()}
 
 
 def main(argv: list[str] | None = None) -> None:

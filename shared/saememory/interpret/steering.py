@@ -80,7 +80,7 @@ def resolve_steering(sae: Any, steer: Any, encode: Callable[[str], sp.csr_matrix
     """A steering spec, feature id or text to strength, as feature ids to finite strengths.
 
     A text steers every feature whose label holds each of its words as a term ("violin": all the
-    features labelled with "violin", however many). A text that no label holds steers by what it
+    features labelled with "violin", however many), except features hidden from explanations. A text that no label holds steers by what it
     means to the SAE: its own ``TEXT_FEATURES`` strongest features, those the SAE's hygiene
     hides left out (``encode`` gives its code).
 
@@ -115,23 +115,25 @@ def resolve_steering(sae: Any, steer: Any, encode: Callable[[str], sp.csr_matrix
 
 
 def labelled_features(sae: Any, text: str) -> list[int]:
-    """Every feature whose label holds each word of ``text`` as a term (case folded), by id."""
+    """Every feature whose label holds each word of ``text`` as a term (case folded), by id;
+    features the SAE's hygiene hides (function words, punctuation) left out."""
     words = set(re.findall(r"\w+", text.lower()))
+    hidden = getattr(sae, "hidden", None) or {}
     if not words:
         return []
     return sorted(f for f, label in (getattr(sae, "labels", None) or {}).items()
-                  if words <= {t.lower() for t in label_terms(label)})
+                  if f not in hidden and words <= {t.lower() for t in label_terms(label)})
 
 
 def text_features(sae: Any, text: str, encode: Callable[[str], sp.csr_matrix] | None) -> list[int]:
     """The ``TEXT_FEATURES`` strongest features of ``text``'s own code, hidden ones left out."""
     if encode is None:
-        raise ValueError(f"No feature label of SAE {getattr(sae, 'name', 'this SAE')!r} holds {text!r}, and "
+        raise ValueError(f"No feature label of SAE {getattr(sae, 'name', 'this SAE')!r} holds {text[:60]!r}, and "
                          "without an encoder the text cannot be read; steer by feature id instead.")
     code = sp.csr_matrix(encode(text))
     hidden = getattr(sae, "hidden", None) or {}
     order = [int(code.indices[i]) for i in np.argsort(-code.data, kind="stable")]
     features = [f for f in order if f not in hidden][:TEXT_FEATURES]
     if not features:
-        raise ValueError(f"{text!r} activates no feature to steer by; steer by feature id instead.")
+        raise ValueError(f"{text[:60]!r} activates no feature to steer by; steer by feature id instead.")
     return features
