@@ -45,3 +45,12 @@ def test_llama_index_agent_memory_recalls_flushed_turns():
     out = _run("llama_index_agent_memory.py")
     assert "violin lessons on Tuesdays" in out.split("Q: What instrument")[1].split("Q: ")[0]
     assert "named Pepper" in out.split("Q: What's my dog's name?")[1]
+
+
+def test_explain_view_writes_the_page(tmp_path):
+    out = tmp_path / "view.html"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, str(ROOT / "examples" / "explain_view.py"), "--out", str(out)], check=True,
+                   env=env, capture_output=True, text=True, timeout=600)
+    page = out.read_text(encoding="utf-8")
+    assert page.count("class='hit'") == 3 and "<mark title=" in page and "violin" in page

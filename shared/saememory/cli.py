@@ -1,0 +1,46 @@
+"""The ``saememory`` command.
+
+    saememory explain MEMORY_DIR "Where does my sister live?" --user alice --k 5 --out why.html
+
+``explain`` loads a memory saved with ``SAEMemory.save``, searches it with the word-level
+explanation on, and writes the HTML picture of the hits (``saememory.interpret.html``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="saememory", description="saememory: an interpretable long-term chat memory.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    explain = commands.add_parser("explain", help="write an HTML picture of a query's hits in a saved memory")
+    explain.add_argument("memory", type=Path, help="a folder written by SAEMemory.save")
+    explain.add_argument("query")
+    explain.add_argument("--user", default=None, help="whose memory to search; default the default user")
+    explain.add_argument("--session", default=None, help="one session only; default all")
+    explain.add_argument("--k", type=int, default=5, help="hits; default 5")
+    explain.add_argument("--now", default=None, help="the time the query is asked at (ISO 8601); default now")
+    explain.add_argument("--out", type=Path, default=Path("saememory-explain.html"),
+                         help="the HTML file to write; default saememory-explain.html")
+    args = parser.parse_args(argv)
+
+    from saememory import SAEMemory
+    from saememory.interpret.html import write_html
+
+    if not args.memory.is_dir():
+        parser.error(f"{args.memory} is not a folder; pass the folder SAEMemory.save wrote.")
+    try:
+        memory = SAEMemory.load(args.memory)
+        hits = memory.search(args.query, k=args.k, user_id=args.user, session_id=args.session, now=args.now, words=True)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        parser.error(str(err))
+    path = write_html(args.out, args.query, hits)
+    print(f"{len(hits)} hits explained in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The HTML picture of a query, by function and by the saememory command."""
+
+from __future__ import annotations
+
+import pytest
+
+from saememory import SAEMemory
+from saememory.cli import main as saememory_command
+from saememory.interpret.html import hits_html, write_html
+from tests.helpers import CONVERSATION, QUESTION
+
+
+def test_the_page_highlights_matched_words_and_escapes_every_text(encoder, tmp_path):
+    memory = SAEMemory(encoder)
+    memory.add(CONVERSATION + [{"content": "<script>alert('x')</script> my guitar teacher", "session_id": "<b>s</b>"}])
+    hits = memory.search(QUESTION, k=len(memory), words=True)
+    page = hits_html("<img src=x onerror=alert(1)>", hits)
+    assert "<script>" not in page and "<img src=x" not in page and "<b>s</b>" not in page
+    assert "&lt;script&gt;" in page and page.count("class='hit'") == len(hits)
+    first = hits[0]
+    assert first.matched_words and f"<mark title=" in page
+    assert f"{first.words_share:.0%} of the SAE score" in page
+    path = write_html(tmp_path / "view.html", QUESTION, hits)
+    assert path.read_text(encoding="utf-8") == hits_html(QUESTION, hits)
+    assert "No message matched." in hits_html(QUESTION, [])
+
+
+def test_the_command_explains_a_saved_memory(encoder, tmp_path, capsys):
+    memory = SAEMemory(encoder)
+    memory.add(CONVERSATION, user_id="alice")
+    memory.save(tmp_path / "memory")
+    out = tmp_path / "why.html"
+    assert saememory_command(["explain", str(tmp_path / "memory"), QUESTION, "--user", "alice", "--k", "2",
+                              "--out", str(out)]) == 0
+    assert "2 hits explained" in capsys.readouterr().out
+    assert out.read_text(encoding="utf-8").count("class='hit'") == 2
+    with pytest.raises(SystemExit):
+        saememory_command(["explain", str(tmp_path / "nowhere"), QUESTION])
+    assert "not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        saememory_command(["explain", str(tmp_path / "memory"), "  "])
+    assert "query" in capsys.readouterr().err
