@@ -4,10 +4,9 @@ After fusion, the ``adjust_depth`` best of a user's messages for a query are adj
 adjustment is in calibrated units (standard deviations of the fused scores over the user's
 messages for this query) and is recorded on the hit, so a ranking can always be read back:
 
-- ``recency``: the newest of these candidates gains ``recency_weight``, the oldest nothing,
-  linearly in time between. Of two messages that match about equally, the later one, what the
-  user says now, ranks first: "I live in Oslo now" above the same sentence with Lisbon a year
-  before.
+- ``recency`` (off by default): the newest of these candidates gains ``recency_weight``, the
+  oldest nothing, linearly in time between, so of two messages that match about equally the
+  later one ranks first.
 - ``asks``: a message that asks without telling loses ``asks_penalty``. It has a question (a
   sentence that ends in "?" and opens as an English question does) and tells nothing else: an
   assistant's message may add at most two words of its own ("Love the name. What breed is

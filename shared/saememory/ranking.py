@@ -3,8 +3,8 @@
 ``SearchConfig`` holds every ranking setting (validated, ``to_dict``/``from_dict``, saved in the
 manifest). ``rank`` runs the pipeline over a backend: candidates and their signals from the
 backend, normalisation and fusion (``saememory.scoring``), calibration, the adjustments for what
-is current (``saememory.current``: recency, questions that only ask, the query's time words),
-selection (top k or adaptive), then a context budget.
+is current (``saememory.current``: supersession, echoes, questions that only ask, the query's
+time words, recency), selection (top k or adaptive), then a context budget.
 """
 
 from __future__ import annotations
@@ -64,17 +64,19 @@ class SearchConfig(DictConfig):
             supersession does better for what is current (BENCHMARKS.md).
         asks_penalty: What a message that asks without telling loses (a question stored
             earlier, an assistant's "What breed is your dog?"), in calibrated units; 0 turns it
-            off. Defaults to 8.0: below every message that matches at all. It raised the answer
-            in the top 3 with the questions stored from 0.51 to 0.94 on the real-use dev set, and
-            changed nothing on LongMemEval's dev split.
+            off. Defaults to 8.0: below every message that matches at all. With the other
+            adjustments, the answer was in the top 3 for 0.94 of the real-use dev questions with
+            the questions stored, against 0.53 without any (BENCHMARKS.md); on LongMemEval's dev
+            split it changed nothing.
         time_weight: What a message said within the time the query names ("two weeks ago",
             "in March") gains, in calibrated units; 0 turns it off. Defaults to 2.0, the best of
-            0, 1 and 2 on the dev split of LongMemEval-S.
+            0, 1 and 2 on the dev split of LongMemEval-S by the mean of turn R_all@10 and
+            nDCG@10, with the other defaults (a narrow lead: BENCHMARKS.md).
         supersede_depth: Among how many of the best candidates a later statement of the user's
             on the same subject is raised above an earlier one (see ``saememory.current``); 0
-            turns it off (and the lowering of echoes with it). Defaults to 10, so the top 10 as
-            a set does not change: on LongMemEval's dev split the latest evidence of a knowledge
-            update ranked above the earliest in 0.71 of questions instead of 0.43.
+            turns it off (and the lowering of echoes with it). Defaults to 10, so supersession
+            only reorders the top 10: on LongMemEval's dev split the latest evidence of a
+            knowledge update ranked above the earliest in 0.71 of questions instead of 0.43.
         adjust_depth: How many of the best candidates are adjusted. Defaults to 50.
     """
 
