@@ -315,7 +315,8 @@ class SAEMemory:
 
     def explain(self, query: str, message_id: str, *, user_id: str | None = None, session_id: str | None = None,
                 now: Any = None) -> Hit:
-        """Scores, rank and features of one of the user's messages for ``query``, as ``search`` ranks it.
+        """Scores, rank, features and matched words of one of the user's messages for ``query``,
+        as ``search`` ranks it.
 
         Args:
             query: The question.
