@@ -1,0 +1,115 @@
+"""Do the SAE's labels name what its features detect? A Delphi-style detection score on held-out text.
+
+    python benchmarks/label_detection.py --features 300
+
+For a sample of labelled features (seeded), on held-out LongMemEval-S user turns (the report
+split; vectors cached by ``benchmarks/longmemeval.py``): the turns where the feature fires most
+(its top ``--top`` activations) against as many turns where it is silent, each of about the
+length of a firing one (a longer turn is closer to any label). Each turn is scored
+by the MiniLM cosine between the feature's label and the turn (Delphi's embedding scorer, with
+MiniLM in place of its embedding model); the feature's AUROC is how well that score tells the
+firing turns from the silent ones. Reported: the mean AUROC with a 95% bootstrap interval over
+features, for all sampled features, for those the SAE's hygiene leaves visible, and with the
+labels shuffled among the features (chance). Writes the ``label-detection`` section of
+BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
+import longmemeval as bench  # noqa: E402
+from common import commit, machine, write_section  # noqa: E402
+
+from saememory import Encoder, EncoderConfig  # noqa: E402
+from saememory.eval import longmemeval as lme  # noqa: E402
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(a positive scores above a negative), ties counting half."""
+    diff = positive[:, None] - negative[None, :]
+    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
+
+
+def matched_by_length(firing: np.ndarray, silent: np.ndarray, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each firing turn, a silent turn of about its length (drawn among the 5 closest): firing
+    turns are longer than most, and a longer turn is closer to any label."""
+    pool = list(rng.permutation(silent))
+    out = []
+    for i in firing:
+        near = sorted(range(len(pool)), key=lambda j: abs(lengths[pool[j]] - lengths[i]))[:5]
+        out.append(pool.pop(int(rng.choice(near))))
+    return np.array(out)
+
+
+def interval(values: np.ndarray, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(10_000, len(values)))].mean(axis=1)
+    return f"{values.mean():.3f} [{np.percentile(means, 2.5):.3f}, {np.percentile(means, 97.5):.3f}]"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--features", type=int, default=300, help="labelled features sampled; default 300")
+    parser.add_argument("--top", type=int, default=20, help="firing and silent turns per feature; default 20")
+    parser.add_argument("--questions", type=int, default=60, help="held-out questions whose user turns are the text; default 60")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--md", type=Path, default=bench.ROOT / "BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    questions = lme.load(bench.DEFAULT_DATA)
+    dev = bench.dev_ids(questions, Path(bench.DEFAULT_DEV))
+    chosen = bench.select(questions, "report", dev, 5, (2, 3, 4), None)[: args.questions]
+    texts = sorted({m["content"] for _, q in chosen for m in lme.messages(q, "user")})
+    encoder = Encoder(EncoderConfig(pooling="max"))
+    caches = bench.Caches(bench.ROOT / "benchmarks" / ".cache", encoder)
+    caches.fill(texts, [])
+    dense, codes = caches.base.get([bench.text_key("doc", t) for t in texts])
+    codes = sp.csc_matrix(codes)
+    sae = encoder.sae
+    lengths = np.array([len(t) for t in texts])
+    rng = np.random.default_rng(args.seed)
+    eligible = [f for f in sorted(sae.labels) if codes[:, f].nnz >= args.top and codes.shape[0] - codes[:, f].nnz >= args.top]
+    sample = sorted(rng.choice(eligible, size=min(args.features, len(eligible)), replace=False).tolist())
+    label_vectors = encoder.encode_documents([sae.labels[f] for f in sample]).dense
+    shuffled = label_vectors[rng.permutation(len(sample))]
+    scores: dict[str, list[float]] = {"labels": [], "shuffled labels": []}
+    visible = []
+    for i, f in enumerate(sample):
+        column = codes[:, f].toarray().ravel()
+        firing = np.argsort(-column, kind="stable")[: args.top]
+        silent = matched_by_length(firing, np.flatnonzero(column == 0), lengths, rng)
+        for name, vectors in (("labels", label_vectors), ("shuffled labels", shuffled)):
+            sims = dense @ vectors[i]
+            scores[name].append(auroc(sims[firing], sims[silent]))
+        visible.append(f not in sae.hidden)
+    visible = np.array(visible)
+    start, end = "<!-- label-detection:start -->", "<!-- label-detection:end -->"
+    lines = [start, "## Label detection: do the labels name what the features detect? (2026-11-30)", "",
+             f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}; machine: {machine()}",
+             f"- Data: {len(texts)} user turns of {len(chosen)} held-out LongMemEval-S questions; {len(sample)} labelled "
+             f"features sampled (seed {args.seed}) of {len(eligible)} firing on at least {args.top} turns and silent on as many; "
+             f"SAE `{sae.name}`",
+             f"- Command: `python benchmarks/label_detection.py --features {args.features}`", "",
+             "| labels scored | features | mean AUROC [95% CI] |", "|---|---:|---:|"]
+    real, chance = np.array(scores["labels"]), np.array(scores["shuffled labels"])
+    lines.append(f"| all sampled features | {len(real)} | {interval(real)} |")
+    lines.append(f"| those shown to people (not hidden by hygiene) | {int(visible.sum())} | {interval(real[visible])} |")
+    lines.append(f"| hidden by hygiene | {int((~visible).sum())} | {interval(real[~visible])} |")
+    lines.append(f"| labels shuffled among the features (chance) | {len(chance)} | {interval(chance)} |")
+    lines += ["", end]
+    write_section(args.md, "\n".join(lines) + "\n", start, end)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
