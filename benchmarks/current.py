@@ -116,10 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args(argv)
 
-    questions = lme.load(bench.DEFAULT_DATA)
-    dev = bench.dev_ids(questions, Path(bench.DEFAULT_DEV))
-    offsets = (0, 1) if args.split == "dev" else (2, 3, 4)
-    chosen = bench.select(questions, args.split, dev, 5, offsets, None)
+    chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), args.split)
     caches = bench.Caches(ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling="max")))
     if args.fill:
         for _, q in chosen:

@@ -51,9 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=1, help="keep held-out questions at i %% every == 0 of the split; default 1")
     parser.add_argument("--md", type=Path, default=bench.ROOT / "BENCHMARKS.md")
     args = parser.parse_args(argv)
-    questions = lme.load(bench.DEFAULT_DATA)
-    dev = bench.dev_ids(questions, Path(bench.DEFAULT_DEV))
-    chosen = bench.select(questions, "report", dev, 5, (2, 3, 4), None)[::args.every]
+    chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), "report")[::args.every]
     encoder = Encoder(EncoderConfig(pooling="max"))
     sae = encoder.sae
     caches = bench.Caches(bench.ROOT / "benchmarks" / ".cache", encoder)

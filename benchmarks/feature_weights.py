@@ -56,9 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", choices=("dev", "report"), default="dev")
     parser.add_argument("--md", type=Path, default=bench.ROOT / "BENCHMARKS.md")
     args = parser.parse_args(argv)
-    questions = lme.load(bench.DEFAULT_DATA)
-    dev = bench.dev_ids(questions, Path(bench.DEFAULT_DEV))
-    chosen = bench.select(questions, args.split, dev, 5, (0, 1) if args.split == "dev" else (2, 3, 4), None)
+    chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), args.split)
     caches = bench.Caches(bench.ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling="max")))
     rows: dict[str, list[tuple[float, float]]] = {}
     for _, q in chosen:

@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 import longmemeval as bench  # noqa: E402
-from common import commit, machine, write_section  # noqa: E402
+from common import bootstrap, commit, machine, write_section  # noqa: E402
 
 from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
@@ -52,10 +52,9 @@ def matched_by_length(firing: np.ndarray, silent: np.ndarray, lengths: np.ndarra
     return np.array(out)
 
 
-def interval(values: np.ndarray, seed: int = 0) -> str:
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(10_000, len(values)))].mean(axis=1)
-    return f"{values.mean():.3f} [{np.percentile(means, 2.5):.3f}, {np.percentile(means, 97.5):.3f}]"
+def interval(values: np.ndarray) -> str:
+    low, high = bootstrap(values)
+    return f"{values.mean():.3f} [{low:.3f}, {high:.3f}]"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,9 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--md", type=Path, default=bench.ROOT / "BENCHMARKS.md")
     args = parser.parse_args(argv)
-    questions = lme.load(bench.DEFAULT_DATA)
-    dev = bench.dev_ids(questions, Path(bench.DEFAULT_DEV))
-    chosen = bench.select(questions, "report", dev, 5, (2, 3, 4), None)[: args.questions]
+    chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), "report")[: args.questions]
     texts = sorted({m["content"] for _, q in chosen for m in lme.messages(q, "user")})
     encoder = Encoder(EncoderConfig(pooling="max"))
     caches = bench.Caches(bench.ROOT / "benchmarks" / ".cache", encoder)

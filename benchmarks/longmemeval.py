@@ -452,6 +452,13 @@ def dev_ids(questions: list[dict[str, Any]], dev_file: Path | None) -> set[str]:
     return ids
 
 
+def declared_split(questions: list[dict[str, Any]], split: str) -> list[tuple[int, dict[str, Any]]]:
+    """A whole declared split, ``_abs`` left out: ``"dev"`` (what choices are made on) or
+    ``"report"`` (held out: every other question, positions i % 5 in {2, 3, 4})."""
+    positions = tuple(DEV_POSITIONS) if split == "dev" else tuple(p for p in range(5) if p not in DEV_POSITIONS)
+    return select(questions, split, dev_ids(questions, Path(DEFAULT_DEV)), 5, positions, None)
+
+
 def select(questions: list[dict[str, Any]], split: str, dev: set[str], every: int, offset: int | tuple[int, ...],
            max_questions: int | None) -> list[tuple[int, dict[str, Any]]]:
     """``(position, question)`` of the run: split, then positions i % every in ``offset``, ``_abs`` left out."""

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 import longmemeval as bench  # noqa: E402
-from common import commit, machine, write_section  # noqa: E402
+from common import bootstrap, commit, machine, write_section  # noqa: E402
 
 from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
@@ -35,9 +35,7 @@ from saememory.eval import longmemeval as lme  # noqa: E402
 
 def cases(n: int, seed: int) -> list[tuple[str, str, str]]:
     """``(context, related question, unrelated question)``: one evidence turn per dev question."""
-    questions = lme.load(bench.DEFAULT_DATA)
-    dev = bench.dev_ids(questions, Path(bench.DEFAULT_DEV))
-    chosen = [q for _, q in bench.select(questions, "dev", dev, 5, (0, 1), None)]
+    chosen = [q for _, q in bench.declared_split(lme.load(bench.DEFAULT_DATA), "dev")]
     rng = random.Random(seed)
     out = []
     for q in chosen:
@@ -49,12 +47,6 @@ def cases(n: int, seed: int) -> list[tuple[str, str, str]]:
         out.append((by_id[rng.choice(gold)], q["question"], other["question"]))
     rng.shuffle(out)
     return out[:n]
-
-
-def interval(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(10_000, len(values)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
               "SAE, max pooling (shipped)": "≈ 0.17"}
     for name, (r, u) in sims.items():
         sep = r - u
-        low, high = interval(sep)
+        low, high = bootstrap(sep)
         lines.append(f"| {name} | {sep.mean():.3f} [{low:.3f}, {high:.3f}] | {np.mean(sep > 0):.2f} | {r.mean():.3f} | "
                      f"{u.mean():.3f} | {poster.get(name, '–')} |")
     lines += ["", end]

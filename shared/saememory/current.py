@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from saememory.backends.base import matches
 from saememory.lexical import tokenize
 from saememory.times import TimeWindow, iso, query_window
 
@@ -160,7 +161,7 @@ def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarra
 def within(records: list[dict[str, Any]], window: TimeWindow) -> np.ndarray:
     """Which records were said inside ``window`` (a record with no time is not)."""
     start, end = iso(window.start), iso(window.end)
-    return np.array([r.get("time") is not None and start <= r["time"] <= end for r in records], dtype=bool)
+    return np.array([matches(r, None, start, end, None) for r in records], dtype=bool)  # as since/until filter
 
 
 def _sentences(text: str) -> tuple[str, str]:

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import numpy as np
 import scipy.sparse as sp
 
+from saememory.interpret.labels import STOPWORDS
+
 # Hit metadata an LLM prompt or an embedder should not see: scores and SAE explanations.
 EXPLANATION_KEYS = ("score", "dense_score", "sparse_score", "bm25_score", "calibrated_score", "signals", "rank",
                     "truncated", "features", "shared_features", "adjustments", "explained_share", "matched_words",
@@ -187,8 +189,6 @@ def match_words(code: sp.csr_matrix, q_acts: dict[int, float], query: tuple[list
 
 
 def _function_word(word: str) -> bool:
-    from saememory.interpret.labels import STOPWORDS
-
     return word.lower() in STOPWORDS or not any(ch.isalnum() for ch in word)
 
 
