@@ -1,9 +1,12 @@
-"""Sparse autoencoder inference in plain torch, read from sae-lens' on-disk format.
+"""Sparse autoencoder inference, read from sae-lens' on-disk format.
 
 A directory holds ``cfg.json`` and ``sae_weights.safetensors`` exactly as
 ``sae_lens.SAE.save_inference_model`` writes them, so it also loads with
 ``sae_lens.SAE.load_from_disk``. Importing sae_lens takes about ten seconds, so the
-query path uses this module instead; ``tests/test_sae.py`` proves both encode alike.
+query path uses this module instead; ``tests/test_sae.py`` proves both encode alike. Weights are
+held as numpy arrays, so loading an SAE does not import torch; ``encode`` and ``decode`` (torch)
+import it when first called, and the default encoder runs the SAE through ONNX Runtime
+(``saememory.encoders.onnx``).
 Optional ``labels.json``, ``families.json`` and ``hygiene.json`` beside the weights name the
 features, group them and mark those never shown as explanations (``saememory.interpret.labels``,
 ``saememory.interpret.families``, ``saememory.interpret.hygiene``).
@@ -20,14 +23,17 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file
+import numpy as np
+from safetensors.numpy import load_file
 
 from saememory.interpret.families import FAMILIES_FILENAME, load_families
 from saememory.interpret.hygiene import HYGIENE_FILENAME, load_hygiene
 from saememory.interpret.labels import LABELS_FILENAME, find_features, load_labels
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 CFG_FILENAME = "cfg.json"
@@ -138,7 +144,7 @@ class SparseAutoencoder:
     def __init__(
         self,
         cfg: SAEConfig,
-        weights: dict[str, torch.Tensor],
+        weights: dict[str, Any],
         labels: dict[int, str] | None = None,
         name: str = "custom",
         sha256: str | None = None,
@@ -160,18 +166,32 @@ class SparseAutoencoder:
                     f"SAE weight {key!r} has shape {tuple(weights[key].shape)}, expected {shape} "
                     f"from cfg (d_in={cfg.d_in}, d_sae={cfg.d_sae})."
                 )
-        self.W_enc = weights["W_enc"].float()
-        self.b_enc = weights["b_enc"].float()
-        self.W_dec = weights["W_dec"].float()
-        self.b_dec = weights["b_dec"].float()
-        self.threshold = weights["threshold"].float() if "threshold" in weights else None
-        self._dec_norm = self.W_dec.norm(dim=-1) if cfg.rescale_acts_by_decoder_norm else None
+        # numpy float32 (torch tensors are copied out once); the torch views are made on first use.
+        self.arrays: dict[str, np.ndarray] = {key: _float32(weights[key]) for key in expected}
+        if cfg.rescale_acts_by_decoder_norm:
+            self.arrays["dec_norm"] = np.linalg.norm(self.arrays["W_dec"], axis=-1).astype(np.float32)
+        self._tensors: dict[str, torch.Tensor] | None = None
         self.labels: dict[int, str] = dict(labels or {})
         self.name = name
         self.sha256 = sha256
         self.families: dict[int, dict[str, Any]] = {}
         self.hidden: dict[int, str] = {}  # features never shown as an explanation, with why (interpret.hygiene)
         self._family_sizes: dict[int, int] = {}
+
+    def _tensor(self, key: str) -> torch.Tensor | None:
+        """A weight as a torch tensor sharing the array's memory (torch is imported here, once)."""
+        if self._tensors is None:
+            import torch
+
+            self._tensors = {name: torch.from_numpy(array) for name, array in self.arrays.items()}
+        return self._tensors.get(key)
+
+    W_enc = property(lambda self: self._tensor("W_enc"))
+    b_enc = property(lambda self: self._tensor("b_enc"))
+    W_dec = property(lambda self: self._tensor("W_dec"))
+    b_dec = property(lambda self: self._tensor("b_dec"))
+    threshold = property(lambda self: self._tensor("threshold"))
+    _dec_norm = property(lambda self: self._tensor("dec_norm"))
 
     @classmethod
     def from_disk(cls, path: str | Path, name: str | None = None) -> SparseAutoencoder:
@@ -223,16 +243,21 @@ class SparseAutoencoder:
         return sae
 
     def to(self, device: str | torch.device) -> SparseAutoencoder:
-        """Moves the weights to ``device`` (in place) and returns the SAE."""
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "_dec_norm"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value.to(device))
+        """Moves the torch weights to ``device`` (in place) and returns the SAE; the arrays stay."""
+        self._tensor("W_enc")
+        self._tensors = {name: tensor.to(device) for name, tensor in self._tensors.items()}
         return self
 
-    @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature activations of ``x`` (..., d_in), the same as sae-lens' ``SAE.encode``."""
+        """Feature activations of ``x`` (..., d_in), the same as sae-lens' ``SAE.encode`` (torch)."""
+        import torch
+
+        with torch.inference_mode():
+            return self._encode(x)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if x.shape[-1] != self.cfg.d_in:
             raise ValueError(f"SAE expects vectors of width d_in={self.cfg.d_in}, got {x.shape[-1]}.")
         x = x.float()
@@ -251,12 +276,14 @@ class SparseAutoencoder:
             acts = acts * (pre > self.threshold).to(acts.dtype)
         return acts
 
-    @torch.inference_mode()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Reconstruction from feature activations (..., d_sae)."""
-        if self._dec_norm is not None:
-            z = z / self._dec_norm
-        return z.float() @ self.W_dec + self.b_dec
+        """Reconstruction from feature activations (..., d_sae) (torch)."""
+        import torch
+
+        with torch.inference_mode():
+            if self._dec_norm is not None:
+                z = z / self._dec_norm
+            return z.float() @ self.W_dec + self.b_dec
 
     def label(self, feature: int) -> str | None:
         return self.labels.get(int(feature))
@@ -336,6 +363,8 @@ def mand(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
     The square root is taken only where the product is positive, so gradients stay finite.
     """
+    import torch
+
     prod = p.relu() * q.relu()
     return torch.where(prod > 0, prod.clamp_min(1e-12).sqrt(), torch.zeros_like(prod))
 
@@ -357,3 +386,10 @@ def kron_latents(pre: torch.Tensor, h: int, m: int, n: int) -> torch.Tensor:
     heads = pre.reshape(*pre.shape[:-1], h, m + n)
     p, q = heads[..., :m], heads[..., m:]
     return mand(p.unsqueeze(-1), q.unsqueeze(-2)).reshape(*pre.shape[:-1], h * m * n)
+
+
+def _float32(value: Any) -> np.ndarray:
+    """A weight (numpy array or torch tensor) as a C-contiguous float32 numpy array."""
+    if hasattr(value, "detach"):  # a torch tensor: copied out, so later in-place changes do not leak in
+        value = value.detach().to("cpu").float().numpy().copy()
+    return np.ascontiguousarray(value, dtype=np.float32)

@@ -34,7 +34,7 @@ def test_dense_equals_sentence_transformers(encoder):
 def test_residual_code_is_max_pooled_layer_states(encoder):
     """Recompute the default sparse code by hand: layer 4, real tokens only, SAE, max, L2."""
     assert encoder.source == "residual" and encoder.layer == 4
-    model = encoder.model
+    model = load_sentence_transformer("sentence-transformers/all-MiniLM-L6-v2")  # torch, by hand
     tok = model.tokenizer(TEXTS[1], return_tensors="pt")
     with torch.no_grad():
         states = model[0].auto_model(**tok, output_hidden_states=True).hidden_states[4][0]

