@@ -12,10 +12,11 @@ any failures.
 
 A failure is: a load raising anything but FileNotFoundError, or FileNotFoundError once a save
 has completed; a load returning anything but exactly the state one saver began to save (its
-records, vectors and codes, rebuilt from the token in the manifest); a round whose folder does
-not load so; leftovers after a clean save. The memories are small and synthetic (dimension 8,
-16 SAE features, up to 60 messages over two users sharing message ids), written through
-``FaissBackend`` directly, so the child processes never import torch.
+records, and its vectors and codes as the backend stores them (int8), rebuilt from the token in
+the manifest); a round whose folder does not load so; leftovers after a clean save. The
+memories are small and synthetic (dimension 8, 16 SAE features, up to 60 messages over two
+users sharing message ids), written through ``FaissBackend`` directly, so the child processes
+never import torch.
 """
 
 from __future__ import annotations
@@ -73,9 +74,14 @@ def mismatch(index: Any, token: int) -> str | None:
     records, dense, sparse = state(token)
     if index._records != records:  # the private views: the whole state, row by row
         return f"records differ from token {token}'s"
-    if not np.array_equal(index._dense.view, dense):
+    held = new_index()  # what the backend stores for this state (int8 vectors and codes), as a saver held it
+    if records:
+        held.add(records, dense, sparse)
+    if not np.array_equal(index._dense.values, held._dense.values) or not np.array_equal(index._dense.scale,
+                                                                                         held._dense.scale):
         return f"dense vectors differ from token {token}'s"
-    if index._sparse.view.shape != sparse.shape or (index._sparse.view != sparse).nnz:
+    if any(not np.array_equal(a, b) for a, b in zip(index._sparse.parts(np.arange(len(records))),
+                                                    held._sparse.parts(np.arange(len(records))))):
         return f"SAE codes differ from token {token}'s"
     return None
 

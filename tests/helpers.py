@@ -72,3 +72,81 @@ def load_script(path: Path):
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def save_float32_format(path: Path, records: list[dict], dense, sparse, manifest: dict, *, index_type: str = "Flat",
+                        version: int = 2, dim: int | None = None, d_sae: int | None = None) -> Path:
+    """Writes a save as FaissBackend wrote them before format 3: float32 ``dense.npy``, a float32
+    ``sparse.npz``, a ``faiss.index`` for every index type (holding the float32 vectors), BM25
+    without stemming, and ``version`` (1: no checksums) in the manifest. Returns the snapshot folder."""
+    import json
+
+    import faiss
+    import numpy as np
+    import scipy.sparse as sp
+
+    from saememory.backends import snapshot
+    from saememory.lexical import LexicalIndex
+
+    dense = np.asarray(dense, dtype=np.float32)
+    dim, d_sae = dim or dense.shape[1], d_sae if d_sae is not None else sparse.shape[1]
+
+    def write_files(tmp: Path) -> None:
+        np.save(tmp / "dense.npy", dense, allow_pickle=False)
+        sp.save_npz(tmp / "sparse.npz", sp.csr_matrix(sparse, dtype=np.float32))
+        lexical = LexicalIndex()
+        if records:
+            lexical.add([r["content"] for r in records])
+        lexical.save(tmp)
+        index = faiss.IndexIDMap2(faiss.index_factory(dim, index_type, faiss.METRIC_INNER_PRODUCT))
+        if records and index.is_trained:
+            index.add_with_ids(dense, np.arange(len(records), dtype=np.int64))
+        faiss.write_index(index, str(tmp / "faiss.index"))
+        (tmp / "records.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+    full = {**manifest, "backend": "faiss", "dim": dim, "d_sae": d_sae, "index_type": index_type,
+            "n_messages": len(records)}
+    snapshot.write_snapshot(path, full, write_files)
+    folder = path / (path / "CURRENT").read_text()
+    written = json.loads((folder / "manifest.json").read_text())
+    written["format_version"] = version
+    if version < 2:
+        del written["files"]
+    (folder / "manifest.json").write_text(json.dumps(written))
+    return folder
+
+
+def to_float32_format(snapshot: Path, version: int = 2) -> None:
+    """Rewrites a snapshot of an exact (``"Flat"``) FaissBackend in the layout saves had before format 3:
+    float32 ``dense.npy`` and ``sparse.npz`` (the stored values, decoded) and a ``faiss.index``
+    in place of the int8 arrays, with the manifest's ``format_version`` (1: no checksums)."""
+    import hashlib
+    import json
+
+    import faiss
+    import numpy as np
+    import scipy.sparse as sp
+
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    assert manifest["index_type"] == "Flat"
+    values, scale = (np.load(snapshot / f"dense_{part}.npy") for part in ("values", "scale"))
+    dense = values.astype(np.float32) * scale[:, None]
+    indptr, indices, data, code_scale = (np.load(snapshot / f"sparse_{part}.npy")
+                                         for part in ("indptr", "indices", "values", "scale"))
+    owner = np.repeat(np.arange(len(scale)), np.diff(indptr))
+    sparse = sp.csr_matrix((data.astype(np.float32) * code_scale[owner], indices.astype(np.int32), indptr),
+                           shape=(len(scale), manifest["d_sae"]))
+    for name in ("dense_values", "dense_scale", "sparse_indptr", "sparse_indices", "sparse_values", "sparse_scale"):
+        (snapshot / f"{name}.npy").unlink()
+        del manifest["files"][f"{name}.npy"]
+    np.save(snapshot / "dense.npy", dense, allow_pickle=False)
+    sp.save_npz(snapshot / "sparse.npz", sparse)
+    index = faiss.IndexIDMap2(faiss.index_factory(manifest["dim"], "Flat", faiss.METRIC_INNER_PRODUCT))
+    index.add_with_ids(dense, np.arange(len(dense), dtype=np.int64))
+    faiss.write_index(index, str(snapshot / "faiss.index"))
+    for name in ("dense.npy", "sparse.npz", "faiss.index"):
+        manifest["files"][name] = hashlib.sha256((snapshot / name).read_bytes()).hexdigest()
+    manifest["format_version"] = version
+    if version < 2:
+        del manifest["files"]
+    (snapshot / "manifest.json").write_text(json.dumps(manifest))

@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import threading
 
-import faiss
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from saememory import Encoded, Encoder, EncoderConfig, Message, SAEMemory
 from saememory.backends import FaissBackend, MilvusBackend
-from tests.helpers import CONVERSATION, DISTRACTORS, PLANTED, QUESTION
+from saememory.arrays import as_stored
+from saememory.lexical import LexicalIndex
+from tests.helpers import CONVERSATION, DISTRACTORS, PLANTED, QUESTION, to_float32_format
 
 def ranking(memory: SAEMemory, query: str = QUESTION, **kwargs) -> list[tuple[str, float]]:
     return [(h.id, round(h.score, 6)) for h in memory.search(query, k=len(memory), **kwargs)]
@@ -191,7 +192,8 @@ def test_save_load_round_trip(memory, tmp_path, encoder):
     assert len(loaded) == n + 1
     files = {p.name for p in (tmp_path / "mem").rglob("*") if p.is_file()}
     if isinstance(memory.backend, FaissBackend):
-        assert {"manifest.json", "dense.npy", "sparse.npz", "faiss.index", "records.jsonl", "CURRENT"} <= files
+        assert {"manifest.json", "dense_values.npy", "sparse_values.npy", "records.jsonl", "CURRENT"} <= files
+        assert "faiss.index" not in files  # exact search keeps no FAISS index
     else:  # the data lives in Milvus; the manifest says where
         assert files == {"manifest.json", "CURRENT", "LOCK"} and len(memory) == n + 1
     assert not any(name.endswith((".pkl", ".pickle")) for name in files)
@@ -207,7 +209,7 @@ def test_interrupted_save_keeps_previous(local_memory, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(faiss, "write_index", crash)  # dies midway: arrays written, index not
+    monkeypatch.setattr(LexicalIndex, "save", crash)  # dies midway: arrays written, BM25 and records not
     with pytest.raises(OSError, match="disk full"):
         memory.save(path)
     monkeypatch.undo()
@@ -224,7 +226,7 @@ def test_load_errors_name_the_problem(local_memory, tmp_path, encoder):
     path = tmp_path / "mem"
     memory.save(path)
     snapshot = path / (path / "CURRENT").read_text()
-    (snapshot / "dense.npy").write_bytes(b"garbage")
+    (snapshot / "dense_values.npy").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt"):
         SAEMemory.load(path, encoder=encoder)
     memory.save(path)
@@ -488,9 +490,26 @@ def test_no_query_returns_another_users_message(make, candidates):
     assert {h.user_id for h in memory.search("pasta", user_id=TENANTS[1])} == {TENANTS[1]}
 
 
+class _AsStoredInProcess:
+    """An encoder whose messages' vectors and codes are rounded as the in-process backend stores them
+    (int8 with a scale per row), so that Milvus (float32) holds the very values FaissBackend scores."""
+
+    def __init__(self, encoder) -> None:
+        self._encoder = encoder
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def encode_documents(self, texts, show_progress=False):
+        encoded = self._encoder.encode_documents(texts, show_progress=show_progress)
+        dense, sparse = as_stored(encoded.dense, encoded.sparse)
+        return Encoded(dense=dense, sparse=sparse, truncated=encoded.truncated)
+
+
 def test_milvus_ranks_as_in_process_when_every_message_is_a_candidate(encoder, tmp_path):
     messages = [dict(m, id=m.get("id") or f"m{i}") for i, m in enumerate(CONVERSATION)]
-    local, remote = SAEMemory(encoder), SAEMemory(encoder, backend=MilvusBackend(str(tmp_path / "m.db")), candidates=len(messages))
+    local = SAEMemory(encoder)
+    remote = SAEMemory(_AsStoredInProcess(encoder), backend=MilvusBackend(str(tmp_path / "m.db")), candidates=len(messages))
     for memory in (local, remote):
         memory.add(messages)
         memory.delete("m3")
@@ -616,9 +635,9 @@ def test_bm25_stems_by_default_and_old_saves_keep_no_stemming(local_memory, tmp_
     # (nor checksums: it is of format 1).
     plain.save(tmp_path / "old")
     snapshot = tmp_path / "old" / (tmp_path / "old" / "CURRENT").read_text().strip()
+    to_float32_format(snapshot, version=1)
     manifest = json.loads((snapshot / "manifest.json").read_text())
-    del manifest["settings"]["bm25_stemmer"], manifest["files"]
-    manifest["format_version"] = 1
+    del manifest["settings"]["bm25_stemmer"]
     (snapshot / "manifest.json").write_text(json.dumps(manifest))
     vocab = json.loads((snapshot / "bm25_vocab.json").read_text())
     del vocab["stemmer"]

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from saememory.backends import snapshot as backend
 from saememory.backends.faiss import FaissBackend
-from tests.helpers import ROOT, load_script
+from tests.helpers import ROOT, load_script, save_float32_format
 
 bench = load_script(ROOT / "benchmarks" / "reliability_persistence.py")
 MANIFEST = {"encoder": {}, "settings": {}}
@@ -112,12 +112,12 @@ def test_nan_in_dense_is_refused(tmp_path):
     # Before: it loaded, and the next save made every message unsearchable.
     path = tmp_path / "mem"
     snapshot = save(path)
-    dense = np.load(snapshot / "dense.npy")
-    dense[2, 0] = np.nan
-    np.save(snapshot / "dense.npy", dense)
-    refused(path, "corrupt: dense.npy does not match its checksum in the manifest .it was changed or swapped in")
-    rehash(snapshot, "dense.npy")
-    refused(path, r"corrupt: dense.npy holds NaN or infinite values \(first in row 2\)")
+    scale = np.load(snapshot / "dense_scale.npy")
+    scale[2] = np.nan
+    np.save(snapshot / "dense_scale.npy", scale)
+    refused(path, "corrupt: dense_scale.npy does not match its checksum in the manifest .it was changed or swapped in")
+    rehash(snapshot, "dense_scale.npy")
+    refused(path, r"corrupt: dense_scale.npy holds NaN, infinite or negative scales \(first in row 2\)")
 
 
 def test_a_duplicated_records_line_is_refused(tmp_path):
@@ -131,7 +131,8 @@ def test_a_duplicated_records_line_is_refused(tmp_path):
     refused(path, "corrupt: records.jsonl line 2 repeats message id 'm0' of user 'u0'")
 
 
-@pytest.mark.parametrize("name", ["dense.npy", "sparse.npz", "records.jsonl", "faiss.index", "bm25_tf.npz"])
+@pytest.mark.parametrize("name", ["dense_values.npy", "dense_scale.npy", "sparse_indices.npy", "sparse_values.npy",
+                                  "sparse_scale.npy", "records.jsonl", "bm25_tf.npz"])
 def test_a_part_swapped_in_from_another_save_of_the_same_size_is_refused(tmp_path, name):
     # Before: shapes agreed, so it loaded another memory's vectors, codes or records.
     tokens = [t for t in range(100) if len(bench.state(t)[0]) == 30][:2]
@@ -143,11 +144,11 @@ def test_a_part_swapped_in_from_another_save_of_the_same_size_is_refused(tmp_pat
 def test_content_checks_name_the_file_and_the_problem(tmp_path):
     path = tmp_path / "mem"
     snapshot = save(path)
-    sparse = sp.load_npz(snapshot / "sparse.npz")
-    sparse.indices[0] = bench.D_SAE + 5
-    sp.save_npz(snapshot / "sparse.npz", sparse)
-    rehash(snapshot, "sparse.npz")
-    refused(path, "corrupt: sparse.npz is not a valid CSR matrix")
+    indices = np.load(snapshot / "sparse_indices.npy")
+    indices[0] = bench.D_SAE + 5
+    np.save(snapshot / "sparse_indices.npy", indices)
+    rehash(snapshot, "sparse_indices.npy")
+    refused(path, f"corrupt: sparse_indices.npy holds feature indices outside 0..{bench.D_SAE - 1}")
 
     snapshot = save(path)
     lines = (snapshot / "records.jsonl").read_text().splitlines()
@@ -231,11 +232,16 @@ def test_round_trip_keeps_ids_shared_by_two_users_and_odd_line_breaks(tmp_path):
 
 def test_a_format_1_save_without_checksums_still_loads(tmp_path):
     path = tmp_path / "mem"
-    snapshot = save(path)
-    edit_manifest(snapshot, lambda manifest: (manifest.pop("files"), manifest.__setitem__("format_version", 1)))
-    assert FaissBackend.load(path)[1]["token"] == 1
-    np.save(snapshot / "dense.npy", np.full((len(bench.state(1)[0]), bench.DIM), np.inf, np.float32))
+    records, dense, sparse = bench.state(1)
+    snapshot = save_float32_format(path, records, dense, sparse, {**MANIFEST, "token": 1}, version=1,
+                                   dim=bench.DIM, d_sae=bench.D_SAE)  # float32 dense.npy and sparse.npz
+    loaded, manifest = FaissBackend.load(path)
+    assert manifest["token"] == 1 and bench.mismatch(loaded, 1) is None  # quantised as it loads
+    np.save(snapshot / "dense.npy", np.full((len(records), bench.DIM), np.inf, np.float32))
     refused(path, "corrupt: dense.npy holds NaN or infinite values")  # content is still checked
+    sp.save_npz(snapshot / "sparse.npz", sp.csr_matrix(sparse, dtype=np.float64))
+    np.save(snapshot / "dense.npy", dense)
+    refused(path, "corrupt: sparse.npz holds a float64 csr matrix; saememory saves float32 csr")
 
 
 def test_a_manifest_only_snapshot_as_milvus_writes(tmp_path):

@@ -398,8 +398,11 @@ def test_memory_add_search_save_load_and_steer(lm, tokenizer, sae_dir, tmp_path)
     np.testing.assert_allclose(expected.dense, minilm.dense, atol=1e-6)
     planted = memory.explain(QUESTION, "planted")
     assert planted.content == PLANTED
-    by_hand = (expected.sparse @ enc.encode_documents([PLANTED]).sparse.T).toarray()[0, 0]
+    stored = memory.backend.fetch("default", ["planted"])[0][1]  # the code as stored: int8 steps of a row scale
+    by_hand = (expected.sparse @ stored.T).toarray()[0, 0]
     assert planted.sparse_score == pytest.approx(float(by_hand), abs=1e-5)
+    as_encoded = (expected.sparse @ enc.encode_documents([PLANTED]).sparse.T).toarray()[0, 0]
+    assert by_hand == pytest.approx(float(as_encoded), abs=5e-3)
 
     memory.save(tmp_path / "mem")
     _, manifest = snapshot.read_manifest(tmp_path / "mem")

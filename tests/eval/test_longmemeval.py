@@ -350,6 +350,7 @@ def test_fusion_benchmark_matches_thresholds_to_fixed_k():
 
 
 def test_benchmarks_rank_as_the_shipped_default(encoder):
+    from saememory.arrays import as_stored
     from saememory.lexical import LexicalIndex
 
     from tests.helpers import CONVERSATION, QUESTION
@@ -360,10 +361,11 @@ def test_benchmarks_rank_as_the_shipped_default(encoder):
     hits = memory.search(QUESTION, k=len(CONVERSATION))
     texts = [m["content"] for m in CONVERSATION]
     docs, query = encoder.encode_documents(texts), encoder.encode_query(QUESTION)
+    dense, codes = as_stored(docs.dense, docs.sparse)  # the int8 values SAEMemory's backend stores and scores
     lexical = LexicalIndex(stemmer=common.library_defaults()["bm25_stemmer"])
     lexical.add(texts)
-    scores = common.default_scores({"dense": docs.dense @ query.dense[0],
-                                    "sparse": (docs.sparse.tocsr() @ query.sparse[0].T).toarray().ravel(),
+    scores = common.default_scores({"dense": dense @ query.dense[0],
+                                    "sparse": (codes @ query.sparse[0].T).toarray().ravel(),
                                     "bm25": lexical.scores(QUESTION, np.arange(len(texts)))})
     np.testing.assert_allclose(sorted(scores, reverse=True), [h.score for h in hits], atol=1e-5)
     assert [texts[i] for i in np.argsort(-scores, kind="stable")][:3] == [h.content for h in hits[:3]]

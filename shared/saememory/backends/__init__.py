@@ -1,7 +1,8 @@
 """Where a memory's messages live: the ``Backend`` protocol and its two implementations.
 
-- ``FaissBackend`` (``faiss.py``): in this process, FAISS for dense vectors and CSR for SAE
-  codes; saved as checksummed snapshot folders (``snapshot.py``). The default.
+- ``FaissBackend`` (``faiss.py``): in this process, dense vectors and SAE codes as int8 with a
+  scale per row (``saememory.arrays``), FAISS only for approximate index types; saved as
+  checksummed snapshot folders (``snapshot.py``). The default.
 - ``MilvusBackend`` (``milvus.py``): a milvus-lite file or a Milvus server, for memories that
   outgrow one machine. Needs ``pip install "saememory[milvus]"``.
 """

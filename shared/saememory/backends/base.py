@@ -1,8 +1,8 @@
 """The storage backend interface ``SAEMemory`` talks to.
 
-Two implementations: ``saememory.backends.faiss.FaissBackend`` (in-process: FAISS + CSR, the
-default) and ``saememory.backends.milvus.MilvusBackend`` (a milvus-lite file or a Milvus
-server). A backend is made with its own options, opened by ``SAEMemory`` with the encoder's
+Two implementations: ``saememory.backends.faiss.FaissBackend`` (in-process: int8 vectors and
+codes, FAISS for approximate indexes; the default) and ``saememory.backends.milvus.MilvusBackend``
+(a milvus-lite file or a Milvus server). A backend is made with its own options, opened by ``SAEMemory`` with the encoder's
 widths, and closed with the memory. Messages are addressed by owner and id; the encoders,
 ranking, explanations and adapters sit above this interface and work the same on either.
 """

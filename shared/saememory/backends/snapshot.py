@@ -30,8 +30,8 @@ try:
 except ImportError:  # Windows: no cross-process locks (see _locked)
     fcntl = None
 
-FORMAT_VERSION = 2  # 2 added "files", the sha256 of every data file
-READABLE_VERSIONS = (1, 2)  # format 1 loads without checksums
+FORMAT_VERSION = 3  # 2 added "files", the sha256 of every data file; 3 stores FaissBackend's arrays compactly
+READABLE_VERSIONS = (1, 2, 3)  # format 1 loads without checksums
 CURRENT = "CURRENT"
 LOCK = "LOCK"
 LOCK_TIMEOUT = 60.0  # seconds a save or load waits for another process's save or load
@@ -225,6 +225,65 @@ def check_sparse(path: str | Path, name: str, matrix: sp.spmatrix, shape: tuple[
     if not np.isfinite(matrix.data).all():
         raise corrupt(path, name, "holds NaN or infinite values")
     return matrix
+
+
+def read_array(path: str | Path, folder: Path, name: str) -> np.ndarray:
+    """The array in ``folder/name`` (a ``.npy`` file, read without pickle); raises ``corrupt`` if unreadable."""
+    array = read_part(path, name, lambda: np.load(folder / name, allow_pickle=False))
+    if not isinstance(array, np.ndarray):
+        raise corrupt(path, name, f"holds a {type(array).__name__}, not one array")
+    return array
+
+
+def _check_array(path: str | Path, name: str, array: np.ndarray, shape: tuple[int, ...], dtype: Any) -> None:
+    if array.shape != shape:
+        raise corrupt(path, name, f"has shape {array.shape}, but the manifest says {shape}")
+    if array.dtype != dtype:
+        raise corrupt(path, name, f"holds {array.dtype} values; saememory saves {np.dtype(dtype)}")
+
+
+def _check_scale(path: str | Path, name: str, scale: np.ndarray, n: int) -> None:
+    _check_array(path, name, scale, (n,), np.float32)
+    bad = np.flatnonzero(~np.isfinite(scale) | (scale < 0))
+    if bad.size:
+        raise corrupt(path, name, f"holds NaN, infinite or negative scales (first in row {int(bad[0])})")
+
+
+def check_int8_rows(path: str | Path, names: tuple[str, str], values: np.ndarray, scale: np.ndarray,
+                    shape: tuple[int, int]) -> None:
+    """Checks a save's dense vectors as ``saememory.arrays.Int8Rows`` holds them; raises ``corrupt`` otherwise.
+
+    ``names``: the files of the int8 values (``shape``) and of the row scales (finite, >= 0, float32).
+    """
+    _check_array(path, names[0], values, shape, np.int8)
+    _check_scale(path, names[1], scale, shape[0])
+
+
+def check_int8_csr(path: str | Path, names: tuple[str, str, str, str], parts: tuple[np.ndarray, ...],
+                   shape: tuple[int, int], index_dtype: Any) -> None:
+    """Checks a save's SAE codes as ``saememory.arrays.Int8CSR`` holds them; raises ``corrupt`` otherwise.
+
+    ``names`` and ``parts``: row pointers (int64, ``n + 1``, from 0, ascending), feature indices
+    (``index_dtype``, ascending within each row, below the width), int8 values (one per index)
+    and row scales (float32, finite, >= 0).
+    """
+    indptr, indices, values, scale = parts
+    n, width = shape
+    _check_array(path, names[0], indptr, (n + 1,), np.int64)
+    if indptr[0] != 0 or (np.diff(indptr) < 0).any():
+        raise corrupt(path, names[0], "does not start at 0 and ascend: it is no CSR row pointer")
+    nnz = int(indptr[-1])
+    _check_array(path, names[1], indices, (nnz,), index_dtype)
+    if nnz and (int(indices.max()) >= width or int(indices.min()) < 0):
+        raise corrupt(path, names[1], f"holds feature indices outside 0..{width - 1} (manifest: d_sae={width})")
+    step = np.diff(indices.astype(np.int64))
+    starts = indptr[1:-1][(indptr[1:-1] > 0) & (indptr[1:-1] < nnz)] - 1  # steps that cross into a new row
+    ascending = step > 0
+    ascending[starts] = True
+    if not ascending.all():
+        raise corrupt(path, names[1], "holds a row whose feature indices are not ascending and unique")
+    _check_array(path, names[2], values, (nnz,), np.int8)
+    _check_scale(path, names[3], scale, n)
 
 
 def read_records(path: str | Path, file: Path, n: int) -> list[dict[str, Any]]:
