@@ -73,7 +73,16 @@ async def test_async_matches_sync(retriever):
     assert [(d.id, d.metadata["score"]) for d in docs] == sync
 
 
-async def test_async_does_not_block_the_event_loop(retriever):
+async def test_async_does_not_block_the_event_loop(retriever, monkeypatch):
+    import time
+
+    search = retriever.memory.search
+
+    def slow_search(*args, **kwargs):  # a search long enough that a blocked loop could not tick meanwhile
+        time.sleep(0.1)
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(retriever.memory, "search", slow_search)
     ticks = 0
 
     async def ticker():
@@ -83,9 +92,10 @@ async def test_async_does_not_block_the_event_loop(retriever):
             await asyncio.sleep(0.001)
 
     task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)  # the ticker starts
     await asyncio.gather(*(retriever.ainvoke(QUESTION) for _ in range(4)))
     task.cancel()
-    assert ticks > 3
+    assert ticks > 10
 
 
 def test_per_user_retrievers_are_isolated(encoder):

@@ -32,6 +32,7 @@ stopwords dropped, stemmed with the memory's stemmer).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -109,19 +110,25 @@ def recency(records: list[dict[str, Any]]) -> np.ndarray:
 
 def asks_without_telling(records: list[dict[str, Any]], query: str, stemmer: str | None) -> np.ndarray:
     """Which records only ask (see the module doc), as a boolean array."""
-    split = [_sentences(r["content"]) for r in records]
-    words = tokenize([query] + [part for stated, asked in split for part in (stated, asked)], stemmer)
-    query_words = set(words[0])
+    query_words = set(tokenize([query], stemmer)[0])
     out = np.zeros(len(records), dtype=bool)
     for i, record in enumerate(records):
-        if not split[i][1]:
+        stated, asked, asks = _told_and_asked(record["content"], stemmer)
+        if not asks:
             continue  # no question at all
-        stated, asked = set(words[1 + 2 * i]), set(words[2 + 2 * i])
         if record["role"] == "user":
             out[i] = not stated and len(asked - query_words) <= NEW_QUESTION_WORDS
         else:
             out[i] = len(stated - query_words) <= OWN_WORDS
     return out
+
+
+@functools.lru_cache(maxsize=16384)
+def _told_and_asked(content: str, stemmer: str | None) -> tuple[frozenset[str], frozenset[str], bool]:
+    """The words a message states and the words it asks (cached: the same candidates come back query after query)."""
+    stated, asked = _sentences(content)
+    words = tokenize([stated, asked], stemmer)
+    return frozenset(words[0]), frozenset(words[1]), bool(asked)
 
 
 def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

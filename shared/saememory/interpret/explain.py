@@ -130,13 +130,22 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
     label = sae.label if sae is not None else (lambda f: None)
     hidden = getattr(sae, "hidden", None) or {}
     ids, acts = code.indices, code.data
-    strongest = [
-        {"id": int(ids[i]), "activation": round(float(acts[i]), 6), "label": label(int(ids[i]))}
-        for i in np.argsort(-acts, kind="stable") if int(ids[i]) not in hidden
-    ][:n]
-    both = [(int(f), float(a) * q_acts[int(f)]) for f, a in zip(ids, acts) if int(f) in q_acts]
-    total = sum(c for _, c in both)
-    both = sorted(((f, c) for f, c in both if f not in hidden), key=lambda item: -item[1])[:n]
+    strongest = []
+    for i in np.argsort(-acts, kind="stable").tolist():  # stops at n: a code has hundreds of features
+        feature = int(ids[i])
+        if feature not in hidden:
+            strongest.append({"id": feature, "activation": round(float(acts[i]), 6), "label": label(feature)})
+            if len(strongest) == n:
+                break
+    query_ids = np.fromiter(q_acts, dtype=np.int64, count=len(q_acts))
+    query_values = np.fromiter(q_acts.values(), dtype=np.float64, count=len(q_acts))
+    order = np.argsort(query_ids)
+    position = np.clip(np.searchsorted(query_ids[order], ids), 0, max(len(order) - 1, 0))
+    inside = (query_ids[order][position] == ids) if len(order) else np.zeros(ids.size, dtype=bool)
+    contributions = acts[inside].astype(np.float64) * query_values[order][position[inside]]
+    total = float(contributions.sum())
+    both = [(int(f), float(c)) for f, c in zip(ids[inside].tolist(), contributions.tolist()) if f not in hidden]
+    both = sorted(both, key=lambda item: -item[1])[:n]
     shared = [
         {"id": f, "contribution": round(c, 6), "query_activation": round(q_acts[f], 6), "label": label(f)}
         for f, c in both
