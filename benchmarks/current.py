@@ -114,18 +114,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", choices=("dev", "report"), default="dev")
     parser.add_argument("--fill", action="store_true", help="encode (and cache) the user turns not cached yet")
     parser.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
-    parser.add_argument("--quantize", action="store_true",
-                        help="encode with the int8 model (EncoderConfig(quantize=True)); its own cache, json and section")
+    parser.add_argument("--precision", choices=("int8", "float32"), default="int8",
+                        help="the model's precision: int8 (the default encoder) or float32 (EncoderConfig(quantize=False)), "
+                             "which has its own cache, json and section")
     args = parser.parse_args(argv)
 
     chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), args.split)
-    caches = bench.Caches(ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling="max", quantize=args.quantize)))
-    tag = f"{args.split}-int8" if args.quantize else args.split
+    full = args.precision == "float32"
+    caches = bench.Caches(ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling="max", quantize=not full)))
+    tag = f"{args.split}-float32" if full else args.split
     if args.fill:
         for _, q in chosen:
             caches.fill([m["content"] for m in lme.messages(q, "user")], [q["question"]])
     default = {name: getattr(SearchConfig(), name) for name in OFF}
-    if args.split == "dev" and not args.quantize:  # the int8 model is compared at the chosen defaults only
+    if args.split == "dev" and not full:  # the float32 model is compared at the chosen defaults only
         grid = [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]
     else:
         grid = [OFF, default] + [{**OFF, name: default[name]} for name in OFF if default[name]]
@@ -134,13 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     baseline = settings_name(OFF)
     n = len(rows[baseline])
     mean = {name: float(np.mean([r[m] for r in rs for m in METRICS])) for name, rs in rows.items()}
-    names = sorted(rows, key=lambda name: -mean[name]) if args.split == "dev" and not args.quantize else list(rows)
+    names = sorted(rows, key=lambda name: -mean[name]) if args.split == "dev" and not full else list(rows)
 
     (ROOT / "benchmarks" / f"current_{tag.replace('-', '_')}.json").write_text(json.dumps(rows))
     start, end = f"<!-- current-{tag}:start -->", f"<!-- current-{tag}:end -->"
     split = ("the dev split (dev30 + strict questions at i % 5 in {0, 1}): what the defaults are chosen on"
              if args.split == "dev" else "held out (strict questions at i % 5 in {2, 3, 4}, dev30 left out)")
-    model = ", encoded by the int8 model (`EncoderConfig(quantize=True)`)" if args.quantize else ""
+    model = ", encoded by the float32 model (`EncoderConfig(quantize=False)`)" if full else ""
     lines = [start, f"### What is current on LongMemEval-S, {split}{model}", "",
              f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}",
              f"- Data: `../shared/data/longmemeval/{bench.DEFAULT_DATA.name}`; "

@@ -256,3 +256,13 @@ def test_adjustments_with_equal_scores_order_but_do_not_move_scores(encoder):
     assert hit.adjustments["time"] > 0
     assert hit.score == plain.search("What did I buy last week?", now="2024-12-01")[0].score
     assert memory.search("What did I buy last week?", now="2024-12-01", min_score=hit.score + 0.01) == []
+
+
+def test_long_messages_are_not_kept_in_the_words_cache():
+    from saememory import current
+
+    current._TOLD_AND_ASKED.clear()
+    records = [{"content": "word " * 2000 + "what is it?", "role": "user"}, {"content": "Is it blue?", "role": "user"}]
+    assert current.asks_without_telling(records, "is it blue", None).tolist() == [False, True]
+    assert len(current._TOLD_AND_ASKED) == 1  # the short one, by digest: no message text is kept
+    assert all(isinstance(key[0], bytes) for key in current._TOLD_AND_ASKED)

@@ -61,6 +61,9 @@ def test_supported_types_select_delete_update_and_train_late(index_type):
     found = _search(index, "alice", rng, candidates=20)
     assert found and not {"m100", "m101", "m1", "m1000", "m1001"} & set(found)
     assert set(_search(index, "bob", rng, candidates=20)) == {"m100", "m101"}
+    for mid in ("m1002", "m1050", "m1003"):  # removals one by one after training: IVF once aborted the interpreter
+        index.delete("alice", [mid])
+        assert mid not in _search(index, "alice", rng, candidates=1200)
 
 
 @pytest.mark.parametrize("index_type", ["PQ4", "NSG32", "PCA4,Flat", "HNSW32_SQ8", "LSH", "not an index"])

@@ -32,7 +32,7 @@ stopwords dropped, stemmed with the memory's stemmer).
 from __future__ import annotations
 
 import datetime as dt
-import functools
+import hashlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -123,12 +123,24 @@ def asks_without_telling(records: list[dict[str, Any]], query: str, stemmer: str
     return out
 
 
-@functools.lru_cache(maxsize=16384)
+_TOLD_AND_ASKED: dict[tuple[bytes, str | None], tuple[frozenset[str], frozenset[str], bool]] = {}
+CACHED_MESSAGES = 16384  # the same candidates come back query after query: their words are kept, by digest
+CACHED_CHARS = 4000  # longer messages are read each time, so the cache stays small
+
+
 def _told_and_asked(content: str, stemmer: str | None) -> tuple[frozenset[str], frozenset[str], bool]:
-    """The words a message states and the words it asks (cached: the same candidates come back query after query)."""
-    stated, asked = _sentences(content)
-    words = tokenize([stated, asked], stemmer)
-    return frozenset(words[0]), frozenset(words[1]), bool(asked)
+    """The words a message states, the words it asks, and whether it asks at all."""
+    key = (hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).digest(), stemmer)
+    found = _TOLD_AND_ASKED.get(key)
+    if found is None:
+        stated, asked = _sentences(content)
+        words = tokenize([stated, asked], stemmer)
+        found = (frozenset(words[0]), frozenset(words[1]), bool(asked))
+        if len(content) <= CACHED_CHARS:
+            if len(_TOLD_AND_ASKED) >= CACHED_MESSAGES:
+                _TOLD_AND_ASKED.pop(next(iter(_TOLD_AND_ASKED)))  # the oldest entry
+            _TOLD_AND_ASKED[key] = found
+    return found
 
 
 def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -195,13 +195,12 @@ def rank(
     scores, normalized, shares = fuse(signals, config.weights, config.fusion, config.normalization, config.rrf_k,
                                       config.normalize_top)
     calibrated = calibrate(scores)
-    found: dict[str, tuple[dict[str, Any], sp.csr_matrix]] = {}
     adjusted: dict[str, np.ndarray] = {}
     if config.adjusts:
         pool = top_k(scores, config.adjust_depth)
-        found = {record["id"]: (record, code) for record, code in backend.fetch(user_id, [ids[p] for p in pool.tolist()])}
+        found = {record["id"]: record for record, _ in backend.fetch(user_id, [ids[p] for p in pool.tolist()], codes=False)}
         pool = np.array([p for p in pool.tolist() if ids[p] in found], dtype=np.int64)
-        parts = adjustments([found[ids[p]][0] for p in pool.tolist()], calibrated[pool], query,
+        parts = adjustments([found[ids[p]] for p in pool.tolist()], calibrated[pool], query,
                             now or dt.datetime.now(dt.timezone.utc), config, lambda wanted: backend.vectors(user_id, wanted))
         for name, values in parts.items():
             adjusted[name] = np.zeros(len(ids))
@@ -217,8 +216,7 @@ def rank(
     else:
         chosen = top_k(calibrated, k)
     chosen = chosen[scores[chosen] >= min_score] if min_score is not None else chosen
-    missing = [ids[p] for p in chosen.tolist() if ids[p] not in found]
-    found.update({record["id"]: (record, code) for record, code in backend.fetch(user_id, missing)} if missing else {})
+    found = {record["id"]: (record, code) for record, code in backend.fetch(user_id, [ids[p] for p in chosen.tolist()])}
     chosen = [p for p in chosen.tolist() if ids[p] in found]  # another process may have deleted one meanwhile
     stored = [found[ids[p]] for p in chosen]
     if max_chars is not None:

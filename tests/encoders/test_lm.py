@@ -310,7 +310,7 @@ def test_gemma_scope_encoder_uses_nomic_prefixes(recorded):
     assert recorded["lm"] == ("google/gemma-2-2b", "cpu", torch.bfloat16)
     assert recorded["sae"][:2] == ("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical")
     assert recorded["dense"] == ("nomic-ai/nomic-embed-text-v1.5", "cpu", True)
-    minilm = Encoder(encoder_module.EncoderConfig(sae=None))
+    minilm = Encoder(encoder_module.EncoderConfig(sae=None, quantize=False))
     np.testing.assert_allclose(enc.encode_query("sister").dense,
                                minilm.encode_documents(["search_query: sister"]).dense, atol=1e-5)
     np.testing.assert_allclose(enc.encode_documents(["sister"]).dense,

@@ -25,7 +25,7 @@ def test_bundled_model_is_the_official_minilm():
 def test_dense_equals_sentence_transformers(encoder):
     model = load_sentence_transformer("sentence-transformers/all-MiniLM-L6-v2")
     expected = model.encode(TEXTS, normalize_embeddings=True)
-    out = encoder.encode_documents(TEXTS)
+    out = Encoder(EncoderConfig(quantize=False), sae=encoder.sae).encode_documents(TEXTS)
     assert out.dense.dtype == np.float32 and out.dense.shape == (2, 384)
     np.testing.assert_allclose(out.dense, expected, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(out.dense, axis=1), 1.0, atol=1e-5)
@@ -41,7 +41,7 @@ def test_residual_code_is_max_pooled_layer_states(encoder):
     real = states[1:-1]  # drop [CLS] and [SEP]
     codes = encoder.sae.encode(real).max(dim=0).values
     expected = torch.nn.functional.normalize(codes, dim=-1).numpy()
-    got = encoder.encode_documents(TEXTS).sparse[1].toarray()[0]
+    got = Encoder(EncoderConfig(quantize=False), sae=encoder.sae).encode_documents(TEXTS).sparse[1].toarray()[0]
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert 32 <= (got > 0).sum() <= 32 * real.shape[0]
 

@@ -98,10 +98,11 @@ class Backend(Protocol):
         ``roles``, the roles to keep. None: no filter.
         """
 
-    def fetch(self, user_id: str, message_ids: list[str]) -> list[tuple[dict[str, Any], sp.csr_matrix]]:
+    def fetch(self, user_id: str, message_ids: list[str], codes: bool = True) -> list[tuple[dict[str, Any], sp.csr_matrix | None]]:
         """Records and SAE codes (1 x d_sae CSR rows) of the user's messages among these ids, in order.
 
-        Ids the user does not hold are skipped.
+        Ids the user does not hold are skipped. With ``codes=False`` the codes are None (cheaper:
+        ranking reads the records of many candidates and the codes of the few it returns).
         """
 
     def vectors(self, user_id: str, message_ids: list[str]) -> dict[str, np.ndarray]:

@@ -118,6 +118,9 @@ class FaissBackend:
         elif isinstance(inner, _ivf_with_selectors(faiss)):
             ksub = 2 ** inner.pq.nbits if isinstance(inner, faiss.IndexIVFPQ) else 0
             self._min_train, self._nprobe = 39 * max(inner.nlist, ksub), min(inner.nlist, 16)
+            # IDMap2 over IVF maps rows wrongly after a removal (and FAISS can abort): like HNSW, dead rows
+            # stay in the index, outside every selector, until the next save rebuilds it.
+            self._removable = False
         elif isinstance(inner, faiss.IndexScalarQuantizer):
             self._min_train = 1000  # per-dimension ranges: one message trains them badly
         else:
@@ -184,10 +187,10 @@ class FaissBackend:
         """One user's (and session's) records, in insertion order (an updated message keeps its place)."""
         return [self._records[r] for r in sorted(self.rows_for(user_id, session_id).tolist(), key=self._seq.__getitem__)]
 
-    def fetch(self, user_id: str, message_ids: list[str]) -> list[tuple[dict[str, Any], sp.csr_matrix]]:
+    def fetch(self, user_id: str, message_ids: list[str], codes: bool = True) -> list[tuple[dict[str, Any], sp.csr_matrix | None]]:
         """Records and decoded float32 SAE codes (exactly the values ``score`` uses); see ``Backend.fetch``."""
         rows = [self.row_of.get((user_id, mid)) for mid in message_ids]
-        return [(self._records[r], self._sparse.row(r)) for r in rows if r is not None]
+        return [(self._records[r], self._sparse.row(r) if codes else None) for r in rows if r is not None]
 
     def vectors(self, user_id: str, message_ids: list[str]) -> dict[str, np.ndarray]:
         """Decoded float32 dense vectors (exactly the values ``score`` uses); see ``Backend.vectors``."""

@@ -298,10 +298,12 @@ class MilvusBackend:
                       key=lambda r: r["seq"])
         return [_record(row) for row in rows]
 
-    def fetch(self, user_id: str, message_ids: list[str]) -> list[tuple[dict[str, Any], sp.csr_matrix]]:
-        """Records and SAE codes of the user's stored messages among these ids, in the given order."""
-        found = self._by_id(user_id, message_ids, RECORD_FIELDS + ["sparse"])
-        return [(_record(found[m]), self._code_rows([found[m]["sparse"]])) for m in message_ids if m in found]
+    def fetch(self, user_id: str, message_ids: list[str], codes: bool = True) -> list[tuple[dict[str, Any], sp.csr_matrix | None]]:
+        """Records and SAE codes of the user's stored messages among these ids, in the given order (codes None
+        with ``codes=False``)."""
+        found = self._by_id(user_id, message_ids, RECORD_FIELDS + (["sparse"] if codes else []))
+        return [(_record(found[m]), self._code_rows([found[m]["sparse"]]) if codes else None)
+                for m in message_ids if m in found]
 
     def vectors(self, user_id: str, message_ids: list[str]) -> dict[str, np.ndarray]:
         found = self._by_id(user_id, message_ids, ["id", "user_id", "dense"])

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from saememory.messages import compact
+
 try:
     import fcntl
 except ImportError:  # Windows: no cross-process locks (see _locked)
@@ -312,7 +314,7 @@ def read_records(path: str | Path, file: Path, n: int) -> list[dict[str, Any]]:
             raise corrupt(path, file.name, f"line {number} repeats message id {key[1]!r} of user {key[0]!r} "
                           "(a duplicated line)")
         seen.add(key)
-        records.append(record)
+        records.append(compact(record))
     if len(records) != n:
         raise corrupt(path, file.name, f"has {len(records)} records, but the manifest says n_messages={n}")
     return records

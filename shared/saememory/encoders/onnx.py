@@ -29,7 +29,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-EXPORT_VERSION = 1  # bump when the exported graph changes; old files are then ignored
+EXPORT_VERSION = 2  # bump when the exported graph changes; old files are then ignored
 OPSET = 17
 CACHE_ENV = "SAEMEMORY_CACHE"
 
@@ -104,9 +104,10 @@ class OnnxModel:
         self.dim = self.hidden_size  # mean pooling keeps the width
         self._tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_length=self.max_seq_length)
-        self._tokenizer.enable_padding()
+        self._tokenizer.no_padding()  # each text runs alone (see forward)
         self.special_ids = sorted(i for i, token in self._tokenizer.get_added_tokens_decoder().items() if token.special)
         self.onnx_path = exported(self.path, quantize)
+        _check_sha256(self.onnx_path)
         try:
             self.session = ort.InferenceSession(str(self.onnx_path), session_options(threads),
                                                 providers=["CPUExecutionProvider"])
@@ -132,19 +133,30 @@ class OnnxModel:
         return [self._tokenizer.id_to_token(int(i)) for i in ids]
 
     def forward(self, texts: list[str]) -> Forward:
-        """Tokenises and runs a batch of texts."""
+        """Tokenises and runs a batch of texts, each on its own, and pads the results together.
+
+        One text at a time is as fast on a CPU as padded batches (measured: 2.5 s against 3.1 s
+        for 600 messages, int8), and it makes a text's vectors depend on the text alone: an int8
+        model quantises its activations per run, so in a batch they would depend on the others.
+        """
         encodings = self._tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), -1)
-        attention = np.array([e.attention_mask for e in encodings], dtype=np.int64).reshape(len(texts), -1)
-        (states,) = self.session.run(None, {"input_ids": ids, "attention_mask": attention})
+        n, width = len(texts), max((len(e.ids) for e in encodings), default=0)
+        ids = np.zeros((n, width), dtype=np.int64)
+        attention = np.zeros((n, width), dtype=bool)
+        states = np.zeros((self.num_layers + 1, n, width, self.hidden_size), dtype=np.float32)
+        for row, encoding in enumerate(encodings):
+            length = len(encoding.ids)
+            ids[row, :length] = encoding.ids
+            attention[row, :length] = True
+            feed = {"input_ids": ids[row : row + 1, :length], "attention_mask": np.ones((1, length), np.int64)}
+            states[:, row, :length] = self.session.run(None, feed)[0][:, 0]
         mask = attention.astype(np.float32)[..., None]
         pooled = (states[-1] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         embedding = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
-        real = attention.astype(bool) & ~np.isin(ids, self.special_ids)
+        real = attention & ~np.isin(ids, self.special_ids)
         truncated = np.array([bool(e.overflowing) for e in encodings], dtype=bool)
-        return Forward(ids=ids, attention=attention.astype(bool), real=real, states=states,
-                       embedding=embedding, truncated=truncated)
+        return Forward(ids=ids, attention=attention, real=real, states=states, embedding=embedding, truncated=truncated)
 
 
 def _check_model_folder(path: Path) -> dict[str, Any]:
@@ -166,35 +178,67 @@ def _check_model_folder(path: Path) -> dict[str, Any]:
 def exported(path: Path, quantize: bool = False) -> Path:
     """The ONNX file of the model folder ``path``, exported into ``cache_dir()`` if not there yet.
 
-    The file name carries a hash of the weights, so other weights get another file. Files are
-    written under a temporary name and renamed, so a killed export or two processes exporting at
-    once never leave a half-written model.
+    The file name carries a hash of the weights and config, so another model gets another file.
+    One process exports at a time (a lock file in the cache; the others wait and then read its
+    result); files are written under a temporary name and renamed, so a killed export never
+    leaves a half-written model, and each is stored with its sha256 (``<file>.sha256``), which
+    ``OnnxModel`` checks on every load.
+
+    Raises:
+        OSError: If the cache folder cannot be made or written; the message names
+            ``$SAEMEMORY_CACHE``.
     """
-    weights = path / "model.safetensors"
-    digest = _sha256(weights)[:16]
-    suffix = "-int8" if quantize else ""
-    target = cache_dir() / "onnx" / f"{digest}-v{EXPORT_VERSION}{suffix}.onnx"
+    digest = hashlib.sha256((_sha256(path / "model.safetensors") + _sha256(path / "config.json")).encode())
+    full = cache_dir() / "onnx" / f"{digest.hexdigest()[:16]}-v{EXPORT_VERSION}.onnx"
+    int8 = full.with_name(full.stem + "-int8.onnx")
+    target = int8 if quantize else full
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if quantize:
-        full = exported(path, quantize=False)
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(target.parent / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise OSError(f"Cannot write the ONNX model cache {target.parent} ({err}). Set {CACHE_ENV} to a writable "
+                      "folder, or use EncoderConfig(runtime='torch').") from err
+    try:
+        _lock(lock)
+        if target.is_file():  # another process made it while this one waited
+            return target
+        for stale in target.parent.glob(".*.tmp"):  # left by a killed export: no export runs now
+            stale.unlink(missing_ok=True)
+        if not full.is_file():
+            logger.warning("Exporting %s to ONNX into %s: once per machine, about ten seconds (set %s to move "
+                           "the cache).", path, full, CACHE_ENV)
+            with _temporary(full) as tmp:
+                _export(path, tmp)
+        if quantize:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        logger.info("Quantising %s to int8 into %s (once).", full.name, target)
-        with _temporary(target) as tmp:
-            quantize_dynamic(str(full), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                             extra_options={"MatMulConstBOnly": True})
+            logger.info("Quantising %s to int8 into %s (once).", full.name, int8)
+            with _temporary(int8) as tmp:
+                # ONNX Runtime writes a scratch copy beside its input: the lock keeps that private too.
+                quantize_dynamic(str(full), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                                 extra_options={"MatMulConstBOnly": True})
         return target
-    logger.warning("Exporting %s to ONNX into %s: once per machine, about ten seconds (set %s to move "
-                   "the cache).", path, target, CACHE_ENV)
-    with _temporary(target) as tmp:
-        _export(path, tmp)
-    return target
+    finally:
+        os.close(lock)  # closing releases the lock
+
+
+def _lock(fd: int) -> None:
+    """Waits for the cache's export lock (a no-op where the platform or file system has none)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: exports may race; each is still written atomically
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        pass  # a file system without locks: as without fcntl
 
 
 class _temporary:
-    """A temporary path beside ``target``, renamed onto it on success and removed on failure."""
+    """A temporary path beside ``target``, renamed onto it on success (with its sha256 beside it,
+    readable as the umask allows) and removed on failure."""
 
     def __init__(self, target: Path) -> None:
         self.target = target
@@ -206,10 +250,30 @@ class _temporary:
         return self.tmp
 
     def __exit__(self, kind, value, traceback) -> None:
-        if kind is None:
-            os.replace(self.tmp, self.target)
-        else:
+        if kind is not None:
             self.tmp.unlink(missing_ok=True)
+            return
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600: other users of a shared cache must read it
+        checksum = self.target.with_name(self.target.name + ".sha256")
+        checksum.write_text(_sha256(self.tmp) + "\n")
+        os.chmod(checksum, 0o666 & ~umask)
+        os.replace(self.tmp, self.target)
+
+
+def _check_sha256(path: Path) -> None:
+    """Raises RuntimeError unless ``path`` matches the sha256 written beside it at export."""
+    checksum = path.with_name(path.name + ".sha256")
+    try:
+        expected, found = checksum.read_text().strip(), _sha256(path)
+    except OSError as err:
+        raise RuntimeError(f"Cannot read the cached model {path} or its checksum ({err}). Delete both and they are "
+                           f"exported again on next use; for another user's cache, set {CACHE_ENV} to a folder of "
+                           "your own.") from None
+    if found != expected:
+        raise RuntimeError(f"{path} does not match its sha256 ({checksum}): the file was changed or damaged. Delete "
+                           "it; it is exported again on next use.")
 
 
 def _sha256(path: Path) -> str:
