@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", choices=("dev", "report"), default="dev")
     parser.add_argument("--fill", action="store_true", help="encode (and cache) the user turns not cached yet")
     parser.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--sae", default=None,
+                        help="an SAE (bundled name or folder) instead of the default; its own cache, json and section")
     parser.add_argument("--precision", choices=("int8", "float32"), default="int8",
                         help="the model's precision: int8 (the default encoder) or float32 (EncoderConfig(quantize=False)), "
                              "which has its own cache, json and section")
@@ -121,8 +123,9 @@ def main(argv: list[str] | None = None) -> None:
 
     chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), args.split)
     full = args.precision == "float32"
-    caches = bench.Caches(ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling="max", quantize=not full)))
-    tag = f"{args.split}-float32" if full else args.split
+    sae = {"sae": args.sae} if args.sae else {}
+    caches = bench.Caches(ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling="max", quantize=not full, **sae)))
+    tag = args.split + ("-float32" if full else "") + (f"-{Path(args.sae).name}" if args.sae else "")
     if args.fill:
         for _, q in chosen:
             caches.fill([m["content"] for m in lme.messages(q, "user")], [q["question"]])
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         grid = [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]
     else:
         grid = [OFF, default] + [{**OFF, name: default[name]} for name in OFF if default[name]]
+    grid.append({**default, "sparse_weight": 0.0})  # the SAE's own share: the default without it
     grid = list({settings_name(g): g for g in grid}.values())
     rows = run(chosen, caches, grid)
     baseline = settings_name(OFF)
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     split = ("the dev split (dev30 + strict questions at i % 5 in {0, 1}): what the defaults are chosen on"
              if args.split == "dev" else "held out (strict questions at i % 5 in {2, 3, 4}, dev30 left out)")
     model = ", encoded by the float32 model (`EncoderConfig(quantize=False)`)" if full else ""
+    model += f", SAE {args.sae}" if args.sae else ""
     lines = [start, f"### What is current on LongMemEval-S, {split}{model}", "",
              f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}",
              f"- Data: `../shared/data/longmemeval/{bench.DEFAULT_DATA.name}`; "
@@ -154,6 +159,14 @@ def main(argv: list[str] | None = None) -> None:
              "Per type: turn R_all@10 / nDCG@10. \"time words in query\": the questions whose text names a time "
              "`saememory.times.query_window` reads.", ""]
     lines += table(rows, baseline, names)
+    with_sae, without = rows[settings_name(default)], rows[settings_name({**default, "sparse_weight": 0.0})]
+    share = []
+    for m in METRICS:
+        diff = np.array([a[m] - b[m] for a, b in zip(with_sae, without)])
+        low, high = bootstrap(diff)
+        share.append(f"{m} {diff.mean():+.3f} [{low:+.3f}, {high:+.3f}]")
+    lines += ["", "The SAE's own share (the default against the same ranking without the SAE, paired, 95% bootstrap): "
+              + "; ".join(share) + "."]
     lines += ["", end]
     write_section(args.md, "\n".join(lines) + "\n", start, end)
     print("\n".join(lines))

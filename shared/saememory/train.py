@@ -204,7 +204,8 @@ def sample_texts(texts: list[str], max_texts: int, seed: int) -> list[str]:
 
 def activation_cache(cfg: TrainConfig, texts: list[str]) -> Path:
     """The file ``collect`` caches the activations of ``texts`` in (model, layer and texts decide)."""
-    key = hashlib.sha256(json.dumps([cfg.model, cfg.layer, texts]).encode()).hexdigest()[:16]
+    precision = "int8" if EncoderConfig(model=cfg.model, sae=None).int8 else "float32"  # as the encoder runs it
+    key = hashlib.sha256(json.dumps([cfg.model, cfg.layer, precision, texts]).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir) / f"{key}.safetensors"
 
 
