@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--every", type=int, default=1, help="keep held-out questions at i %% every == 0 of the split; default 1")
     parser.add_argument("--md", type=Path, default=bench.ROOT / "BENCHMARKS.md")
+    parser.add_argument("--sae", default=None, help="an SAE (bundled name or folder) instead of the default; its own section")
     args = parser.parse_args(argv)
     chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), "report")[::args.every]
-    encoder = Encoder(EncoderConfig(pooling="max"))
+    encoder = Encoder(EncoderConfig(pooling="max", **({"sae": args.sae} if args.sae else {})))
     sae = encoder.sae
     caches = bench.Caches(bench.ROOT / "benchmarks" / ".cache", encoder)
     labelled = sorted(sae.labels)
@@ -86,13 +87,16 @@ def main(argv: list[str] | None = None) -> None:
                                     "explained": explained, "unlabelled": sum(not f["label"] for f in strongest + shared),
                                     "pairs": pairs_share})
     sae.hidden = hidden
-    start, end = "<!-- explanations:start -->", "<!-- explanations:end -->"
-    lines = [start, "## Explanations: what a person is shown (2026-11-30)", "",
+    tag = f"-{Path(args.sae).name}" if args.sae else ""
+    start, end = f"<!-- explanations{tag}:start -->", f"<!-- explanations{tag}:end -->"
+    title = f"### Explanations with the SAE {args.sae}" if args.sae else "## Explanations: what a person is shown (2026-11-30)"
+    lines = [start, title, "",
              f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}; machine: {machine()}",
              f"- Data: LongMemEval-S held out (report split, every {args.every}), {len(chosen)} questions, "
              f"the top {TOP_HITS} hits of the default fusion: {n_hits} hits; SAE `{sae.name}`, "
              f"{len(hidden)} of {sae.cfg.d_sae} features hidden by its `hygiene.json`",
-             f"- Command: `python benchmarks/explanations.py --every {args.every}`", "",
+             f"- Command: `python benchmarks/explanations.py --every {args.every}" + (f" --sae {args.sae}" if args.sae else "")
+             + "`", "",
              "| condition | labels shown per hit | function-word labels shown | grounded labels shown (random: 0.10) "
              "| median share of the SAE score carried by the shared features shown | unlabelled features shown per hit "
              "| median share carried by the 5 word pairs shown | hits whose word pairs shown carry ≥ 50% |",
