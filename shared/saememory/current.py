@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -126,6 +127,7 @@ def asks_without_telling(records: list[dict[str, Any]], query: str, stemmer: str
 _TOLD_AND_ASKED: dict[tuple[bytes, str | None], tuple[frozenset[str], frozenset[str], bool]] = {}
 CACHED_MESSAGES = 16384  # the same candidates come back query after query: their words are kept, by digest
 CACHED_CHARS = 4000  # longer messages are read each time, so the cache stays small
+_CACHE_LOCK = threading.Lock()
 
 
 def _told_and_asked(content: str, stemmer: str | None) -> tuple[frozenset[str], frozenset[str], bool]:
@@ -137,9 +139,10 @@ def _told_and_asked(content: str, stemmer: str | None) -> tuple[frozenset[str], 
         words = tokenize([stated, asked], stemmer)
         found = (frozenset(words[0]), frozenset(words[1]), bool(asked))
         if len(content) <= CACHED_CHARS:
-            if len(_TOLD_AND_ASKED) >= CACHED_MESSAGES:
-                _TOLD_AND_ASKED.pop(next(iter(_TOLD_AND_ASKED)))  # the oldest entry
-            _TOLD_AND_ASKED[key] = found
+            with _CACHE_LOCK:  # searches run in threads (the adapters' async calls): evict and insert as one step
+                if len(_TOLD_AND_ASKED) >= CACHED_MESSAGES:
+                    _TOLD_AND_ASKED.pop(next(iter(_TOLD_AND_ASKED)))  # the oldest entry
+                _TOLD_AND_ASKED[key] = found
     return found
 
 
