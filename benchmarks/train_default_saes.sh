@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Re-trains the SAEs shipped in shared/saememory/saes/ from ../shared/data/chat_corpus.
-# Same 60k de-duplicated messages (seed 0) for all; 5% held out; activations are collected once
+# Re-trains the SAEs shipped in shared/saememory/saes/: the first three from ../shared/data/chat_corpus
+# (the same 60k de-duplicated messages, seed 0), the broad one from benchmarks/build_sae_corpus.py's
+# corpus (60k of its messages); 5% held out; activations are collected once
 # and cached in .cache/activations (about 13 minutes the first time). Each command spells out the
 # recipe its shipped SAE was made with; retraining follows the recipe, but bitwise-identical
 # weights are not guaranteed across library versions.
@@ -27,7 +28,7 @@ python -m saememory.train --corpus "$CORPUS" --out "$OUT/minilm-emb-topk2k" \
   --source embedding --layer 4 --d-sae 2048 --k 32 --max-texts 60000 --epochs 20 --batch-size 1024 --lr 4e-3 \
   --notes "Embedding source: the normalised all-MiniLM-L6-v2 sentence embedding (as in O'Neill et al. 2024). $NOTE"
 # Training rewrites each card whole; label the new weights again (labels.json, families.json, card sections).
-python -m saememory.interpret.label
+python -m saememory.interpret.label --saes "$OUT/minilm-l4-res-topk4k" "$OUT/minilm-emb-topk4k" "$OUT/minilm-emb-topk2k"
 
 # minilm-l4-res-topk4k-broad: the default recipe on a broader corpus (chat, phone calls, reviews,
 # MASC, and LongMemEval sessions of dev questions only), built by benchmarks/build_sae_corpus.py.

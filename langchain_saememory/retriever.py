@@ -200,7 +200,7 @@ class SAEMemoryRetriever(BaseRetriever):
         max_chars: int | None = None,
         words: bool | None = None,
     ) -> list[Document]:
-        # Encoding is CPU-bound torch work: run it off the event loop.
+        # Encoding is CPU-bound: run it off the event loop.
         return await asyncio.to_thread(
             self._get_relevant_documents,
             query,

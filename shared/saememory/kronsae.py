@@ -13,7 +13,7 @@ The encoder costs ``d * h * (m + n)`` multiply-adds per vector instead of TopK's
 Importing this module registers the architecture ``"kronsae"`` with sae-lens
 (``register_sae_class`` / ``register_sae_training_class``), so ``SAETrainer`` trains it and
 ``SAE.load_from_disk`` reads it back. Encoding with saememory does not need this module (nor
-sae_lens): ``saememory.sae.SparseAutoencoder`` reads KronSAE directories in plain torch.
+sae_lens): ``saememory.sae.SparseAutoencoder`` reads KronSAE directories (numpy weights, encoded in torch).
 
 Like sae-lens' TopK, training ranks latents after scaling them by their decoder row norms
 (``rescale_acts_by_decoder_norm``); because the encoder is factorised, that scale cannot be

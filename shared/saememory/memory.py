@@ -400,7 +400,7 @@ class SAEMemory:
     def save(self, path: str | Path) -> None:
         """Saves the memory to a folder, atomically: a crash leaves the previous save readable.
 
-        No pickle: FAISS' own format, ``.npy``/``.npz`` arrays, JSON records and a JSON manifest
+        No pickle: ``.npy`` arrays (and FAISS' own file for an approximate index), JSON records and a JSON manifest
         naming the format version, the backend, the encoder (model, SAE and its hash) and the
         ranking settings. With Milvus the data stays in Milvus; only the manifest is written,
         naming the URI and collection that ``load`` reconnects to.
@@ -497,8 +497,13 @@ def _check_identity(path: str | Path, manifest: dict[str, Any], identity: dict[s
     found = first_difference(manifest["encoder"], identity, "")
     if found:
         key, saved, now = found
+        hint = ""
+        if key == "quantized":  # int8 or full precision: the one setting that tells them apart
+            hint = (" Pass encoder=EncoderConfig(quantize=True) for a memory saved with the int8 model, "
+                    "quantize=False for one saved at full precision, or no encoder at all to rebuild it from the save; "
+                    "an int8 memory cannot move to runtime='torch' without adding its messages again.")
         raise ValueError(f"{path} was saved with another encoder: {key} is {saved!r} in the saved memory but {now!r} "
-                         "now. Load it with the encoder it was made with.")
+                         "now. Load it with the encoder it was made with." + hint)
 
 
 def _version() -> str:

@@ -279,3 +279,19 @@ def test_a_memory_on_sentence_transformers_ranks_as_the_onnx_one_does(torch_mode
     a, b = lean.search(QUESTION, k=5), full.search(QUESTION, k=5)
     assert [h.content for h in a] == [h.content for h in b]  # ids are drawn at random where none is given
     assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+
+
+def test_a_sentence_transformers_model_needs_the_torch_runtime_in_its_config(encoder, torch_model):
+    with pytest.raises(ValueError, match="runtime='torch'"):
+        Encoder(EncoderConfig(), model=torch_model, sae=encoder.sae)
+
+
+def test_loading_with_the_other_precision_says_how(tmp_path, encoder):
+    from saememory import SAEMemory
+
+    memory = SAEMemory(encoder)
+    memory.add([{"id": "a", "content": "My dog is called Max.", "user_id": "u"}])
+    memory.save(tmp_path / "memory")
+    with pytest.raises(ValueError, match=r"quantize=True"):
+        SAEMemory.load(tmp_path / "memory", encoder=Encoder(EncoderConfig(quantize=False), sae=encoder.sae))
+    assert SAEMemory.load(tmp_path / "memory").search("dog", user_id="u")[0].id == "a"

@@ -254,13 +254,23 @@ class _temporary:
         if kind is not None:
             self.tmp.unlink(missing_ok=True)
             return
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600: other users of a shared cache must read it
+        os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600: other users of a shared cache must read it
         checksum = self.target.with_name(self.target.name + ".sha256")
         checksum.write_text(file_sha256(self.tmp) + "\n")
-        os.chmod(checksum, 0o666 & ~umask)
         os.replace(self.tmp, self.target)
+
+
+def _umask() -> int:
+    """The process umask, read without setting it where Linux allows (setting it races other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _check_sha256(path: Path) -> None:

@@ -271,6 +271,10 @@ class Encoder:
         if model is None:
             model = (load_onnx_model(cfg.threads, cfg.int8) if cfg.uses_onnx
                      else load_sentence_transformer(cfg.model, cfg.device, cfg.trust_remote_code))
+        if model is not None and not isinstance(model, OnnxModel) and cfg.int8:
+            raise ValueError("The model given is a sentence-transformers model (full precision), but the config resolves "
+                             "to the int8 ONNX model; pass EncoderConfig(runtime='torch') with it, so that a saved "
+                             "memory rebuilds the same model.")
         if isinstance(model, OnnxModel) and model.quantize != cfg.int8:
             raise ValueError(f"The model given runs {'int8' if model.quantize else 'at full precision'}, but the config "
                              f"says quantize={cfg.quantize!r}; pass EncoderConfig(quantize={model.quantize}) with it, so "
@@ -441,7 +445,7 @@ class Encoder:
         n = len(texts)
         dense = np.zeros((n, self.dim), dtype=np.float32)
         truncated = np.zeros(n, dtype=bool)
-        codes = np.zeros((n, self.d_sae), dtype=np.float32) if self.sae is not None else None
+        blocks: list[tuple[np.ndarray, sp.csr_matrix]] = []  # sparse per batch: a dense (n, d_sae) would be 16 KB a message
         order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths pad less
         batches = range(0, n, self.config.batch_size)
         if show_progress:
@@ -453,13 +457,18 @@ class Encoder:
             batch = self._runtime.forward([texts[i] for i in idx])
             dense[idx] = batch.embedding
             truncated[idx] = batch.truncated
-            if codes is not None:
-                codes[idx] = self._sparse_codes(batch)
-        if codes is None:
+            if self.sae is not None:
+                codes = self._sparse_codes(batch)
+                norms = np.linalg.norm(codes, axis=1, keepdims=True)
+                blocks.append((idx, sp.csr_matrix(codes / np.where(norms > 0, norms, 1.0))))
+        if self.sae is None:
             return Encoded(dense=dense, sparse=sp.csr_matrix((n, 0), dtype=np.float32), truncated=truncated)
-        norms = np.linalg.norm(codes, axis=1, keepdims=True)
-        codes /= np.where(norms > 0, norms, 1.0)
-        return Encoded(dense=dense, sparse=sp.csr_matrix(codes), truncated=truncated)
+        if not blocks:
+            return Encoded(dense=dense, sparse=sp.csr_matrix((0, self.d_sae), dtype=np.float32), truncated=truncated)
+        rows = np.concatenate([idx for idx, _ in blocks])
+        stacked = sp.vstack([block for _, block in blocks], format="csr")
+        return Encoded(dense=dense, sparse=sp.csr_matrix(stacked[np.argsort(rows)], dtype=np.float32),
+                       truncated=truncated)
 
     def _sparse_codes(self, batch: Forward) -> np.ndarray:
         """Pooled, not yet normalised codes of one batch: (b, d_sae)."""
