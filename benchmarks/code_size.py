@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 import fusion  # noqa: E402
 import longmemeval as bench  # noqa: E402
-from common import commit, default_scores, machine, write_section  # noqa: E402
+from common import commit, default_scores, machine, publish  # noqa: E402
 
 from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory.backends import FaissBackend  # noqa: E402
@@ -123,8 +123,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{a[:, 1].mean():.3f}, {np.mean(stored_bytes):,.0f} B per message for the vector and the code "
               "(`memory_per_message()[\"used\"]`; before: 1,536 B twice for the vector, plus the code)"]
     lines += ["", end]
-    write_section(args.md, "\n".join(lines) + "\n", start, end)
-    print("\n".join(lines))
+    publish(args.md, lines, start, end)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,13 @@ def write_section(md_path: Path, section: str, start: str, end: str) -> None:
     md_path.write_text(text)
 
 
+def publish(md_path: Path, lines: list[str], start: str, end: str) -> None:
+    """Writes a benchmark's section (``lines``, from ``start`` to ``end``) into ``md_path`` and prints it."""
+    text = "\n".join(lines)
+    write_section(md_path, text + "\n", start, end)
+    print(text)
+
+
 def library_defaults() -> dict[str, Any]:
     """The ranking settings of ``SAEMemory()``: ``SearchConfig()``, what a user gets by default."""
     return dict(_defaults())

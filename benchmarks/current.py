@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 import longmemeval as bench  # noqa: E402  (the LongMemEval harness: caches and splits)
-from common import NO_ADJUSTMENTS, bootstrap, commit, machine, write_section  # noqa: E402
+from common import NO_ADJUSTMENTS, bootstrap, commit, machine, publish  # noqa: E402
 
 from saememory import Encoder, EncoderConfig, SAEMemory  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
@@ -168,8 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += ["", "The SAE's own share (the default against the same ranking without the SAE, paired, 95% bootstrap): "
               + "; ".join(share) + "."]
     lines += ["", end]
-    write_section(args.md, "\n".join(lines) + "\n", start, end)
-    print("\n".join(lines))
+    publish(args.md, lines, start, end)
 
 
 if __name__ == "__main__":

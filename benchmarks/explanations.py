@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 import fusion  # noqa: E402
 import longmemeval as bench  # noqa: E402
-from common import commit, default_scores, machine, wilson, write_section  # noqa: E402
+from common import commit, default_scores, machine, publish, wilson  # noqa: E402
 
 from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
@@ -111,8 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"{np.median([r['pairs'] for r in rows]):.3f} | "
                      f"{wilson(float(np.mean([r['pairs'] >= 0.5 for r in rows])), len(rows))} |")
     lines += ["", end]
-    write_section(args.md, "\n".join(lines) + "\n", start, end)
-    print("\n".join(lines))
+    publish(args.md, lines, start, end)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 import fusion  # noqa: E402  (question_signals: the cached signals of one question)
 import longmemeval as bench  # noqa: E402
-from common import commit, machine, write_section  # noqa: E402
+from common import commit, machine, publish  # noqa: E402
 
 from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         a = np.array(values)
         lines.append(f"| {label} | {a[:, 0].mean():.3f} | {a[:, 1].mean():.3f} |")
     lines += ["", end]
-    write_section(args.md, "\n".join(lines) + "\n", start, end)
-    print("\n".join(lines))
+    publish(args.md, lines, start, end)
 
 
 if __name__ == "__main__":

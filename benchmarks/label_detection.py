@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 import longmemeval as bench  # noqa: E402
-from common import bootstrap, commit, machine, write_section  # noqa: E402
+from common import bootstrap, commit, machine, publish  # noqa: E402
 
 from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     lines.append(f"| hidden by hygiene | {int((~visible).sum())} | {interval(real[~visible])} |")
     lines.append(f"| labels shuffled among the features (chance) | {len(chance)} | {interval(chance)} |")
     lines += ["", end]
-    write_section(args.md, "\n".join(lines) + "\n", start, end)
-    print("\n".join(lines))
+    publish(args.md, lines, start, end)
 
 
 if __name__ == "__main__":

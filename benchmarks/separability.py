@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 import longmemeval as bench  # noqa: E402
-from common import bootstrap, commit, machine, write_section  # noqa: E402
+from common import bootstrap, commit, machine, publish  # noqa: E402
 
 from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {name} | {sep.mean():.3f} [{low:.3f}, {high:.3f}] | {np.mean(sep > 0):.2f} | {r.mean():.3f} | "
                      f"{u.mean():.3f} | {poster.get(name, '–')} |")
     lines += ["", end]
-    write_section(args.md, "\n".join(lines) + "\n", start, end)
-    print("\n".join(lines))
+    publish(args.md, lines, start, end)
 
 
 if __name__ == "__main__":
