@@ -119,13 +119,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", choices=("int8", "float32"), default="int8",
                         help="the model's precision: int8 (the default encoder) or float32 (EncoderConfig(quantize=False)), "
                              "which has its own cache, json and section")
+    parser.add_argument("--pooling", choices=("max", "max-content"), default="max",
+                        help="how token codes are pooled (EncoderConfig(pooling=...)); another than max has its own "
+                             "cache, json and section")
     args = parser.parse_args(argv)
 
     chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), args.split)
     full = args.precision == "float32"
     sae = {"sae": args.sae} if args.sae else {}
-    caches = bench.Caches(ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling="max", quantize=not full, **sae)))
-    tag = args.split + ("-float32" if full else "") + (f"-{Path(args.sae).name}" if args.sae else "")
+    caches = bench.Caches(ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling=args.pooling, quantize=not full, **sae)))
+    tag = (args.split + ("-float32" if full else "") + (f"-{Path(args.sae).name}" if args.sae else "")
+           + (f"-{args.pooling}" if args.pooling != "max" else ""))
     if args.fill:
         for _, q in chosen:
             caches.fill([m["content"] for m in lme.messages(q, "user")], [q["question"]])
@@ -148,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
              if args.split == "dev" else "held out (strict questions at i % 5 in {2, 3, 4}, dev30 left out)")
     model = ", encoded by the float32 model (`EncoderConfig(quantize=False)`)" if full else ""
     model += f", SAE {args.sae}" if args.sae else ""
+    model += f", pooling {args.pooling}" if args.pooling != "max" else ""
     lines = [start, f"### What is current on LongMemEval-S, {split}{model}", "",
              f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}",
              f"- Data: `../shared/data/longmemeval/{bench.DEFAULT_DATA.name}`; "

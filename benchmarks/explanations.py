@@ -51,9 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=1, help="keep held-out questions at i %% every == 0 of the split; default 1")
     parser.add_argument("--md", type=Path, default=bench.ROOT / "BENCHMARKS.md")
     parser.add_argument("--sae", default=None, help="an SAE (bundled name or folder) instead of the default; its own section")
+    parser.add_argument("--pooling", choices=("max", "max-content"), default="max",
+                        help="how token codes are pooled (EncoderConfig(pooling=...)); another than max has its own section")
     args = parser.parse_args(argv)
     chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), "report")[::args.every]
-    encoder = Encoder(EncoderConfig(pooling="max", **({"sae": args.sae} if args.sae else {})))
+    encoder = Encoder(EncoderConfig(pooling=args.pooling, **({"sae": args.sae} if args.sae else {})))
     sae = encoder.sae
     caches = bench.Caches(bench.ROOT / "benchmarks" / ".cache", encoder)
     labelled = sorted(sae.labels)
@@ -87,16 +89,17 @@ def main(argv: list[str] | None = None) -> None:
                                     "explained": explained, "unlabelled": sum(not f["label"] for f in strongest + shared),
                                     "pairs": pairs_share})
     sae.hidden = hidden
-    tag = f"-{Path(args.sae).name}" if args.sae else ""
+    tag = (f"-{Path(args.sae).name}" if args.sae else "") + (f"-{args.pooling}" if args.pooling != "max" else "")
     start, end = f"<!-- explanations{tag}:start -->", f"<!-- explanations{tag}:end -->"
-    title = f"### Explanations with the SAE {args.sae}" if args.sae else "## Explanations: what a person is shown (2026-11-30)"
+    title = (f"### Explanations with the SAE {args.sae}" if args.sae else "## Explanations: what a person is shown (2026-11-30)"
+             if args.pooling == "max" else f"### Explanations with pooling {args.pooling}")
     lines = [start, title, "",
              f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}; machine: {machine()}",
              f"- Data: LongMemEval-S held out (report split, every {args.every}), {len(chosen)} questions, "
              f"the top {TOP_HITS} hits of the default fusion: {n_hits} hits; SAE `{sae.name}`, "
              f"{len(hidden)} of {sae.cfg.d_sae} features hidden by its `hygiene.json`",
              f"- Command: `python benchmarks/explanations.py --every {args.every}" + (f" --sae {args.sae}" if args.sae else "")
-             + "`", "",
+             + (f" --pooling {args.pooling}" if args.pooling != "max" else "") + "`", "",
              "| condition | labels shown per hit | function-word labels shown | grounded labels shown (random: 0.10) "
              "| median share of the SAE score carried by the shared features shown | unlabelled features shown per hit "
              "| median share carried by the 5 word pairs shown | hits whose word pairs shown carry ≥ 50% |",

@@ -64,10 +64,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--questions", type=int, default=60, help="held-out questions whose user turns are the text; default 60")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--md", type=Path, default=bench.ROOT / "BENCHMARKS.md")
+    parser.add_argument("--sae", default=None, help="an SAE (bundled name or folder) instead of the default; its own section")
     args = parser.parse_args(argv)
     chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), "report")[: args.questions]
     texts = sorted({m["content"] for _, q in chosen for m in lme.messages(q, "user")})
-    encoder = Encoder(EncoderConfig(pooling="max"))
+    encoder = Encoder(EncoderConfig(pooling="max", **({"sae": args.sae} if args.sae else {})))
     caches = bench.Caches(bench.ROOT / "benchmarks" / ".cache", encoder)
     caches.fill(texts, [])
     dense, codes = caches.base.get([bench.text_key("doc", t) for t in texts])
@@ -79,7 +80,13 @@ def main(argv: list[str] | None = None) -> None:
     sample = sorted(rng.choice(eligible, size=min(args.features, len(eligible)), replace=False).tolist())
     label_vectors = encoder.encode_documents([sae.labels[f] for f in sample]).dense
     shuffled = label_vectors[rng.permutation(len(sample))]
-    scores: dict[str, list[float]] = {"labels": [], "shuffled labels": []}
+    phrased = [f for f in sample if sae.phrase(f)]  # the phrase read around the firing word, where one holds
+    readings = {"phrase": [sae.phrase(f) for f in phrased],
+                "phrase and label": [f"{sae.phrase(f)} ({sae.labels[f]})" for f in phrased]}
+    phrase_vectors = {name: dict(zip(phrased, encoder.encode_documents(texts_).dense)) if phrased else {}
+                      for name, texts_ in readings.items()}
+    scores: dict[str, list[float]] = {"labels": [], "shuffled labels": [], "phrase": [], "phrase and label": [],
+                                      "labels, phrased features": []}
     visible = []
     for i, f in enumerate(sample):
         column = codes[:, f].toarray().ravel()
@@ -88,21 +95,38 @@ def main(argv: list[str] | None = None) -> None:
         for name, vectors in (("labels", label_vectors), ("shuffled labels", shuffled)):
             sims = dense @ vectors[i]
             scores[name].append(auroc(sims[firing], sims[silent]))
+        if f in phrase_vectors["phrase"]:
+            scores["labels, phrased features"].append(scores["labels"][-1])
+            for name, vectors in phrase_vectors.items():
+                sims = dense @ vectors[f]
+                scores[name].append(auroc(sims[firing], sims[silent]))
         visible.append(f not in sae.hidden)
     visible = np.array(visible)
-    start, end = "<!-- label-detection:start -->", "<!-- label-detection:end -->"
-    lines = [start, "## Label detection: do the labels name what the features detect? (2026-11-30)", "",
+    tag = f"-{Path(args.sae).name}" if args.sae else ""
+    start, end = f"<!-- label-detection{tag}:start -->", f"<!-- label-detection{tag}:end -->"
+    title = (f"### Label detection, SAE {args.sae}" if args.sae
+             else "## Label detection: do the labels name what the features detect? (2026-11-30)")
+    lines = [start, title, "",
              f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}; machine: {machine()}",
              f"- Data: {len(texts)} user turns of {len(chosen)} held-out LongMemEval-S questions; {len(sample)} labelled "
              f"features sampled (seed {args.seed}) of {len(eligible)} firing on at least {args.top} turns and silent on as many; "
              f"SAE `{sae.name}`",
-             f"- Command: `python benchmarks/label_detection.py --features {args.features}`", "",
+             f"- Command: `python benchmarks/label_detection.py --features {args.features}"
+             + (f" --sae {args.sae}" if args.sae else "") + "`", "",
              "| labels scored | features | mean AUROC [95% CI] |", "|---|---:|---:|"]
     real, chance = np.array(scores["labels"]), np.array(scores["shuffled labels"])
     lines.append(f"| all sampled features | {len(real)} | {interval(real)} |")
     lines.append(f"| those shown to people (not hidden by hygiene) | {int(visible.sum())} | {interval(real[visible])} |")
     lines.append(f"| hidden by hygiene | {int((~visible).sum())} | {interval(real[~visible])} |")
     lines.append(f"| labels shuffled among the features (chance) | {len(chance)} | {interval(chance)} |")
+    if phrased:
+        for name, row in (("labels, phrased features", "features with a phrase: their word labels"),
+                          ("phrase", "features with a phrase: the phrase"),
+                          ("phrase and label", "features with a phrase: phrase (label), as a hit shows it")):
+            values = np.array(scores[name])
+            lines.append(f"| {row} | {len(values)} | {interval(values)} |")
+        gain = np.array(scores["phrase and label"]) - np.array(scores["labels, phrased features"])
+        lines += ["", f"Phrase (label) against the word label alone, paired over the {len(gain)} features: {interval(gain)}."]
     lines += ["", end]
     publish(args.md, lines, start, end)
 

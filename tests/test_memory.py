@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from saememory import Encoded, Encoder, EncoderConfig, Message, SAEMemory
+from saememory import Encoded, Encoder, EncoderConfig, Message, SAEMemory, format_hit
 from saememory.backends import FaissBackend, MilvusBackend
 from saememory.arrays import as_stored
 from saememory.lexical import LexicalIndex
@@ -64,6 +64,12 @@ def test_hit_carries_scores_and_features(memory, make):
     # The shipped SAE's labels and families reach the hit.
     assert all(f["label"] for f in hit.features + hit.shared_features)
     assert any(f.get("family") for f in hit.features + hit.shared_features)
+    # A feature's phrase is its words in context where one holds; format_hit puts it first.
+    listed = hit.features + hit.shared_features
+    assert all(f["phrase"] == memory.encoder.sae.phrase(f["id"]) for f in listed)
+    phrased = next((f for f in listed if f["phrase"]), None)
+    text = format_hit(hit.content, hit.to_metadata())
+    assert phrased is None or f"#{phrased['id']} {phrased['phrase']!r} ({phrased['label']})" in text
     # With every shared feature listed, contributions add up to the share of the sparse score
     # they carry; the hidden features (hygiene) carry the rest.
     full = make(top_features=10_000)

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         hits = memory.search(args.query, k=args.k, user_id=args.user, session_id=args.session, now=args.now, words=True)
     except (ValueError, TypeError, FileNotFoundError) as err:
         parser.error(str(err))
-    path = write_html(args.out, args.query, hits)
+    path = write_html(args.out, args.query, hits, sae=getattr(memory.encoder, "sae", None))
     print(f"{len(hits)} hits explained in {path}")
     return 0
 

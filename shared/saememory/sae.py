@@ -172,6 +172,8 @@ class SparseAutoencoder:
             self.arrays["dec_norm"] = np.linalg.norm(self.arrays["W_dec"], axis=-1).astype(np.float32)
         self._tensors: dict[str, torch.Tensor] | None = None
         self.labels: dict[int, str] = dict(labels or {})
+        self.phrases: dict[int, str] = {}  # the phrase a feature reads in context ("thank you"), from labels.json
+        self.examples: dict[int, list[str]] = {}  # top-activating snippets, firing word in [brackets]
         self.name = name
         self.sha256 = sha256
         self.families: dict[int, dict[str, Any]] = {}
@@ -216,17 +218,22 @@ class SparseAutoencoder:
         raw = (path / WEIGHTS_FILENAME).read_bytes()
         weights = load_file(str(path / WEIGHTS_FILENAME))
         sha256 = hashlib.sha256(raw).hexdigest()
-        labels = None
+        labels, extras = None, {}
         if (path / LABELS_FILENAME).is_file():
-            made_for = json.loads((path / LABELS_FILENAME).read_text(encoding="utf-8"))
-            made_for = made_for.get("sae_sha256") if isinstance(made_for, dict) else None
+            extras = json.loads((path / LABELS_FILENAME).read_text(encoding="utf-8"))
+            extras = extras if isinstance(extras, dict) else {}
+            made_for = extras.get("sae_sha256")
             if made_for not in (None, sha256):  # optional explanations must not make the SAE unusable
                 logger.warning("Labels in %s were made for other weights (sha256 %s); not attached. "
                                "Rerun python -m saememory.interpret.label --saes %s for these weights.",
                                path, made_for, path)
+                extras = {}
             else:
                 labels = load_labels(path / LABELS_FILENAME)
         sae = cls(cfg, weights, labels, name=name or path.name, sha256=sha256)
+        for key in ("phrases", "examples"):  # labels.json's other readings of a feature, when it has them
+            if isinstance(extras.get(key), dict):
+                setattr(sae, key, {int(f): value for f, value in extras[key].items() if value})
         if (path / HYGIENE_FILENAME).is_file():
             try:
                 hidden = load_hygiene(path / HYGIENE_FILENAME, sae_sha256=sae.sha256)
@@ -287,6 +294,11 @@ class SparseAutoencoder:
 
     def label(self, feature: int) -> str | None:
         return self.labels.get(int(feature))
+
+    def phrase(self, feature: int) -> str | None:
+        """The phrase the feature reads in context, e.g. ``"thank you"`` for a feature labelled
+        ``"you"``; None where no phrase holds among enough of its top activations."""
+        return self.phrases.get(int(feature))
 
     def set_families(self, families: dict[int, dict[str, Any]]) -> None:
         """Attaches feature families (``saememory.interpret.families.load_families``): parent, root, depth."""

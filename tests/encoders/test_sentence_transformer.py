@@ -46,6 +46,30 @@ def test_residual_code_is_max_pooled_layer_states(encoder):
     assert 32 <= (got > 0).sum() <= 32 * real.shape[0]
 
 
+def test_content_pooling_reads_content_words_only(encoder):
+    """pooling="max-content": the max over the tokens of words that are not stopwords or
+    punctuation; a text with no such word falls back to all its tokens."""
+    model = load_sentence_transformer("sentence-transformers/all-MiniLM-L6-v2")
+    text = "My sister lives in Lisbon."
+    tok = model.tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        states = model[0].auto_model(**tok, output_hidden_states=True).hidden_states[4][0]
+    pieces = model.tokenizer.convert_ids_to_tokens(tok["input_ids"][0])
+    content = [i for i, piece in enumerate(pieces) if piece in ("sister", "lives", "lisbon")]
+    assert len(content) == 3  # "my", "in", "." and the special tokens are left out
+    expected = torch.nn.functional.normalize(encoder.sae.encode(states[content]).max(dim=0).values, dim=-1).numpy()
+    content_encoder = Encoder(EncoderConfig(pooling="max-content", quantize=False), sae=encoder.sae)
+    got = content_encoder.encode_documents([text, "I am."]).sparse.toarray()
+    np.testing.assert_allclose(got[0], expected, atol=1e-5)
+    plain = Encoder(EncoderConfig(quantize=False), sae=encoder.sae).encode_documents(["I am."]).sparse.toarray()[0]
+    np.testing.assert_allclose(got[1], plain, atol=1e-6)  # no content word: every token counts
+    words, peaks = content_encoder.peak_words([text])[0]
+    assert {words[i] for i in peaks.values()} <= {"sister", "lives", "lisbon"}
+    assert content_encoder.identity()["pooling"] == "max-content"
+    with pytest.raises(ValueError, match="max-content"):
+        EncoderConfig(pooling="min")
+
+
 def test_mean_pooling_and_batching_agree(encoder):
     mean = Encoder(EncoderConfig(pooling="mean", batch_size=1), model=encoder.model, sae=encoder.sae)
     batched = Encoder(EncoderConfig(pooling="mean", batch_size=8), model=encoder.model, sae=encoder.sae)

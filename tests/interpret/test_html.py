@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import pytest
 
 from saememory import SAEMemory
@@ -23,6 +25,10 @@ def test_the_page_highlights_matched_words_and_escapes_every_text(encoder, tmp_p
     path = write_html(tmp_path / "view.html", QUESTION, hits)
     assert path.read_text(encoding="utf-8") == hits_html(QUESTION, hits)
     assert "No message matched." in hits_html(QUESTION, [])
+    with_examples = hits_html(QUESTION, hits, sae=encoder.sae)  # hover a feature: where it fires most
+    shown = [f["id"] for f in first.matched_words[0]["features"]]
+    assert "Fires most on: " in with_examples and "Fires most on: " not in page
+    assert any(html.escape(encoder.sae.examples[f][0], quote=True)[:20] in with_examples for f in shown)
 
 
 def test_the_command_explains_a_saved_memory(encoder, tmp_path, capsys):

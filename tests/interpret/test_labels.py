@@ -13,7 +13,7 @@ import torch
 from saememory import Encoder, EncoderConfig, list_bundled_saes, load_labels
 from saememory.encoders.sentence_transformer import BUNDLED_SAE_DIR
 from saememory.interpret.families import load_families
-from saememory.interpret.label import embedding_codes, residual_codes
+from saememory.interpret.label import embedding_codes, residual_codes, residual_phrases
 from saememory.interpret.labels import (
     STOPWORDS,
     check_labels,
@@ -95,6 +95,24 @@ def test_residual_labels_pick_the_planted_word(encoder):
     assert examples[0] == ["We hiked up the [volcano] at dawn."]
 
 
+def test_residual_phrases_read_the_words_around_the_firing_one(encoder):
+    texts = TEXTS + ["I don't know."]
+    words = split_words(encoder.tokenizer, texts, encoder.max_tokens)
+    matrix, vocab = words.occurrence_phrases(texts)
+    assert "the volcano" in vocab and "don't" in vocab and "know." not in vocab
+    assert "active?" not in vocab  # a run may not end on punctuation
+    assert matrix.shape == (words.term.size, len(vocab)) and matrix[:, vocab.index("don't")].nnz == 3
+    volcano, question = words.vocab.index("volcano"), words.vocab.index("?")
+    token_term = words.term[words.token_occurrence]
+    states = torch.zeros(token_term.size, 2)  # coordinate 0 fires on "volcano", 1 on "?"
+    states[:, 0] = torch.from_numpy((token_term == volcano).astype(np.float32))
+    states[:, 1] = torch.from_numpy((token_term == question).astype(np.float32))
+    occurrences, _ = residual_codes(identity_sae(2), states, words)
+    phrases = residual_phrases(occurrences, words, texts)
+    assert phrases[0] == "the volcano"  # around all four volcanoes
+    assert 1 not in phrases  # "?" ends its messages: no run of words holds it
+
+
 def test_check_rate_and_lift_on_a_hand_made_case():
     vocab = ["a", "b", "c"]
     holds = np.zeros((10, 3))
@@ -137,6 +155,10 @@ def test_shipped_labels_fit_the_shipped_weights(encoder, name):
     sae = SparseAutoencoder.from_disk(directory)
     assert sae.labels and set(sae.labels) == {int(f) for f in data["labels"]}
     assert set(data["examples"]) == set(data["labels"])
+    assert sae.examples == {int(f): v for f, v in data["examples"].items()}
+    if sae.cfg.hook_name.startswith("hidden_states."):  # phrases are read around a token's word
+        assert data["phrases"] and set(sae.phrases) <= set(sae.labels)
+        assert all(sae.phrase(int(f)) == p for f, p in data["phrases"].items())
     probe = DISTRACTORS + [PLANTED]
     probe_encoder = Encoder(EncoderConfig(sae=name), model=encoder.model, sae=sae)
     live = set(np.unique(probe_encoder.encode_documents(probe).sparse.indices).tolist())

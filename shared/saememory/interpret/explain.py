@@ -44,7 +44,9 @@ class Hit:
         rank: 1-based position in the results.
         truncated: True if the message was longer than the model's window and was encoded
             truncated.
-        features: The message's strongest SAE features: ``id``, ``activation``, ``label``.
+        features: The message's strongest SAE features: ``id``, ``activation``, ``label`` (the
+            words it reads) and ``phrase`` (those words in context, e.g. "looking for"; None
+            where its top activations share no phrase).
         shared_features: Features active in both query and message, with ``contribution``: their
             share of ``sparse_score`` (the contributions of all shared features, listed or not,
             sum to it).
@@ -127,14 +129,14 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
     """
     if n == 0 or code.nnz == 0:
         return [], [], 0.0
-    label = sae.label if sae is not None else (lambda f: None)
+    name = feature_names(sae)
     hidden = getattr(sae, "hidden", None) or {}
     ids, acts = code.indices, code.data
     strongest = []
     for i in np.argsort(-acts, kind="stable").tolist():  # stops at n: a code has hundreds of features
         feature = int(ids[i])
         if feature not in hidden:
-            strongest.append({"id": feature, "activation": round(float(acts[i]), 6), "label": label(feature)})
+            strongest.append({"id": feature, "activation": round(float(acts[i]), 6), **name(feature)})
             if len(strongest) == n:
                 break
     query_ids = np.fromiter(q_acts, dtype=np.int64, count=len(q_acts))
@@ -147,7 +149,7 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
     both = [(int(f), float(c)) for f, c in zip(ids[inside].tolist(), contributions.tolist()) if f not in hidden]
     both = sorted(both, key=lambda item: -item[1])[:n]
     shared = [
-        {"id": f, "contribution": round(c, 6), "query_activation": round(q_acts[f], 6), "label": label(f)}
+        {"id": f, "contribution": round(c, 6), "query_activation": round(q_acts[f], 6), **name(f)}
         for f, c in both
     ]
     if sae is not None and getattr(sae, "families", None):
@@ -176,7 +178,7 @@ def match_words(code: sp.csr_matrix, q_acts: dict[int, float], query: tuple[list
     if not m_words:  # nothing read word by word (an embedding-source SAE, or an empty reading)
         return [], 0.0
     hidden = getattr(sae, "hidden", None) or {}
-    label = sae.label if sae is not None else (lambda f: None)
+    name = feature_names(sae)
     pairs: dict[tuple[str, str], list[tuple[int, float]]] = {}
     total = 0.0
     for f, a in zip(code.indices.tolist(), code.data.tolist()):
@@ -190,11 +192,28 @@ def match_words(code: sp.csr_matrix, q_acts: dict[int, float], query: tuple[list
     shown = [(words, feats) for words, feats in ranked
              if not any(_function_word(w) for w in words) and any(f not in hidden for f, _ in feats)][:n]
     out = [{"query_word": qw, "message_word": mw, "contribution": round(sum(c for _, c in feats), 6),
-            "features": [{"id": f, "label": label(f), "contribution": round(c, 6)}
+            "features": [{"id": f, **name(f), "contribution": round(c, 6)}
                          for f, c in sorted(feats, key=lambda x: -x[1]) if f not in hidden][:3]}
            for (qw, mw), feats in shown]
     carried = sum(c for _, feats in shown for _, c in feats)
     return out, (min(1.0, carried / total) if total > 0 else 0.0)
+
+
+def feature_names(sae: Any) -> Any:
+    """A function giving a feature's ``label`` (its words) and ``phrase`` (the words around it in
+    context, ``SparseAutoencoder.phrase``), each None where the SAE has none."""
+    label = sae.label if sae is not None else (lambda f: None)
+    phrase = getattr(sae, "phrase", None) or (lambda f: None)
+    return lambda f: {"label": label(f), "phrase": phrase(f)}
+
+
+def feature_text(feature: Mapping[str, Any]) -> str:
+    """How a person reads a listed feature: ``"#12 'looking for' (looking / trying)"``, the phrase
+    first where there is one, else ``"#12 'looking / trying'"``, else ``"#12"``."""
+    text = f"#{feature['id']}"
+    if feature.get("phrase"):
+        return text + f" {feature['phrase']!r}" + (f" ({feature['label']})" if feature.get("label") else "")
+    return text + (f" {feature['label']!r}" if feature.get("label") else "")
 
 
 def _function_word(word: str) -> bool:
@@ -207,9 +226,7 @@ def format_hit(content: str, metadata: Mapping[str, Any], width: int = 100) -> s
     Works on ``Hit.to_metadata()`` and so on LangChain documents' and LlamaIndex nodes' metadata.
     """
 
-    def name(feature: Mapping[str, Any]) -> str:
-        return f"#{feature['id']}" + (f" {feature['label']!r}" if feature.get("label") else "")
-
+    name = feature_text
     text = content if len(content) <= width else content[: width - 1] + "…"
     bm25 = f" bm25={metadata['bm25_score']:.2f}" if "bm25" in (metadata.get("signals") or {}) else ""
     lines = [

@@ -38,6 +38,7 @@ import torch
 
 from saememory.encoders.sentence_transformer import (
     BUNDLED_SAE_DIR,
+    EncoderConfig,
     list_bundled_saes,
     load_sae,
     load_sentence_transformer,
@@ -45,6 +46,7 @@ from saememory.encoders.sentence_transformer import (
 from saememory.interpret.families import FAMILIES_FILENAME, cooccurrence, feature_families, write_families
 from saememory.interpret.labels import (
     LABELS_FILENAME,
+    STOPWORDS,
     Words,
     check_labels,
     distinctive_terms,
@@ -53,6 +55,7 @@ from saememory.interpret.labels import (
     stopword_mask,
     top_examples,
     write_labels,
+    write_sae_file,
 )
 from saememory.train import TrainConfig, activation_cache, collect, read_corpus, sample_texts
 
@@ -75,6 +78,14 @@ METHOD = {
         "score. Examples: the top-activating messages."
     ),
 }
+PHRASE_METHOD = (
+    "Phrases: for each word occurrence, the runs of 2 or 3 consecutive words of its message that hold "
+    "it, read from the text; a feature's phrase is the run most over-represented among its {n_top} "
+    "top-activating occurrences (the same score as the words), kept only if it is around at least "
+    "{min_share:.0%} of them (activation-weighted); phrases of function words only are used when "
+    "nothing else qualifies."
+)
+PHRASE_MIN_SHARE = 0.2
 FAMILY_METHOD = (
     "O'Neill et al. 2024 (saerch): message-level co-occurrence on the training messages, normalised by "
     "the sparser feature's count (+1), edges below {threshold} dropped, maximum spanning forest, edges "
@@ -128,6 +139,25 @@ def residual_codes(
         _stack(occurrence_blocks, words.term.size, d_sae),
         _stack(message_blocks, words.n_messages, d_sae),
     )
+
+
+def residual_phrases(occurrences: sp.spmatrix, words: Words, texts: list[str], *, n_top: int = 100,
+                     min_share: float = PHRASE_MIN_SHARE) -> dict[int, str]:
+    """Each feature's phrase: the run of 2-3 words most over-represented around its top occurrences.
+
+    Args:
+        occurrences: (n_occurrences, d_sae) activations per word occurrence (``residual_codes``).
+        words: The words of ``texts`` (``split_words``).
+        texts: The texts.
+        n_top: Top-activating occurrences read per feature. Defaults to 100.
+        min_share: The activation-weighted share of those occurrences the phrase must be around;
+            a feature without such a phrase gets none. Defaults to ``PHRASE_MIN_SHARE`` (0.2).
+    """
+    matrix, vocab = words.occurrence_phrases(texts)
+    avoid = np.array([all(w in STOPWORDS or not any(ch.isalpha() for ch in w) for w in p.split()) for p in vocab],
+                     dtype=bool)
+    found = distinctive_terms(occurrences, matrix, vocab, avoid=avoid, n_top=n_top, n_terms=1, min_share=min_share)
+    return {f: terms[0] for f, terms in found.items()}
 
 
 def _group_max(codes: torch.Tensor, group: torch.Tensor, first: int) -> tuple[int, sp.csr_matrix]:
@@ -237,12 +267,14 @@ def label_sae(
         eval_messages = residual_codes(sae, eval_tokens, eval_words)[1]
         terms = distinctive_terms(occurrences, words.occurrence_terms(), words.vocab, n_top=n_top)
         examples = top_examples(occurrences, words.message, texts, spans=words.span)
+        phrases = residual_phrases(occurrences, words, texts, n_top=n_top)
     else:
         messages = embedding_codes(sae, dense)
         eval_messages = embedding_codes(sae, eval_dense)
         terms = distinctive_terms(messages, words.message_terms(), words.vocab,
                                   avoid=stopword_mask(words.vocab), n_top=n_top)
         examples = top_examples(messages, np.arange(len(texts)), texts)
+        phrases = {}  # a message-level feature has no firing word to read a phrase around
     del tokens
     labels = {f: format_label(t) for f, t in terms.items()}
     logger.info("%s: %d features labelled; checking on held-out messages", sae_dir.name, len(labels))
@@ -251,8 +283,11 @@ def label_sae(
     families = feature_families(cooccurrence(messages), len(texts), threshold=threshold, max_density=max_density)
     provenance = {"corpus": card["data"]["corpus"], "n_messages": len(texts),
                   "messages": "the SAE's training messages (saememory.train split of card.json), first n"}
-    write_labels(sae_dir / LABELS_FILENAME, labels, examples, sae_sha256=sae.sha256,
-                 method=METHOD[source].format(n_top=n_top), source=source, data=provenance, check=check)
+    method = METHOD[source].format(n_top=n_top)
+    if phrases:
+        method += " " + PHRASE_METHOD.format(n_top=n_top, min_share=PHRASE_MIN_SHARE)
+    write_labels(sae_dir / LABELS_FILENAME, labels, examples, sae_sha256=sae.sha256, method=method, source=source,
+                 data=provenance, check=check, phrases={str(f): phrases[f] for f in sorted(phrases)})
     write_families(sae_dir / FAMILIES_FILENAME, families, sae_sha256=sae.sha256,
                    method=FAMILY_METHOD.format(threshold=threshold, max_density=max_density),
                    threshold=threshold, max_density=max_density, data=provenance)
@@ -275,6 +310,50 @@ def label_sae(
     }
     update_cards(sae_dir, card, section, labels, families)
     return section
+
+
+def add_phrases(sae_dir: str | Path, *, max_label_texts: int | None = None, n_top: int = 100,
+                cache_dir: str = ".cache/activations") -> int:
+    """Adds phrases to a residual SAE's ``labels.json`` and leaves its labels and examples as they are.
+
+    For SAEs labelled before phrases existed: relabelling would also remake the labels (from the
+    activations of the encoder as it runs now), and the hygiene and benchmarks read them.
+
+    Returns:
+        The number of features given a phrase.
+
+    Raises:
+        FileNotFoundError: Without ``card.json`` or ``labels.json``.
+        ValueError: For an embedding-source SAE (no word to read a phrase around).
+    """
+    sae_dir = Path(sae_dir)
+    if not (sae_dir / LABELS_FILENAME).is_file() or not (sae_dir / "card.json").is_file():
+        raise FileNotFoundError(f"{sae_dir} needs card.json and {LABELS_FILENAME}; label it first with "
+                                f"python -m saememory.interpret.label --saes {sae_dir}.")
+    card = json.loads((sae_dir / "card.json").read_text())
+    sae = load_sae(sae_dir)
+    if not (sae.cfg.hook_name or "").startswith("hidden_states."):
+        raise ValueError(f"{sae_dir.name} reads sentence embeddings: its features have no firing word to "
+                         "read a phrase around. Phrases are for residual (token) SAEs.")
+    tokenizer = load_sentence_transformer(card["model"]).tokenizer
+    train_texts, texts, _ = split_messages(card, max_label_texts)
+    cfg = TrainConfig(corpus=card["data"]["corpus"], out=str(sae_dir), layer=card["layer"], model=card["model"],
+                      cache_dir=cache_dir)
+    words = split_words(tokenizer, texts, int(load_sentence_transformer(card["model"]).max_seq_length))
+    tokens, _ = states_for(cfg, train_texts, texts)
+    occurrences, _ = residual_codes(sae, tokens[: words.token_occurrence.size], words)
+    phrases = residual_phrases(occurrences, words, texts, n_top=n_top)
+    data = json.loads((sae_dir / LABELS_FILENAME).read_text(encoding="utf-8"))
+    if data.get("sae_sha256") != sae.sha256:
+        raise ValueError(f"{sae_dir / LABELS_FILENAME} was made for other weights; relabel the SAE instead.")
+    method = data["method"].split(" Phrases: ")[0] + " " + PHRASE_METHOD.format(n_top=n_top, min_share=PHRASE_MIN_SHARE)
+    fields = {k: v for k, v in data.items() if k not in ("format", "sae_sha256", "method", "phrases")}
+    fields["phrases"] = {str(f): phrases[f] for f in sorted(phrases) if str(f) in data["labels"]}  # with its words
+    fields["phrase_data"] = {"n_messages": len(texts), "precision": "int8" if EncoderConfig(model=card["model"], sae=None).int8
+                             else "float32"}
+    write_sae_file(sae_dir / LABELS_FILENAME, data["format"], sae_sha256=sae.sha256, method=method, fields=fields,
+                   indent=1, ensure_ascii=False)
+    return len(phrases)
 
 
 def update_cards(sae_dir: Path, card: dict[str, Any], section: dict[str, Any], labels: dict[int, str],
@@ -321,11 +400,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-density", type=float, default=0.2, help="features denser than this stay out of families")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=".cache/activations")
+    parser.add_argument("--phrases-only", action="store_true",
+                        help="only add phrases to an existing labels.json (labels, examples, families untouched)")
     args = vars(parser.parse_args(argv))
     names = args.pop("saes") or list_bundled_saes()
+    phrases_only = args.pop("phrases_only")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for name in names:
         sae_dir = Path(name) if Path(name).is_dir() else BUNDLED_SAE_DIR / name
+        if phrases_only:
+            n = add_phrases(sae_dir, max_label_texts=args["max_label_texts"], n_top=args["n_top"],
+                            cache_dir=args["cache_dir"])
+            print(json.dumps({"sae": sae_dir.name, "phrases": n}))
+            continue
         section = label_sae(sae_dir, **args)
         print(json.dumps({"sae": sae_dir.name, **section}, indent=2))
 

@@ -88,6 +88,36 @@ class Words:
         matrix.data[:] = 1.0  # duplicates were summed
         return matrix
 
+    def occurrence_phrases(self, texts: Sequence[str], sizes: Sequence[int] = (2, 3)) -> tuple[sp.csr_matrix, list[str]]:
+        """The phrases around each word occurrence: every run of ``sizes`` consecutive words of
+        its text that holds it, read from the text itself ("thank you", "i'm", "my dog"), lower-cased.
+
+        Runs that start or end with a word without a letter or digit ("dog .") are left out.
+
+        Returns:
+            ``(matrix, vocab)``: (n_occurrences, len(vocab)) 0/1 and the phrase strings.
+        """
+        index: dict[str, int] = {}
+        rows, cols = [], []
+        n = self.term.size
+        alnum = [False] * n
+        for i in range(n):
+            start, end = self.span[i]
+            alnum[i] = any(ch.isalnum() for ch in texts[self.message[i]][start:end])
+        for size in sizes:
+            for first in range(n - size + 1):
+                last = first + size - 1
+                if self.message[first] != self.message[last] or not (alnum[first] and alnum[last]):
+                    continue
+                text = texts[self.message[first]]
+                phrase = " ".join(text[self.span[first][0] : self.span[last][1]].lower().split())
+                column = index.setdefault(phrase, len(index))
+                rows.extend(range(first, last + 1))
+                cols.extend([column] * size)
+        matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n, len(index)))
+        matrix.data[:] = 1.0  # a phrase twice around one occurrence counts once
+        return matrix, list(index)
+
     def occurrence_terms(self) -> sp.csr_matrix:
         """(n_occurrences, len(vocab)) 0/1: the term of each word occurrence."""
         known = self.term >= 0
@@ -162,6 +192,7 @@ def distinctive_terms(
     n_terms: int = 3,
     min_support: int = 2,
     min_relative: float = 0.1,
+    min_share: float = 0.0,
 ) -> dict[int, list[str]]:
     """The terms most over-represented among each feature's top-activating units.
 
@@ -177,9 +208,12 @@ def distinctive_terms(
             does. Defaults to 2.
         min_relative: Terms after the first must score at least this fraction of the best.
             Defaults to 0.1.
+        min_share: A term must be held by at least this activation-weighted share of the top
+            units; a feature none of whose terms is gets no label. Defaults to 0.0 (no floor).
 
     Returns:
-        Feature id to its terms, best first, for every feature active on at least one unit.
+        Feature id to its terms, best first, for every feature active on at least one unit (and,
+        with ``min_share``, holding a term that common).
     """
     acts = sp.csc_matrix(acts)
     holds = sp.csr_matrix(unit_terms, dtype=np.float32)
@@ -203,13 +237,17 @@ def distinctive_terms(
         support = np.bincount(inverse)
         score = share * np.log(share / background[candidates])
         order = np.lexsort((candidates, -score))
+        if min_share > 0:
+            order = order[share[order] >= min_share]
+            if order.size == 0:
+                continue
         for keep in (
             (score > 0) & ~avoid[candidates] & (support >= min_support),
             (score > 0) & ~avoid[candidates],
             score > 0,
             np.ones_like(score, dtype=bool),
         ):
-            chosen = [i for i in order if keep[i]]
+            chosen = [int(i) for i in order if keep[i]]
             if chosen:
                 break
         best = score[chosen[0]]
