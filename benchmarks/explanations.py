@@ -13,6 +13,11 @@ features on most messages, are not listed). Reported per condition:
   digits (with hygiene this is 0 by construction: it is the rule that hides them);
 - *grounded*: the share of labels shown that are among the 10% of all the SAE's labels closest
   in meaning to the hit's text (MiniLM cosine of label and message; a random label scores 0.10);
+  *as shown*: the same for what a hit shows, the phrase with its label where the feature has a
+  phrase (``"looking for (looking / trying)"``), against all features' shown texts;
+- *with a word of the hit's text*: labels one of whose words (not a stopword) occurs in the hit,
+  and how many of those are grounded: what the grounding measure gives labels that are literally
+  in the text;
 - *explained share*: the median share of the SAE score carried by the shared features shown;
 - *word pairs*: the same for the 5 word pairs shown (``Hit.matched_words``: the query word and
   the message word where each shared feature peaks; all pairs together make up the score), and
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,8 +48,14 @@ from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
 from saememory.interpret.explain import explain_features, match_words  # noqa: E402
 from saememory.interpret.hygiene import function_label  # noqa: E402
+from saememory.interpret.labels import STOPWORDS, label_terms  # noqa: E402
 
 TOP_HITS, TOP_FEATURES = 3, 5
+
+
+def in_text(label: str, words: set[str]) -> bool:
+    """Does a word of the label, other than a stopword, occur in the text (its lower-cased words)?"""
+    return any(term.lower() in words for term in label_terms(label) if term.lower() not in STOPWORDS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=1, help="keep held-out questions at i %% every == 0 of the split; default 1")
     parser.add_argument("--md", type=Path, default=bench.ROOT / "BENCHMARKS.md")
     parser.add_argument("--sae", default=None, help="an SAE (bundled name or folder) instead of the default; its own section")
+    parser.add_argument("--tag", default=None, help="a name for the section, to keep a comparison run beside the main one")
     parser.add_argument("--pooling", choices=("max", "max-content"), default="max",
                         help="how token codes are pooled (EncoderConfig(pooling=...)); another than max has its own section")
     args = parser.parse_args(argv)
@@ -61,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     labelled = sorted(sae.labels)
     label_vectors = encoder.encode_documents([sae.labels[f] for f in labelled]).dense  # one row per labelled feature
     column = {f: i for i, f in enumerate(labelled)}
+    # What a hit shows for a feature: its phrase with its label where it has a phrase, else the label.
+    shown_vectors = encoder.encode_documents([f"{sae.phrase(f)} ({sae.labels[f]})" if sae.phrase(f) else sae.labels[f]
+                                              for f in labelled]).dense
     hidden, stats = dict(sae.hidden), {"without hygiene": [], "with hygiene": []}
     n_hits = 0
     for _, q in chosen:
@@ -79,6 +95,9 @@ def main(argv: list[str] | None = None) -> None:
             n_hits += 1
             closeness = label_vectors @ corpus.dense[row]  # every label against this message
             cutoff = np.quantile(closeness, 0.9)
+            words = set(re.findall(r"\w+", corpus.texts[row].lower()))
+            shown_closeness = shown_vectors @ corpus.dense[row]
+            shown_cutoff = np.quantile(shown_closeness, 0.9)
             for name, hide in (("without hygiene", {}), ("with hygiene", hidden)):
                 sae.hidden = hide
                 strongest, shared, explained = explain_features(corpus.sparse["res"][row], q_acts, sae, TOP_FEATURES)
@@ -86,30 +105,42 @@ def main(argv: list[str] | None = None) -> None:
                 _, pairs_share = match_words(corpus.sparse["res"][row], q_acts, q_words, read, sae, TOP_FEATURES)
                 stats[name].append({"function": [function_label(sae.labels[f]) for f in shown],
                                     "grounded": [bool(closeness[column[f]] >= cutoff) for f in shown],
+                                    "grounded_shown": [bool(shown_closeness[column[f]] >= shown_cutoff) for f in shown],
+                                    "in_text": [in_text(sae.labels[f], words) for f in shown],
                                     "explained": explained, "unlabelled": sum(not f["label"] for f in strongest + shared),
                                     "pairs": pairs_share})
     sae.hidden = hidden
     tag = (f"-{Path(args.sae).name}" if args.sae else "") + (f"-{args.pooling}" if args.pooling != "max" else "")
+    tag += f"-{args.tag}" if args.tag else ""
     start, end = f"<!-- explanations{tag}:start -->", f"<!-- explanations{tag}:end -->"
     title = (f"### Explanations with the SAE {args.sae}" if args.sae else "## Explanations: what a person is shown (2026-11-30)"
              if args.pooling == "max" else f"### Explanations with pooling {args.pooling}")
+    if args.tag:
+        title = f"### Explanations, {args.tag}" + (f", SAE {args.sae}" if args.sae else "") + (
+            f", pooling {args.pooling}" if args.pooling != "max" else "")
     lines = [start, title, "",
              f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}; machine: {machine()}",
              f"- Data: LongMemEval-S held out (report split, every {args.every}), {len(chosen)} questions, "
              f"the top {TOP_HITS} hits of the default fusion: {n_hits} hits; SAE `{sae.name}`, "
              f"{len(hidden)} of {sae.cfg.d_sae} features hidden by its `hygiene.json`",
              f"- Command: `python benchmarks/explanations.py --every {args.every}" + (f" --sae {args.sae}" if args.sae else "")
-             + (f" --pooling {args.pooling}" if args.pooling != "max" else "") + "`", "",
+             + (f" --pooling {args.pooling}" if args.pooling != "max" else "") + (f" --tag {args.tag}" if args.tag else "")
+             + "`", "",
              "| condition | labels shown per hit | function-word labels shown | grounded labels shown (random: 0.10) "
+             "| grounded as shown: phrase (label) where a phrase holds "
+             "| labels shown with a word of the hit's text | grounded among those "
              "| median share of the SAE score carried by the shared features shown | unlabelled features shown per hit "
              "| median share carried by the 5 word pairs shown | hits whose word pairs shown carry ≥ 50% |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, rows in stats.items():
         function = [x for r in rows for x in r["function"]]
         grounded = [x for r in rows for x in r["grounded"]]
         lines.append(f"| {name} | {len(function) / max(len(rows), 1):.1f} | "
                      f"{wilson(float(np.mean(function)) if function else 0.0, len(function))} | "
                      f"{wilson(float(np.mean(grounded)) if grounded else 0.0, len(grounded))} | "
+                     f"{wilson(float(np.mean(shown)) if (shown := [x for r in rows for x in r['grounded_shown']]) else 0.0, len(shown))} | "
+                     f"{wilson(float(np.mean(lexical)) if (lexical := [x for r in rows for x in r['in_text']]) else 0.0, len(lexical))} | "
+                     f"{wilson(float(np.mean(inside)) if (inside := [g for r in rows for g, t in zip(r['grounded'], r['in_text']) if t]) else 0.0, len(inside))} | "
                      f"{np.median([r['explained'] for r in rows]):.3f} | {np.mean([r['unlabelled'] for r in rows]):.1f} | "
                      f"{np.median([r['pairs'] for r in rows]):.3f} | "
                      f"{wilson(float(np.mean([r['pairs'] >= 0.5 for r in rows])), len(rows))} |")

@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--md", type=Path, default=bench.ROOT / "BENCHMARKS.md")
     parser.add_argument("--sae", default=None, help="an SAE (bundled name or folder) instead of the default; its own section")
+    parser.add_argument("--card", action="store_true",
+                        help="also write the result as the '## Label detection' section of the SAE's model_card.md")
     args = parser.parse_args(argv)
     chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), "report")[: args.questions]
     texts = sorted({m["content"] for _, q in chosen for m in lme.messages(q, "user")})
@@ -129,6 +131,41 @@ def main(argv: list[str] | None = None) -> None:
         lines += ["", f"Phrase (label) against the word label alone, paired over the {len(gain)} features: {interval(gain)}."]
     lines += ["", end]
     publish(args.md, lines, start, end)
+    if args.card:
+        command = f"python benchmarks/label_detection.py --features {args.features}" + (f" --sae {args.sae}" if args.sae else "")
+        text = (f"Measured on held-out text (`{command}`, {datetime.now(timezone.utc):%Y-%m-%d}, commit {commit()}), "
+                f"with a Delphi-style embedding scorer: the MiniLM cosine of a feature's label and a turn should separate "
+                f"the {args.top} LongMemEval-S user turns where the feature fires most from {args.top} length-matched turns "
+                f"where it is silent ({len(texts)} turns of {len(chosen)} held-out questions). Over {len(real)} sampled "
+                f"labelled features, mean AUROC {interval(real)}; {interval(real[visible])} for the "
+                f"{int(visible.sum())} that hygiene leaves visible, {interval(real[~visible])} for those it hides; "
+                f"{interval(chance)} with the labels shuffled among the features (chance).")
+        if phrased:
+            text += (f" For the {len(gain)} sampled features with a phrase, the phrase with its label, as a hit shows it, "
+                     f"scores {interval(np.array(scores['phrase and label']))}, the word label alone "
+                     f"{interval(np.array(scores['labels, phrased features']))} (paired difference {interval(gain)}).")
+        card_section(model_card(encoder), "## Label detection", text)
+
+
+def model_card(encoder: Encoder) -> Path:
+    """The model card of the encoder's SAE (a bundled one or a folder)."""
+    from saememory.encoders.sentence_transformer import BUNDLED_SAE_DIR
+
+    folder = Path(encoder.config.sae) if Path(encoder.config.sae).is_dir() else BUNDLED_SAE_DIR / encoder.config.sae
+    return folder / "model_card.md"
+
+
+def card_section(path: Path, heading: str, text: str) -> None:
+    """Sets a ``## ...`` section of a markdown file, up to the next ``## `` heading (added at the end if new)."""
+    content = path.read_text(encoding="utf-8")
+    block = f"{heading}\n\n{text}\n"
+    if f"\n{heading}\n" in content:
+        start = content.index(f"\n{heading}\n") + 1
+        after = content.find("\n## ", start + len(heading))
+        content = content[:start] + block + (content[after:] if after >= 0 else "")
+    else:
+        content = content.rstrip("\n") + "\n\n" + block
+    path.write_text(content, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -368,7 +368,7 @@ def update_cards(sae_dir: Path, card: dict[str, Any], section: dict[str, Any], l
         SECTION,
         "",
         f"Offline labels (no LLM) for {section['labelled_features']} of the {section['live_features']} features "
-        f"that fire on {section['labelling_messages']} training messages (`labels.json`: label, top examples, method).",
+        f"that fire on {section['labelling_messages']} training messages (`labels.json`: label, phrase, top examples, method).",
         "",
         f"Check on {check['n_messages']} held-out messages, {check['n_features']} sampled features "
         f"(firing on >= {check['min_fires']} of them): the label's words are more frequent where the feature "
@@ -384,9 +384,12 @@ def update_cards(sae_dir: Path, card: dict[str, Any], section: dict[str, Any], l
     ]
     path = sae_dir / "model_card.md"
     text = path.read_text()
-    if SECTION in text:
+    rest = ""
+    if SECTION in text:  # replace this section only, keep the sections after it
+        after = text.find("\n## ", text.index(SECTION) + len(SECTION))
+        rest = text[after:] if after >= 0 else ""
         text = text[: text.index(SECTION)].rstrip("\n") + "\n"
-    path.write_text(text + "\n" + "\n".join(lines))
+    path.write_text(text + "\n" + "\n".join(lines) + rest)
 
 
 def main(argv: list[str] | None = None) -> None:
