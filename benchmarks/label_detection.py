@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     real, chance = np.array(scores["labels"]), np.array(scores["shuffled labels"])
     lines.append(f"| all sampled features | {len(real)} | {interval(real)} |")
     lines.append(f"| those shown to people (not hidden by hygiene) | {int(visible.sum())} | {interval(real[visible])} |")
-    lines.append(f"| hidden by hygiene | {int((~visible).sum())} | {interval(real[~visible])} |")
+    if (~visible).any():
+        lines.append(f"| hidden by hygiene | {int((~visible).sum())} | {interval(real[~visible])} |")
     lines.append(f"| labels shuffled among the features (chance) | {len(chance)} | {interval(chance)} |")
     if phrased:
         for name, row in (("labels, phrased features", "features with a phrase: their word labels"),
@@ -138,12 +139,16 @@ def main(argv: list[str] | None = None) -> None:
                 f"the {args.top} LongMemEval-S user turns where the feature fires most from {args.top} length-matched turns "
                 f"where it is silent ({len(texts)} turns of {len(chosen)} held-out questions). Over {len(real)} sampled "
                 f"labelled features, mean AUROC {interval(real)}; {interval(real[visible])} for the "
-                f"{int(visible.sum())} that hygiene leaves visible, {interval(real[~visible])} for those it hides; "
-                f"{interval(chance)} with the labels shuffled among the features (chance).")
+                f"{int(visible.sum())} that hygiene leaves visible"
+                + (f", {interval(real[~visible])} for those it hides" if (~visible).any() else "")
+                + f"; {interval(chance)} with the labels shuffled among the features (chance).")
         if phrased:
             text += (f" For the {len(gain)} sampled features with a phrase, the phrase with its label, as a hit shows it, "
                      f"scores {interval(np.array(scores['phrase and label']))}, the word label alone "
                      f"{interval(np.array(scores['labels, phrased features']))} (paired difference {interval(gain)}).")
+        if encoder.layer is None:
+            text += (" This SAE's features are directions of the very MiniLM embedding the scorer compares labels "
+                     "with, which favours it: the score is not comparable with a residual SAE's.")
         card_section(model_card(encoder), "## Label detection", text)
 
 

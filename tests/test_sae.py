@@ -105,6 +105,20 @@ def test_labels_json_beside_weights_is_loaded(tmp_path):
     assert SparseAutoencoder.from_disk(path).label(1) == "weather"
 
 
+@pytest.mark.parametrize("phrases", [["not", "a mapping"], {"x": "not an id"}, {"1": 5}, {"99999": "out of range"}])
+def test_phrases_and_examples_load_and_malformed_ones_only_warn(tmp_path, caplog, phrases):
+    path = save_sae_lens_sae(tmp_path / "sae", "topk")
+    good = {"labels": {"1": "weather / rain"}, "phrases": {"1": "heavy rain"}, "examples": {"1": ["The [rain] came."]}}
+    (path / "labels.json").write_text(json.dumps(good))
+    sae = SparseAutoencoder.from_disk(path)
+    assert sae.phrase(1) == "heavy rain" and sae.phrase(2) is None and sae.examples == {1: ["The [rain] came."]}
+    (path / "labels.json").write_text(json.dumps({**good, "phrases": phrases}))
+    with caplog.at_level("WARNING"):
+        sae = SparseAutoencoder.from_disk(path)  # the SAE and its labels still load
+    assert sae.label(1) == "weather / rain" and sae.phrases == {} and sae.examples == {1: ["The [rain] came."]}
+    assert "phrases of" in caplog.text and "not attached" in caplog.text
+
+
 def test_families_beside_weights_are_loaded_and_checked(tmp_path, caplog):
     path = save_sae_lens_sae(tmp_path / "sae", "topk")
     sha = SparseAutoencoder.from_disk(path).sha256

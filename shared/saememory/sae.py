@@ -231,9 +231,14 @@ class SparseAutoencoder:
             else:
                 labels = load_labels(path / LABELS_FILENAME)
         sae = cls(cfg, weights, labels, name=name or path.name, sha256=sha256)
-        for key in ("phrases", "examples"):  # labels.json's other readings of a feature, when it has them
-            if isinstance(extras.get(key), dict):
-                setattr(sae, key, {int(f): value for f, value in extras[key].items() if value})
+        for key, kind in (("phrases", str), ("examples", list)):  # labels.json's other readings, when it has them
+            try:
+                readings = {int(f): value for f, value in (extras.get(key) or {}).items() if value}
+                if not all(isinstance(v, kind) and 0 <= f < cfg.d_sae for f, v in readings.items()):
+                    raise ValueError(f"'{key}' must map feature ids 0..{cfg.d_sae - 1} to {kind.__name__}s")
+                setattr(sae, key, readings)
+            except (AttributeError, TypeError, ValueError) as err:  # optional explanations must not make the SAE unusable
+                logger.warning("%s of %s not attached: %s", key, path / LABELS_FILENAME, err)
         if (path / HYGIENE_FILENAME).is_file():
             try:
                 hidden = load_hygiene(path / HYGIENE_FILENAME, sae_sha256=sae.sha256)
