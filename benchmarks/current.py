@@ -172,8 +172,29 @@ def main(argv: list[str] | None = None) -> None:
         share.append(f"{m} {diff.mean():+.3f} [{low:+.3f}, {high:+.3f}]")
     lines += ["", "The SAE's own share (the default against the same ranking without the SAE, paired, 95% bootstrap): "
               + "; ".join(share) + "."]
+    shipped = ROOT / "benchmarks" / f"current_{args.split}.json"  # the shipped encoder's run of this split
+    if tag != args.split and shipped.is_file():
+        lines += ["", against_shipped(rows[settings_name(default)], json.loads(shipped.read_text()).get(settings_name(default)),
+                                      shipped.name)]
     lines += ["", end]
     publish(args.md, lines, start, end)
+
+
+def against_shipped(these: list[dict], shipped: list[dict] | None, source: str) -> str:
+    """A line comparing this encoder's default ranking with the shipped encoder's, paired by question."""
+    by_id = {r["id"]: r for r in shipped or []}
+    pairs = [(r, by_id[r["id"]]) for r in these if r["id"] in by_id]
+    if not pairs:
+        return f"No question in common with the shipped encoder's run of this split (`benchmarks/{source}`)."
+    parts = []
+    for m in METRICS:
+        diff = np.array([a[m] - b[m] for a, b in pairs])
+        low, high = bootstrap(diff)
+        parts.append(f"{m} {np.mean([b[m] for _, b in pairs]):.3f} → {np.mean([a[m] for a, _ in pairs]):.3f}, "
+                     f"{diff.mean():+.3f} [{low:+.3f}, {high:+.3f}] ({int((diff > 0).sum())} questions up, "
+                     f"{int((diff < 0).sum())} down)")
+    return (f"Against the shipped encoder (its run in `benchmarks/{source}`), the default setting, paired over {len(pairs)} "
+            "questions, 95% bootstrap: " + "; ".join(parts) + ".")
 
 
 if __name__ == "__main__":
