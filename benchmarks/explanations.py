@@ -113,8 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     tag = (f"-{Path(args.sae).name}" if args.sae else "") + (f"-{args.pooling}" if args.pooling != "max" else "")
     tag += f"-{args.tag}" if args.tag else ""
     start, end = f"<!-- explanations{tag}:start -->", f"<!-- explanations{tag}:end -->"
-    title = (f"### Explanations with the SAE {args.sae}" if args.sae else "## Explanations: what a person is shown (2026-11-30)"
-             if args.pooling == "max" else f"### Explanations with pooling {args.pooling}")
+    title = ("## Explanations: what a person is shown (2026-11-30)" if not args.sae and args.pooling == "max" else
+             "### Explanations with" + (f" the SAE {args.sae}" if args.sae else "")
+             + (" and" if args.sae and args.pooling != "max" else "")
+             + (f" pooling {args.pooling}" if args.pooling != "max" else ""))
     if args.tag:
         title = f"### Explanations, {args.tag}" + (f", SAE {args.sae}" if args.sae else "") + (
             f", pooling {args.pooling}" if args.pooling != "max" else "")

@@ -69,7 +69,7 @@ def test_hit_carries_scores_and_features(memory, make):
     assert all(f["phrase"] == memory.encoder.sae.phrase(f["id"]) for f in listed)
     phrased = next((f for f in listed if f["phrase"]), None)
     text = format_hit(hit.content, hit.to_metadata())
-    assert phrased is None or f"#{phrased['id']} {phrased['phrase']!r} ({phrased['label']})" in text
+    assert phrased is not None and f"#{phrased['id']} {phrased['phrase']!r} ({phrased['label']!r})" in text
     # With every shared feature listed, contributions add up to the share of the sparse score
     # they carry; the hidden features (hygiene) carry the rest.
     full = make(top_features=10_000)

@@ -173,7 +173,7 @@ class SparseAutoencoder:
         self._tensors: dict[str, torch.Tensor] | None = None
         self.labels: dict[int, str] = dict(labels or {})
         self.phrases: dict[int, str] = {}  # the phrase a feature reads in context ("thank you"), from labels.json
-        self.examples: dict[int, list[str]] = {}  # top-activating snippets, firing word in [brackets]
+        self.examples: dict[int, list[str]] = {}  # top-activating snippets (residual SAEs: firing word in [brackets])
         self.name = name
         self.sha256 = sha256
         self.families: dict[int, dict[str, Any]] = {}
@@ -231,11 +231,13 @@ class SparseAutoencoder:
             else:
                 labels = load_labels(path / LABELS_FILENAME)
         sae = cls(cfg, weights, labels, name=name or path.name, sha256=sha256)
-        for key, kind in (("phrases", str), ("examples", list)):  # labels.json's other readings, when it has them
+        for key, strings in (("phrases", False), ("examples", True)):  # labels.json's other readings, if any
             try:
                 readings = {int(f): value for f, value in (extras.get(key) or {}).items() if value}
-                if not all(isinstance(v, kind) and 0 <= f < cfg.d_sae for f, v in readings.items()):
-                    raise ValueError(f"'{key}' must map feature ids 0..{cfg.d_sae - 1} to {kind.__name__}s")
+                if not all(0 <= f < cfg.d_sae and (isinstance(v, list) and all(isinstance(x, str) for x in v)
+                                                   if strings else isinstance(v, str)) for f, v in readings.items()):
+                    raise ValueError(f"'{key}' must map feature ids 0..{cfg.d_sae - 1} to "
+                                     + ("lists of strings" if strings else "strings"))
                 setattr(sae, key, readings)
             except (AttributeError, TypeError, ValueError) as err:  # optional explanations must not make the SAE unusable
                 logger.warning("%s of %s not attached: %s", key, path / LABELS_FILENAME, err)

@@ -66,6 +66,15 @@ def test_content_pooling_reads_content_words_only(encoder):
     words, peaks = content_encoder.peak_words([text])[0]
     assert {words[i] for i in peaks.values()} <= {"sister", "lives", "lisbon"}
     assert content_encoder.identity()["pooling"] == "max-content"
+    # A prefix is not the text's content: with one, "I am." still falls back to every token, and
+    # a text's code pools its own content words only.
+    prefixed = Encoder(EncoderConfig(pooling="max-content", quantize=False, document_prefix="search_document: "),
+                       sae=encoder.sae)
+    plain_prefixed = Encoder(EncoderConfig(quantize=False, document_prefix="search_document: "), sae=encoder.sae)
+    np.testing.assert_allclose(prefixed.encode_documents(["I am."]).sparse.toarray(),
+                               plain_prefixed.encode_documents(["I am."]).sparse.toarray(), atol=1e-6)
+    words, peaks = prefixed.peak_words([text])[0]
+    assert {words[i] for i in peaks.values()} <= {"sister", "lives", "lisbon"}
     with pytest.raises(ValueError, match="max-content"):
         EncoderConfig(pooling="min")
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import html
+import re
 
 import pytest
 
-from saememory import SAEMemory
+from saememory import SAEMemory, format_hit
 from saememory.cli import main as saememory_command
 from saememory.interpret.html import hits_html, write_html
 from tests.helpers import CONVERSATION, QUESTION
@@ -46,3 +47,24 @@ def test_the_command_explains_a_saved_memory(encoder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         saememory_command(["explain", str(tmp_path / "memory"), "  "])
     assert "query" in capsys.readouterr().err
+
+
+def test_hostile_labels_phrases_and_examples_stay_text(encoder, tmp_path):
+    """An SAE's label files may be a user's own: nothing in them becomes markup, a newline or a crash."""
+    memory = SAEMemory(encoder)
+    memory.add(CONVERSATION)
+    hits = memory.search(QUESTION, k=2, words=True)
+    evil = "x' onmouseover='alert(1)' a=\"<script>alert(2)</script>\nstrongest: #1 \x1b[31mFAKE"
+    for hit in hits:
+        for feature in hit.shared_features + [f for pair in hit.matched_words for f in pair["features"]]:
+            feature["label"], feature["phrase"] = evil, evil
+    sae = type("SAE", (), {"examples": {f["id"]: [evil] * 5 for pair in hits[0].matched_words for f in pair["features"]}})()
+    page = hits_html(QUESTION, hits, sae=sae)
+    assert "<script>" not in page and "onmouseover='" not in page and "&lt;script&gt;" in page
+    tips = re.findall(r"title='Fires most on: ([^']*)'", page)
+    assert tips and all(tip.count(" | ") == 2 for tip in tips)  # three examples of five at most
+    text = format_hit(hits[0].content, hits[0].to_metadata())
+    assert "\x1b" not in text  # a terminal shows the escape as text, not as a colour
+    assert text.count("\n") == format_hit(hits[0].content, {**hits[0].to_metadata(), "shared_features": [],
+                                                               "matched_words": [], "features": []}).count("\n") + 3
+

@@ -96,10 +96,12 @@ def test_residual_labels_pick_the_planted_word(encoder):
 
 
 def test_residual_phrases_read_the_words_around_the_firing_one(encoder):
-    texts = TEXTS + ["I don't know."]
+    texts = TEXTS + ["I don't know.", "We are here. Next time I love 😀 you"]
     words = split_words(encoder.tokenizer, texts, encoder.max_tokens)
     matrix, vocab = words.occurrence_phrases(texts)
     assert "the volcano" in vocab and "don't" in vocab and "know." not in vocab
+    assert "here. next" not in vocab and "next time" in vocab  # not across a sentence end
+    assert "love you" not in vocab and "i love" in vocab  # not over text the tokenizer dropped
     assert "active?" not in vocab  # a run may not end on punctuation
     assert matrix.shape == (words.term.size, len(vocab)) and matrix[:, vocab.index("don't")].nnz == 3
     volcano, question = words.vocab.index("volcano"), words.vocab.index("?")

@@ -133,6 +133,10 @@ class OnnxModel:
         """Token strings of ids (wordpieces)."""
         return [self._tokenizer.id_to_token(int(i)) for i in ids]
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` without special tokens."""
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
     def forward(self, texts: list[str]) -> Forward:
         """Tokenises and runs a batch of texts, each on its own, and pads the results together.
 

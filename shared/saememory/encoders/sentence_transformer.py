@@ -5,7 +5,7 @@ The SAE's ``hook_name`` (in its ``cfg.json`` metadata) says where it reads:
 
 - ``hidden_states.<L>``, the *residual* source: token states of transformer layer ``L`` of the
   same sentence-transformers model (0 is the embedding layer), each token encoded by the SAE,
-  special tokens and padding dropped, then pooled per message (``max`` or ``mean``).
+  special tokens and padding dropped, then pooled per message (``max``, ``mean`` or ``max-content``).
 - ``sentence_embedding``, the *embedding* source: the SAE applied to the pooled, normalised
   dense embedding (as in O'Neill et al. 2024).
 
@@ -227,6 +227,9 @@ class TorchModel:
     def pieces(self, ids: list[int]) -> list[str]:
         return self.tokenizer.convert_ids_to_tokens(ids)
 
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def forward(self, texts: list[str]) -> Forward:
         import torch
 
@@ -372,11 +375,11 @@ class Encoder:
 
     def encode_documents(self, texts: list[str], show_progress: bool = False) -> Encoded:
         """Encodes messages (with the document prefix)."""
-        return self._encode([self.config.document_prefix + t for t in texts], show_progress)
+        return self._encode([self.config.document_prefix + t for t in texts], show_progress, self.config.document_prefix)
 
     def encode_query(self, text: str) -> Encoded:
         """Encodes one query (with the query prefix)."""
-        return self._encode([self.config.query_prefix + text], False)
+        return self._encode([self.config.query_prefix + text], False, self.config.query_prefix)
 
     def steer(self, query: Encoded, strengths: dict[int, float]) -> Encoded:
         """Boosts or suppresses SAE features of an encoded query before ranking.
@@ -410,7 +413,7 @@ class Encoder:
         out = []
         for start in range(0, len(texts), self.config.batch_size):
             batch = self._runtime.forward([prefix + t for t in texts[start : start + self.config.batch_size]])
-            pooled = self._pooled_tokens(batch)
+            pooled = self._pooled_tokens(batch, prefix)
             for row in range(batch.ids.shape[0]):
                 real = batch.real[row]
                 words, owner = _words(self._runtime.pieces(batch.ids[row][real].tolist()))
@@ -449,7 +452,7 @@ class Encoder:
         return torch.from_numpy(np.ascontiguousarray(stacked, np.float32)), (
             np.concatenate(dense) if dense else np.zeros((0, self.dim), np.float32))
 
-    def _encode(self, texts: list[str], show_progress: bool) -> Encoded:
+    def _encode(self, texts: list[str], show_progress: bool, prefix: str = "") -> Encoded:
         n = len(texts)
         dense = np.zeros((n, self.dim), dtype=np.float32)
         truncated = np.zeros(n, dtype=bool)
@@ -466,7 +469,7 @@ class Encoder:
             dense[idx] = batch.embedding
             truncated[idx] = batch.truncated
             if self.sae is not None:
-                codes = self._sparse_codes(batch)
+                codes = self._sparse_codes(batch, prefix)
                 norms = np.linalg.norm(codes, axis=1, keepdims=True)
                 blocks.append((idx, sp.csr_matrix(codes / np.where(norms > 0, norms, 1.0))))
         if self.sae is None:
@@ -478,26 +481,29 @@ class Encoder:
         return Encoded(dense=dense, sparse=sp.csr_matrix(stacked[np.argsort(rows)], dtype=np.float32),
                        truncated=truncated)
 
-    def _sparse_codes(self, batch: Forward) -> np.ndarray:
-        """Pooled, not yet normalised codes of one batch: (b, d_sae)."""
+    def _sparse_codes(self, batch: Forward, prefix: str = "") -> np.ndarray:
+        """Pooled, not yet normalised codes of one batch (texts starting with ``prefix``): (b, d_sae)."""
         if self.layer is None:
             return self._runner.dense(batch.embedding)
-        pooled = self._pooled_tokens(batch)
+        pooled = self._pooled_tokens(batch, prefix)
         rows, _ = np.nonzero(pooled)  # row-major, so each text's tokens are contiguous and ascending
         values, indices = self._runner(batch.states[self.layer][pooled])  # only real tokens reach the SAE
         return pool(values, indices, rows, batch.ids.shape[0], self.d_sae, self.config.pooling.split("-")[0])
 
-    def _pooled_tokens(self, batch: Forward) -> np.ndarray:
+    def _pooled_tokens(self, batch: Forward, prefix: str = "") -> np.ndarray:
         """(b, s) bool: the tokens a text's code pools over. Every real token; with pooling
         ``"max-content"`` only the tokens of its content words (not stopwords, punctuation or
-        digits alone), or every real token of a text that has none ("Hi!")."""
+        digits alone; the prefix's words are not the text's), or, as max pooling, every real
+        token of a text that has none ("I am.")."""
         if self.config.pooling != CONTENT_POOLING:
             return batch.real
+        skip = self._runtime.count_tokens(prefix) if prefix else 0  # the prefix's tokens come first
         pooled = batch.real.copy()
         for row in range(pooled.shape[0]):
             real = np.flatnonzero(batch.real[row])
             words, owner = _words(self._runtime.pieces(batch.ids[row][real].tolist()))
             content = np.array([_content_word(words[o]) for o in owner], dtype=bool)
+            content[:skip] = False
             if content.any():
                 pooled[row, real] = content
         return pooled

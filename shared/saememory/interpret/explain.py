@@ -208,11 +208,11 @@ def feature_names(sae: Any) -> Any:
 
 
 def feature_text(feature: Mapping[str, Any]) -> str:
-    """How a person reads a listed feature: ``"#12 'looking for' (looking / trying)"``, the phrase
+    """How a person reads a listed feature: ``"#12 'looking for' ('looking / trying')"``, the phrase
     first where there is one, else ``"#12 'looking / trying'"``, else ``"#12"``."""
-    text = f"#{feature['id']}"
+    text = f"#{feature['id']}"  # repr: a label from a user's own SAE files may hold newlines or escapes
     if feature.get("phrase"):
-        return text + f" {feature['phrase']!r}" + (f" ({feature['label']})" if feature.get("label") else "")
+        return text + f" {feature['phrase']!r}" + (f" ({feature['label']!r})" if feature.get("label") else "")
     return text + (f" {feature['label']!r}" if feature.get("label") else "")
 
 

@@ -70,7 +70,7 @@ def _feature_html(feature: dict[str, Any], examples: dict[int, list[str]]) -> st
     shown = examples.get(feature["id"])
     if not shown:
         return text
-    tip = "Fires most on: " + " | ".join(shown)
+    tip = "Fires most on: " + " | ".join(example[:200] for example in shown[:3])
     return f"<span class='ex' title='{html.escape(tip, quote=True)}'>{text}</span>"
 
 

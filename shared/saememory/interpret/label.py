@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -154,8 +155,7 @@ def residual_phrases(occurrences: sp.spmatrix, words: Words, texts: list[str], *
             a feature without such a phrase gets none. Defaults to ``PHRASE_MIN_SHARE`` (0.2).
     """
     matrix, vocab = words.occurrence_phrases(texts)
-    avoid = np.array([all(w in STOPWORDS or not any(ch.isalpha() for ch in w) for w in p.split()) for p in vocab],
-                     dtype=bool)
+    avoid = np.array([all(w in STOPWORDS or not w.isalpha() for w in re.findall(r"\w+", p)) for p in vocab], dtype=bool)
     found = distinctive_terms(occurrences, matrix, vocab, avoid=avoid, n_top=n_top, n_terms=1, min_share=min_share)
     return {f: terms[0] for f, terms in found.items()}
 
@@ -335,20 +335,22 @@ def add_phrases(sae_dir: str | Path, *, max_label_texts: int | None = None, n_to
     if not (sae.cfg.hook_name or "").startswith("hidden_states."):
         raise ValueError(f"{sae_dir.name} reads sentence embeddings: its features have no firing word to "
                          "read a phrase around. Phrases are for residual (token) SAEs.")
-    tokenizer = load_sentence_transformer(card["model"]).tokenizer
-    train_texts, texts, _ = split_messages(card, max_label_texts)
-    cfg = TrainConfig(corpus=card["data"]["corpus"], out=str(sae_dir), layer=card["layer"], model=card["model"],
-                      cache_dir=cache_dir)
-    words = split_words(tokenizer, texts, int(load_sentence_transformer(card["model"]).max_seq_length))
-    tokens, _ = states_for(cfg, train_texts, texts)
-    occurrences, _ = residual_codes(sae, tokens[: words.token_occurrence.size], words)
-    phrases = residual_phrases(occurrences, words, texts, n_top=n_top)
     data = json.loads((sae_dir / LABELS_FILENAME).read_text(encoding="utf-8"))
     if data.get("sae_sha256") != sae.sha256:
         raise ValueError(f"{sae_dir / LABELS_FILENAME} was made for other weights; relabel the SAE instead.")
+    model = load_sentence_transformer(card["model"])
+    train_texts, texts, _ = split_messages(card, max_label_texts)
+    layer = card["layer"] if card.get("layer") is not None else TrainConfig.layer
+    cfg = TrainConfig(corpus=card["data"]["corpus"], out=str(sae_dir), layer=layer, model=card["model"],
+                      cache_dir=cache_dir)
+    words = split_words(model.tokenizer, texts, int(model.max_seq_length))
+    tokens, _ = states_for(cfg, train_texts, texts)
+    occurrences, _ = residual_codes(sae, tokens[: words.token_occurrence.size], words)
+    phrases = residual_phrases(occurrences, words, texts, n_top=n_top)
+    phrases = {f: p for f, p in phrases.items() if str(f) in data["labels"]}  # beside the words a hit shows
     method = data["method"].split(" Phrases: ")[0] + " " + PHRASE_METHOD.format(n_top=n_top, min_share=PHRASE_MIN_SHARE)
     fields = {k: v for k, v in data.items() if k not in ("format", "sae_sha256", "method", "phrases")}
-    fields["phrases"] = {str(f): phrases[f] for f in sorted(phrases) if str(f) in data["labels"]}  # with its words
+    fields["phrases"] = {str(f): phrases[f] for f in sorted(phrases)}
     fields["phrase_data"] = {"n_messages": len(texts), "precision": "int8" if EncoderConfig(model=card["model"], sae=None).int8
                              else "float32"}
     write_sae_file(sae_dir / LABELS_FILENAME, data["format"], sae_sha256=sae.sha256, method=method, fields=fields,
@@ -412,6 +414,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         sae_dir = Path(name) if Path(name).is_dir() else BUNDLED_SAE_DIR / name
         if phrases_only:
+            if not (load_sae(sae_dir).cfg.hook_name or "").startswith("hidden_states."):
+                logger.info("%s reads sentence embeddings: no phrases to read (skipped).", sae_dir.name)
+                continue
             n = add_phrases(sae_dir, max_label_texts=args["max_label_texts"], n_top=args["n_top"],
                             cache_dir=args["cache_dir"])
             print(json.dumps({"sae": sae_dir.name, "phrases": n}))

@@ -92,7 +92,9 @@ class Words:
         """The phrases around each word occurrence: every run of ``sizes`` consecutive words of
         its text that holds it, read from the text itself ("thank you", "i'm", "my dog"), lower-cased.
 
-        Runs that start or end with a word without a letter or digit ("dog .") are left out.
+        Left out: runs that start or end with a word without a letter or digit ("dog ."), runs
+        across a sentence end ("am. the") and runs over text that is not a word (an emoji the
+        tokenizer does not know), so a run reads as the words it counts.
 
         Returns:
             ``(matrix, vocab)``: (n_occurrences, len(vocab)) 0/1 and the phrase strings.
@@ -101,13 +103,17 @@ class Words:
         rows, cols = [], []
         n = self.term.size
         alnum = [False] * n
+        joins = [False] * n  # word i and word i + 1 are adjacent words of one sentence
         for i in range(n):
+            text = texts[self.message[i]]
             start, end = self.span[i]
-            alnum[i] = any(ch.isalnum() for ch in texts[self.message[i]][start:end])
+            alnum[i] = any(ch.isalnum() for ch in text[start:end])
+            if i + 1 < n and self.message[i + 1] == self.message[i]:
+                joins[i] = not text[end : self.span[i + 1][0]].strip() and text[start:end] not in (".", "!", "?")
         for size in sizes:
             for first in range(n - size + 1):
                 last = first + size - 1
-                if self.message[first] != self.message[last] or not (alnum[first] and alnum[last]):
+                if not (alnum[first] and alnum[last] and all(joins[first:last])):
                     continue
                 text = texts[self.message[first]]
                 phrase = " ".join(text[self.span[first][0] : self.span[last][1]].lower().split())
