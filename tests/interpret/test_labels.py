@@ -102,6 +102,7 @@ def test_residual_phrases_read_the_words_around_the_firing_one(encoder):
     assert "the volcano" in vocab and "don't" in vocab and "know." not in vocab
     assert "here. next" not in vocab and "next time" in vocab  # not across a sentence end
     assert "love you" not in vocab and "i love" in vocab  # not over text the tokenizer dropped
+    assert "i don" not in vocab and "t know" not in vocab  # nor inside a contraction
     assert "active?" not in vocab  # a run may not end on punctuation
     assert matrix.shape == (words.term.size, len(vocab)) and matrix[:, vocab.index("don't")].nnz == 3
     volcano, question = words.vocab.index("volcano"), words.vocab.index("?")

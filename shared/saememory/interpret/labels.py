@@ -92,9 +92,10 @@ class Words:
         """The phrases around each word occurrence: every run of ``sizes`` consecutive words of
         its text that holds it, read from the text itself ("thank you", "i'm", "my dog"), lower-cased.
 
-        Left out: runs that start or end with a word without a letter or digit ("dog ."), runs
-        across a sentence end ("am. the") and runs over text that is not a word (an emoji the
-        tokenizer does not know), so a run reads as the words it counts.
+        Left out: runs that start or end with a word without a letter or digit ("dog .") or
+        inside a contraction or number ("m going" of "i'm going"), runs across a sentence end
+        ("am. the") and runs over text that is not a word (an emoji the tokenizer does not know),
+        so a run reads as the words it counts.
 
         Returns:
             ``(matrix, vocab)``: (n_occurrences, len(vocab)) 0/1 and the phrase strings.
@@ -102,18 +103,22 @@ class Words:
         index: dict[str, int] = {}
         rows, cols = [], []
         n = self.term.size
-        alnum = [False] * n
+        opens, closes = [False] * n, [False] * n  # a run may start / end at word i
         joins = [False] * n  # word i and word i + 1 are adjacent words of one sentence
         for i in range(n):
             text = texts[self.message[i]]
             start, end = self.span[i]
-            alnum[i] = any(ch.isalnum() for ch in text[start:end])
+            alnum = any(ch.isalnum() for ch in text[start:end])
+            # not inside a contraction or a number: "m going" of "i'm going", "3" of "4.3"
+            opens[i] = alnum and (start == 0 or not (text[start - 1].isalnum() or text[start - 1] in "'’.,"))
+            closes[i] = alnum and (end == len(text) or not (text[end].isalnum() or text[end] in "'’")
+                                   and not (text[end] in ".," and text[end + 1 : end + 2].isalnum()))
             if i + 1 < n and self.message[i + 1] == self.message[i]:
                 joins[i] = not text[end : self.span[i + 1][0]].strip() and text[start:end] not in (".", "!", "?")
         for size in sizes:
             for first in range(n - size + 1):
                 last = first + size - 1
-                if not (alnum[first] and alnum[last] and all(joins[first:last])):
+                if not (opens[first] and closes[last] and all(joins[first:last])):
                     continue
                 text = texts[self.message[first]]
                 phrase = " ".join(text[self.span[first][0] : self.span[last][1]].lower().split())
