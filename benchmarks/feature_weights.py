@@ -7,7 +7,11 @@ On LongMemEval-S user turns (official protocol, strict questions, cached vectors
 ``benchmarks/longmemeval.py``), the default fusion (z-score, dense + w x SAE + stemmed BM25) with
 the SAE cosine replaced by a weighted one: each feature f weighted by a per-user IDF over the
 user's messages, as BM25 weighs words (``idf``: BM25's; ``idf-smooth``: ``log((n + 1) / (df + 1))
-+ 1``), or dropped when it is active in more than half or a quarter of them. Reported: turn
++ 1``), or dropped when it is active in more than half or a quarter of them. Other readings of the same
+codes: square-rooted activations (``sqrt``), active or not (``binary``), only the query's 64 or
+128 strongest features (``query top k``), and the cosine with its linear trend in log message
+length removed over the user's messages (``length-residual``: longer messages hold more
+features). Reported: turn
 R_all@10 and nDCG@10 per variant and SAE weight, beside the default and the default without the
 SAE. Writes the ``feature-weights-<split>`` section of BENCHMARKS.md.
 """
@@ -43,6 +47,25 @@ def feature_weights(codes: sp.csr_matrix) -> dict[str, np.ndarray]:
             "drop > 50%": (df <= 0.5 * n).astype(float), "drop > 25%": (df <= 0.25 * n).astype(float)}
 
 
+def code_readings(codes: sp.csr_matrix, query: sp.csr_matrix, lengths: np.ndarray) -> dict[str, np.ndarray]:
+    """The SAE score of every message under other readings of the codes (see the module doc)."""
+    ones = np.ones(codes.shape[1])
+    out = {}
+    for name, fn in (("sqrt", np.sqrt), ("binary", np.sign)):
+        d, q = codes.copy(), query.copy()
+        d.data, q.data = fn(d.data), fn(q.data)
+        out[name] = weighted_cosine(d, q, ones)
+    for k in (64, 128):
+        q = query.copy()
+        q.data[np.argsort(-q.data)[k:]] = 0.0
+        q.eliminate_zeros()
+        out[f"query top {k}"] = weighted_cosine(codes, q, ones)
+    plain = weighted_cosine(codes, query, ones)
+    trend = np.stack([np.ones(len(lengths)), np.log1p(lengths)], axis=1)
+    out["length-residual"] = plain - trend @ np.linalg.lstsq(trend, plain, rcond=None)[0]
+    return out
+
+
 def weighted_cosine(codes: sp.csr_matrix, query: sp.csr_matrix, weight: np.ndarray) -> np.ndarray:
     """``sum_f w_f d_f q_f / (sqrt(sum_f w_f d_f^2) sqrt(sum_f w_f q_f^2))`` for every message."""
     w = sp.diags(weight)
@@ -70,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
         for name, weight in feature_weights(codes).items():
             scores = weighted_cosine(codes, query, weight)
             variants[name] = [(w, scores) for w in (1.0, 2.0, 3.0)]
+        lengths = np.array([len(t) for t in corpus.texts], dtype=np.float64)
+        for name, scores in code_readings(codes.astype(np.float64), query.astype(np.float64), lengths).items():
+            variants[name] = [(w, scores) for w in (1.0, 2.0, 3.0)]
         for name, settings in variants.items():
             for w, sparse in settings:
                 signals = base if sparse is None else {**base, "sparse": sparse}
@@ -80,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows.setdefault(label, []).append((m["recall_all@10"], m["ndcg_any@10"]))
     n = len(next(iter(rows.values())))
     start, end = f"<!-- feature-weights-{args.split}:start -->", f"<!-- feature-weights-{args.split}:end -->"
-    lines = [start, f"### SAE feature weights, {'the dev split' if args.split == 'dev' else 'held out'}", "",
+    lines = [start, f"### SAE feature weights and other readings of the codes, {'the dev split' if args.split == 'dev' else 'held out'}", "",
              f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}; machine: {machine()}",
              f"- Data: LongMemEval-S user turns, {n} strict questions "
              f"({'dev30 + i % 5 in {0, 1}' if args.split == 'dev' else 'i % 5 in {2, 3, 4}, dev30 left out'})",
