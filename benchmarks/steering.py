@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     for title, rows in ((f"the evidence turn's {args.features} strongest features not shared with the query", evidence_rows),
                         (f"the {args.features} features whose labels best match the gold answer's words", answer_rows),
                         ("the gold answer as a text, as `search(steer={answer: 1.0})` reads it (labels holding all its "
-                         "words, else its own 8 strongest features)", text_rows),
+                         "words or a phrase that is it, else its own 8 strongest features)", text_rows),
                         (f"suppressed: the query's {args.features} strongest features the evidence turn lacks", suppress_rows)):
         if not rows:
             lines.append(f"| {title} | 0 | – | – | – | – | – |")

@@ -73,6 +73,13 @@ def test_a_label_word_steers_every_feature_it_labels():
     assert resolve_steering(Labelled(), {"Guitar": 1.0}) == {f: 1.0 for f in range(7)}  # no cap; a term, not a part
     assert resolve_steering(Labelled(), {"guitar strings": 0.0}) == {f: 0.0 for f in range(7)}
 
+    class Phrased(Labelled):
+        phrases = {7: "violin lessons", 9: "violin lessons"}  # 9 has no label: never steered by text
+        hidden = {8: "function words"}
+
+    assert resolve_steering(Phrased(), {"Violin  Lessons": 1.0}) == {7: 1.0}  # a phrase, case and spaces folded
+    assert resolve_steering(Phrased(), {"violin": 1.0}) == {7: 1.0}
+
 
 def test_the_readme_steering_example_runs(memory):
     readme_steer = {1834: 1.0, "violin": 1.0, 2231: 0.0}

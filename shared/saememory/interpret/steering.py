@@ -80,7 +80,8 @@ def resolve_steering(sae: Any, steer: Any, encode: Callable[[str], sp.csr_matrix
     """A steering spec, feature id or text to strength, as feature ids to finite strengths.
 
     A text steers every feature whose label holds each of its words as a term ("violin": all the
-    features labelled with "violin", however many), except features hidden from explanations. A text that no label holds steers by what it
+    features labelled with "violin", however many) or whose phrase it is ("live music"), except
+    features hidden from explanations. A text that no label holds steers by what it
     means to the SAE: its own ``TEXT_FEATURES`` strongest features, those the SAE's hygiene
     hides left out (``encode`` gives its code).
 
@@ -115,14 +116,17 @@ def resolve_steering(sae: Any, steer: Any, encode: Callable[[str], sp.csr_matrix
 
 
 def labelled_features(sae: Any, text: str) -> list[int]:
-    """Every feature whose label holds each word of ``text`` as a term (case folded), by id;
-    features the SAE's hygiene hides (function words, punctuation) left out."""
+    """Every feature whose label holds each word of ``text`` as a term, or whose phrase is
+    ``text`` (case folded), by id; features the SAE's hygiene hides (function words,
+    punctuation) left out."""
     words = set(re.findall(r"\w+", text.lower()))
     hidden = getattr(sae, "hidden", None) or {}
     if not words:
         return []
+    phrase = " ".join(text.lower().split())
+    phrases = getattr(sae, "phrases", None) or {}
     return sorted(f for f, label in (getattr(sae, "labels", None) or {}).items()
-                  if f not in hidden and words <= {t.lower() for t in label_terms(label)})
+                  if f not in hidden and (words <= {t.lower() for t in label_terms(label)} or phrases.get(f) == phrase))
 
 
 def text_features(sae: Any, text: str, encode: Callable[[str], sp.csr_matrix] | None) -> list[int]:
