@@ -75,6 +75,11 @@ def test_content_pooling_reads_content_words_only(encoder):
                                plain_prefixed.encode_documents(["I am."]).sparse.toarray(), atol=1e-6)
     words, peaks = prefixed.peak_words([text])[0]
     assert {words[i] for i in peaks.values()} <= {"sister", "lives", "lisbon"}
+    # A prefix with a character the tokenizer does not know ([UNK], not a real token) skips no
+    # word of the text: "sister" stays in, and the prefix's words stay out.
+    odd = Encoder(EncoderConfig(pooling="max-content", quantize=False, document_prefix="😀 note: "), sae=encoder.sae)
+    words, peaks = odd.peak_words(["Sister lives in Lisbon."])[0]
+    assert "sister" in {words[i] for i in peaks.values()} <= {"sister", "lives", "lisbon"}
     with pytest.raises(ValueError, match="max-content"):
         EncoderConfig(pooling="min")
 

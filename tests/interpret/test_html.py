@@ -65,6 +65,9 @@ def test_hostile_labels_phrases_and_examples_stay_text(encoder, tmp_path):
     assert tips and all(tip.count(" | ") == 2 for tip in tips)  # three examples of five at most
     text = format_hit(hits[0].content, hits[0].to_metadata())
     assert "\x1b" not in text  # a terminal shows the escape as text, not as a colour
+    meta = hits[0].to_metadata()
+    assert format_hit("a\nb\x1b[31m", meta).count("\n") == format_hit("ab", meta).count("\n")  # the message too
+    assert "\x1b" not in format_hit("a\nb\x1b[31m", meta)
     assert text.count("\n") == format_hit(hits[0].content, {**hits[0].to_metadata(), "shared_features": [],
                                                                "matched_words": [], "features": []}).count("\n") + 3
 

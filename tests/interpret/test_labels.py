@@ -96,13 +96,15 @@ def test_residual_labels_pick_the_planted_word(encoder):
 
 
 def test_residual_phrases_read_the_words_around_the_firing_one(encoder):
-    texts = TEXTS + ["I don't know.", "We are here. Next time I love 😀 you"]
+    texts = TEXTS + ["I don't know.", "We are here. Next time I love 😀 you", "I said 'thank you' to him", "milk\neggs"]
     words = split_words(encoder.tokenizer, texts, encoder.max_tokens)
     matrix, vocab = words.occurrence_phrases(texts)
     assert "the volcano" in vocab and "don't" in vocab and "know." not in vocab
     assert "here. next" not in vocab and "next time" in vocab  # not across a sentence end
     assert "love you" not in vocab and "i love" in vocab  # not over text the tokenizer dropped
     assert "i don" not in vocab and "t know" not in vocab  # nor inside a contraction
+    assert "'thank you'" not in vocab and "thank you" in vocab and "said 'thank" not in vocab  # quotes are not
+    assert "milk eggs" not in vocab  # nor across a line break
     assert "active?" not in vocab  # a run may not end on punctuation
     assert matrix.shape == (words.term.size, len(vocab)) and matrix[:, vocab.index("don't")].nnz == 3
     volcano, question = words.vocab.index("volcano"), words.vocab.index("?")

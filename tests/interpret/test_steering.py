@@ -74,8 +74,8 @@ def test_a_label_word_steers_every_feature_it_labels():
     assert resolve_steering(Labelled(), {"guitar strings": 0.0}) == {f: 0.0 for f in range(7)}
 
     class Phrased(Labelled):
-        phrases = {7: "violin lessons", 9: "violin lessons"}  # 9 has no label: never steered by text
-        hidden = {8: "function words"}
+        phrases = {7: "violin lessons", 8: "violin lessons", 9: "violin lessons"}  # 9 has no label
+        hidden = {8: "function words"}  # hidden: never steered by text, even by its phrase
 
     assert resolve_steering(Phrased(), {"Violin  Lessons": 1.0}) == {7: 1.0}  # a phrase, case and spaces folded
     assert resolve_steering(Phrased(), {"violin": 1.0}) == {7: 1.0}

@@ -134,8 +134,8 @@ class OnnxModel:
         return [self._tokenizer.id_to_token(int(i)) for i in ids]
 
     def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` without special tokens."""
-        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        """Real tokens of ``text``: special ones (``[UNK]`` too) left out, as ``forward``'s ``real``."""
+        return sum(i not in self.special_ids for i in self._tokenizer.encode(text, add_special_tokens=False).ids)
 
     def forward(self, texts: list[str]) -> Forward:
         """Tokenises and runs a batch of texts, each on its own, and pads the results together.

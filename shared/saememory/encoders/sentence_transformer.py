@@ -228,7 +228,8 @@ class TorchModel:
         return self.tokenizer.convert_ids_to_tokens(ids)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        special = set(self._special_ids.tolist())
+        return sum(i not in special for i in self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def forward(self, texts: list[str]) -> Forward:
         import torch
@@ -497,7 +498,9 @@ class Encoder:
         token of a text that has none ("I am.")."""
         if self.config.pooling != CONTENT_POOLING:
             return batch.real
-        skip = self._runtime.count_tokens(prefix) if prefix else 0  # the prefix's tokens come first
+        # The prefix's real tokens come first. Its trailing space is left out of the count: a
+        # byte-level or SentencePiece tokenizer merges it into the text's first word.
+        skip = self._runtime.count_tokens(prefix.rstrip()) if prefix.strip() else 0
         pooled = batch.real.copy()
         for row in range(pooled.shape[0]):
             real = np.flatnonzero(batch.real[row])

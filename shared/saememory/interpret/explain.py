@@ -227,7 +227,8 @@ def format_hit(content: str, metadata: Mapping[str, Any], width: int = 100) -> s
     """
 
     name = feature_text
-    text = content if len(content) <= width else content[: width - 1] + "…"
+    text = "".join(ch if ch.isprintable() else " " for ch in content)  # one line; no terminal escapes
+    text = text if len(text) <= width else text[: width - 1] + "…"
     bm25 = f" bm25={metadata['bm25_score']:.2f}" if "bm25" in (metadata.get("signals") or {}) else ""
     lines = [
         f"[{metadata.get('rank', '?')}] score={metadata['score']:.3f} (z={metadata.get('calibrated_score', 0.0):.1f}) "

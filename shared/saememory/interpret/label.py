@@ -155,7 +155,8 @@ def residual_phrases(occurrences: sp.spmatrix, words: Words, texts: list[str], *
             a feature without such a phrase gets none. Defaults to ``PHRASE_MIN_SHARE`` (0.2).
     """
     matrix, vocab = words.occurrence_phrases(texts)
-    avoid = np.array([all(w in STOPWORDS or not w.isalpha() for w in re.findall(r"\w+", p)) for p in vocab], dtype=bool)
+    avoid = np.array([all(w in STOPWORDS or not any(c.isalpha() for c in w) for w in re.findall(r"\w+", p)) for p in vocab],
+                     dtype=bool)
     found = distinctive_terms(occurrences, matrix, vocab, avoid=avoid, n_top=n_top, n_terms=1, min_share=min_share)
     return {f: terms[0] for f, terms in found.items()}
 

@@ -93,9 +93,10 @@ class Words:
         its text that holds it, read from the text itself ("thank you", "i'm", "my dog"), lower-cased.
 
         Left out: runs that start or end with a word without a letter or digit ("dog .") or
-        inside a contraction or number ("m going" of "i'm going"), runs across a sentence end
-        ("am. the") and runs over text that is not a word (an emoji the tokenizer does not know),
-        so a run reads as the words it counts.
+        inside a contraction or number ("m going" of "i'm going", "3 stars" of "4.3 stars"),
+        runs across a sentence end ("am. the", "wait… then") or a line break, and runs over text
+        that is not a word (an emoji the tokenizer does not know), so a run reads as the words it
+        counts. Every "." ends a sentence, so abbreviations ("d.c.") are in no phrase.
 
         Returns:
             ``(matrix, vocab)``: (n_occurrences, len(vocab)) 0/1 and the phrase strings.
@@ -104,17 +105,24 @@ class Words:
         rows, cols = [], []
         n = self.term.size
         opens, closes = [False] * n, [False] * n  # a run may start / end at word i
-        joins = [False] * n  # word i and word i + 1 are adjacent words of one sentence
+        joins = [False] * n  # word i and word i + 1 are adjacent words of one sentence and line
         for i in range(n):
             text = texts[self.message[i]]
             start, end = self.span[i]
             alnum = any(ch.isalnum() for ch in text[start:end])
-            # not inside a contraction or a number: "m going" of "i'm going", "3" of "4.3"
-            opens[i] = alnum and (start == 0 or not (text[start - 1].isalnum() or text[start - 1] in "'’.,"))
-            closes[i] = alnum and (end == len(text) or not (text[end].isalnum() or text[end] in "'’")
-                                   and not (text[end] in ".," and text[end + 1 : end + 2].isalnum()))
+            before, after = text[max(start - 2, 0) : start], text[end : end + 2]
+            # Not inside a word: "m going" of "i'm going", "t know" of "don't know", "3" of "4.3".
+            # An apostrophe or a point between two letters or digits joins; a quote mark does not.
+            opens[i] = alnum and not (before[-1:].isalnum() or (before[-1:] in ("'", "’", ".", ",")
+                                                                  and before[:1].isalnum() and len(before) == 2))
+            closes[i] = alnum and not (after[:1].isalnum() or (after[:1] in ("'", "’", ".", ",") and after[1:].isalnum()))
+            word = text[start:end]
+            quote = word in ("'", "’", '"', "“", "”") and not (before[-1:].isalnum() and after[:1].isalnum())
             if i + 1 < n and self.message[i + 1] == self.message[i]:
-                joins[i] = not text[end : self.span[i + 1][0]].strip() and text[start:end] not in (".", "!", "?")
+                gap = text[end : self.span[i + 1][0]]
+                joins[i] = not gap.strip() and "\n" not in gap and word not in (".", "!", "?", "…") and not quote
+            if quote and i > 0:
+                joins[i - 1] = False  # a quote mark ends a run on both sides
         for size in sizes:
             for first in range(n - size + 1):
                 last = first + size - 1
