@@ -83,8 +83,8 @@ PHRASE_METHOD = (
     "Phrases: for each word occurrence, the runs of 2 or 3 consecutive words of its message that hold "
     "it, read from the text; a feature's phrase is the run most over-represented among its {n_top} "
     "top-activating occurrences (the same score as the words), kept only if it is around at least "
-    "{min_share:.0%} of them (activation-weighted); phrases of function words only are used when "
-    "nothing else qualifies."
+    "{min_share:.0%} of them (activation-weighted); phrases of function words, numbers or ordinals only "
+    "are used when nothing else qualifies."
 )
 PHRASE_MIN_SHARE = 0.2
 FAMILY_METHOD = (
@@ -155,8 +155,8 @@ def residual_phrases(occurrences: sp.spmatrix, words: Words, texts: list[str], *
             a feature without such a phrase gets none. Defaults to ``PHRASE_MIN_SHARE`` (0.2).
     """
     matrix, vocab = words.occurrence_phrases(texts)
-    avoid = np.array([all(w in STOPWORDS or not any(c.isalpha() for c in w) for w in re.findall(r"\w+", p)) for p in vocab],
-                     dtype=bool)
+    # Only function words, numbers or ordinals: "the 14th" gives way to "march 14th".
+    avoid = np.array([all(w in STOPWORDS or not w.isalpha() for w in re.findall(r"\w+", p)) for p in vocab], dtype=bool)
     found = distinctive_terms(occurrences, matrix, vocab, avoid=avoid, n_top=n_top, n_terms=1, min_share=min_share)
     return {f: terms[0] for f, terms in found.items()}
 
