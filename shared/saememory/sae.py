@@ -30,7 +30,7 @@ from safetensors.numpy import load_file
 
 from saememory.interpret.families import FAMILIES_FILENAME, load_families
 from saememory.interpret.hygiene import HYGIENE_FILENAME, load_hygiene
-from saememory.interpret.labels import LABELS_FILENAME, find_features, load_labels
+from saememory.interpret.labels import LABELS_FILENAME, find_features, labels_from_data
 
 if TYPE_CHECKING:
     import torch
@@ -220,8 +220,8 @@ class SparseAutoencoder:
         sha256 = hashlib.sha256(raw).hexdigest()
         labels, extras = None, {}
         if (path / LABELS_FILENAME).is_file():
-            extras = json.loads((path / LABELS_FILENAME).read_text(encoding="utf-8"))
-            extras = extras if isinstance(extras, dict) else {}
+            data = json.loads((path / LABELS_FILENAME).read_text(encoding="utf-8"))  # read once: about 1 MB
+            extras = data if isinstance(data, dict) else {}
             made_for = extras.get("sae_sha256")
             if made_for not in (None, sha256):  # optional explanations must not make the SAE unusable
                 logger.warning("Labels in %s were made for other weights (sha256 %s); not attached. "
@@ -229,7 +229,7 @@ class SparseAutoencoder:
                                path, made_for, path)
                 extras = {}
             else:
-                labels = load_labels(path / LABELS_FILENAME)
+                labels = labels_from_data(data, path / LABELS_FILENAME)
         sae = cls(cfg, weights, labels, name=name or path.name, sha256=sha256)
         for key, strings in (("phrases", False), ("examples", True)):  # labels.json's other readings, if any
             try:

@@ -477,7 +477,11 @@ def load_labels(path: str | Path, neuronpedia_id: str | None = None) -> dict[int
     Raises:
         ValueError: If the file is in neither layout, the id is malformed, or no record matches it.
     """
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return labels_from_data(json.loads(Path(path).read_text(encoding="utf-8")), path, neuronpedia_id)
+
+
+def labels_from_data(data: Any, path: str | Path, neuronpedia_id: str | None = None) -> dict[int, str]:
+    """``load_labels`` of a file already parsed (``data``); ``path`` names it in errors."""
     if isinstance(data, dict) and isinstance(data.get("labels"), dict):
         data = data["labels"]
     labels: dict[int, str] = {}
