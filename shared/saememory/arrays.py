@@ -82,6 +82,11 @@ def quantize_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values, scale
 
 
+def dequantize_rows(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """int8 rows and their scales (``quantize_rows``) back to float32: ``values * scale`` per row."""
+    return values.astype(np.float32) * scale[..., None]
+
+
 def quantize_codes(block: sp.spmatrix, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """SAE codes as compact CSR parts ``(indptr int64, indices, int8 values, float32 scales)``.
 
@@ -227,7 +232,7 @@ class Int8Rows:
     def decode(self, rows: np.ndarray | list[int] | int) -> np.ndarray:
         """The float32 vectors of these rows, (len(rows), width); of one int row, (width,)."""
         rows = np.asarray(rows, dtype=np.int64)
-        return self._values[rows].astype(np.float32) * self._scale[rows][..., None]
+        return dequantize_rows(self._values[rows], self._scale[rows])
 
     @property
     def view(self) -> np.ndarray:

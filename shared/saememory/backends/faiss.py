@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from saememory.arrays import Int8CSR, Int8Rows, index_dtype, quantize_codes, quantize_rows
+from saememory.arrays import Int8CSR, Int8Rows, dequantize_rows, index_dtype, quantize_codes, quantize_rows
 from saememory.backends import snapshot
 from saememory.backends.base import matches
 from saememory.lexical import LexicalIndex
@@ -208,7 +208,7 @@ class FaissBackend:
         ids = np.arange(first, first + len(records), dtype=np.int64)
         dense_parts, sparse_parts = quantize_rows(dense), quantize_codes(sparse, self.d_sae)
         if self._faiss is not None:
-            decoded = dense_parts[0].astype(np.float32) * dense_parts[1][:, None]
+            decoded = dequantize_rows(*dense_parts)
             if self._trained:
                 self._faiss.add_with_ids(decoded, ids)
             elif len(self.row_of) + len(records) >= self._min_train:
