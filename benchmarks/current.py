@@ -1,15 +1,16 @@
 """What is current, on LongMemEval-S: recency, questions that only ask, and the query's time words.
 
-    python benchmarks/current.py --split dev       # every setting of the grid, on the dev split
+    python benchmarks/current.py --split dev       # every setting of the grid and the fusion weights, on the dev split
     python benchmarks/current.py --split report    # the default against no adjustment, held out
+    python benchmarks/current.py --split report --split-messages none   # the same, messages encoded whole
 
 Each question's user turns go into an ``SAEMemory`` with their session dates as timestamps (cached
 vectors from ``benchmarks/longmemeval.py``; run ``--fill`` to encode what is missing), and the
 question is searched with ``now=`` its question date, through ``SAEMemory.search`` itself: the
 adjustments of ``saememory.current`` run exactly as a user gets them. Official protocol: user
 turns, ``_abs`` left out, strict questions. Reported: turn R_all@10 and nDCG@10, overall and per
-question type, with paired bootstrap intervals against the same ranking without adjustments.
-Writes the ``current-<split>`` section of BENCHMARKS.md and the numbers to
+question type, with paired bootstrap intervals against the same ranking without adjustments, and
+the default against the same ranking over whole messages (``EncoderConfig(split="none")``). Writes the ``current-<split>`` section of BENCHMARKS.md and the numbers to
 ``benchmarks/current_<split>.json``.
 """
 
@@ -42,6 +43,8 @@ ROOT = bench.ROOT
 OFF = NO_ADJUSTMENTS
 GRID = {"recency_weight": (0.0, 0.5), "asks_penalty": (0.0, 8.0), "time_weight": (0.0, 1.0, 2.0),
         "supersede_depth": (0, 10)}
+# The fusion weights dense:SAE:BM25 tried on dev with the adjustments at their defaults (fusion.py's ten).
+WEIGHTS = ((1, 1, 1), (1, 0.5, 1), (1, 1, 0.5), (0.5, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 1), (1, 2, 2), (2, 1, 2))
 METRICS = ("recall_all@10", "ndcg_any@10")
 
 
@@ -119,6 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", choices=("int8", "float32"), default="int8",
                         help="the model's precision: int8 (the default encoder) or float32 (EncoderConfig(quantize=False)), "
                              "which has its own cache, json and section")
+    parser.add_argument("--split-messages", choices=("sentences", "none"), default="sentences",
+                        help="how messages are encoded (EncoderConfig(split=...)): each sentence on its own (the default) "
+                             "or whole, which has its own cache, json and section")
     parser.add_argument("--pooling", choices=("max", "max-content"), default="max",
                         help="how token codes are pooled (EncoderConfig(pooling=...)); another than max has its own "
                              "cache, json and section")
@@ -127,15 +133,19 @@ def main(argv: list[str] | None = None) -> None:
     chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), args.split)
     full = args.precision == "float32"
     sae = {"sae": args.sae} if args.sae else {}
-    caches = bench.Caches(ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling=args.pooling, quantize=not full, **sae)))
+    caches = bench.Caches(ROOT / "benchmarks" / ".cache",
+                          Encoder(EncoderConfig(pooling=args.pooling, quantize=not full, split=args.split_messages, **sae)))
     tag = (args.split + ("-float32" if full else "") + (f"-{Path(args.sae).name}" if args.sae else "")
-           + (f"-{args.pooling}" if args.pooling != "max" else ""))
+           + (f"-{args.pooling}" if args.pooling != "max" else "") + ("-whole" if args.split_messages == "none" else ""))
     if args.fill:
         for _, q in chosen:
             caches.fill([m["content"] for m in lme.messages(q, "user")], [q["question"]])
     default = {name: getattr(SearchConfig(), name) for name in OFF}
+    weights = {f"{s}_weight": getattr(SearchConfig(), f"{s}_weight") for s in ("dense", "sparse", "bm25")}
     if args.split == "dev" and not full:  # the float32 model is compared at the chosen defaults only
         grid = [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]
+        grid += [{**default, "dense_weight": float(d), "sparse_weight": float(w), "bm25_weight": float(b)}
+                 for d, w, b in WEIGHTS if (d, w, b) != tuple(weights.values())]
     else:
         grid = [OFF, default] + [{**OFF, name: default[name]} for name in OFF if default[name]]
     grid.append({**default, "sparse_weight": 0.0})  # the SAE's own share: the default without it
@@ -153,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     model = ", encoded by the float32 model (`EncoderConfig(quantize=False)`)" if full else ""
     model += f", SAE {args.sae}" if args.sae else ""
     model += f", pooling {args.pooling}" if args.pooling != "max" else ""
+    model += ", whole messages (`EncoderConfig(split=\"none\")`)" if args.split_messages == "none" else ""
     lines = [start, f"### What is current on LongMemEval-S, {split}{model}", "",
              f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}",
              f"- Data: `../shared/data/longmemeval/{bench.DEFAULT_DATA.name}`; "
@@ -173,6 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     lines += ["", "The SAE's own share (the default against the same ranking without the SAE, paired, 95% bootstrap): "
               + "; ".join(share) + "."]
     shipped = ROOT / "benchmarks" / f"current_{args.split}.json"  # the shipped encoder's run of this split
+    whole = ROOT / "benchmarks" / f"current_{args.split}_whole.json"  # the same, messages encoded whole
+    if tag == args.split and whole.is_file():
+        lines += ["", against_shipped(rows[settings_name(default)], json.loads(whole.read_text()).get(settings_name(default)),
+                                      whole.name, "whole messages (`split=\"none\"`, the encoder before sentences)")]
     if tag != args.split and shipped.is_file():
         lines += ["", against_shipped(rows[settings_name(default)], json.loads(shipped.read_text()).get(settings_name(default)),
                                       shipped.name)]
@@ -180,12 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     publish(args.md, lines, start, end)
 
 
-def against_shipped(these: list[dict], shipped: list[dict] | None, source: str) -> str:
-    """A line comparing this encoder's default ranking with the shipped encoder's, paired by question."""
+def against_shipped(these: list[dict], shipped: list[dict] | None, source: str, what: str = "the shipped encoder") -> str:
+    """A line comparing this encoder's default ranking with the shipped encoder's (or ``what``), paired by question."""
     by_id = {r["id"]: r for r in shipped or []}
     pairs = [(r, by_id[r["id"]]) for r in these if r["id"] in by_id]
     if not pairs:
-        return f"No question in common with the shipped encoder's run of this split (`benchmarks/{source}`)."
+        return f"No question in common with the run of this split with {what} (`benchmarks/{source}`)."
     parts = []
     for m in METRICS:
         diff = np.array([a[m] - b[m] for a, b in pairs])
@@ -193,7 +208,7 @@ def against_shipped(these: list[dict], shipped: list[dict] | None, source: str) 
         parts.append(f"{m} {np.mean([b[m] for _, b in pairs]):.3f} → {np.mean([a[m] for a, _ in pairs]):.3f}, "
                      f"{diff.mean():+.3f} [{low:+.3f}, {high:+.3f}] ({int((diff > 0).sum())} questions up, "
                      f"{int((diff < 0).sum())} down)")
-    return (f"Against the shipped encoder (its run in `benchmarks/{source}`), the default setting, paired over {len(pairs)} "
+    return (f"Against {what} (its run in `benchmarks/{source}`), the default setting, paired over {len(pairs)} "
             "questions, 95% bootstrap: " + "; ".join(parts) + ".")
 
 

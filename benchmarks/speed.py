@@ -205,7 +205,7 @@ def int8_against_float32() -> dict[str, tuple[float, float, float, float]]:
     from common import bootstrap
 
     out = {}
-    paths = ROOT / "benchmarks" / "current_report.json", ROOT / "benchmarks" / "current_report_float32.json"
+    paths = ROOT / "benchmarks" / "current_report_whole.json", ROOT / "benchmarks" / "current_report_float32.json"
     if not all(path.is_file() for path in paths):
         return out
     int8, float32 = (json.loads(path.read_text()) for path in paths)

@@ -54,7 +54,7 @@ def test_hit_carries_scores_and_features(memory, make):
     assert hit.timestamp == "2024-04-12" and hit.role == "user" and hit.user_id == "default"
     # The default: z-scored signals, summed with weights dense 1, sparse 2, bm25 1.
     assert set(hit.signals) == {"dense", "sparse", "bm25"}
-    weights = {"dense": 1.0, "sparse": 2.0, "bm25": 1.0}
+    weights = {"dense": 2.0, "sparse": 1.0, "bm25": 1.0}
     assert hit.score == pytest.approx(sum(weights[n] * s["normalized"] for n, s in hit.signals.items()), abs=1e-6)
     assert 0 < hit.sparse_score <= 1 and -1 <= hit.dense_score <= 1
     assert len(hit.features) == 5
@@ -81,7 +81,7 @@ def test_hit_carries_scores_and_features(memory, make):
 
 
 def test_poster_formula_on_raw_scores(make):
-    poster = make(fusion="sqrt", normalization="none", sparse_weight=1.0, bm25_weight=0.0)
+    poster = make(fusion="sqrt", normalization="none", dense_weight=1.0, sparse_weight=1.0, bm25_weight=0.0)
     poster.add(CONVERSATION)
     for hit in poster.search(QUESTION, k=5):
         assert hit.score == pytest.approx(np.sqrt(max(hit.dense_score, 0) ** 2 + hit.sparse_score**2), abs=1e-6)
@@ -387,7 +387,7 @@ def test_concurrent_adds_and_searches(make):
 
 
 def test_every_signal_is_explained(make):
-    memory = make(bm25_weight=1.0, sparse_weight=1.0, normalization="minmax", fusion="weighted")
+    memory = make(dense_weight=1.0, bm25_weight=1.0, sparse_weight=1.0, normalization="minmax", fusion="weighted")
     memory.add(CONVERSATION)
     hit = memory.search("Lisbon sister", k=1)[0]
     assert hit.id == "planted" and hit.bm25_score > 0

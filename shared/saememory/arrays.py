@@ -120,6 +120,38 @@ def quantize_codes(block: sp.spmatrix, width: int) -> tuple[np.ndarray, np.ndarr
     return indptr, np.concatenate(indices or [empty[0]]), np.concatenate(values or [empty[1]]), scale
 
 
+def unit_rows(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """``matrix`` as float32 CSR with each non-zero row scaled to unit L2 norm (zero rows stay zero)."""
+    matrix = sp.csr_matrix(matrix, dtype=np.float32)
+    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1), dtype=np.float64).ravel())
+    return sp.csr_matrix(sp.diags(np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)) @ matrix,
+                         dtype=np.float32)
+
+
+def rows_by_group(matrix: sp.spmatrix, groups: np.ndarray, n: int, how: str = "max") -> sp.csr_matrix:
+    """One row per group: the column-wise ``"max"`` or ``"mean"`` of the rows of ``matrix`` that
+    ``groups`` (one group index in ``[0, n)`` per row) assigns to it; a group with no row is zero.
+
+    The max is over each group's stored values and, where a row lacks the column, zero: the codes
+    combined here are non-negative, so a column absent from every row of a group stays absent.
+    """
+    coo = sp.coo_matrix(matrix)
+    groups = np.asarray(groups, dtype=np.int64)
+    rows, cols, values = groups[coo.row], coo.col, coo.data.astype(np.float32)
+    shape = (n, matrix.shape[1])
+    if how == "mean":
+        counts = np.bincount(groups, minlength=n).astype(np.float32)
+        summed = sp.csr_matrix((values, (rows, cols)), shape=shape)  # duplicates add up
+        return sp.csr_matrix(sp.diags(1.0 / np.maximum(counts, 1.0)) @ summed, dtype=np.float32)
+    if how != "max":
+        raise ValueError(f"how={how!r} is not 'max' or 'mean'.")
+    order = np.lexsort((values, cols, rows))  # by group, then column, then value: each pair's max comes last
+    rows, cols, values = rows[order], cols[order], values[order]
+    last = np.ones(rows.size, dtype=bool)
+    last[:-1] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
+    return sp.csr_matrix((values[last], (rows[last], cols[last])), shape=shape, dtype=np.float32)
+
+
 def as_stored(dense: np.ndarray, codes: sp.spmatrix | None = None) -> tuple[np.ndarray, sp.csr_matrix | None]:
     """Vectors (and codes) as ``Int8Rows`` and ``Int8CSR`` store them, decoded to float32: what a
     ``FaissBackend`` scores, for comparisons with float32 scoring elsewhere."""

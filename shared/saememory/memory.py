@@ -48,7 +48,7 @@ class SAEMemory:
         config: The ranking settings, a ``SearchConfig``. Defaults to None: ``SearchConfig()``
             with any ``settings`` given.
         **settings: ``SearchConfig`` fields as keywords (e.g. ``fusion="rrf"``,
-            ``sparse_weight=1.0``); not together with ``config``.
+            ``sparse_weight=2.0``); not together with ``config``.
 
     Raises:
         ValueError: For an unknown or invalid setting, or a backend that does not fit the encoder.

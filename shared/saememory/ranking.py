@@ -31,14 +31,15 @@ class SearchConfig(DictConfig):
 
     Attributes:
         fusion: How the signals combine; see ``saememory.scoring``. Defaults to ``"weighted"``:
-            with the default z-score normalisation and weights, ``dense + 2 * sparse + bm25``
+            with the default z-score normalisation and weights, ``2 * dense + sparse + bm25``
             with each signal standardised over the user's messages for this query. This ranked
-            best on the dev split of LongMemEval-S and was confirmed on a fresh held-out split
-            (BENCHMARKS.md); ``"sqrt"`` is the poster's ``sqrt(dense² + sparse²)`` with negative
-            dense clamped at 0.
-        dense_weight: Weight of the dense signal. Defaults to 1.0.
-        sparse_weight: Weight of the SAE signal. Defaults to 2.0, the best of ten weightings on
+            best on the dev split of LongMemEval-S with messages encoded sentence by sentence
+            (``EncoderConfig(split="sentences")``; whole messages ranked best with
+            ``dense + 2 * sparse + bm25``, confirmed on a fresh held-out split; BENCHMARKS.md);
+            ``"sqrt"`` is the poster's ``sqrt(dense² + sparse²)`` with negative dense clamped at 0.
+        dense_weight: Weight of the dense signal. Defaults to 2.0, the best of ten weightings on
             the dev split.
+        sparse_weight: Weight of the SAE signal. Defaults to 1.0.
         bm25_weight: Weight of the lexical BM25 signal (per user, always in step with adds and
             deletes); 0 leaves it out. Defaults to 1.0.
         normalization: Per-query normalisation of each signal before fusion: ``"none"``,
@@ -83,8 +84,8 @@ class SearchConfig(DictConfig):
     settings_name: ClassVar[str] = "search"
 
     fusion: str = "weighted"
-    dense_weight: float = 1.0
-    sparse_weight: float = 2.0
+    dense_weight: float = 2.0
+    sparse_weight: float = 1.0
     bm25_weight: float = 1.0
     normalization: str = "zscore"
     normalize_top: int | None = None

@@ -236,8 +236,12 @@ def test_agent_runs_on_milvus(trimmed, saes, tmp_path):
         agent.main([str(trimmed), "--sae", str(saes["res"]), "--k", "5", "--out", str(out), *extra])
         runs[name] = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["question_id"] for r in runs["milvus"]] == list(SMOKE_IDS)
-    # The default candidates (200 per signal) cover these haystacks, so the rankings agree.
-    assert [r["retrieved_ids"] for r in runs["milvus"]] == [r["retrieved_ids"] for r in runs["in-process"]]
+    # The default candidates (200 per signal) cover these haystacks, so the same messages come
+    # back. Their order may differ where supersession's thresholds meet Milvus' float32 vectors
+    # against the in-process int8 ones (near-ties within 1e-3 of each other).
+    assert [set(r["retrieved_ids"]) for r in runs["milvus"]] == [set(r["retrieved_ids"]) for r in runs["in-process"]]
+    for a, b in zip(runs["milvus"], runs["in-process"]):
+        assert a["recall_all"] == b["recall_all"]
 
 
 def test_agent_hf_flag_forms_the_download(monkeypatch):
