@@ -18,8 +18,11 @@ check direction, not size.
 Reported per ranking, over every question of every user: the user's message stating the current
 value in the top 1 and top 3, with the questions not stored and stored, and the share of changed
 facts whose new statement ranks above the old one. The peers are those of the LongMemEval
-benchmark, on the same MiniLM vectors (cached under ``benchmarks/.cache``): LangChain's
-``EnsembleRetriever`` and LlamaIndex's ``QueryFusionRetriever``, each over BM25 and dense.
+benchmark, on MiniLM vectors of whole messages, as those frameworks embed them (cached under
+``benchmarks/.cache``): LangChain's ``EnsembleRetriever`` and LlamaIndex's
+``QueryFusionRetriever``, each over BM25 and dense. "The default before sentences" is the default
+of ``SAEMemory`` before messages were encoded sentence by sentence (whole messages, dense + 2 ×
+SAE + BM25, time weight 2).
 """
 
 from __future__ import annotations
@@ -213,6 +216,9 @@ def evaluate(start: Callable[[list[dict]], Ranker], messages: list[dict], questi
             "new_first": counts["new_above_old"] / max(counts["changed"], 1), "n": n, "changed": counts["changed"]}
 
 
+WHOLE = "whole messages"  # a ranking's key: over messages encoded whole (EncoderConfig(split="none"))
+
+
 def rankings(peers: bool) -> dict[str, dict[str, Any] | str]:
     """Our rankings (``SAEMemory`` settings over the defaults) and, by name, the framework peers."""
     off = NO_ADJUSTMENTS
@@ -222,6 +228,8 @@ def rankings(peers: bool) -> dict[str, dict[str, Any] | str]:
         "default without the SAE": {"sparse_weight": 0.0},
         "dense only": {"fusion": "dense", **off},
         "BM25 only": {"fusion": "bm25", **off},
+        "the default before sentences (whole messages, dense + 2 × SAE + BM25)": {
+            WHOLE: True, "dense_weight": 1.0, "sparse_weight": 2.0, "time_weight": 2.0},
     }
     if peers:
         out["LangChain EnsembleRetriever (BM25 + dense, RRF)"] = "langchain"
@@ -240,16 +248,22 @@ def main(argv: list[str] | None = None) -> None:
     from saememory import Encoder, EncoderConfig
 
     messages, questions = build(args.users, args.seed)
-    caches = bench.Caches(bench.ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling="max")))
-    caches.fill([m["content"] for m in messages] + [q.stored for q in questions] + ["Let me check my notes."],
-                [q.text for q in questions])
-    encoder = bench.CachedEncoder(caches.base, caches.base_encoder, caches.base_encoder.sae)
+    caches = {split: bench.Caches(bench.ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling="max", split=split)))
+              for split in ("sentences", "none")}
+    for cache in caches.values():
+        cache.fill([m["content"] for m in messages] + [q.stored for q in questions] + ["Let me check my notes."],
+                   [q.text for q in questions])
+    encoders = {split: bench.CachedEncoder(c.base, c.base_encoder, c.base_encoder.sae) for split, c in caches.items()}
     print(f"{args.users} users, {len(messages)} messages, {len(questions)} questions "
           f"({sum(q.old_id is not None for q in questions)} about changed facts)\n")
     print("| ranking | answer top 1 | top 3 | top 1, questions stored | top 3, questions stored | new fact above old |")
     print("|---|---|---|---|---|---|")
     for name, how in rankings(not args.no_peers).items():
-        start = peer_ranker(how, caches) if isinstance(how, str) else memory_ranker(how, encoder)
+        if isinstance(how, str):
+            start = peer_ranker(how, caches["none"])
+        else:
+            settings = {k: v for k, v in how.items() if k != WHOLE}
+            start = memory_ranker(settings, encoders["none" if how.get(WHOLE) else "sentences"])
         r = evaluate(start, messages, questions)
         cells = [wilson(r[key], r["n"]) for key in ("top1", "top3", "top1_stored", "top3_stored")]
         print(f"| {name} | {' | '.join(cells)} | {wilson(r['new_first'], r['changed'])} |", flush=True)

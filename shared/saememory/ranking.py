@@ -70,7 +70,7 @@ class SearchConfig(DictConfig):
             the questions stored, against 0.53 without any (BENCHMARKS.md); on LongMemEval's dev
             split it changed nothing.
         time_weight: What a message said within the time the query names ("two weeks ago",
-            "in March") gains, in calibrated units; 0 turns it off. Defaults to 2.0, the best of
+            "in March") gains, in calibrated units; 0 turns it off. Defaults to 1.0, the best of
             0, 1 and 2 on the dev split of LongMemEval-S by the mean of turn R_all@10 and
             nDCG@10, with the other defaults (a narrow lead: BENCHMARKS.md).
         supersede_depth: Among how many of the best candidates a later statement of the user's
@@ -97,7 +97,7 @@ class SearchConfig(DictConfig):
     top_features: int = 5
     recency_weight: float = 0.0
     asks_penalty: float = 8.0
-    time_weight: float = 2.0
+    time_weight: float = 1.0
     supersede_depth: int = 10
     adjust_depth: int = 50
 
