@@ -200,8 +200,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def int8_against_float32() -> dict[str, tuple[float, float, float, float]]:
-    """Held-out LongMemEval-S turn R_all@10 and nDCG@10 of the default (int8) and the float32 model, paired:
-    ``benchmarks/current.py --split report`` and ``--split report --precision float32`` wrote them."""
+    """Held-out LongMemEval-S turn R_all@10 and nDCG@10 of the int8 and the float32 model over whole messages,
+    paired: ``benchmarks/current.py --split report --split-messages none`` (the default then) and
+    ``--split report --precision float32`` wrote them."""
     from common import bootstrap
 
     out = {}
@@ -210,9 +211,8 @@ def int8_against_float32() -> dict[str, tuple[float, float, float, float]]:
         return out
     int8, float32 = (json.loads(path.read_text()) for path in paths)
     import current  # the default settings' row name, as current.py writes it
-    from saememory.ranking import SearchConfig
 
-    name = current.settings_name({setting: getattr(SearchConfig(), setting) for setting in current.OFF})
+    name = int8.get("default", current.PREVIOUS_DEFAULT)  # both runs are over whole messages, the default then
     a, b = {r["id"]: r for r in int8[name]}, {r["id"]: r for r in float32[name]}
     ids = sorted(set(a) & set(b))
     for metric in ("recall_all@10", "ndcg_any@10"):
@@ -339,9 +339,10 @@ def markdown(r: dict, args: argparse.Namespace) -> str:
         f"{r['vector_diff']:.1e} in vectors and {r['code_diff']:.1e} in codes (200 messages).",
     ]
     if r["held_out"]:
-        lines.append("- The int8 default against the float32 model on held-out LongMemEval-S questions (`benchmarks/current.py "
-                     "--split report` and `--split report --precision float32`, same settings, paired, 95% bootstrap "
-                     "interval; the allowance is a loss of at most 0.005 turn R_all@10):")
+        lines.append("- The int8 model against the float32 one on held-out LongMemEval-S questions, over whole messages (the "
+                     "default when they were run: `benchmarks/current.py --split report --split-messages none` and "
+                     "`--split report --precision float32`, same settings, paired, 95% bootstrap interval; the allowance "
+                     "is a loss of at most 0.005 turn R_all@10):")
         for metric, (a, b, diff, low, high, count) in r["held_out"].items():
             lines.append(f"  - {metric} (n={count}): int8 {a:.3f}, float32 {b:.3f}, difference {diff:+.4f} "
                          f"[{low:+.4f}, {high:+.4f}]")
