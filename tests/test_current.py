@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from saememory import SAEMemory, SearchConfig
+from saememory import current
 from saememory.current import adjustments, asks_without_telling, recency, settle
 from saememory.times import instant, query_window
 
@@ -266,3 +267,30 @@ def test_long_messages_are_not_kept_in_the_words_cache():
     assert current.asks_without_telling(records, "is it blue", None).tolist() == [False, True]
     assert len(current._TOLD_AND_ASKED) == 1  # the short one, by digest: no message text is kept
     assert all(isinstance(key[0], bytes) for key in current._TOLD_AND_ASKED)
+
+
+@pytest.mark.parametrize("text, changed", [
+    ("We just relocated to Lyon.", True), ("I moved to Oslo last month!", True),
+    ("Our new puppy is named Miso.", True), ("I work as a nurse these days.", True),
+    ("I no longer play the drums.", True), ("I switched to the cello.", True),
+    ("My dog is called Rocky.", False), ("I have lived in Oslo for years.", False),
+    ("Those days are over, no.", False), ("The newest phone is great.", False),
+    ("I'm now working as a nurse.", True), ("Big news. Now I'm the band's drummer.", True),
+    ("We drove to the New York office.", False), ("Can you suggest some new games?", False),
+    ("I've been writing for about a month now.", False), ("Right now the weather is fine.", False),
+])
+def test_states_change_reads_words_of_change(text, changed):
+    assert current.states_change(text) is changed
+
+
+def test_a_statement_of_change_supersedes_from_further_below():
+    # "We just relocated to Lyon" scores 2 below "I live in Porto", the same subject: with a word
+    # of change it is raised above (up to CHANGE_MARGIN); phrased plainly it is not (SUPERSEDE_MARGIN).
+    vectors = np.eye(2, dtype=np.float32)[[0, 0]]
+    for later, raised in (("We just relocated to Lyon.", True), ("Lyon is where I am based.", False)):
+        records = [{"id": "a", "content": "I live in Porto.", "role": "user", "session_id": "s1",
+                    "time": "2024-01-01T00:00:00+00:00"},
+                   {"id": "b", "content": later, "role": "user", "session_id": "s2", "time": "2024-06-01T00:00:00+00:00"}]
+        up, down = current.settle(records, vectors, np.array([4.0, 2.0]))
+        assert bool(up[1] > 0) is raised and not down.any()
+        assert 1.0 < 4.0 - 2.0 <= current.CHANGE_MARGIN and 4.0 - 2.0 > current.SUPERSEDE_MARGIN

@@ -18,7 +18,9 @@ messages for this query) and is recorded on the hit, so a ranking can always be 
 - ``supersedes``: of two of the user's statements among the ``supersede_depth`` best that are
   about the same subject (dense cosine at least ``SAME_SUBJECT``), said in different sessions,
   the later one is raised just above the earlier one if it scores at most ``SUPERSEDE_MARGIN``
-  below it: "We adopted a new dog and called her Olive" above "I have a dog named Rocky".
+  below it, or ``CHANGE_MARGIN`` if it says that something changed (``states_change``: "our
+  new", "moved", "switched", "these days" ...): "We adopted a new dog and called her Olive" above "I
+  have a dog named Rocky".
 - ``echoes``: among the same best candidates, a reply (any role but the user's) that repeats a
   statement the user made earlier in its session (dense cosine at least ``ECHO``) is lowered
   just below it: "Luna is such a cute name for a dog" below "We named our puppy Luna".
@@ -49,6 +51,17 @@ NEW_QUESTION_WORDS = 4  # words a user's question that only asks may add to the 
 SAME_SUBJECT = 0.4  # dense cosine from which two of the user's statements are about the same subject
 ECHO = 0.5  # dense cosine from which a reply repeats a user's statement of its session
 SUPERSEDE_MARGIN = 1.0  # how far (calibrated units) below an earlier statement a later one may be and still supersede it
+CHANGE_MARGIN = 3.0  # the same for a later statement that says something changed ("I moved to Oslo")
+# Words that say a state changed. A later statement with one of them supersedes from further
+# below: it is phrased as news, not in the question's words ("We just relocated to Lyon"
+# against "Which city do I live in?"). Narrow on purpose: "new" only after "my", "our", "a" or
+# "the" and in lower case ("our new puppy", not "New York" or "some new games"), "now" only
+# next to its subject ("I'm now", "now I"), not after a duration ("for a month now").
+_CHANGE = re.compile(
+    r"\b(?:moved|relocated|switched|changed|replaced|upgraded|adopted|nowadays|anymore|instead|no longer|these days)\b"
+    r"|\b(?:my|our|a|the) new\b"
+    r"|\b(?:i'm|i am|we're|we are|i|we|is|are|it's) now\b|(?:^|[.!?:]\s+)now,? (?:i|we)\b",
+    re.IGNORECASE)
 
 _SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n|$)")
 _WORD = re.compile(r"[\w']+")
@@ -165,8 +178,9 @@ def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarra
     similar = vectors @ vectors.T
     users = [i for i, r in enumerate(records) if r["role"] == "user"]
     for b in sorted(users, key=times.__getitem__):  # earliest first, so a chain of changes carries
+        margin = CHANGE_MARGIN if states_change(records[b]["content"]) else SUPERSEDE_MARGIN
         earlier = [new[a] for a in users if times[a] < times[b] and similar[a, b] >= SAME_SUBJECT
-                   and records[a]["session_id"] != records[b]["session_id"] and new[a] - new[b] <= SUPERSEDE_MARGIN]
+                   and records[a]["session_id"] != records[b]["session_id"] and new[a] - new[b] <= margin]
         if earlier and max(earlier) >= new[b]:
             new[b] = max(earlier) + 1e-3
     raised = new - scores
@@ -178,6 +192,12 @@ def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarra
         if echoed and min(echoed) <= new[e]:
             new[e] = min(echoed) - 1e-3
     return raised, new - scores - raised
+
+
+def states_change(text: str) -> bool:
+    """Whether ``text`` says that something changed (``_CHANGE``): "We adopted a new dog", "I moved
+    to Oslo", "I work as a nurse these days", "I'm now a teacher"."""
+    return any(not match.group(0).endswith("New") for match in _CHANGE.finditer(text))  # "the New York ..." is a name
 
 
 def within(records: list[dict[str, Any]], window: TimeWindow) -> np.ndarray:

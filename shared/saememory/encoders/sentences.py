@@ -37,15 +37,19 @@ def split_sentences(text: str) -> list[str]:
         start = end.end()
     spans.append((start, len(text)))
     merged: list[tuple[int, int]] = []
+    counts: list[int] = []  # words per merged piece, kept as they grow (no recount: linear in the text)
     for begin, end in spans:
         words = len(text[begin:end].split())
         if not merged:
             if words:
                 merged.append((begin, end))
-        elif words < MIN_WORDS or len(text[slice(*merged[-1])].split()) < MIN_WORDS:
+                counts.append(words)
+        elif words < MIN_WORDS or counts[-1] < MIN_WORDS:
             merged[-1] = (merged[-1][0], end)  # spans are consecutive: the text between stays whole
+            counts[-1] += words
         else:
             merged.append((begin, end))
+            counts.append(words)
     if not merged:
         return [text]
     if len(merged) > MAX_PIECES:
