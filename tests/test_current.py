@@ -278,6 +278,9 @@ def test_long_messages_are_not_kept_in_the_words_cache():
     ("I'm now working as a nurse.", True), ("Big news. Now I'm the band's drummer.", True),
     ("We drove to the New York office.", False), ("Can you suggest some new games?", False),
     ("I've been writing for about a month now.", False), ("Right now the weather is fine.", False),
+    ("I’m now a teacher.", True), ("I used to rent, but now I own a flat.", True), ("Our\nnew flat is big.", True),
+    ("Can you recommend a new laptop for work?", False), ("I have never moved house.", False),
+    ("I haven't switched banks yet.", False), ("THE NEW YORK TIMES wrote about it.", False),
 ])
 def test_states_change_reads_words_of_change(text, changed):
     assert current.states_change(text) is changed

@@ -52,7 +52,7 @@ def test_hit_carries_scores_and_features(memory, make):
     hit = memory.search(QUESTION, k=1)[0]
     assert hit.content == PLANTED and hit.rank == 1 and hit.session_id == "s2"
     assert hit.timestamp == "2024-04-12" and hit.role == "user" and hit.user_id == "default"
-    # The default: z-scored signals, summed with weights dense 1, sparse 2, bm25 1.
+    # The default: z-scored signals, summed with weights dense 2, sparse 1, bm25 1.
     assert set(hit.signals) == {"dense", "sparse", "bm25"}
     weights = {"dense": 2.0, "sparse": 1.0, "bm25": 1.0}
     assert hit.score == pytest.approx(sum(weights[n] * s["normalized"] for n, s in hit.signals.items()), abs=1e-6)
@@ -257,6 +257,9 @@ def test_load_with_another_sae_fails(memory, tmp_path, encoder):
     mean = Encoder(EncoderConfig(pooling="mean"), model=encoder.model, sae=encoder.sae)
     with pytest.raises(ValueError, match="pooling"):
         SAEMemory.load(tmp_path / "mem", encoder=mean)
+    whole = Encoder(EncoderConfig(split="none"), model=encoder.model, sae=encoder.sae)
+    with pytest.raises(ValueError, match=r"split is 'sentences' in the saved memory but .*EncoderConfig\(split='none'\)"):
+        SAEMemory.load(tmp_path / "mem", encoder=whole)
 
 
 # Bad input -------------------------------------------------------------------------------------

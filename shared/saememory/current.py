@@ -56,12 +56,17 @@ CHANGE_MARGIN = 3.0  # the same for a later statement that says something change
 # below: it is phrased as news, not in the question's words ("We just relocated to Lyon"
 # against "Which city do I live in?"). Narrow on purpose: "new" only after "my", "our", "a" or
 # "the" and in lower case ("our new puppy", not "New York" or "some new games"), "now" only
-# next to its subject ("I'm now", "now I"), not after a duration ("for a month now").
+# next to its subject ("I'm now", "but now I"), not after a duration ("for a month now"). Only
+# the sentences that state are read ("Can you recommend a new laptop?" asks), and a word of
+# change just after a negation does not count ("I haven't switched banks").
 _CHANGE = re.compile(
-    r"\b(?:moved|relocated|switched|changed|replaced|upgraded|adopted|nowadays|anymore|instead|no longer|these days)\b"
-    r"|\b(?:my|our|a|the) new\b"
-    r"|\b(?:i'm|i am|we're|we are|i|we|is|are|it's) now\b|(?:^|[.!?:]\s+)now,? (?:i|we)\b",
+    r"\b(?:moved|relocated|switched|changed|replaced|upgraded|adopted|nowadays|anymore|instead|no\s+longer"
+    r"|these\s+days)\b"
+    r"|\b(?:my|our|a|the)\s+new\b"
+    r"|\b(?:i'm|i\s+am|we're|we\s+are|i|we|is|are|it's)\s+now\b"
+    r"|(?:^|[.!?:;,]\s+|\b(?:and|but|so)\s+)now,?\s+(?:i|we)\b",
     re.IGNORECASE)
+_NEGATIONS = frozenset("not never no nor".split())
 
 _SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n|$)")
 _WORD = re.compile(r"[\w']+")
@@ -195,9 +200,17 @@ def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarra
 
 
 def states_change(text: str) -> bool:
-    """Whether ``text`` says that something changed (``_CHANGE``): "We adopted a new dog", "I moved
-    to Oslo", "I work as a nurse these days", "I'm now a teacher"."""
-    return any(not match.group(0).endswith("New") for match in _CHANGE.finditer(text))  # "the New York ..." is a name
+    """Whether ``text`` says that something changed (``_CHANGE``, in its sentences that do not
+    ask): "We adopted a new dog", "I moved to Oslo", "I work as a nurse these days", "I'm now a
+    teacher"; not "I have never moved", "Can you suggest a new laptop?" or "the New York office"."""
+    stated = _sentences(text.replace("’", "'"))[0]  # phone keyboards type "I’m"
+    for match in _CHANGE.finditer(stated):
+        if match.group(0)[-3:].lower() == "new" and match.group(0)[-3:] != "new":
+            continue  # "the New York office", "THE NEW YORK TIMES": a name
+        before = _WORD.findall(stated[max(0, match.start() - 40):match.start()].lower())[-3:]
+        if not any(w in _NEGATIONS or w.endswith("n't") for w in before):
+            return True
+    return False
 
 
 def within(records: list[dict[str, Any]], window: TimeWindow) -> np.ndarray:

@@ -364,6 +364,9 @@ def test_cache_encodes_each_message_once(lm, tokenizer, sae_dir, tmp_path):
     seen, handle = count_rows(lm)
     try:
         enc = encoder_for(lm, tokenizer, sae_dir, cache_dir=tmp_path / "cache")
+        # The dense side encodes whole messages, as the LM's sparse side reads them and as LM
+        # memories were saved before sentence splitting: their identity has no "split".
+        assert enc.dense.config.split == "none" and "split" not in enc.identity()["dense"]
         first = enc.encode_documents([TEXTS[0], TEXTS[1], TEXTS[0]])
         assert seen["rows"] == 2  # the repeated message was encoded once
         again = enc.encode_documents([TEXTS[1], TEXTS[0]])

@@ -32,6 +32,12 @@ def test_split_sentences(text, pieces):
     assert split_sentences(text) == pieces
 
 
+def test_a_long_run_of_end_marks_is_one_piece():
+    # Matched from the run's first mark only: linear in the run (it was quadratic: 40,000 dots took 12 s).
+    text = "." * 50_000 + " Then a sentence of words. " + "!?" * 20_000
+    assert split_sentences(text) == [text.strip()]  # the runs are one word each: too short to stand alone
+
+
 def test_split_keeps_every_word_in_order_and_caps_the_pieces():
     text = " ".join(f"This is sentence number {i}." for i in range(MAX_PIECES + 10))
     pieces = split_sentences(text)
@@ -97,6 +103,20 @@ def test_split_is_part_of_the_config_and_the_identity(encoder):
     assert EncoderConfig.from_dict(EncoderConfig().to_dict()).split == "sentences"
     with pytest.raises(ValueError, match="split='words' is not one of"):
         EncoderConfig(split="words")
+
+
+def test_max_content_keeps_a_message_free_of_its_function_word_sentences(encoder):
+    # A sentence without a content word falls back to every token only when its whole message has
+    # none, as a message encoded whole does; otherwise it adds no feature to the code.
+    content = Encoder(EncoderConfig(pooling="max-content"), model=encoder.model, sae=encoder.sae)
+    first = "My sister Ana moved to Lisbon last year."
+    both = content.encode_documents([first + " And that is what it is for all of us.", first])
+    np.testing.assert_allclose(both.sparse[0].toarray(), both.sparse[1].toarray(), atol=1e-6)
+    assert not np.allclose(both.dense[0], both.dense[1])  # the dense mean still reads every sentence
+    (words, peaks), = content.peak_words([first + " And that is what it is for all of us."])
+    assert set(peaks) == set(both.sparse[0].indices.tolist()) and max(peaks.values()) < len(first.split()) + 2
+    empty = content.encode_documents(["And that is what it is. It is what it is for us."])  # no content word at all
+    assert empty.sparse.nnz > 0
 
 
 def test_embedding_sae_reads_the_combined_vector(encoder):

@@ -498,6 +498,7 @@ class LMEncoder:
                 sae=None,
                 query_prefix=cfg.query_prefix,
                 document_prefix=cfg.document_prefix,
+                split="none",  # whole messages, as the LM's sparse side reads them (and as saved before splitting)
                 batch_size=cfg.batch_size,
                 device=device,
                 trust_remote_code=cfg.trust_remote_code,

@@ -72,11 +72,14 @@ class EncoderConfig(DictConfig):
             of its sentences' unit vectors, and its SAE code the feature-wise max (``"mean"``
             pooling: the mean) of their unit codes; an embedding-source SAE reads that dense
             vector. A query is encoded whole. ``"none"`` encodes each message in one pass, cut at
-            the model's window (256 tokens for MiniLM). Defaults to ``"sentences"``: on
-            LongMemEval-S's dev split it raised turn nDCG@10 by about +0.03 (BENCHMARKS.md), and
-            a long message is no longer cut. It costs more forward passes (each shorter). A
-            config saved without this key (before it existed) loads as ``"none"``, so old
-            memories keep their vectors.
+            the model's window (256 tokens for MiniLM). Defaults to ``"sentences"``: with the
+            fusion weights chosen for it, turn nDCG@10 on LongMemEval-S rose by +0.024 on the dev
+            split and +0.016 [-0.004, +0.036] held out (BENCHMARKS.md), and a long message is cut
+            only where one sentence passes the window (or where its sentences after the 31st,
+            embedded as one piece, do). Indexing costs a little more (about 0.67x of the plain dense path's time,
+            against 0.62x). A config saved without this key (before it existed) loads as
+            ``"none"``, so old memories keep their vectors; so does any partial dict given to
+            ``from_dict``.
         query_prefix: Prepended to queries (Nomic wants ``"search_query: "``). Defaults to ``""``.
         document_prefix: Prepended to messages (Nomic: ``"search_document: "``). Defaults to ``""``.
         batch_size: Messages per forward pass (sentence-transformers; the ONNX runtime runs each
@@ -399,7 +402,11 @@ class Encoder:
         if self.config.split == "none":
             return self._encode(texts, show_progress, self.config.document_prefix)
         pieces, owner = self._pieces(texts)
-        return self._combine(self._encode(pieces, show_progress, self.config.document_prefix), owner, len(texts))
+        plain = np.zeros(len(pieces), dtype=bool)
+        # An embedding SAE reads the combined dense vector: the sentences need no codes of their own.
+        encoded = self._encode(pieces, show_progress, self.config.document_prefix, codes=self.layer is not None,
+                               plain_out=plain)
+        return self._combine(encoded, owner, len(texts), plain)
 
     def encode_query(self, text: str) -> Encoded:
         """Encodes one query (with the query prefix), whole."""
@@ -434,31 +441,35 @@ class Encoder:
         if self.layer is None:
             return [([], {}) for _ in texts]
         if query or self.config.split == "none":
-            return [(words, peaks) for words, peaks, _ in self._peaks(texts, self.config.query_prefix if query
-                                                                        else self.config.document_prefix)]
-        # Sentence by sentence, as encode_documents: a feature's word is where its unit code peaks.
+            return [(words, peaks) for words, peaks, _, _ in self._peaks(texts, self.config.query_prefix if query
+                                                                           else self.config.document_prefix)]
+        # Sentence by sentence, as encode_documents: a feature's word is where its unit code peaks
+        # (with max pooling; with mean pooling, where its largest token value is), among the
+        # sentences the code keeps (_combine).
         pieces, owner = self._pieces(texts)
+        found = self._peaks(pieces, self.config.document_prefix)
+        kept = _kept_pieces(np.array([plain for _, _, _, plain in found], dtype=bool), owner, len(texts))
         out: list[tuple[list[str], dict[int, int], dict[int, float]]] = [([], {}, {}) for _ in texts]
-        for (words, peaks, values), text in zip(self._peaks(pieces, self.config.document_prefix), owner.tolist()):
+        for (words, peaks, values, _), text, keep in zip(found, owner.tolist(), kept.tolist()):
             all_words, all_peaks, best = out[text]
-            for feature, word in peaks.items():
+            for feature, word in peaks.items() if keep else ():
                 if values[feature] > best.get(feature, -1.0):
                     all_peaks[feature], best[feature] = word + len(all_words), values[feature]
             all_words.extend(words)  # a piece ends at white space: no word spans two pieces
         return [(words, peaks) for words, peaks, _ in out]
 
-    def _peaks(self, texts: list[str], prefix: str) -> list[tuple[list[str], dict[int, int], dict[int, float]]]:
-        """Per text (``prefix`` put before it): its words, each active feature's peak word, and its
-        value in the text's unit code."""
+    def _peaks(self, texts: list[str], prefix: str) -> list[tuple[list[str], dict[int, int], dict[int, float], bool]]:
+        """Per text (``prefix`` put before it): its words, each active feature's peak word, its
+        value in the text's unit code, and whether ``"max-content"`` fell back to every token."""
         out = []
         for start in range(0, len(texts), self.config.batch_size):
             batch = self._runtime.forward([prefix + t for t in texts[start : start + self.config.batch_size]])
-            pooled = self._pooled_tokens(batch, prefix)
+            pooled, plain = self._pooled_tokens(batch, prefix)
             for row in range(batch.ids.shape[0]):
                 real = batch.real[row]
                 words, owner = _words(self._runtime.pieces(batch.ids[row][real].tolist()))
                 if not real.any():
-                    out.append((words, {}, {}))
+                    out.append((words, {}, {}, bool(plain[row])))
                     continue
                 tokens = np.flatnonzero(pooled[row][real])  # the real tokens the code pools, as positions among them
                 codes = self._runner.dense(batch.states[self.layer, row][real][tokens])  # tokens x d_sae
@@ -467,7 +478,7 @@ class Encoder:
                 peaks = codes[:, active].argmax(axis=0)
                 norm = float(np.linalg.norm(top)) or 1.0
                 out.append((words, {int(f): owner[int(tokens[t])] for f, t in zip(active, peaks)},
-                            {int(f): float(top[f]) / norm for f in active}))
+                            {int(f): float(top[f]) / norm for f in active}, bool(plain[row])))
         return out
 
     def token_states(self, texts: list[str], layer: int) -> tuple[Any, np.ndarray]:
@@ -504,10 +515,13 @@ class Encoder:
                 owner.append(i)
         return pieces, np.asarray(owner, dtype=np.int64)
 
-    def _combine(self, pieces: Encoded, owner: np.ndarray, n: int) -> Encoded:
+    def _combine(self, pieces: Encoded, owner: np.ndarray, n: int, plain: np.ndarray) -> Encoded:
         """Each text's vectors from its sentences' unit vectors (``split="sentences"``): the
         normalised mean; for a residual SAE the feature-wise max of the unit codes (the mean with
-        ``"mean"`` pooling), normalised; an embedding SAE reads the text's dense vector."""
+        ``"mean"`` pooling), normalised, leaving out a sentence without content words when its
+        text has one with them (``plain``: as a whole message, ``"max-content"`` falls back to
+        every token only for a text with no content word); an embedding SAE reads the text's
+        dense vector."""
         dense = np.zeros((n, self.dim), dtype=np.float32)
         np.add.at(dense, owner, pieces.dense)
         dense /= np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-12)
@@ -515,14 +529,21 @@ class Encoder:
         np.logical_or.at(truncated, owner, pieces.truncated)
         if self.sae is None:
             sparse = sp.csr_matrix((n, 0), dtype=np.float32)
-        elif self.layer is None:
-            sparse = unit_rows(sp.csr_matrix(self._runner.dense(dense), dtype=np.float32))
+        elif self.layer is None:  # in batches: a dense (n, d_sae) block would be 16 KB a message
+            step = self.config.batch_size
+            sparse = unit_rows(sp.vstack([sp.csr_matrix(self._runner.dense(dense[i : i + step]), dtype=np.float32)
+                                          for i in range(0, n, step)] or [sp.csr_matrix((0, self.d_sae))], format="csr"))
         else:
-            sparse = unit_rows(rows_by_group(pieces.sparse, owner, n, "mean" if self.config.pooling == "mean" else "max"))
+            keep = _kept_pieces(plain, owner, n)
+            sparse = unit_rows(rows_by_group(pieces.sparse[keep], owner[keep], n,
+                                             "mean" if self.config.pooling == "mean" else "max"))
         return Encoded(dense=dense, sparse=sparse, truncated=truncated)
 
-    def _encode(self, texts: list[str], show_progress: bool, prefix: str = "") -> Encoded:
-        """Each text (``prefix`` put before it) in one pass: unit dense vectors and unit SAE codes."""
+    def _encode(self, texts: list[str], show_progress: bool, prefix: str = "", codes: bool = True,
+                plain_out: np.ndarray | None = None) -> Encoded:
+        """Each text (``prefix`` put before it) in one pass: unit dense vectors and unit SAE codes
+        (none, a (n, 0) block, with ``codes=False``). ``plain_out`` (n,) is set True where
+        ``"max-content"`` pooled every token of a text that has no content word."""
         texts = [prefix + t for t in texts]
         n = len(texts)
         dense = np.zeros((n, self.dim), dtype=np.float32)
@@ -539,11 +560,13 @@ class Encoder:
             batch = self._runtime.forward([texts[i] for i in idx])
             dense[idx] = batch.embedding
             truncated[idx] = batch.truncated
-            if self.sae is not None:
-                codes = self._sparse_codes(batch, prefix)
-                norms = np.linalg.norm(codes, axis=1, keepdims=True)
-                blocks.append((idx, sp.csr_matrix(codes / np.where(norms > 0, norms, 1.0))))
-        if self.sae is None:
+            if self.sae is not None and codes:
+                pooled, plain = self._sparse_codes(batch, prefix)
+                norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+                blocks.append((idx, sp.csr_matrix(pooled / np.where(norms > 0, norms, 1.0))))
+                if plain_out is not None:
+                    plain_out[idx] = plain
+        if self.sae is None or not codes:
             return Encoded(dense=dense, sparse=sp.csr_matrix((n, 0), dtype=np.float32), truncated=truncated)
         if not blocks:
             return Encoded(dense=dense, sparse=sp.csr_matrix((0, self.d_sae), dtype=np.float32), truncated=truncated)
@@ -552,22 +575,24 @@ class Encoder:
         return Encoded(dense=dense, sparse=sp.csr_matrix(stacked[np.argsort(rows)], dtype=np.float32),
                        truncated=truncated)
 
-    def _sparse_codes(self, batch: Forward, prefix: str = "") -> np.ndarray:
-        """Pooled, not yet normalised codes of one batch (texts starting with ``prefix``): (b, d_sae)."""
+    def _sparse_codes(self, batch: Forward, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """Pooled, not yet normalised codes of one batch (texts starting with ``prefix``): (b, d_sae),
+        and (b,) where ``"max-content"`` fell back to every token (``_pooled_tokens``)."""
         if self.layer is None:
-            return self._runner.dense(batch.embedding)
-        pooled = self._pooled_tokens(batch, prefix)
+            return self._runner.dense(batch.embedding), np.zeros(batch.ids.shape[0], dtype=bool)
+        pooled, plain = self._pooled_tokens(batch, prefix)
         rows, _ = np.nonzero(pooled)  # row-major, so each text's tokens are contiguous and ascending
         values, indices = self._runner(batch.states[self.layer][pooled])  # only real tokens reach the SAE
-        return pool(values, indices, rows, batch.ids.shape[0], self.d_sae, self.config.pooling.split("-")[0])
+        return pool(values, indices, rows, batch.ids.shape[0], self.d_sae, self.config.pooling.split("-")[0]), plain
 
-    def _pooled_tokens(self, batch: Forward, prefix: str = "") -> np.ndarray:
+    def _pooled_tokens(self, batch: Forward, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
         """(b, s) bool: the tokens a text's code pools over. Every real token; with pooling
         ``"max-content"`` only the tokens of its content words (not stopwords, punctuation or
         digits alone; the prefix's words are not the text's), or, as max pooling, every real
-        token of a text that has none ("I am.")."""
+        token of a text that has none ("I am."). And (b,) bool: True for the texts that fell back."""
+        plain = np.zeros(batch.ids.shape[0], dtype=bool)
         if self.config.pooling != CONTENT_POOLING:
-            return batch.real
+            return batch.real, plain
         # The prefix's real tokens come first. Its trailing space is left out of the count: a
         # byte-level or SentencePiece tokenizer merges it into the text's first word.
         skip = self._runtime.count_tokens(prefix.rstrip()) if prefix.strip() else 0
@@ -579,7 +604,17 @@ class Encoder:
             content[:skip] = False
             if content.any():
                 pooled[row, real] = content
-        return pooled
+            else:
+                plain[row] = True
+        return pooled, plain
+
+
+def _kept_pieces(plain: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Which sentences a text's code keeps: all, but one that fell back to every token (``plain``)
+    when another sentence of its text has content words."""
+    has_content = np.zeros(n, dtype=bool)
+    np.logical_or.at(has_content, owner, ~plain)
+    return ~plain | ~has_content[owner]
 
 
 def _content_word(word: str) -> bool:

@@ -3,8 +3,9 @@
 Chat messages mix a request with a fact said in passing ("Can you suggest some bike routes? By
 the way, my road bike has been running great since the tune-up."). One embedding of the whole
 message is pulled towards its longest part; embedding each sentence alone and averaging the unit
-vectors gives the passing fact its own weight. On LongMemEval-S's dev split it raised turn
-nDCG@10 by +0.03 (BENCHMARKS.md).
+vectors gives the passing fact its own weight. With the fusion weights chosen for it, it raised
+turn nDCG@10 by +0.024 on LongMemEval-S's dev split and by +0.016 [-0.004, +0.036] held out
+(BENCHMARKS.md).
 
 A sentence ends at ``.``, ``!``, ``?`` or ``…`` (with any closing quotes or brackets) followed by
 white space, or at a line break. A piece of fewer than ``MIN_WORDS`` words ("Thanks!", "Hi
@@ -19,7 +20,9 @@ import re
 
 MIN_WORDS = 4  # a shorter piece joins its neighbour
 MAX_PIECES = 32  # sentences embedded alone per message; the rest is one last piece
-_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|\n")
+# A run of end marks is matched from its first mark only (the lookbehind), so a long run that is
+# not followed by white space ("....") costs its length once, not its length squared.
+_END = re.compile(r"(?<![.!?…])[.!?…]+[\"'”’)\]]*(?=\s)|\n")
 
 
 def split_sentences(text: str) -> list[str]:
