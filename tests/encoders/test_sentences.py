@@ -124,3 +124,12 @@ def test_embedding_sae_reads_the_combined_vector(encoder):
     out = emb.encode_documents([MESSAGE])
     direct = emb._runner.dense(out.dense)
     np.testing.assert_allclose(out.sparse.toarray()[0], direct[0] / np.linalg.norm(direct[0]), atol=1e-5)
+
+
+def test_a_document_prefix_is_listed_once_among_the_words(encoder):
+    prefixed = Encoder(EncoderConfig(document_prefix="search_document: "), model=encoder.model, sae=encoder.sae)
+    (words, peaks), = prefixed.peak_words([MESSAGE])
+    assert words[:4] == ["search", "_", "document", ":"] and words.count("document") == 1
+    assert words[4:] == [w for piece in split_sentences(MESSAGE) for w in encoder.peak_words([piece])[0][0]]
+    assert set(peaks) == set(prefixed.encode_documents([MESSAGE]).sparse[0].indices.tolist())
+    assert all(0 <= i < len(words) for i in peaks.values())

@@ -446,16 +446,21 @@ class Encoder:
         # Sentence by sentence, as encode_documents: a feature's word is where its unit code peaks
         # (with max pooling; with mean pooling, where its largest token value is), among the
         # sentences the code keeps (_combine).
+        prefix = self.config.document_prefix
         pieces, owner = self._pieces(texts)
-        found = self._peaks(pieces, self.config.document_prefix)
+        found = self._peaks(pieces, prefix)
         kept = _kept_pieces(np.array([plain for _, _, _, plain in found], dtype=bool), owner, len(texts))
+        # Each sentence ran with the prefix; its words are listed once, at the start, as for a whole message.
+        lead = self._peaks([""], prefix)[0][0] if prefix.strip() else []
         out: list[tuple[list[str], dict[int, int], dict[int, float]]] = [([], {}, {}) for _ in texts]
         for (words, peaks, values, _), text, keep in zip(found, owner.tolist(), kept.tolist()):
             all_words, all_peaks, best = out[text]
+            skip = len(lead) if all_words and lead and words[:len(lead)] == lead else 0
             for feature, word in peaks.items() if keep else ():
                 if values[feature] > best.get(feature, -1.0):
-                    all_peaks[feature], best[feature] = word + len(all_words), values[feature]
-            all_words.extend(words)  # a piece ends at white space: no word spans two pieces
+                    all_peaks[feature] = word if word < skip else word - skip + len(all_words)
+                    best[feature] = values[feature]
+            all_words.extend(words[skip:])  # a piece ends at white space: no word spans two pieces
         return [(words, peaks) for words, peaks, _ in out]
 
     def _peaks(self, texts: list[str], prefix: str) -> list[tuple[list[str], dict[int, int], dict[int, float], bool]]:
