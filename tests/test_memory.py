@@ -258,8 +258,15 @@ def test_load_with_another_sae_fails(memory, tmp_path, encoder):
     with pytest.raises(ValueError, match="pooling"):
         SAEMemory.load(tmp_path / "mem", encoder=mean)
     whole = Encoder(EncoderConfig(split="none"), model=encoder.model, sae=encoder.sae)
-    with pytest.raises(ValueError, match=r"split is 'sentences' in the saved memory but .*EncoderConfig\(split='none'\)"):
+    with pytest.raises(ValueError, match=r"split is 'sentences' in the saved memory but .*EncoderConfig\(split='sentences'\)"):
         SAEMemory.load(tmp_path / "mem", encoder=whole)
+    # A memory saved with whole messages has no "split" in its identity (as saved before split existed).
+    old = SAEMemory(whole)
+    old.add([{"id": "a", "content": "My sister lives in Lisbon."}])
+    old.save(tmp_path / "whole")
+    with pytest.raises(ValueError, match=r"split is .* in the saved memory but 'sentences' now.*EncoderConfig\(split='none'\)"):
+        SAEMemory.load(tmp_path / "whole", encoder=encoder)
+    assert SAEMemory.load(tmp_path / "whole").encoder.config.split == "none"  # rebuilt from the save
 
 
 # Bad input -------------------------------------------------------------------------------------

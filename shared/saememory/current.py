@@ -19,8 +19,8 @@ messages for this query) and is recorded on the hit, so a ranking can always be 
   about the same subject (dense cosine at least ``SAME_SUBJECT``), said in different sessions,
   the later one is raised just above the earlier one if it scores at most ``SUPERSEDE_MARGIN``
   below it, or ``CHANGE_MARGIN`` if it says that something changed (``states_change``: "our
-  new", "moved", "switched", "these days" ...): "We adopted a new dog and called her Olive" above "I
-  have a dog named Rocky".
+  new", "moved", "switched", "these days" ...): "We adopted a new dog and called her Olive"
+  above "I have a dog named Rocky".
 - ``echoes``: among the same best candidates, a reply (any role but the user's) that repeats a
   statement the user made earlier in its session (dense cosine at least ``ECHO``) is lowered
   just below it: "Luna is such a cute name for a dog" below "We named our puppy Luna".

@@ -502,9 +502,9 @@ def _check_identity(path: str | Path, manifest: dict[str, Any], identity: dict[s
             hint = (" Pass encoder=EncoderConfig(quantize=True) for a memory saved with the int8 model, "
                     "quantize=False for one saved at full precision, or no encoder at all to rebuild it from the save; "
                     "an int8 memory cannot move to runtime='torch' without adding its messages again.")
-        if key == "split":  # whole messages or sentence by sentence
-            hint = (" Pass encoder=EncoderConfig(split='none') for a memory saved with whole messages (before "
-                    "split existed), or no encoder at all to rebuild it from the save.")
+        if key == "split":  # whole messages (no key: saved before split existed) or sentence by sentence
+            hint = (f" Pass encoder=EncoderConfig(split={saved if isinstance(saved, str) else 'none'!r}) with the "
+                    "rest of its settings, or no encoder at all to rebuild it from the save.")
         raise ValueError(f"{path} was saved with another encoder: {key} is {saved!r} in the saved memory but {now!r} "
                          "now. Load it with the encoder it was made with." + hint)
 

@@ -76,9 +76,9 @@ class EncoderConfig(DictConfig):
             fusion weights chosen for it, turn nDCG@10 on LongMemEval-S rose by +0.024 on the dev
             split and +0.016 [-0.004, +0.036] held out (BENCHMARKS.md), and a long message is cut
             only where one sentence passes the window (or where its sentences after the 31st,
-            embedded as one piece, do). Indexing costs a little more (about 0.67x of the plain dense path's time,
-            against 0.62x). A config saved without this key (before it existed) loads as
-            ``"none"``, so old memories keep their vectors; so does any partial dict given to
+            embedded as one piece, do). Indexing costs a little more: 0.67x of the plain dense
+            path's time, against 0.62x. A config saved without this key (before it existed) loads
+            as ``"none"``, so old memories keep their vectors; so does any partial dict given to
             ``from_dict``.
         query_prefix: Prepended to queries (Nomic wants ``"search_query: "``). Defaults to ``""``.
         document_prefix: Prepended to messages (Nomic: ``"search_document: "``). Defaults to ``""``.
