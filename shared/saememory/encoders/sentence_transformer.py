@@ -66,15 +66,16 @@ class EncoderConfig(DictConfig):
             that has none). Defaults to ``"max"``, which kept its signal on long messages where
             mean pooling diluted it. ``"max-content"`` explains better (the word pairs shown
             carry a median 53% of the SAE score held out, against 27%) and ranked lower on
-            the dev split (turn R_all@10 0.827 against 0.851; BENCHMARKS.md).
+            the dev split (turn R_all@10 0.827 against 0.851; both over whole messages,
+            BENCHMARKS.md).
         split: ``"sentences"`` embeds each sentence of a message on its own
             (``saememory.encoders.sentences``): the message's dense vector is the normalised mean
             of its sentences' unit vectors, and its SAE code the feature-wise max (``"mean"``
             pooling: the mean) of their unit codes; an embedding-source SAE reads that dense
             vector. A query is encoded whole. ``"none"`` encodes each message in one pass, cut at
             the model's window (256 tokens for MiniLM). Defaults to ``"sentences"``: with the
-            fusion weights chosen for it, turn nDCG@10 on LongMemEval-S rose by +0.024 on the dev
-            split and +0.016 [-0.004, +0.036] held out (BENCHMARKS.md), and a long message is cut
+            fusion weights chosen for it, turn nDCG@10 on LongMemEval-S rose by +0.017 on the dev
+            split and +0.013 [-0.007, +0.034] held out (BENCHMARKS.md), and a long message is cut
             only where one sentence passes the window (or where its sentences after the 31st,
             embedded as one piece, do). Indexing costs a little more: 0.67x of the plain dense
             path's time, against 0.62x. A config saved without this key (before it existed) loads

@@ -4,7 +4,7 @@ Chat messages mix a request with a fact said in passing ("Can you suggest some b
 the way, my road bike has been running great since the tune-up."). One embedding of the whole
 message is pulled towards its longest part; embedding each sentence alone and averaging the unit
 vectors gives the passing fact its own weight. With the fusion weights chosen for it, it raised
-turn nDCG@10 by +0.024 on LongMemEval-S's dev split and by +0.016 [-0.004, +0.036] held out
+turn nDCG@10 by +0.017 on LongMemEval-S's dev split and by +0.013 [-0.007, +0.034] held out
 (BENCHMARKS.md).
 
 A sentence ends at ``.``, ``!``, ``?`` or ``…`` (with any closing quotes or brackets) followed by
