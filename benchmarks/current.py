@@ -10,8 +10,9 @@ question is searched with ``now=`` its question date, through ``SAEMemory.search
 adjustments of ``saememory.current`` run exactly as a user gets them. Official protocol: user
 turns, ``_abs`` left out, strict questions. Reported: turn R_all@10 and nDCG@10, overall and per
 question type, with paired bootstrap intervals against the same ranking without adjustments, and
-the default against the same ranking over whole messages (``EncoderConfig(split="none")``). Writes the ``current-<split>`` section of BENCHMARKS.md and the numbers to
-``benchmarks/current_<split>.json``.
+the default against the default before sentences (its run over whole messages,
+``--split-messages none``, in ``benchmarks/current_<split>_whole.json``). Writes the
+``current-<split>`` section of BENCHMARKS.md and the numbers to ``benchmarks/current_<split>.json``.
 """
 
 from __future__ import annotations
