@@ -406,7 +406,7 @@ class Encoder:
         plain = np.zeros(len(pieces), dtype=bool)
         # An embedding SAE reads the combined dense vector: the sentences need no codes of their own.
         encoded = self._encode(pieces, show_progress, self.config.document_prefix, codes=self.layer is not None,
-                               plain_out=plain)
+                               plain_out=plain, what="sentences")
         return self._combine(encoded, owner, len(texts), plain)
 
     def encode_query(self, text: str) -> Encoded:
@@ -546,7 +546,7 @@ class Encoder:
         return Encoded(dense=dense, sparse=sparse, truncated=truncated)
 
     def _encode(self, texts: list[str], show_progress: bool, prefix: str = "", codes: bool = True,
-                plain_out: np.ndarray | None = None) -> Encoded:
+                plain_out: np.ndarray | None = None, what: str = "messages") -> Encoded:
         """Each text (``prefix`` put before it) in one pass: unit dense vectors and unit SAE codes
         (none, a (n, 0) block, with ``codes=False``). ``plain_out`` (n,) is set True where
         ``"max-content"`` pooled every token of a text that has no content word."""
@@ -560,7 +560,7 @@ class Encoder:
         if show_progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc="Encoding messages", unit="batch")
+            batches = tqdm(batches, desc=f"Encoding {what}", unit="batch")
         for start in batches:
             idx = order[start : start + self.config.batch_size]
             batch = self._runtime.forward([texts[i] for i in idx])
