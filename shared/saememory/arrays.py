@@ -124,8 +124,7 @@ def unit_rows(matrix: sp.spmatrix) -> sp.csr_matrix:
     """``matrix`` as float32 CSR with each non-zero row scaled to unit L2 norm (zero rows stay zero)."""
     matrix = sp.csr_matrix(matrix, dtype=np.float32)
     norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1), dtype=np.float64).ravel())
-    return sp.csr_matrix(sp.diags(np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)) @ matrix,
-                         dtype=np.float32)
+    return sp.csr_matrix(sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ matrix, dtype=np.float32)  # a zero row stays zero
 
 
 def rows_by_group(matrix: sp.spmatrix, groups: np.ndarray, n: int, how: str = "max") -> sp.csr_matrix:
