@@ -131,15 +131,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pooling", choices=("max", "max-content"), default="max",
                         help="how token codes are pooled (EncoderConfig(pooling=...)); another than max has its own "
                              "cache, json and section")
+    parser.add_argument("--hygiene", choices=("on", "off"), default="on",
+                        help="leave the features the SAE's hygiene hides out of the codes (EncoderConfig(hygiene=...); "
+                             "the default) or keep every feature, which has its own json and section")
     args = parser.parse_args(argv)
 
     chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), args.split)
     full = args.precision == "float32"
     sae = {"sae": args.sae} if args.sae else {}
     caches = bench.Caches(ROOT / "benchmarks" / ".cache",
-                          Encoder(EncoderConfig(pooling=args.pooling, quantize=not full, split=args.split_messages, **sae)))
+                          Encoder(EncoderConfig(pooling=args.pooling, quantize=not full, split=args.split_messages,
+                                                hygiene=args.hygiene == "on", **sae)))
     tag = (args.split + ("-float32" if full else "") + (f"-{Path(args.sae).name}" if args.sae else "")
-           + (f"-{args.pooling}" if args.pooling != "max" else "") + ("-whole" if args.split_messages == "none" else ""))
+           + (f"-{args.pooling}" if args.pooling != "max" else "") + ("-whole" if args.split_messages == "none" else "") + ("-all-features" if args.hygiene == "off" else ""))
     if args.fill:
         for _, q in chosen:
             caches.fill([m["content"] for m in lme.messages(q, "user")], [q["question"]])
@@ -168,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     model += f", SAE {args.sae}" if args.sae else ""
     model += f", pooling {args.pooling}" if args.pooling != "max" else ""
     model += ", whole messages (`EncoderConfig(split=\"none\")`)" if args.split_messages == "none" else ""
+    model += ", every feature in the codes (`EncoderConfig(hygiene=False)`)" if args.hygiene == "off" else ""
     lines = [start, f"### What is current on LongMemEval-S, {split}{model}", "",
              f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}",
              f"- Data: `../shared/data/longmemeval/{bench.DEFAULT_DATA.name}`; "
@@ -189,6 +194,10 @@ def main(argv: list[str] | None = None) -> None:
               + "; ".join(share) + "."]
     shipped = ROOT / "benchmarks" / f"current_{args.split}.json"  # the shipped encoder's run of this split
     whole = ROOT / "benchmarks" / f"current_{args.split}_whole.json"  # the same, messages encoded whole
+    kept = ROOT / "benchmarks" / f"current_{args.split}_all_features.json"  # the same, hygiene off
+    if tag == args.split and kept.is_file():
+        lines += ["", against_shipped(rows[settings_name(default)], json.loads(kept.read_text()).get(settings_name(default)),
+                                      kept.name, "every feature in the codes (`hygiene=False`)")]
     if tag == args.split and whole.is_file():
         before = json.loads(whole.read_text())
         lines += ["", against_shipped(rows[settings_name(default)], before.get(before.get("default", PREVIOUS_DEFAULT)),

@@ -1,13 +1,17 @@
 """What a person is shown as the reason for a hit: labels that read form, labels grounded in the text.
 
-    python benchmarks/explanations.py --every 1
+    python benchmarks/explanations.py --every 1                 # held out
+    python benchmarks/explanations.py --split dev --every 1     # the dev split, where choices are made
 
-For held-out LongMemEval-S questions (the report split: i % 5 in {2, 3, 4}, dev30 left out; user
-turns; cached vectors from ``benchmarks/longmemeval.py``), the top 3 hits of the default fusion
-are explained as ``SAEMemory`` explains them (``interpret.explain.explain_features``: the 5
-strongest and the 5 shared features), once without and once with the SAE's feature hygiene
+For LongMemEval-S questions (held out, the report split: i % 5 in {2, 3, 4}, dev30 left out; or
+the dev split; user turns; cached vectors from ``benchmarks/longmemeval.py``), the top 3 hits of
+the default ranking are explained as ``SAEMemory`` explains them
+(``interpret.explain.explain_features``: the 5 strongest and the 5 shared features;
+``match_words``: the word pairs), once as the default does, with the SAE's feature hygiene
 (``hygiene.json``: features whose labels are only function words, punctuation or numbers, and
-features on most messages, are not listed). Reported per condition:
+features on most messages, are left out of the codes and never listed), and once without it
+(every feature in the codes, ``EncoderConfig(hygiene=False)``, and every feature listed).
+Reported per condition:
 
 - *function-word labels*: the share of labels shown made only of stopwords, punctuation or
   digits (with hygiene this is 0 by construction: it is the rule that hides them);
@@ -19,11 +23,12 @@ features on most messages, are not listed). Reported per condition:
   and how many of those are grounded: what the grounding measure gives labels that are literally
   in the text;
 - *explained share*: the median share of the SAE score carried by the shared features shown;
-- *word pairs*: the same for the 5 word pairs shown (``Hit.matched_words``: the query word and
-  the message word where each shared feature peaks; all pairs together make up the score), and
-  the share of hits whose pairs shown carry at least half of it.
+- *word pairs*: the number of pairs shown (``Hit.matched_words``: the 5 query words that carry
+  most, each with up to 3 message words; a pair joins the query word and the message word where
+  a shared feature peaks, and all pairs together make up the score), the median share of the
+  SAE score they carry, and the share of hits whose pairs shown carry at least half of it.
 
-Writes the ``explanations`` section of BENCHMARKS.md.
+Writes the ``explanations`` section of BENCHMARKS.md (``explanations-dev`` for the dev split).
 """
 
 from __future__ import annotations
@@ -60,14 +65,16 @@ def in_text(label: str, words: set[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--every", type=int, default=1, help="keep held-out questions at i %% every == 0 of the split; default 1")
+    parser.add_argument("--split", choices=("dev", "report"), default="report",
+                        help="the dev split or the held-out questions (report, the default)")
+    parser.add_argument("--every", type=int, default=1, help="keep the split's questions at i %% every == 0; default 1")
     parser.add_argument("--md", type=Path, default=bench.ROOT / "BENCHMARKS.md")
     parser.add_argument("--sae", default=None, help="an SAE (bundled name or folder) instead of the default; its own section")
     parser.add_argument("--tag", default=None, help="a name for the section, to keep a comparison run beside the main one")
     parser.add_argument("--pooling", choices=("max", "max-content"), default="max",
                         help="how token codes are pooled (EncoderConfig(pooling=...)); another than max has its own section")
     args = parser.parse_args(argv)
-    chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), "report")[::args.every]
+    chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), args.split)[::args.every]
     encoder = Encoder(EncoderConfig(pooling=args.pooling, **({"sae": args.sae} if args.sae else {})))
     sae = encoder.sae
     caches = bench.Caches(bench.ROOT / "benchmarks" / ".cache", encoder)
@@ -87,8 +94,10 @@ def main(argv: list[str] | None = None) -> None:
         signals = {"dense": data["signals"]["dense"], "sparse": data["signals"]["sparse"],
                    "bm25": data["signals"]["stemmed bm25"]}
         top = np.argsort(-default_scores(signals), kind="stable")[:TOP_HITS]
-        q_code = corpus.q_sparse["res"]
-        q_acts = dict(zip(q_code.indices.tolist(), q_code.data.tolist()))
+        # With hygiene, the codes as the default stores them; without, every feature (as cached).
+        codes = {"with hygiene": (corpus.sparse["res"], corpus.q_sparse["res"]),
+                 "without hygiene": (caches.base.get([bench.text_key("doc", t) for t in corpus.texts], hygiene=False)[1],
+                                     caches.base.get([bench.text_key("query", q["question"])], hygiene=False)[1])}
         q_words = encoder.peak_words([q["question"]], query=True)[0]
         m_words = encoder.peak_words([corpus.texts[row] for row in top.tolist()])
         for row, read in zip(top.tolist(), m_words):
@@ -100,40 +109,47 @@ def main(argv: list[str] | None = None) -> None:
             shown_cutoff = np.quantile(shown_closeness, 0.9)
             for name, hide in (("without hygiene", {}), ("with hygiene", hidden)):
                 sae.hidden = hide
-                strongest, shared, explained = explain_features(corpus.sparse["res"][row], q_acts, sae, TOP_FEATURES)
+                code, q_code = codes[name][0][row], codes[name][1]
+                q_acts = dict(zip(q_code.indices.tolist(), q_code.data.tolist()))
+                strongest, shared, explained = explain_features(code, q_acts, sae, TOP_FEATURES)
                 shown = [f["id"] for f in strongest + shared if f["label"]]
-                _, pairs_share = match_words(corpus.sparse["res"][row], q_acts, q_words, read, sae, TOP_FEATURES)
+                pairs, pairs_share = match_words(code, q_acts, q_words, read, sae, TOP_FEATURES)
                 stats[name].append({"function": [function_label(sae.labels[f]) for f in shown],
                                     "grounded": [bool(closeness[column[f]] >= cutoff) for f in shown],
                                     "grounded_shown": [bool(shown_closeness[column[f]] >= shown_cutoff) for f in shown],
                                     "in_text": [in_text(sae.labels[f], words) for f in shown],
                                     "explained": explained, "unlabelled": sum(not f["label"] for f in strongest + shared),
-                                    "pairs": pairs_share})
+                                    "pairs": pairs_share, "n_pairs": len(pairs)})
     sae.hidden = hidden
-    tag = (f"-{Path(args.sae).name}" if args.sae else "") + (f"-{args.pooling}" if args.pooling != "max" else "")
+    tag = ("-dev" if args.split == "dev" else "") + (f"-{Path(args.sae).name}" if args.sae else "") + (f"-{args.pooling}" if args.pooling != "max" else "")
     tag += f"-{args.tag}" if args.tag else ""
     start, end = f"<!-- explanations{tag}:start -->", f"<!-- explanations{tag}:end -->"
     title = ("## Explanations: what a person is shown (2026-11-30)" if not args.sae and args.pooling == "max" else
              "### Explanations with" + (f" the SAE {args.sae}" if args.sae else "")
              + (" and" if args.sae and args.pooling != "max" else "")
              + (f" pooling {args.pooling}" if args.pooling != "max" else ""))
+    if args.split == "dev":
+        title = "### Explanations, the dev split" + (f", SAE {args.sae}" if args.sae else "") + (
+            f", pooling {args.pooling}" if args.pooling != "max" else "")
     if args.tag:
         title = f"### Explanations, {args.tag}" + (f", SAE {args.sae}" if args.sae else "") + (
             f", pooling {args.pooling}" if args.pooling != "max" else "")
     lines = [start, title, "",
              f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}; machine: {machine()}",
-             f"- Data: LongMemEval-S held out (report split, every {args.every}), {len(chosen)} questions, "
+             f"- Data: LongMemEval-S, {'the dev split' if args.split == 'dev' else 'held out (report split)'}, every "
+             f"{args.every}, {len(chosen)} questions, "
              f"the top {TOP_HITS} hits of the default fusion: {n_hits} hits; SAE `{sae.name}`, "
              f"{len(hidden)} of {sae.cfg.d_sae} features hidden by its `hygiene.json`",
-             f"- Command: `python benchmarks/explanations.py --every {args.every}" + (f" --sae {args.sae}" if args.sae else "")
+             f"- Command: `python benchmarks/explanations.py" + (" --split dev" if args.split == "dev" else "")
+             + f" --every {args.every}" + (f" --sae {args.sae}" if args.sae else "")
              + (f" --pooling {args.pooling}" if args.pooling != "max" else "") + (f" --tag {args.tag}" if args.tag else "")
              + "`", "",
              "| condition | labels shown per hit | function-word labels shown | grounded labels shown (random: 0.10) "
              "| grounded as shown: phrase (label) where a phrase holds "
              "| labels shown with a word of the hit's text | grounded among those "
              "| median share of the SAE score carried by the shared features shown | unlabelled features shown per hit "
-             "| median share carried by the 5 word pairs shown | hits whose word pairs shown carry ≥ 50% |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| word pairs shown per hit | median share carried by the word pairs shown | hits whose word pairs shown carry ≥ 50% |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, rows in stats.items():
         function = [x for r in rows for x in r["function"]]
         grounded = [x for r in rows for x in r["grounded"]]
@@ -144,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"{wilson(float(np.mean(lexical)) if (lexical := [x for r in rows for x in r['in_text']]) else 0.0, len(lexical))} | "
                      f"{wilson(float(np.mean(inside)) if (inside := [g for r in rows for g, t in zip(r['grounded'], r['in_text']) if t]) else 0.0, len(inside))} | "
                      f"{np.median([r['explained'] for r in rows]):.3f} | {np.mean([r['unlabelled'] for r in rows]):.1f} | "
-                     f"{np.median([r['pairs'] for r in rows]):.3f} | "
+                     f"{np.mean([r['n_pairs'] for r in rows]):.1f} | {np.median([r['pairs'] for r in rows]):.3f} | "
                      f"{wilson(float(np.mean([r['pairs'] >= 0.5 for r in rows])), len(rows))} |")
     lines += ["", end]
     publish(args.md, lines, start, end)

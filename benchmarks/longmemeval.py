@@ -30,6 +30,7 @@ and the LongMemEval section of ``BENCHMARKS.md``.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -52,6 +53,7 @@ from common import NO_ADJUSTMENTS, commit, default_scores, library_defaults, mac
 from saememory import DEFAULT_SAE, Encoded, Encoder, EncoderConfig, SAEMemory  # noqa: E402
 from saememory.arrays import as_stored  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
+from saememory.interpret.hygiene import visible_codes  # noqa: E402
 from saememory.lexical import LexicalIndex  # noqa: E402
 from saememory.scoring import SIGNALS, combine, fit_budget  # noqa: E402
 
@@ -87,10 +89,13 @@ class VectorCache:
     Args:
         directory: The cache directory of this configuration (created if missing).
         identity: The encoder's identity, written to ``identity.json``.
+        hidden: Feature ids the encoder's hygiene leaves out of its codes: the cache holds every
+            feature, and ``get`` leaves these out (``interpret.hygiene.visible_codes``), so one
+            cache serves ``EncoderConfig(hygiene=True)`` and ``hygiene=False``. Defaults to None.
     """
 
-    def __init__(self, directory: Path, identity: dict[str, Any]) -> None:
-        self.directory = directory
+    def __init__(self, directory: Path, identity: dict[str, Any], hidden: np.ndarray | None = None) -> None:
+        self.directory, self.hidden = directory, hidden
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "identity.json").write_text(json.dumps(identity, indent=2, sort_keys=True))
         self.chunks: list[tuple[np.ndarray, sp.csr_matrix]] = []
@@ -121,8 +126,9 @@ class VectorCache:
         (self.directory / f"{stem}.keys.json").write_text(json.dumps(keys))
         self._attach(keys, dense.astype(np.float32), sp.csr_matrix(sparse, dtype=np.float32))
 
-    def get(self, keys: list[str]) -> tuple[np.ndarray, sp.csr_matrix]:
-        """Dense (n, dim) and sparse (n, d_sae) rows of ``keys``, in order.
+    def get(self, keys: list[str], hygiene: bool = True) -> tuple[np.ndarray, sp.csr_matrix]:
+        """Dense (n, dim) and sparse (n, d_sae) rows of ``keys``, in order; with ``hygiene=False``
+        the codes keep every feature, as cached.
 
         Raises:
             KeyError: If a key is not cached (encode it first with ``fill``).
@@ -140,6 +146,8 @@ class VectorCache:
             parts.append(self.chunks[c][1][[r for _, r in items]])
             order.extend(p for p, _ in items)
         sparse = sp.vstack(parts, format="csr")[np.argsort(order)] if parts else sp.csr_matrix((0, 0))
+        if hygiene and self.hidden is not None and sparse.shape[1]:
+            return dense, visible_codes(sparse, self.hidden)
         return dense, sp.csr_matrix(sparse)
 
 
@@ -172,7 +180,11 @@ class Caches:
 
     def __init__(self, root: Path, base: Encoder, emb_sae: Any = None) -> None:
         self.base_encoder, self.emb_sae = base, emb_sae
-        self.base = VectorCache(cache_dir(root, base), {"encoder": base.identity()})
+        # Cached with every feature (hygiene off), and hygiene applied as the codes are read.
+        raw = copy.copy(base)
+        raw.config = replace(base.config, hygiene=False)
+        self.raw_encoder = raw
+        self.base = VectorCache(cache_dir(root, raw), {"encoder": raw.identity()}, hidden=base.hidden_ids)
         self.emb = None
         if emb_sae is not None:
             self.emb = VectorCache(cache_dir(root, base, emb_sae),
@@ -189,8 +201,8 @@ class Caches:
             query_keys = [k for k in todo if k not in doc_set]
             parts = []
             if doc_keys:
-                parts.append(self.base_encoder.encode_documents([keyed[k] for k in doc_keys]))
-            parts.extend(self.base_encoder.encode_query(keyed[k]) for k in query_keys)
+                parts.append(self.raw_encoder.encode_documents([keyed[k] for k in doc_keys]))
+            parts.extend(self.raw_encoder.encode_query(keyed[k]) for k in query_keys)
             dense = np.concatenate([p.dense for p in parts])
             sparse = sp.vstack([p.sparse for p in parts], format="csr")
             self.base.add(doc_keys + query_keys, dense, sparse)

@@ -6,6 +6,7 @@ Tests taking ``make`` or ``memory`` run on both backends: in-process (FAISS + CS
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 
@@ -71,13 +72,16 @@ def test_hit_carries_scores_and_features(memory, make):
     text = format_hit(hit.content, hit.to_metadata())
     assert phrased is not None and f"#{phrased['id']} {phrased['phrase']!r} ({phrased['label']!r})" in text
     # With every shared feature listed, contributions add up to the share of the sparse score
-    # they carry; the hidden features (hygiene) carry the rest.
-    full = make(top_features=10_000)
-    full.add(CONVERSATION)
-    top = full.search(QUESTION, k=1)[0]
-    listed = sum(f["contribution"] for f in top.shared_features)
-    assert listed == pytest.approx(top.explained_share * top.sparse_score, abs=1e-4)
-    assert 0 < top.explained_share < 1
+    # they carry. By default the features hygiene hides are out of the codes, so the listed ones
+    # carry all of it; kept in the codes (hygiene=False), they carry the rest.
+    for hygiene in (True, False):
+        enc = Encoder(EncoderConfig(hygiene=hygiene), model=memory.encoder.model, sae=memory.encoder.sae)
+        full = make(enc, top_features=10_000)
+        full.add(CONVERSATION)
+        top = full.search(QUESTION, k=1)[0]
+        listed = sum(f["contribution"] for f in top.shared_features)
+        assert listed == pytest.approx(top.explained_share * top.sparse_score, abs=1e-4)
+        assert top.explained_share == pytest.approx(1.0, abs=1e-4) if hygiene else 0 < top.explained_share < 1
 
 
 def test_poster_formula_on_raw_scores(make):
@@ -267,6 +271,22 @@ def test_load_with_another_sae_fails(memory, tmp_path, encoder):
     with pytest.raises(ValueError, match=r"split is .* in the saved memory but 'sentences' now.*EncoderConfig\(split='none'\)"):
         SAEMemory.load(tmp_path / "whole", encoder=encoder)
     assert SAEMemory.load(tmp_path / "whole").encoder.config.split == "none"  # rebuilt from the save
+    # A memory whose codes keep every feature (hygiene=False, as saved before hygiene existed).
+    kept = Encoder(EncoderConfig(hygiene=False), model=encoder.model, sae=encoder.sae)
+    every = SAEMemory(kept)
+    every.add([{"id": "a", "content": "My sister lives in Lisbon."}])
+    every.save(tmp_path / "every")
+    with pytest.raises(ValueError, match=r"sae_hygiene is absent in the saved memory .*EncoderConfig\(hygiene=False\)"):
+        SAEMemory.load(tmp_path / "every", encoder=encoder)
+    assert SAEMemory.load(tmp_path / "every").encoder.config.hygiene is False
+    with pytest.raises(ValueError, match=r"sae_hygiene is .* but absent now.*EncoderConfig\(hygiene=True\)"):
+        SAEMemory.load(tmp_path / "mem", encoder=kept)
+    # The SAE's hygiene.json changed since the save: its codes left out other features.
+    changed_sae = copy.copy(encoder.sae)
+    changed_sae.hidden = dict(list(encoder.sae.hidden.items())[1:])
+    changed = Encoder(EncoderConfig(), model=encoder.model, sae=changed_sae)
+    with pytest.raises(ValueError, match="hides other features than when the memory was saved"):
+        SAEMemory.load(tmp_path / "mem", encoder=changed)
 
 
 # Bad input -------------------------------------------------------------------------------------

@@ -505,6 +505,13 @@ def _check_identity(path: str | Path, manifest: dict[str, Any], identity: dict[s
         if key == "split":  # whole messages (no key: saved before split existed) or sentence by sentence
             hint = (f" Pass encoder=EncoderConfig(split={saved if isinstance(saved, str) else 'none'!r}) with the "
                     "rest of its settings, or no encoder at all to rebuild it from the save.")
+        if key == "sae_hygiene":  # which features the codes leave out (no key: every feature kept)
+            if isinstance(saved, str) and isinstance(now, str):
+                hint = (" The SAE's hygiene.json hides other features than when the memory was saved; restore that "
+                        "file, or add the messages again to a new memory.")
+            else:
+                hint = (f" Pass encoder=EncoderConfig(hygiene={isinstance(saved, str)}) with the rest of its settings, "
+                        "or no encoder at all to rebuild it from the save.")
         raise ValueError(f"{path} was saved with another encoder: {key} is {saved!r} in the saved memory but {now!r} "
                          "now. Load it with the encoder it was made with." + hint)
 

@@ -41,7 +41,7 @@ def test_residual_code_is_max_pooled_layer_states(encoder):
     real = states[1:-1]  # drop [CLS] and [SEP]
     codes = encoder.sae.encode(real).max(dim=0).values
     expected = torch.nn.functional.normalize(codes, dim=-1).numpy()
-    got = Encoder(EncoderConfig(quantize=False), sae=encoder.sae).encode_documents(TEXTS).sparse[1].toarray()[0]
+    got = Encoder(EncoderConfig(quantize=False, hygiene=False), sae=encoder.sae).encode_documents(TEXTS).sparse[1].toarray()[0]
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert 32 <= (got > 0).sum() <= 32 * real.shape[0]
 
@@ -58,10 +58,10 @@ def test_content_pooling_reads_content_words_only(encoder):
     content = [i for i, piece in enumerate(pieces) if piece in ("sister", "lives", "lisbon")]
     assert len(content) == 3  # "my", "in", "." and the special tokens are left out
     expected = torch.nn.functional.normalize(encoder.sae.encode(states[content]).max(dim=0).values, dim=-1).numpy()
-    content_encoder = Encoder(EncoderConfig(pooling="max-content", quantize=False), sae=encoder.sae)
+    content_encoder = Encoder(EncoderConfig(pooling="max-content", quantize=False, hygiene=False), sae=encoder.sae)
     got = content_encoder.encode_documents([text, "I am."]).sparse.toarray()
     np.testing.assert_allclose(got[0], expected, atol=1e-5)
-    plain = Encoder(EncoderConfig(quantize=False), sae=encoder.sae).encode_documents(["I am."]).sparse.toarray()[0]
+    plain = Encoder(EncoderConfig(quantize=False, hygiene=False), sae=encoder.sae).encode_documents(["I am."]).sparse.toarray()[0]
     np.testing.assert_allclose(got[1], plain, atol=1e-6)  # no content word: every token counts
     words, peaks = content_encoder.peak_words([text])[0]
     assert {words[i] for i in peaks.values()} <= {"sister", "lives", "lisbon"}

@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from saememory import Encoder, EncoderConfig
 from saememory.arrays import rows_by_group, unit_rows
 from saememory.encoders.sentences import MAX_PIECES, MIN_WORDS, split_sentences
+from saememory.interpret.hygiene import visible_codes
 
 MESSAGE = ("Can you suggest some scenic bike routes near me? By the way, my road bike has been running great "
            "since the tune-up on March 3rd.")
@@ -58,9 +59,13 @@ def test_rows_by_group_takes_the_max_or_the_mean_per_group():
 
 
 def test_a_message_is_the_mean_of_its_sentences_and_its_code_their_max(encoder):
-    whole = Encoder(EncoderConfig(split="none"), model=encoder.model, sae=encoder.sae)
+    # Every feature kept (hygiene=False): the code is the max itself; hygiene then drops features from it.
+    whole = Encoder(EncoderConfig(split="none", hygiene=False), model=encoder.model, sae=encoder.sae)
     pieces = whole.encode_documents(split_sentences(MESSAGE))
-    got = encoder.encode_documents([MESSAGE, "My sister lives in Lisbon."])
+    raw = Encoder(EncoderConfig(hygiene=False), model=encoder.model, sae=encoder.sae)
+    got = raw.encode_documents([MESSAGE, "My sister lives in Lisbon."])
+    np.testing.assert_allclose(encoder.encode_documents([MESSAGE]).sparse.toarray(),
+                               visible_codes(got.sparse[0], encoder.sae.hidden).toarray(), atol=1e-6)
     mean = pieces.dense.mean(axis=0)
     np.testing.assert_allclose(got.dense[0], mean / np.linalg.norm(mean), atol=1e-6)
     top = pieces.sparse.toarray().max(axis=0)
@@ -75,11 +80,12 @@ def test_a_message_is_the_mean_of_its_sentences_and_its_code_their_max(encoder):
 
 def test_peak_words_follow_the_sentence_codes(encoder):
     (words, peaks), = encoder.peak_words([MESSAGE])
-    code = encoder.encode_documents([MESSAGE]).sparse[0]
-    assert set(peaks) == set(code.indices.tolist())
+    raw = Encoder(EncoderConfig(hygiene=False), model=encoder.model, sae=encoder.sae)
+    assert set(peaks) == set(raw.encode_documents([MESSAGE]).sparse[0].indices.tolist())  # hidden features too
+    assert set(encoder.encode_documents([MESSAGE]).sparse[0].indices.tolist()) < set(peaks)
     assert words == [w for piece in split_sentences(MESSAGE) for w in encoder.peak_words([piece])[0][0]]
     # Each feature's word lies in the sentence where its unit code is highest.
-    pieces = Encoder(EncoderConfig(split="none"), model=encoder.model, sae=encoder.sae).encode_documents(
+    pieces = Encoder(EncoderConfig(split="none", hygiene=False), model=encoder.model, sae=encoder.sae).encode_documents(
         split_sentences(MESSAGE)).sparse.toarray()
     first = len(encoder.peak_words([split_sentences(MESSAGE)[0]])[0][0])
     for feature, word in peaks.items():
@@ -108,7 +114,7 @@ def test_split_is_part_of_the_config_and_the_identity(encoder):
 def test_max_content_keeps_a_message_free_of_its_function_word_sentences(encoder):
     # A sentence without a content word falls back to every token only when its whole message has
     # none, as a message encoded whole does; otherwise it adds no feature to the code.
-    content = Encoder(EncoderConfig(pooling="max-content"), model=encoder.model, sae=encoder.sae)
+    content = Encoder(EncoderConfig(pooling="max-content", hygiene=False), model=encoder.model, sae=encoder.sae)
     first = "My sister Ana moved to Lisbon last year."
     both = content.encode_documents([first + " And that is what it is for all of us.", first])
     np.testing.assert_allclose(both.sparse[0].toarray(), both.sparse[1].toarray(), atol=1e-6)
@@ -127,7 +133,8 @@ def test_embedding_sae_reads_the_combined_vector(encoder):
 
 
 def test_a_document_prefix_is_listed_once_among_the_words(encoder):
-    prefixed = Encoder(EncoderConfig(document_prefix="search_document: "), model=encoder.model, sae=encoder.sae)
+    prefixed = Encoder(EncoderConfig(document_prefix="search_document: ", hygiene=False), model=encoder.model,
+                       sae=encoder.sae)
     (words, peaks), = prefixed.peak_words([MESSAGE])
     assert words[:4] == ["search", "_", "document", ":"] and words.count("document") == 1
     assert words[4:] == [w for piece in split_sentences(MESSAGE) for w in encoder.peak_words([piece])[0][0]]

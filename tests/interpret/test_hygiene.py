@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from saememory import SAEMemory
+from saememory import Encoder, EncoderConfig, SAEMemory
 from saememory.interpret.explain import explain_features
 from saememory.interpret.hygiene import (HYGIENE_FILENAME, document_frequency, function_label, hidden_features,
-                                         load_hygiene, write_hygiene)
+                                         load_hygiene, visible_codes, write_hygiene)
 from saememory.sae import SparseAutoencoder
 from tests.helpers import CONVERSATION, QUESTION
 
@@ -114,3 +114,40 @@ def test_a_hygiene_file_naming_features_out_of_range_is_not_attached(tmp_path, c
     with caplog.at_level(logging.WARNING):
         assert SparseAutoencoder.from_disk(folder).hidden == {}
     assert "outside" in caplog.text
+
+
+def test_visible_codes_drop_the_hidden_features_and_scale_rows_to_unit_norm():
+    codes = sp.csr_matrix(np.array([[3.0, 4.0, 12.0], [0.0, 5.0, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32))
+    out = visible_codes(codes, {2: "function words"})
+    np.testing.assert_allclose(out.toarray(), [[0.6, 0.8, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], atol=1e-6)
+    assert out.nnz == 3 and out.dtype == np.float32  # the hidden entry is gone, not stored as a zero
+    assert visible_codes(codes, {1: "x"})[1].nnz == 0  # only hidden features: a zero row, scoring 0
+    np.testing.assert_allclose(codes.toarray(), [[3, 4, 12], [0, 5, 0], [0, 0, 0]])  # the input is untouched
+
+
+def test_by_default_no_code_holds_a_hidden_feature(encoder):
+    hidden = set(encoder.sae.hidden)
+    assert encoder.config.hygiene and encoder.hidden_ids.tolist() == sorted(hidden)
+    texts = ["My sister Ana moved to Lisbon. She loves it there!", "the and of ?"]
+    docs, query = encoder.encode_documents(texts).sparse, encoder.encode_query("Where does my sister live?").sparse
+    assert not hidden & set(docs.indices.tolist()) and not hidden & set(query.indices.tolist())
+    np.testing.assert_allclose(sp.linalg.norm(docs[0]), 1.0, atol=1e-5)
+    kept = Encoder(EncoderConfig(hygiene=False), model=encoder.model, sae=encoder.sae)
+    raw = kept.encode_documents(texts).sparse
+    assert hidden & set(raw.indices.tolist())  # they fire; hygiene leaves them out
+    np.testing.assert_allclose(docs.toarray(), visible_codes(raw, encoder.sae.hidden).toarray(), atol=1e-6)
+    assert kept.hidden_ids is None and "sae_hygiene" not in kept.identity() and "sae_hygiene" in encoder.identity()
+    assert EncoderConfig.from_dict({k: v for k, v in EncoderConfig().to_dict().items() if k != "hygiene"}).hygiene is False
+    with pytest.raises(ValueError, match="hygiene must be True or False, got 'yes'"):
+        EncoderConfig(hygiene="yes")
+
+
+def test_steering_by_a_hidden_feature_says_it_would_change_nothing(encoder):
+    memory = SAEMemory(encoder)
+    memory.add(CONVERSATION)
+    feature = next(iter(encoder.sae.hidden))
+    with pytest.raises(ValueError, match=f"Feature {feature} is left out of every code by the SAE's hygiene"):
+        memory.search(QUESTION, steer={feature: 2.0})
+    kept = SAEMemory(Encoder(EncoderConfig(hygiene=False), model=encoder.model, sae=encoder.sae))
+    kept.add(CONVERSATION)
+    assert kept.search(QUESTION, k=1, steer={feature: 2.0})  # with every feature kept, it steers

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 
 from saememory.interpret.labels import STOPWORDS
 
+WORDS_PER_QUERY_WORD = 3  # message words shown for each query word in a hit's matched_words
 # Hit metadata an LLM prompt or an embedder should not see: scores and SAE explanations.
 EXPLANATION_KEYS = ("score", "dense_score", "sparse_score", "bm25_score", "calibrated_score", "signals", "rank",
                     "truncated", "features", "shared_features", "adjustments", "explained_share", "matched_words",
@@ -55,7 +56,8 @@ class Hit:
         explained_share: The share of ``sparse_score`` that the listed ``shared_features``
             carry; the rest is spread over many small or hidden features.
         matched_words: Which word of the query matched which word of the message, through which
-            features, with contributions (see ``match_words``); filled by ``explain`` and by
+            features, with contributions: the 5 query words that carry most, each with up to 3
+            message words (see ``match_words``); filled by ``explain`` and by
             ``search(..., words=True)`` with an ``Encoder`` and a residual SAE, else empty.
         words_share: The share of ``sparse_score`` the ``matched_words`` shown carry.
         adjustments: What moved the message after fusion, in calibrated units (see
@@ -159,20 +161,29 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
 
 
 def match_words(code: sp.csr_matrix, q_acts: dict[int, float], query: tuple[list[str], dict[int, int]],
-                message: tuple[list[str], dict[int, int]], sae: Any, n: int) -> tuple[list[dict], float]:
+                message: tuple[list[str], dict[int, int]], sae: Any, n: int,
+                per_word: int = WORDS_PER_QUERY_WORD) -> tuple[list[dict], float]:
     """Which words of the message matched which words of the query, and the share of the SAE
     score the pairs shown carry.
 
     Each shared feature joins the query word and the message word where it peaks (``peaks`` of
     ``Encoder.peak_words``); a pair's contribution is the sum of its features' contributions, so
     all pairs together make up ``sparse_score``. A feature that steering put into the query has
-    no query word: its query side is ``"(steered)"``. The ``n`` pairs that carry most are shown,
-    each with its strongest features, leaving out pairs with a function word or punctuation on
-    either side and pairs carried only by features the SAE's hygiene hides.
+    no query word: its query side is ``"(steered)"``. Shown: the ``n`` query words whose pairs
+    carry most, each with the (up to) ``per_word`` message words it matched that carry most
+    (a query word is usually matched by several: "apartment" by "flat" and "rent"); pairs with a
+    function word or punctuation on either side, and pairs carried only by features the SAE's
+    hygiene hides, are left out.
+
+    Args:
+        n: Query words shown.
+        per_word: Message words shown per query word. Defaults to 3.
 
     Returns:
         ``(pairs, share)``: dicts with ``query_word``, ``message_word``, ``contribution`` and
-        ``features`` (``id``, ``label``, ``contribution``), best first; and their share of the score.
+        ``features`` (``id``, ``label``, ``contribution``), grouped by query word, the query word
+        that carries most first and, within it, the pair that carries most first; and the
+        share of the score the pairs shown carry.
     """
     (q_words, q_peaks), (m_words, m_peaks) = query, message
     if not m_words:  # nothing read word by word (an embedding-source SAE, or an empty reading)
@@ -188,9 +199,13 @@ def match_words(code: sp.csr_matrix, q_acts: dict[int, float], query: tuple[list
         total += c
         words = (q_words[q_peaks[f]] if f in q_peaks else "(steered)", m_words[m_peaks[f]] if f in m_peaks else "(unread)")
         pairs.setdefault(words, []).append((f, c))
-    ranked = sorted(pairs.items(), key=lambda item: -sum(c for _, c in item[1]))
-    shown = [(words, feats) for words, feats in ranked
-             if not any(_function_word(w) for w in words) and any(f not in hidden for f, _ in feats)][:n]
+    by_query_word: dict[str, list[tuple[tuple[str, str], list[tuple[int, float]]]]] = {}
+    for words, feats in pairs.items():
+        if not any(_function_word(w) for w in words) and any(f not in hidden for f, _ in feats):
+            by_query_word.setdefault(words[0], []).append((words, feats))
+    carries = {w: sum(c for _, feats in group for _, c in feats) for w, group in by_query_word.items()}
+    shown = [pair for w in sorted(carries, key=lambda w: -carries[w])[:n]
+             for pair in sorted(by_query_word[w], key=lambda item: -sum(c for _, c in item[1]))[:per_word]]
     out = [{"query_word": qw, "message_word": mw, "contribution": round(sum(c for _, c in feats), 6),
             "features": [{"id": f, **name(f), "contribution": round(c, 6)}
                          for f, c in sorted(feats, key=lambda x: -x[1]) if f not in hidden][:3]}
@@ -242,7 +257,10 @@ def format_hit(content: str, metadata: Mapping[str, Any], width: int = 100) -> s
         carried = f" ({metadata['explained_share']:.0%} of the SAE score)" if "explained_share" in metadata else ""
         lines.append(f"    matched on: {shared}{carried}")
     if metadata.get("matched_words"):
-        pairs = ", ".join(f"{p['query_word']!r}~{p['message_word']!r} +{p['contribution']:.3f}" for p in metadata["matched_words"])
+        groups: dict[str, list[str]] = {}  # query word -> its message words, in the order shown
+        for p in metadata["matched_words"]:
+            groups.setdefault(p["query_word"], []).append(f"{p['message_word']!r} +{p['contribution']:.3f}")
+        pairs = "; ".join(f"{word!r} ~ " + ", ".join(matched) for word, matched in groups.items())
         lines.append(f"    words: {pairs} ({metadata.get('words_share', 0.0):.0%} of the SAE score)")
     if metadata.get("adjustments"):
         lines.append("    adjusted: " + ", ".join(f"{k} {v:+.2f}" for k, v in metadata["adjustments"].items()))

@@ -1,9 +1,11 @@
 """Feature hygiene: which SAE features are never shown to a person as an explanation.
 
 Some features read form, not meaning: they fire on function words, punctuation or digits, or on
-nearly every message. They still count in the SAE score (a match is a match), but a hit's
-``features`` and ``shared_features`` leave them out, because "matched on: `the`, `?`" explains
-nothing. A feature is hidden when
+nearly every message. A hit's ``features``, ``shared_features`` and ``matched_words`` leave them
+out, because "matched on: `the`, `?`" explains nothing. By default (``EncoderConfig(hygiene=True)``)
+they are also left out of every code (``visible_codes``), so the SAE score is made of the features
+an explanation can show; with ``hygiene=False`` they still count in the score. A feature is hidden
+when
 
 - ``"function words"``: every term of its label is a stopword, punctuation, a number or a single
   character (``labels.STOPWORDS``), e.g. ``my / i``, ``?``, ``3 / 4``; or
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from saememory.arrays import unit_rows
 from saememory.interpret.labels import STOPWORDS, label_terms
 
 HYGIENE_FILENAME = "hygiene.json"
@@ -49,6 +52,16 @@ def document_frequency(codes: sp.csr_matrix) -> np.ndarray:
     if codes.shape[0] == 0:
         return np.zeros(codes.shape[1])
     return np.asarray((codes > 0).sum(axis=0)).ravel() / codes.shape[0]
+
+
+def visible_codes(codes: sp.spmatrix, hidden: Mapping[int, Any] | np.ndarray) -> sp.csr_matrix:
+    """``codes`` without the ``hidden`` features, each row scaled to unit L2 norm again (float32
+    CSR; a row whose every active feature is hidden becomes zero, and scores 0 against any query)."""
+    codes = sp.csr_matrix(codes, dtype=np.float32, copy=True)
+    ids = np.fromiter(hidden, dtype=np.int64, count=len(hidden))
+    codes.data[np.isin(codes.indices, ids)] = 0.0
+    codes.eliminate_zeros()
+    return unit_rows(codes)
 
 
 def hidden_features(labels: Mapping[int, str], frequency: np.ndarray | None, common: float = COMMON) -> dict[int, str]:
@@ -110,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         every = [t for row in rows if isinstance(t := row.get("text") or row.get("content"), str) and t.strip()]
     pick = np.random.default_rng(args.seed).choice(len(every), size=min(args.messages, len(every)), replace=False)
     texts = [every[i] for i in sorted(pick.tolist())]
-    encoder = Encoder(EncoderConfig(sae=str(args.sae_dir), pooling="max"))
+    # Every feature in the codes: the frequencies decide what hygiene hides, so they must not follow it.
+    encoder = Encoder(EncoderConfig(sae=str(args.sae_dir), pooling="max", hygiene=False))
     codes = encoder.encode_documents(texts, show_progress=True).sparse
     frequency = document_frequency(codes)
     hidden = hidden_features(encoder.sae.labels, frequency)
