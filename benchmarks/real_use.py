@@ -21,8 +21,9 @@ facts whose new statement ranks above the old one. The peers are those of the Lo
 benchmark, on MiniLM vectors of whole messages, as those frameworks embed them (cached under
 ``benchmarks/.cache``): LangChain's ``EnsembleRetriever`` and LlamaIndex's
 ``QueryFusionRetriever``, each over BM25 and dense. "The default before sentences" is the default
-of ``SAEMemory`` before messages were encoded sentence by sentence (whole messages, dense + 2 ×
-SAE + BM25, time weight 2).
+of ``SAEMemory`` before messages were encoded sentence by sentence and before hygiene left form
+features out of the SAE codes (whole messages, every feature, dense + 2 × SAE + BM25, time
+weight 2); "every feature in the codes" is today's default with ``EncoderConfig(hygiene=False)``.
 """
 
 from __future__ import annotations
@@ -217,6 +218,7 @@ def evaluate(start: Callable[[list[dict]], Ranker], messages: list[dict], questi
 
 
 WHOLE = "whole messages"  # a ranking's key: over messages encoded whole (EncoderConfig(split="none"))
+EVERY = "every feature"  # a ranking's key: with every SAE feature in the codes (EncoderConfig(hygiene=False))
 
 
 def rankings(peers: bool) -> dict[str, dict[str, Any] | str]:
@@ -226,10 +228,11 @@ def rankings(peers: bool) -> dict[str, dict[str, Any] | str]:
         "default (SearchConfig())": {},
         "default without the adjustments for what is current": off,
         "default without the SAE": {"sparse_weight": 0.0},
+        "default with every feature in the codes (hygiene=False)": {EVERY: True},
         "dense only": {"fusion": "dense", **off},
         "BM25 only": {"fusion": "bm25", **off},
-        "the default before sentences (whole messages, dense + 2 × SAE + BM25)": {
-            WHOLE: True, "dense_weight": 1.0, "sparse_weight": 2.0, "time_weight": 2.0},
+        "the default before sentences (whole messages, every feature, dense + 2 × SAE + BM25)": {
+            WHOLE: True, EVERY: True, "dense_weight": 1.0, "sparse_weight": 2.0, "time_weight": 2.0},
     }
     if peers:
         out["LangChain EnsembleRetriever (BM25 + dense, RRF)"] = "langchain"
@@ -248,22 +251,24 @@ def main(argv: list[str] | None = None) -> None:
     from saememory import Encoder, EncoderConfig
 
     messages, questions = build(args.users, args.seed)
-    caches = {split: bench.Caches(bench.ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling="max", split=split)))
-              for split in ("sentences", "none")}
-    for cache in caches.values():
+    # Keyed by (split, hygiene); one cache directory per split serves both hygiene settings.
+    caches = {(split, hygiene): bench.Caches(bench.ROOT / "benchmarks" / ".cache",
+                                             Encoder(EncoderConfig(pooling="max", split=split, hygiene=hygiene)))
+              for split, hygiene in (("sentences", True), ("sentences", False), ("none", False))}
+    for cache in (caches["sentences", True], caches["none", False]):
         cache.fill([m["content"] for m in messages] + [q.stored for q in questions] + ["Let me check my notes."],
                    [q.text for q in questions])
-    encoders = {split: bench.CachedEncoder(c.base, c.base_encoder, c.base_encoder.sae) for split, c in caches.items()}
+    encoders = {key: bench.CachedEncoder(c.base, c.base_encoder, c.base_encoder.sae) for key, c in caches.items()}
     print(f"{args.users} users, {len(messages)} messages, {len(questions)} questions "
           f"({sum(q.old_id is not None for q in questions)} about changed facts)\n")
     print("| ranking | answer top 1 | top 3 | top 1, questions stored | top 3, questions stored | new fact above old |")
     print("|---|---|---|---|---|---|")
     for name, how in rankings(not args.no_peers).items():
         if isinstance(how, str):
-            start = peer_ranker(how, caches["none"])
+            start = peer_ranker(how, caches["none", False])
         else:
-            settings = {k: v for k, v in how.items() if k != WHOLE}
-            start = memory_ranker(settings, encoders["none" if how.get(WHOLE) else "sentences"])
+            settings = {k: v for k, v in how.items() if k not in (WHOLE, EVERY)}
+            start = memory_ranker(settings, encoders["none" if how.get(WHOLE) else "sentences", not how.get(EVERY)])
         r = evaluate(start, messages, questions)
         cells = [wilson(r[key], r["n"]) for key in ("top1", "top3", "top1_stored", "top3_stored")]
         print(f"| {name} | {' | '.join(cells)} | {wilson(r['new_first'], r['changed'])} |", flush=True)

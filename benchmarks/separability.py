@@ -6,7 +6,9 @@ SEP(C, R, NR) = SIM(C, R) - SIM(C, NR), for a context C (an evidence user turn o
 dev question: dev30 + strict questions at i % 5 in {0, 1}), its related question R and an
 unrelated question NR (another dev question, drawn with a fixed seed). Per signal: dense (MiniLM
 cosine), the SAE (cosine of the residual SAE's codes, max pooling as shipped and mean pooling as
-the poster did) and the poster's combination sqrt(dense² + SAE²). Reported: the mean SEP with a
+the poster did, and max pooling with form features kept in the codes, ``hygiene=False``) and the
+poster's combination sqrt(dense² + SAE²). Messages are encoded as the default encodes them
+(sentence by sentence), questions whole. Reported: the mean SEP with a
 95% bootstrap interval, and the share of cases where the related question is the closer one,
 beside the poster's figures (REFERENCE §1: mean pooling ≈ 0.22, max pooling ≈ 0.17, dense ≈ 0.26,
 with Gemma-2B + Nomic v1, not MiniLM). Writes the ``separability`` section of BENCHMARKS.md.
@@ -61,8 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     unrelated = [u for _, _, u in data]
     max_encoder = Encoder(EncoderConfig(pooling="max"))
     mean_encoder = Encoder(EncoderConfig(pooling="mean"), model=max_encoder.model, sae=max_encoder.sae)
+    every_encoder = Encoder(EncoderConfig(pooling="max", hygiene=False), model=max_encoder.model, sae=max_encoder.sae)
     sims: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name, encoder in (("max", max_encoder), ("mean", mean_encoder)):
+    for name, encoder in (("max", max_encoder), ("mean", mean_encoder), ("every", every_encoder)):
         c = encoder.encode_documents(contexts)
         r = [encoder.encode_query(t) for t in related]
         u = [encoder.encode_query(t) for t in unrelated]
@@ -70,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
         dense_u = np.array([float(c.dense[i] @ u[i].dense[0]) for i in range(len(data))])
         sparse_r = np.array([float(c.sparse[i].multiply(r[i].sparse[0]).sum()) for i in range(len(data))])
         sparse_u = np.array([float(c.sparse[i].multiply(u[i].sparse[0]).sum()) for i in range(len(data))])
+        if name == "every":  # the shipped encoder with form features kept in the codes
+            sims["SAE, max pooling, every feature in the codes (`hygiene=False`)"] = (sparse_r, sparse_u)
+            continue
         sims["dense (MiniLM)"] = (dense_r, dense_u)
         sims[f"SAE, {name} pooling" + (" (shipped)" if name == "max" else " (the poster's)")] = (sparse_r, sparse_u)
         sims[f"sqrt(dense² + SAE²), {name} pooling"] = (np.sqrt(dense_r ** 2 + sparse_r ** 2), np.sqrt(dense_u ** 2 + sparse_u ** 2))

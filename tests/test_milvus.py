@@ -94,6 +94,9 @@ def test_a_collection_made_with_another_encoder_is_refused(tmp_path):
         backend(db, identity={**IDENTITY, "pooling": "cls"})
     with pytest.raises(ValueError, match=r"identity\.extra is absent there but 1 now"):
         backend(db, identity={**IDENTITY, "extra": 1})
+    # Made before hygiene left form features out of the codes: the error says which setting fits.
+    with pytest.raises(ValueError, match=r"sae_hygiene is absent there .*EncoderConfig\(hygiene=False\)"):
+        backend(db, identity={**IDENTITY, "sae_hygiene": "5f2cdc41542250c4"})
     backend(db, "bare", identity=None).close()  # made without an identity
     with pytest.raises(ValueError, match=r"'bare' .* records no encoder identity.*another collection"):
         backend(db, collection="bare")

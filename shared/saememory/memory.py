@@ -27,6 +27,7 @@ from saememory.backends import Backend, FaissBackend, backend_class
 from saememory.backends import snapshot
 from saememory.config import finite, first_difference, positive_int
 from saememory.encoders import Encoded, check_encoded, encoder_config, encoder_from_config
+from saememory.encoders.base import identity_hint
 from saememory.encoders.sentence_transformer import Encoder, EncoderConfig
 from saememory.interpret.explain import Hit, make_hit
 from saememory.interpret.steering import resolve_steering
@@ -433,10 +434,10 @@ class SAEMemory:
         elif isinstance(encoder, EncoderConfig):
             encoder = Encoder(encoder)
         config = _saved_config(path, manifest)
-        _check_identity(path, manifest, encoder.identity())
+        _check_identity(path, manifest, encoder)
         name = manifest.get("backend") or ("milvus" if manifest.get("milvus") else "faiss")  # older saves name none
         backend, manifest = backend_class(name).load(path, identity=encoder.identity(), stemmer=config.bm25_stemmer)
-        _check_identity(path, manifest, encoder.identity())  # the manifest read with the data, under one lock
+        _check_identity(path, manifest, encoder)  # the manifest read with the data, under one lock
         return cls(encoder, backend=backend, config=config)
 
 
@@ -493,25 +494,12 @@ def _saved_config(path: str | Path, manifest: dict[str, Any]) -> SearchConfig:
                          "version or edited by hand.") from None
 
 
-def _check_identity(path: str | Path, manifest: dict[str, Any], identity: dict[str, Any]) -> None:
+def _check_identity(path: str | Path, manifest: dict[str, Any], encoder: Any) -> None:
+    identity = encoder.identity()
     found = first_difference(manifest["encoder"], identity, "")
     if found:
         key, saved, now = found
-        hint = ""
-        if key == "quantized":  # int8 or full precision: the one setting that tells them apart
-            hint = (" Pass encoder=EncoderConfig(quantize=True) for a memory saved with the int8 model, "
-                    "quantize=False for one saved at full precision, or no encoder at all to rebuild it from the save; "
-                    "an int8 memory cannot move to runtime='torch' without adding its messages again.")
-        if key == "split":  # whole messages (no key: saved before split existed) or sentence by sentence
-            hint = (f" Pass encoder=EncoderConfig(split={saved if isinstance(saved, str) else 'none'!r}) with the "
-                    "rest of its settings, or no encoder at all to rebuild it from the save.")
-        if key == "sae_hygiene":  # which features the codes leave out (no key: every feature kept)
-            if isinstance(saved, str) and isinstance(now, str):
-                hint = (" The SAE's hygiene.json hides other features than when the memory was saved; restore that "
-                        "file, or add the messages again to a new memory.")
-            else:
-                hint = (f" Pass encoder=EncoderConfig(hygiene={isinstance(saved, str)}) with the rest of its settings, "
-                        "or no encoder at all to rebuild it from the save.")
+        hint = identity_hint(manifest["encoder"], identity, manifest.get("encoder_config"), getattr(encoder, "config", None))
         raise ValueError(f"{path} was saved with another encoder: {key} is {saved!r} in the saved memory but {now!r} "
                          "now. Load it with the encoder it was made with." + hint)
 

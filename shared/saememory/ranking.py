@@ -58,7 +58,8 @@ class SearchConfig(DictConfig):
             the dev split it came closest to top-10's context precision with less context.
         candidates: Candidates per signal with an approximate index or with Milvus: the union
             of each signal's top ``candidates`` is scored exactly. Defaults to 200.
-        top_features: SAE features reported per hit (strongest and shared). Defaults to 5.
+        top_features: SAE features reported per hit (strongest and shared), and query words in
+            its ``matched_words`` (each with up to 3 message words). Defaults to 5.
         recency_weight: What the newest of the best ``adjust_depth`` candidates gains over the
             oldest, in calibrated units (see ``saememory.current``); 0 turns recency off.
             Defaults to 0.0: on the dev split of LongMemEval-S it lowered nDCG@10, and

@@ -55,3 +55,27 @@ def test_light_modules_load_without_torch():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_identity_hint_names_every_setting_to_pass_and_when_rebuilding_works():
+    from saememory.encoders.base import identity_hint
+
+    old = {"model": "m", "sae": {"name": "s"}}  # saved before split and hygiene existed
+    now = {**old, "split": "sentences", "sae_hygiene": "h1"}
+    hint = identity_hint(old, now, saved_config={"model": "m"})
+    assert "EncoderConfig(split='none', hygiene=False)" in hint and "no encoder at all" in hint
+    assert "quantize" not in hint
+    # Saved with hygiene on while the SAE hid nothing: rebuilding now would hide features.
+    nothing_hidden = {k: v for k, v in now.items() if k != "sae_hygiene"}
+    hint = identity_hint(nothing_hidden, now, saved_config={"hygiene": True})
+    assert "EncoderConfig(hygiene=False)" in hint and "no encoder at all" not in hint
+    # Saved with features hidden, none hidden now although hygiene is on: the file went missing.
+    missing = identity_hint(now, nothing_hidden, {"hygiene": True}, type("Config", (), {"hygiene": True})())
+    assert "hides no feature now" in missing and "EncoderConfig(" not in missing
+    assert "EncoderConfig(hygiene=True)" in identity_hint(now, nothing_hidden, {"hygiene": True},
+                                                         type("Config", (), {"hygiene": False})())
+    changed = identity_hint(now, {**now, "sae_hygiene": "h2"}, {"hygiene": True})
+    assert "hides other features" in changed and "no encoder" not in changed
+    int8 = identity_hint({**now, "quantized": "int8"}, now)
+    assert "EncoderConfig(quantize=True)" in int8 and "runtime='torch'" in int8 and "no encoder" not in int8
+    assert identity_hint(now, now) == ""

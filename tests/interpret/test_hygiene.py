@@ -122,6 +122,9 @@ def test_visible_codes_drop_the_hidden_features_and_scale_rows_to_unit_norm():
     np.testing.assert_allclose(out.toarray(), [[0.6, 0.8, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], atol=1e-6)
     assert out.nnz == 3 and out.dtype == np.float32  # the hidden entry is gone, not stored as a zero
     assert visible_codes(codes, {1: "x"})[1].nnz == 0  # only hidden features: a zero row, scoring 0
+    np.testing.assert_allclose(visible_codes(codes, np.array([2])).toarray(), out.toarray())  # ids as an array
+    with pytest.raises(TypeError, match="feature ids"):
+        visible_codes(codes, np.array([False, False, True]))  # a mask is not a list of ids
     np.testing.assert_allclose(codes.toarray(), [[3, 4, 12], [0, 5, 0], [0, 0, 0]])  # the input is untouched
 
 
@@ -151,3 +154,22 @@ def test_steering_by_a_hidden_feature_says_it_would_change_nothing(encoder):
     kept = SAEMemory(Encoder(EncoderConfig(hygiene=False), model=encoder.model, sae=encoder.sae))
     kept.add(CONVERSATION)
     assert kept.search(QUESTION, k=1, steer={feature: 2.0})  # with every feature kept, it steers
+    # An embedding SAE steers through the dense query too: allowed, and its code stays without it.
+    emb = Encoder(EncoderConfig(sae="minilm-emb-topk4k"), model=encoder.model)
+    hidden = int(emb.hidden_ids[0])
+    query = emb.encode_query(QUESTION)
+    steered = emb.steer(query, {hidden: 2.0})
+    assert hidden not in set(steered.sparse.indices.tolist()) and not np.allclose(steered.dense, query.dense)
+
+
+def test_the_hidden_features_are_read_once_when_the_encoder_is_made(encoder):
+    import copy
+
+    sae = copy.copy(encoder.sae)
+    sae.hidden = dict(encoder.sae.hidden)
+    made = Encoder(EncoderConfig(), model=encoder.model, sae=sae)
+    before, identity = made.encode_documents(["My sister lives in Lisbon, and I love it."]).sparse, made.identity()
+    sae.hidden = {}  # changes what explanations list, not what the codes hold
+    after = made.encode_documents(["My sister lives in Lisbon, and I love it."]).sparse
+    np.testing.assert_allclose(after.toarray(), before.toarray())
+    assert made.identity() == identity

@@ -60,6 +60,8 @@ def test_pairs_shown_are_the_query_words_that_carry_most_each_with_its_best_mess
     assert share == pytest.approx(0.85 / 0.92)
     pairs, _ = match_words(code, q_acts, query, message, SAE(), 5, per_word=1)
     assert [p["message_word"] for p in pairs] == ["apartment", "work", "kitten"]
+    with pytest.raises(ValueError, match="per_word=-1"):
+        match_words(code, q_acts, query, message, SAE(), 5, per_word=-1)
 
 
 def test_peak_words_name_a_word_for_every_active_feature(encoder):

@@ -41,6 +41,7 @@ import scipy.sparse as sp
 from saememory.backends import snapshot
 from saememory.backends.base import matches
 from saememory.config import first_difference
+from saememory.encoders.base import identity_hint
 from saememory.messages import ids_by_user
 from saememory.lexical import LexicalIndex, check_stemmer
 
@@ -245,7 +246,8 @@ class MilvusBackend:
         if self.identity is not None and json.loads(saved) != json.loads(self.identity):
             key, was, now = first_difference(json.loads(saved), json.loads(self.identity))
             raise ValueError(f"{where} was made with another encoder: {key} is {was!r} there but {now!r} now. "
-                             "Use the encoder it was made with or another collection.")
+                             "Use the encoder it was made with or another collection."
+                             + identity_hint(json.loads(saved), json.loads(self.identity)))
         index = self.client.describe_index(self.collection, "dense").get("index_type", self.index_type)
         self.index_type = index if index in INDEXES else self.index_type
 

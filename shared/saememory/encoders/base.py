@@ -103,6 +103,50 @@ def encoder_config(encoder: Any) -> dict[str, Any] | None:
     return None
 
 
+def identity_hint(saved: dict[str, Any], now: dict[str, Any], saved_config: dict[str, Any] | None = None,
+                  now_config: Any = None) -> str:
+    """How to load a memory whose saved encoder identity differs from ``now`` (" ..." or "").
+
+    Covers every setting a config can fix at once (``quantize``, ``split``, ``hygiene``), so one
+    error names them all, and the SAE's ``hygiene.json`` changing or going missing.
+
+    Args:
+        saved, now: The saved and the current encoder identities.
+        saved_config: The saved encoder config (``encoder_config``), if any.
+        now_config: The current encoder's config (``EncoderConfig``), if any.
+    """
+    fixes: dict[str, Any] = {}
+    notes: list[str] = []
+    if saved.get("quantized") != now.get("quantized"):  # int8 or full precision: the one key that tells them apart
+        fixes["quantize"] = saved.get("quantized") == "int8"
+        notes.append("an int8 memory cannot move to runtime='torch' without adding its messages again")
+    if saved.get("split") != now.get("split"):  # no key: whole messages, as saved before splitting existed
+        fixes["split"] = saved.get("split", "none")
+    rebuild = saved_config is not None
+    was, hidden = saved.get("sae_hygiene"), now.get("sae_hygiene")
+    if was != hidden:
+        if was is not None and hidden is not None:
+            notes.append("the SAE's hygiene.json hides other features than when the memory was saved; restore that "
+                         "file, or add the messages again to a new memory")
+            rebuild = False
+        elif was is not None and getattr(now_config, "hygiene", False):
+            notes.append("the SAE hides no feature now: its hygiene.json is missing or was not attached (see the "
+                         "warning logged when it loaded); restore it")
+            rebuild = False
+        elif was is not None:
+            fixes["hygiene"] = True
+        else:
+            fixes["hygiene"] = False
+            # Saved with hygiene on while the SAE hid nothing: rebuilt now, it would hide features.
+            rebuild = rebuild and not (saved_config or {}).get("hygiene", False)
+    out = ""
+    if fixes:
+        settings = ", ".join(f"{k}={v!r}" for k, v in fixes.items())
+        out += f" Pass encoder=EncoderConfig({settings}) with the rest of its settings"
+        out += ", or no encoder at all to rebuild it from the save." if rebuild else "."
+    return out + "".join(f" Note: {note}." for note in notes)
+
+
 def encoder_from_config(config: dict[str, Any]) -> EncoderProtocol:
     """Builds the encoder a saved config describes (the inverse of ``encoder_config``).
 

@@ -336,6 +336,8 @@ class Encoder:
         self.layer = self._resolve_layer()
         if self.layer is not None:
             self._check_hidden_states()
+        hidden = getattr(self.sae, "hidden", None) if cfg.hygiene else None
+        self._hidden_ids = np.array(sorted(hidden), dtype=np.int64) if hidden else None
 
     @property
     def tokenizer(self) -> Any:
@@ -419,9 +421,12 @@ class Encoder:
 
     @property
     def hidden_ids(self) -> np.ndarray | None:
-        """The sorted ids of the features ``hygiene`` leaves out of every code; None if none is."""
-        hidden = getattr(self.sae, "hidden", None) if self.config.hygiene else None
-        return np.array(sorted(hidden), dtype=np.int64) if hidden else None
+        """The sorted ids of the features ``hygiene`` leaves out of every code; None if none is.
+
+        Read from the SAE's ``hidden`` once, when the encoder is made: changing ``sae.hidden``
+        later changes what explanations list, never which features the codes hold.
+        """
+        return self._hidden_ids
 
     def _visible(self, encoded: Encoded) -> Encoded:
         """``encoded`` with its codes as ``hygiene`` keeps them (``interpret.hygiene.visible_codes``)."""
@@ -452,19 +457,24 @@ class Encoder:
         embedding source the dense query moves too (``steer_embedding``).
 
         Raises:
-            ValueError: Without an SAE, for an unknown feature id, a negative strength, or a
-                feature ``hygiene`` leaves out of every code (steering by it would change nothing).
+            ValueError: Without an SAE, for an unknown feature id, a negative strength, or, for a
+                residual SAE, a feature ``hygiene`` leaves out of every code (steering by it
+                would change nothing). An embedding SAE steers by it through the dense query;
+                the sparse query still leaves it out.
         """
         if self.sae is None:
             raise ValueError("Steering needs an SAE; this encoder is dense only.")
         hidden = self.hidden_ids
         left_out = sorted(set(strengths) & set(hidden.tolist())) if hidden is not None else []
-        if left_out:
+        if left_out and self.layer is not None:
             f = left_out[0]
-            raise ValueError(f"Feature {f} is left out of every code by the SAE's hygiene ({self.sae.hidden[f]}), so "
-                             "steering by it would change nothing; steer by another feature, or encode with "
-                             "EncoderConfig(hygiene=False) to keep every feature in the codes.")
+            raise ValueError(f"Feature {f} is left out of every code by the SAE's hygiene "
+                             f"({self.sae.hidden.get(f, 'hidden')}), so steering by it would change nothing; steer by "
+                             "another feature, or encode with EncoderConfig(hygiene=False) to keep every feature in "
+                             "the codes.")
         sparse = steer_code(query.sparse, strengths, self.sae.cfg.d_sae)
+        if left_out:  # an embedding SAE: the dense query moves below; the codes stay without them
+            sparse = visible_codes(sparse, hidden)
         dense = query.dense if self.layer is not None else steer_embedding(self.sae, query.dense, strengths)
         return Encoded(dense=dense.astype(np.float32), sparse=sparse, truncated=query.truncated)
 

@@ -54,10 +54,11 @@ class Hit:
             Features that read form, not meaning (function words, punctuation, features on
             most messages; ``saememory.interpret.hygiene``) are never listed, in either list.
         explained_share: The share of ``sparse_score`` that the listed ``shared_features``
-            carry; the rest is spread over many small or hidden features.
+            carry; the rest is spread over many small features (and, with
+            ``EncoderConfig(hygiene=False)``, hidden ones).
         matched_words: Which word of the query matched which word of the message, through which
-            features, with contributions: the 5 query words that carry most, each with up to 3
-            message words (see ``match_words``); filled by ``explain`` and by
+            features, with contributions: the ``SearchConfig.top_features`` (5) query words that
+            carry most, each with up to 3 message words (see ``match_words``); filled by ``explain`` and by
             ``search(..., words=True)`` with an ``Encoder`` and a residual SAE, else empty.
         words_share: The share of ``sparse_score`` the ``matched_words`` shown carry.
         adjustments: What moved the message after fusion, in calibrated units (see
@@ -126,8 +127,9 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
     most, and the share of the SAE score those shared features carry.
 
     Features the SAE's hygiene hides (``sae.hidden``: function words, punctuation, features on
-    most messages; see ``saememory.interpret.hygiene``) are never listed; they still count in the
-    score and in the share's denominator.
+    most messages; see ``saememory.interpret.hygiene``) are never listed. By default the encoder
+    leaves them out of the codes too (``EncoderConfig(hygiene=True)``); kept there
+    (``hygiene=False``), they count in the score and in the share's denominator.
     """
     if n == 0 or code.nnz == 0:
         return [], [], 0.0
@@ -185,6 +187,9 @@ def match_words(code: sp.csr_matrix, q_acts: dict[int, float], query: tuple[list
         that carries most first and, within it, the pair that carries most first; and the
         share of the score the pairs shown carry.
     """
+    if n < 0 or per_word < 0:
+        raise ValueError(f"match_words shows n >= 0 query words and per_word >= 0 message words each, got n={n}, "
+                         f"per_word={per_word}.")
     (q_words, q_peaks), (m_words, m_peaks) = query, message
     if not m_words:  # nothing read word by word (an embedding-source SAE, or an empty reading)
         return [], 0.0

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +54,19 @@ def document_frequency(codes: sp.csr_matrix) -> np.ndarray:
     return np.asarray((codes > 0).sum(axis=0)).ravel() / codes.shape[0]
 
 
-def visible_codes(codes: sp.spmatrix, hidden: Mapping[int, Any] | np.ndarray) -> sp.csr_matrix:
-    """``codes`` without the ``hidden`` features, each row scaled to unit L2 norm again (float32
-    CSR; a row whose every active feature is hidden becomes zero, and scores 0 against any query)."""
+def visible_codes(codes: sp.spmatrix, hidden: Mapping[int, Any] | Iterable[int]) -> sp.csr_matrix:
+    """``codes`` without the ``hidden`` features (ids: a mapping's keys or a sequence), each row
+    scaled to unit L2 norm again (float32 CSR; a row whose every active feature is hidden becomes
+    zero, and scores 0 against any query).
+
+    Raises:
+        TypeError: If ``hidden`` holds something other than integer ids (a boolean mask, say).
+    """
     codes = sp.csr_matrix(codes, dtype=np.float32, copy=True)
-    ids = np.fromiter(hidden, dtype=np.int64, count=len(hidden))
+    ids = np.asarray(list(hidden)).ravel()
+    if ids.size and (ids.dtype == bool or not np.issubdtype(ids.dtype, np.integer)):
+        raise TypeError(f"hidden must hold feature ids (integers), got {ids.dtype} values.")
+    ids = ids.astype(np.int64)
     codes.data[np.isin(codes.indices, ids)] = 0.0
     codes.eliminate_zeros()
     return unit_rows(codes)
@@ -77,7 +85,8 @@ def write_hygiene(path: str | Path, hidden: Mapping[int, str], *, sae_sha256: st
                   check: dict[str, Any]) -> None:
     """Writes ``hygiene.json``: the hidden features, their reasons, the method and the sample."""
     data = {"format": HYGIENE_FORMAT, "sae_sha256": sae_sha256,
-            "method": (f"Hidden from explanations (still scored): features whose label is made only of stopwords, "
+            "method": (f"Hidden from explanations, and left out of the codes unless EncoderConfig(hygiene=False): "
+                       f"features whose label is made only of stopwords, "
                        f"punctuation, numbers or single characters, and features active in more than {COMMON:.0%} "
                        f"of the sample's messages (max-pooled codes, as the memory stores them)."),
             "source": source, "check": check, "hidden": {str(f): reason for f, reason in hidden.items()}}
