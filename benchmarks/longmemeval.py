@@ -30,7 +30,6 @@ and the LongMemEval section of ``BENCHMARKS.md``.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import os
@@ -181,8 +180,7 @@ class Caches:
     def __init__(self, root: Path, base: Encoder, emb_sae: Any = None) -> None:
         self.base_encoder, self.emb_sae = base, emb_sae
         # Cached with every feature (hygiene off), and hygiene applied as the codes are read.
-        raw = copy.copy(base)
-        raw.config = replace(base.config, hygiene=False)
+        raw = Encoder(replace(base.config, hygiene=False), model=base.model, sae=base.sae)
         self.raw_encoder = raw
         self.base = VectorCache(cache_dir(root, raw), {"encoder": raw.identity()}, hidden=base.hidden_ids)
         self.emb = None
