@@ -241,6 +241,9 @@ class CachedEncoder:
     def encode_query(self, text: str) -> Encoded:
         return self._encoded([text_key("query", text)])
 
+    def steer(self, query: Encoded, strengths: dict[int, float]) -> Encoded:
+        return self.encoder.steer(query, strengths)  # the query's code only: no text is read
+
 
 # Retrievers ------------------------------------------------------------------------------------
 

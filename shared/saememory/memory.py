@@ -30,7 +30,7 @@ from saememory.encoders import Encoded, check_encoded, encoder_config, encoder_f
 from saememory.encoders.base import identity_hint
 from saememory.encoders.sentence_transformer import Encoder, EncoderConfig
 from saememory.interpret.explain import Hit, make_hit
-from saememory.interpret.steering import resolve_steering
+from saememory.interpret.steering import resolve_steering, steer_dense
 from saememory.messages import (DEFAULT_USER, Message, changes_of, check_id, check_session, check_text, check_user,
                                 ids_by_user, merged, new_record)
 from saememory.ranking import Ranked, SearchConfig, rank
@@ -295,7 +295,9 @@ class SAEMemory:
             fusion: Override the memory's fusion for this call. Defaults to the memory's.
             steer: Features to boost or suppress in the query before ranking: feature id (or a
                 text matched against feature labels) to strength, where 1.0 makes the feature
-                as strong as the query's strongest and 0 suppresses it. Defaults to none.
+                as strong as the query's strongest and 0 suppresses it. A text with a strength
+                above 0 also moves the dense query towards the text's embedding (1.0: as much
+                as the query itself; ``interpret.steering.steer_dense``). Defaults to none.
             max_chars: A context budget: of the ``k`` best, keep those whose contents fit in this
                 many characters together, in rank order, skipping a message that would overflow
                 so that a shorter, lower-ranked one can still fit. Pass a larger ``k`` (e.g. 50)
@@ -377,6 +379,11 @@ class SAEMemory:
         q = self._checked(self.encoder.encode_query(query), 1, "the query")
         if features:
             q = self._checked(self.encoder.steer(q, features), 1, "the steered query")
+        texts = [(text, strength) for text, strength in (steer or {}).items() if isinstance(text, str) and strength > 0]
+        if texts:  # the SAE is one signal of three: the words move the dense query too
+            towards = [(self._checked(self.encoder.encode_query(text), 1, "a steering text").dense[0], strength)
+                       for text, strength in texts]
+            q = Encoded(dense=steer_dense(q.dense[0], towards)[None], sparse=q.sparse, truncated=q.truncated)
         q_dense, q_sparse = q.dense[0], q.sparse[0]
         with self._lock:
             ranked = rank(self.backend, config, query, q_dense, q_sparse, user, session, k, min_score, max_chars, include,

@@ -130,3 +130,29 @@ def test_steering_through_both_adapters(memory, target_id):
     unsteered = [d.id for d in lc.invoke(QUESTION)]
     steered = [i for i, _ in expected]
     assert steered.index(target_id) < unsteered.index(target_id)  # steering through the adapter raised the target
+
+
+def test_steer_dense_moves_the_query_towards_each_text_by_its_strength():
+    import numpy as np
+
+    from saememory.interpret.steering import steer_dense
+
+    query, text = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32)
+    np.testing.assert_allclose(steer_dense(query, [(text, 1.0)]), [2 ** -0.5, 2 ** -0.5], atol=1e-6)
+    np.testing.assert_allclose(steer_dense(query, [(text, 0.0)]), query)  # strength 0 leaves it
+    np.testing.assert_allclose(steer_dense(query, [(text, 3.0)]), np.array([1.0, 3.0]) / 10 ** 0.5, atol=1e-6)
+    assert np.isfinite(steer_dense(query, [(-query, 1.0)])).all()  # cancelled: zero, never NaN
+
+
+def test_a_word_steers_a_vague_question_to_its_topic(memory):
+    # Raising the word's features alone leaves the first hit of a vague question as it was; the
+    # word also moves the dense query, so the message about it comes first.
+    vague = "Tell me something about me."
+    plain = [h.id for h in memory.search(vague, k=3)]
+    by_features = [h.id for h in memory.search(vague, k=3, steer=dict.fromkeys(memory.resolve_features({"music": 1.0}), 1.0))]
+    steered = memory.search(vague, k=3, steer={"music": 1.0})
+    assert TARGET not in (memory.get(plain[0])["content"], memory.get(by_features[0])["content"])
+    assert steered[0].content == TARGET
+    # A word at strength 0 suppresses its features and leaves the dense query where it was.
+    suppressed = memory.search(vague, k=len(memory), steer={"music": 0.0})
+    assert {h.id: h.dense_score for h in suppressed} == {h.id: h.dense_score for h in memory.search(vague, k=len(memory))}

@@ -2,7 +2,9 @@
 
 ``Encoder.steer`` and ``LMEncoder.steer`` call these; ``SAEMemory.search(..., steer=...)`` calls
 the encoder's ``steer``. A strength of 1.0 makes a feature as strong as the query's strongest
-feature; 0 suppresses it.
+feature; 0 suppresses it. A text steers its features and also moves the dense query towards the
+text's own embedding (``steer_dense``): the SAE is one signal of three, so features alone move
+few messages.
 """
 
 from __future__ import annotations
@@ -63,6 +65,24 @@ def steer_embedding(sae: Any, dense: np.ndarray, strengths: dict[int, float]) ->
     steered = _pinned(raw.clone(), strengths)
     delta = sae.decode(steered[None]) - sae.decode(raw[None])
     return torch.nn.functional.normalize(query + delta, dim=-1).numpy().astype(np.float32)
+
+
+def steer_dense(dense: np.ndarray, towards: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """A dense query moved towards texts it is steered by: ``dense + sum(strength * text)``,
+    L2-normalised again (a strength of 1.0 weighs a text as much as the query; 0 leaves it out).
+
+    Args:
+        dense: (dim,) the query's unit dense vector.
+        towards: ``(vector, strength)`` per steering text: its unit dense vector (as a query is
+            encoded) and its strength (>= 0).
+
+    Returns:
+        (dim,) float32; zero only if the texts cancel the query exactly.
+    """
+    moved = np.asarray(dense, dtype=np.float64).copy()
+    for vector, strength in towards:
+        moved += float(strength) * np.asarray(vector, dtype=np.float64)
+    return (moved / max(float(np.linalg.norm(moved)), 1e-12)).astype(np.float32)
 
 
 def _pinned(row: Any, strengths: dict[int, float]) -> Any:
