@@ -294,10 +294,13 @@ class SAEMemory:
             min_score: Drop hits whose combined score is below this. Defaults to none.
             fusion: Override the memory's fusion for this call. Defaults to the memory's.
             steer: Features to boost or suppress in the query before ranking: feature id (or a
-                text matched against feature labels) to strength, where 1.0 makes the feature
-                as strong as the query's strongest and 0 suppresses it. A text with a strength
-                above 0 also moves the dense query towards the text's embedding (1.0: as much
-                as the query itself; ``interpret.steering.steer_dense``). Defaults to none.
+                text matched against feature labels) to strength from 0 to 100, where 1.0 makes
+                the feature as strong as the query's strongest and 0 suppresses it; at most 64
+                keys. A text with a strength above 0 also moves the dense query towards the
+                text's embedding (``interpret.steering.steer_dense``: 1.0 adds it with the
+                query's own weight, and several texts add up), except with an embedding-source
+                SAE, whose steering moves the dense query along the features' decoder
+                directions. Defaults to none.
             max_chars: A context budget: of the ``k`` best, keep those whose contents fit in this
                 many characters together, in rank order, skipping a message that would overflow
                 so that a shorter, lower-ranked one can still fit. Pass a larger ``k`` (e.g. 50)
@@ -310,14 +313,15 @@ class SAEMemory:
         Raises:
             TypeError: If ``query`` is not a string or ``k`` not an integer.
             ValueError: If ``query`` is empty, blank or not valid Unicode, ``k <= 0``,
-                ``max_chars <= 0``, or another argument is out of its range.
+                ``max_chars <= 0``, or another argument is out of its range; for a steering
+                spec, see ``interpret.steering.resolve_steering``.
         """
         window = _window(since, until, roles, now)
         return self._search(query, k, user_id=user_id, session_id=session_id, min_score=min_score, fusion=fusion,
                             steer=steer, max_chars=max_chars, window=window, words=words)
 
     def explain(self, query: str, message_id: str, *, user_id: str | None = None, session_id: str | None = None,
-                now: Any = None) -> Hit:
+                now: Any = None, steer: Mapping[int | str, float] | None = None) -> Hit:
         """Scores, rank, features and matched words of one of the user's messages for ``query``,
         as ``search`` ranks it.
 
@@ -328,6 +332,8 @@ class SAEMemory:
             session_id: Rank within one session, as ``search(..., session_id=...)``. Defaults to
                 None: among all of the user's messages, as ``search`` does by default.
             now: The time the query is asked at, as ``search``. Defaults to the present.
+            steer: Steering, as ``search(..., steer=...)``, to explain a steered ranking.
+                Defaults to None.
 
         Raises:
             KeyError: If the user (and session) holds no message with this id.
@@ -338,7 +344,7 @@ class SAEMemory:
             raise KeyError(f"Message {message_id!r} of user {user!r} is not in session {session_id!r}.")
         window = _window(None, None, None, now)
         ranked, q_sparse = self._rank(query, max(len(self), 1), user_id=user, session_id=session_id, include=message_id,
-                                      window=window)
+                                      window=window, steer=steer)
         for found in ranked:
             if found.record["id"] == message_id:
                 return self._hits([found], query, q_sparse, words=True)[0]
@@ -375,15 +381,26 @@ class SAEMemory:
         max_chars = None if max_chars is None else positive_int("max_chars", max_chars)
         min_score = None if min_score is None else finite("min_score", min_score)
         config = self.config if fusion is None else self.config.replace(fusion=fusion)
-        features = self.resolve_features(steer) if steer else None
+        read: dict[str, Encoded] = {}  # each steering text encoded once, for its features and its dense move
+
+        def encode(text: str) -> Encoded:
+            if text not in read:
+                read[text] = self._checked(self.encoder.encode_query(text), 1, f"the steering text {text[:40]!r}")
+            return read[text]
+
+        features = resolve_steering(self.encoder.sae, steer, lambda t: encode(t).sparse[0]) if steer is not None else None
         q = self._checked(self.encoder.encode_query(query), 1, "the query")
         if features:
+            if not callable(getattr(self.encoder, "steer", None)):
+                raise TypeError(f"{type(self.encoder).__name__} has no steer(query, strengths) method, so it cannot "
+                                "steer; search without steer=, or give the encoder one (see EncoderProtocol).")
             q = self._checked(self.encoder.steer(q, features), 1, "the steered query")
         texts = [(text, strength) for text, strength in (steer or {}).items() if isinstance(text, str) and strength > 0]
-        if texts:  # the SAE is one signal of three: the words move the dense query too
-            towards = [(self._checked(self.encoder.encode_query(text), 1, "a steering text").dense[0], strength)
-                       for text, strength in texts]
-            q = Encoded(dense=steer_dense(q.dense[0], towards)[None], sparse=q.sparse, truncated=q.truncated)
+        # The SAE is one signal of three: a text moves the dense query too, unless the encoder's
+        # steer moved it already (an embedding-source SAE, along the features' decoder directions).
+        if texts and getattr(self.encoder, "source", None) != "embedding":
+            moved = steer_dense(q.dense[0], [(encode(text).dense[0], strength) for text, strength in texts])
+            q = self._checked(Encoded(dense=moved[None], sparse=q.sparse, truncated=q.truncated), 1, "the steered query")
         q_dense, q_sparse = q.dense[0], q.sparse[0]
         with self._lock:
             ranked = rank(self.backend, config, query, q_dense, q_sparse, user, session, k, min_score, max_chars, include,

@@ -105,8 +105,23 @@ def test_bad_steering(memory, encoder):
     no_labels = SAEMemory(Encoder(memory.encoder.config, model=encoder.model, sae=unlabelled))
     no_labels.add(CONVERSATION[:2])
     assert no_labels.resolve_features({"guitar": 1.0})  # without labels, a text steers by its own features
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(ValueError, match="from 0 \\(suppress\\) to 100"):
         memory.search(QUESTION, steer={3: -1.0})
+    # Every key and strength is checked before any text is encoded.
+    calls = []
+    original = memory.encoder.encode_query
+    memory.encoder.encode_query = lambda text: calls.append(text) or original(text)
+    try:
+        for spec, error in (({"music": -1.0}, "from 0"), ({"music": 1e30}, "to 100"), ({"\ud800music": 1.0}, "Unicode"),
+                            ({"   ": 1.0}, "empty or whitespace"), ({"1834": 1.0}, "feature id as an int"),
+                            ({f"word{i}": 1.0 for i in range(65)}, "at most 64"), ({"music": 1.0, 3: float("nan")}, "finite")):
+            with pytest.raises(ValueError, match=error):
+                memory.search(QUESTION, steer=spec)
+        assert calls == []
+        with pytest.raises(TypeError, match="steer must be a dict"):
+            memory.search(QUESTION, steer=0)  # falsy, still not a spec
+    finally:
+        memory.encoder.encode_query = original
     with pytest.raises(ValueError, match="outside"):
         memory.search(QUESTION, steer={10**6: 1.0})
     dense_only = SAEMemory(Encoder(EncoderConfig(sae=None), model=encoder.model))
@@ -156,3 +171,29 @@ def test_a_word_steers_a_vague_question_to_its_topic(memory):
     # A word at strength 0 suppresses its features and leaves the dense query where it was.
     suppressed = memory.search(vague, k=len(memory), steer={"music": 0.0})
     assert {h.id: h.dense_score for h in suppressed} == {h.id: h.dense_score for h in memory.search(vague, k=len(memory))}
+
+
+def test_a_text_is_encoded_once_and_explain_ranks_a_steered_search_as_search_does(memory):
+    calls = []
+    original = memory.encoder.encode_query
+    memory.encoder.encode_query = lambda text: calls.append(text) or original(text)
+    try:
+        hits = memory.search("Tell me something about me.", k=3, steer={"my new hobby with strings": 1.0})
+    finally:
+        memory.encoder.encode_query = original
+    assert calls.count("my new hobby with strings") == 1  # its features and its dense move share one encoding
+    for hit in hits:
+        explained = memory.explain("Tell me something about me.", hit.id, steer={"my new hobby with strings": 1.0})
+        assert (explained.rank, explained.score, explained.dense_score) == (hit.rank, hit.score, hit.dense_score)
+
+
+def test_an_embedding_sae_moves_the_dense_query_once(encoder):
+    import numpy as np
+
+    emb = SAEMemory(Encoder(EncoderConfig(sae="minilm-emb-topk4k"), model=encoder.model))
+    emb.add(CONVERSATION)
+    q = emb.encoder.encode_query(QUESTION)
+    along_decoder = emb.encoder.steer(q, emb.resolve_features({"music": 1.0})).dense[0]
+    hit = emb.search(QUESTION, k=1, steer={"music": 1.0})[0]
+    vector = emb.backend.vectors("default", [hit.id])[hit.id]
+    assert hit.dense_score == pytest.approx(float(np.dot(along_decoder, vector)), abs=2e-2)  # stored vectors are int8

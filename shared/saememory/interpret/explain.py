@@ -33,7 +33,8 @@ class Hit:
         time: When it was said, as a UTC instant (ISO 8601); None for a message saved before
             saememory parsed times.
         score: The combined score the ranking used.
-        dense_score: Cosine similarity of the dense embeddings.
+        dense_score: Cosine similarity of the dense embeddings (to the query as steered, when
+            a text steers it: ``SAEMemory.search(..., steer=...)``).
         sparse_score: Cosine similarity of the SAE codes.
         bm25_score: BM25 score of the message among the user's messages (0.0 when the lexical
             signal is off).

@@ -2,9 +2,10 @@
 
 ``Encoder.steer`` and ``LMEncoder.steer`` call these; ``SAEMemory.search(..., steer=...)`` calls
 the encoder's ``steer``. A strength of 1.0 makes a feature as strong as the query's strongest
-feature; 0 suppresses it. A text steers its features and also moves the dense query towards the
-text's own embedding (``steer_dense``): the SAE is one signal of three, so features alone move
-few messages.
+feature; 0 suppresses it. ``SAEMemory`` also moves the dense query towards each text steered by
+at a strength above 0 (``steer_dense``): the SAE is one signal of three, so features alone move
+few messages. With an embedding-source SAE the encoder's ``steer`` moves the dense query
+already, along the features' decoder directions, and the text does not move it again.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import scipy.sparse as sp
 
 from saememory.config import finite
 from saememory.interpret.labels import label_terms
+from saememory.messages import check_text
 
 
 def steer_code(code: sp.csr_matrix, strengths: dict[int, float], d_sae: int) -> sp.csr_matrix:
@@ -78,10 +80,13 @@ def steer_dense(dense: np.ndarray, towards: list[tuple[np.ndarray, float]]) -> n
 
     Returns:
         (dim,) float32; zero only if the texts cancel the query exactly.
+
+    Raises:
+        ValueError: For a strength that is not a finite number from 0 to ``MAX_STRENGTH``.
     """
     moved = np.asarray(dense, dtype=np.float64).copy()
     for vector, strength in towards:
-        moved += float(strength) * np.asarray(vector, dtype=np.float64)
+        moved += checked_strength("steer_dense strength", strength) * np.asarray(vector, dtype=np.float64)
     return (moved / max(float(np.linalg.norm(moved)), 1e-12)).astype(np.float32)
 
 
@@ -94,6 +99,17 @@ def _pinned(row: Any, strengths: dict[int, float]) -> Any:
 
 
 TEXT_FEATURES = 8  # a text that names no label steers by this many of its own strongest features
+MAX_STRENGTH = 100.0  # far beyond any useful boost; larger values overflow float32 codes
+MAX_KEYS = 64  # features or texts per steering spec: each text may be encoded
+
+
+def checked_strength(name: str, value: Any) -> float:
+    """``value`` as a float if it is a finite number from 0 to ``MAX_STRENGTH``, else ValueError."""
+    value = finite(name, value)
+    if not 0.0 <= value <= MAX_STRENGTH:
+        raise ValueError(f"{name} must be from 0 (suppress) to {MAX_STRENGTH:g}, got {value!r}; 1.0 makes a feature "
+                         "as strong as the query's strongest.")
+    return value
 
 
 def resolve_steering(sae: Any, steer: Any, encode: Callable[[str], sp.csr_matrix] | None = None) -> dict[int, float]:
@@ -113,24 +129,35 @@ def resolve_steering(sae: Any, steer: Any, encode: Callable[[str], sp.csr_matrix
             holds is then an error.
 
     Raises:
-        ValueError: Without an SAE, for a strength that is not a finite number, or a text that
-            neither a label holds nor, without ``encode``, can be encoded; or a text with no
-            feature to steer.
+        ValueError: Without an SAE; for a strength that is not a finite number from 0 to
+            ``MAX_STRENGTH``; for more than ``MAX_KEYS`` keys; for a text that is empty, not
+            valid Unicode or only digits (a feature id is an int); or a text that neither a
+            label holds nor, without ``encode``, can be encoded, or that has no feature to steer.
         TypeError: If ``steer`` is not a mapping, or a key is neither a str nor an int.
     """
     if sae is None:
         raise ValueError("Steering needs an SAE; this memory's encoder is dense only.")
     if not isinstance(steer, Mapping):
         raise TypeError(f"steer must be a dict of feature id or text to strength, got {type(steer).__name__}.")
+    if len(steer) > MAX_KEYS:
+        raise ValueError(f"steer has {len(steer)} keys; at most {MAX_KEYS} features or texts steer one query.")
+    checked = {}
+    for key, strength in steer.items():  # every key and strength checked before any text is encoded
+        name = f"steer[{key!r}]"
+        if isinstance(key, str):
+            check_text(name, key)
+            if key.strip().isdigit():
+                raise ValueError(f"{name} is a text of digits; pass a feature id as an int (steer={{{key.strip()}: ...}}) "
+                                 "or a text with words.")
+        elif not isinstance(key, (int, np.integer)) or isinstance(key, bool):
+            raise TypeError(f"steer key {key!r} is neither a text nor a feature id (an int).")
+        checked[key] = checked_strength(name, strength)
     out: dict[int, float] = {}
-    for key, strength in steer.items():
-        strength = finite(f"steer[{key!r}]", strength)
+    for key, strength in checked.items():
         if isinstance(key, str):
             features = labelled_features(sae, key) or text_features(sae, key, encode)
-        elif isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-            features = [int(key)]  # steer_code checks the range
         else:
-            raise TypeError(f"steer key {key!r} is neither a text nor a feature id (an int).")
+            features = [int(key)]  # steer_code checks the range
         out.update({f: strength for f in features})
     return out
 
