@@ -130,9 +130,10 @@ def resolve_steering(sae: Any, steer: Any, encode: Callable[[str], sp.csr_matrix
 
     Raises:
         ValueError: Without an SAE; for a strength that is not a finite number from 0 to
-            ``MAX_STRENGTH``; for more than ``MAX_KEYS`` keys; for a text that is empty, not
-            valid Unicode or only digits (a feature id is an int); or a text that neither a
-            label holds nor, without ``encode``, can be encoded, or that has no feature to steer.
+            ``MAX_STRENGTH``; for more than ``MAX_KEYS`` keys; for a text that is empty or not
+            valid Unicode; or a text that neither a label holds nor, without ``encode``, can be
+            encoded, or that has no feature to steer. A str key is always a text, even of
+            digits ("2019"); a feature id is an int.
         TypeError: If ``steer`` is not a mapping, or a key is neither a str nor an int.
     """
     if sae is None:
@@ -145,10 +146,7 @@ def resolve_steering(sae: Any, steer: Any, encode: Callable[[str], sp.csr_matrix
     for key, strength in steer.items():  # every key and strength checked before any text is encoded
         name = f"steer[{key!r}]"
         if isinstance(key, str):
-            check_text(name, key)
-            if key.strip().isdigit():
-                raise ValueError(f"{name} is a text of digits; pass a feature id as an int (steer={{{key.strip()}: ...}}) "
-                                 "or a text with words.")
+            check_text(name, key)  # a str is a text, even of digits ("2019"); a feature id is an int
         elif not isinstance(key, (int, np.integer)) or isinstance(key, bool):
             raise TypeError(f"steer key {key!r} is neither a text nor a feature id (an int).")
         checked[key] = checked_strength(name, strength)
