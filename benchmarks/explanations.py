@@ -23,6 +23,8 @@ Reported per condition:
   and how many of those are grounded: what the grounding measure gives labels that are literally
   in the text;
 - *explained share*: the median share of the SAE score carried by the shared features shown;
+- *on hidden features*: the median share of the SAE score carried by the features hygiene hides
+  (0 with hygiene, which leaves them out of the codes);
 - *word pairs*: the number of pairs shown (``Hit.matched_words``: the 5 query words that carry
   most, each with up to 3 message words; a pair joins the query word and the message word where
   a shared feature peaks, and all pairs together make up the score), the median share of the
@@ -61,6 +63,13 @@ TOP_HITS, TOP_FEATURES = 3, 5
 def in_text(label: str, words: set[str]) -> bool:
     """Does a word of the label, other than a stopword, occur in the text (its lower-cased words)?"""
     return any(term.lower() in words for term in label_terms(label) if term.lower() not in STOPWORDS)
+
+
+def on_hidden(code, q_acts: dict[int, float], hidden: dict) -> float:
+    """The share of the SAE score (query activation x message activation, summed) on hidden features."""
+    contributions = [(f, a * q_acts[f]) for f, a in zip(code.indices.tolist(), code.data.tolist()) if f in q_acts]
+    total = sum(c for _, c in contributions)
+    return sum(c for f, c in contributions if f in hidden) / total if total > 0 else 0.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
                                     "grounded_shown": [bool(shown_closeness[column[f]] >= shown_cutoff) for f in shown],
                                     "in_text": [in_text(sae.labels[f], words) for f in shown],
                                     "explained": explained, "unlabelled": sum(not f["label"] for f in strongest + shared),
-                                    "pairs": pairs_share, "n_pairs": len(pairs)})
+                                    "pairs": pairs_share, "n_pairs": len(pairs),
+                                    "on_hidden": on_hidden(code, q_acts, hidden)})
     sae.hidden = hidden
     tag = ("-dev" if args.split == "dev" else "") + (f"-{Path(args.sae).name}" if args.sae else "") + (f"-{args.pooling}" if args.pooling != "max" else "")
     tag += f"-{args.tag}" if args.tag else ""
@@ -148,8 +158,9 @@ def main(argv: list[str] | None = None) -> None:
              "| grounded as shown: phrase (label) where a phrase holds "
              "| labels shown with a word of the hit's text | grounded among those "
              "| median share of the SAE score carried by the shared features shown | unlabelled features shown per hit "
-             "| word pairs shown per hit | median share carried by the word pairs shown | hits whose word pairs shown carry ≥ 50% |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| word pairs shown per hit | median share carried by the word pairs shown | hits whose word pairs shown carry ≥ 50% "
+             "| median share of the SAE score on features hygiene hides |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, rows in stats.items():
         function = [x for r in rows for x in r["function"]]
         grounded = [x for r in rows for x in r["grounded"]]
@@ -161,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
                      f"{wilson(float(np.mean(inside)) if (inside := [g for r in rows for g, t in zip(r['grounded'], r['in_text']) if t]) else 0.0, len(inside))} | "
                      f"{np.median([r['explained'] for r in rows]):.3f} | {np.mean([r['unlabelled'] for r in rows]):.1f} | "
                      f"{np.mean([r['n_pairs'] for r in rows]):.1f} | {np.median([r['pairs'] for r in rows]):.3f} | "
-                     f"{wilson(float(np.mean([r['pairs'] >= 0.5 for r in rows])), len(rows))} |")
+                     f"{wilson(float(np.mean([r['pairs'] >= 0.5 for r in rows])), len(rows))} | "
+                     f"{np.median([r['on_hidden'] for r in rows]):.3f} |")
     lines += ["", end]
     publish(args.md, lines, start, end)
 
