@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
                           Encoder(EncoderConfig(pooling=args.pooling, quantize=not full, split=args.split_messages,
                                                 hygiene=args.hygiene == "on", **sae)))
     tag = (args.split + ("-float32" if full else "") + (f"-{Path(args.sae).name}" if args.sae else "")
-           + (f"-{args.pooling}" if args.pooling != "max" else "") + ("-whole" if args.split_messages == "none" else "") + ("-all-features" if args.hygiene == "off" else ""))
+           + (f"-{args.pooling}" if args.pooling != "max" else "") + ("-whole" if args.split_messages == "none" else "")
+           + ("-all-features" if args.hygiene == "off" else ""))
     if args.fill:
         for _, q in chosen:
             caches.fill([m["content"] for m in lme.messages(q, "user")], [q["question"]])
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         lines += ["", against_shipped(rows[settings_name(default)], before.get(before.get("default", PREVIOUS_DEFAULT)),
                                       whole.name, "the default before sentences (whole messages, dense + 2 × SAE + BM25, "
                                       "time 2)" if "default" not in before else "whole messages (`split=\"none\"`)")]
-    if tag != args.split and shipped.is_file():
+    # With hygiene off, the default's own section holds the paired comparison (its json is written after this one).
+    if tag != args.split and args.hygiene == "on" and shipped.is_file():
         lines += ["", against_shipped(rows[settings_name(default)], json.loads(shipped.read_text()).get(settings_name(default)),
                                       shipped.name)]
     lines += ["", end]

@@ -7,10 +7,15 @@ For LongMemEval-S questions (held out, the report split: i % 5 in {2, 3, 4}, dev
 the dev split; user turns; cached vectors from ``benchmarks/longmemeval.py``), the top 3 hits of
 the default ranking are explained as ``SAEMemory`` explains them
 (``interpret.explain.explain_features``: the 5 strongest and the 5 shared features;
-``match_words``: the word pairs), once as the default does, with the SAE's feature hygiene
-(``hygiene.json``: features whose labels are only function words, punctuation or numbers, and
-features on most messages, are left out of the codes and never listed), and once without it
-(every feature in the codes, ``EncoderConfig(hygiene=False)``, and every feature listed).
+``match_words``: the word pairs), in three conditions:
+
+- *with hygiene* (the default): the features the SAE's ``hygiene.json`` hides (labels only of
+  function words, punctuation or numbers, and features on most messages) are left out of the
+  codes and never listed;
+- *hygiene=False* (``EncoderConfig(hygiene=False)``): every feature in the codes, the hidden
+  ones never listed;
+- *without hygiene*: every feature in the codes, and every feature listed (as before hygiene).
+
 Reported per condition:
 
 - *function-word labels*: the share of labels shown made only of stopwords, punctuation or
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     # What a hit shows for a feature: its phrase with its label where it has a phrase, else the label.
     shown_vectors = encoder.encode_documents([f"{sae.phrase(f)} ({sae.labels[f]})" if sae.phrase(f) else sae.labels[f]
                                               for f in labelled]).dense
-    hidden, stats = dict(sae.hidden), {"without hygiene": [], "with hygiene": []}
+    hidden, stats = dict(sae.hidden), {"without hygiene": [], "hygiene=False": [], "with hygiene": []}
     n_hits = 0
     for _, q in chosen:
         data = fusion.question_signals(q, caches)
@@ -104,9 +109,10 @@ def main(argv: list[str] | None = None) -> None:
                    "bm25": data["signals"]["stemmed bm25"]}
         top = np.argsort(-default_scores(signals), kind="stable")[:TOP_HITS]
         # With hygiene, the codes as the default stores them; without, every feature (as cached).
-        codes = {"with hygiene": (corpus.sparse["res"], corpus.q_sparse["res"]),
-                 "without hygiene": (caches.base.get([bench.text_key("doc", t) for t in corpus.texts], hygiene=False)[1],
-                                     caches.base.get([bench.text_key("query", q["question"])], hygiene=False)[1])}
+        every = (caches.base.get([bench.text_key("doc", t) for t in corpus.texts], hygiene=False)[1],
+                 caches.base.get([bench.text_key("query", q["question"])], hygiene=False)[1])
+        codes = {"with hygiene": (corpus.sparse["res"], corpus.q_sparse["res"]), "hygiene=False": every,
+                 "without hygiene": every}
         q_words = encoder.peak_words([q["question"]], query=True)[0]
         m_words = encoder.peak_words([corpus.texts[row] for row in top.tolist()])
         for row, read in zip(top.tolist(), m_words):
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             words = set(re.findall(r"\w+", corpus.texts[row].lower()))
             shown_closeness = shown_vectors @ corpus.dense[row]
             shown_cutoff = np.quantile(shown_closeness, 0.9)
-            for name, hide in (("without hygiene", {}), ("with hygiene", hidden)):
+            for name, hide in (("without hygiene", {}), ("hygiene=False", hidden), ("with hygiene", hidden)):
                 sae.hidden = hide
                 code, q_code = codes[name][0][row], codes[name][1]
                 q_acts = dict(zip(q_code.indices.tolist(), q_code.data.tolist()))
@@ -131,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
                                     "pairs": pairs_share, "n_pairs": len(pairs),
                                     "on_hidden": on_hidden(code, q_acts, hidden)})
     sae.hidden = hidden
-    tag = ("-dev" if args.split == "dev" else "") + (f"-{Path(args.sae).name}" if args.sae else "") + (f"-{args.pooling}" if args.pooling != "max" else "")
+    tag = ("-dev" if args.split == "dev" else "") + (f"-{Path(args.sae).name}" if args.sae else "")
+    tag += f"-{args.pooling}" if args.pooling != "max" else ""
     tag += f"-{args.tag}" if args.tag else ""
     start, end = f"<!-- explanations{tag}:start -->", f"<!-- explanations{tag}:end -->"
     title = ("## Explanations: what a person is shown (2026-11-30)" if not args.sae and args.pooling == "max" else

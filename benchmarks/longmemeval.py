@@ -160,7 +160,8 @@ def cache_dir(root: Path, encoder: Encoder, derived_sae: Any = None) -> Path:
 
 
 def embedding_sae_codes(sae: Any, dense: np.ndarray) -> sp.csr_matrix:
-    """The codes ``Encoder`` gives with an embedding SAE, from cached dense vectors (no forward pass)."""
+    """The codes ``Encoder`` gives with an embedding SAE and ``hygiene=False``, from cached dense vectors (no
+    forward pass); ``VectorCache.get`` leaves out what hygiene hides."""
     if len(dense) == 0:
         return sp.csr_matrix((0, sae.cfg.d_sae), dtype=np.float32)
     with torch.inference_mode():
@@ -185,8 +186,9 @@ class Caches:
         self.base = VectorCache(cache_dir(root, raw), {"encoder": raw.identity()}, hidden=base.hidden_ids)
         self.emb = None
         if emb_sae is not None:
-            self.emb = VectorCache(cache_dir(root, base, emb_sae),
-                                   {"encoder": base.identity(), "derived_sae": emb_sae.identity()})
+            emb_hidden = getattr(emb_sae, "hidden", None) if base.config.hygiene else None
+            self.emb = VectorCache(cache_dir(root, raw, emb_sae), {"encoder": raw.identity(), "derived_sae": emb_sae.identity()},
+                                   hidden=np.array(sorted(emb_hidden), dtype=np.int64) if emb_hidden else None)
 
     def fill(self, docs: list[str], queries: list[str]) -> int:
         """Encodes the texts not cached yet; returns how many were encoded."""
@@ -219,10 +221,12 @@ class CachedEncoder:
         cache: The ``VectorCache`` to read.
         encoder: The real encoder behind the cache (for ``identity``, ``dim`` and the SAE).
         sae: The SAE whose codes the cache holds, or None to serve dense only.
+        hygiene: Serve the codes as the encoder's hygiene keeps them (True) or with every
+            feature (False; pass the cache's ``raw_encoder`` as ``encoder``). Defaults to True.
     """
 
-    def __init__(self, cache: VectorCache, encoder: Encoder, sae: Any) -> None:
-        self.cache, self.encoder, self.sae = cache, encoder, sae
+    def __init__(self, cache: VectorCache, encoder: Encoder, sae: Any, hygiene: bool = True) -> None:
+        self.cache, self.encoder, self.sae, self.hygiene = cache, encoder, sae, hygiene
         self.dim = encoder.dim
         self.d_sae = sae.cfg.d_sae if sae is not None else 0
 
@@ -230,7 +234,7 @@ class CachedEncoder:
         return {**self.encoder.identity(), "sae": self.sae.identity() if self.sae is not None else None}
 
     def _encoded(self, keys: list[str]) -> Encoded:
-        dense, sparse = self.cache.get(keys)
+        dense, sparse = self.cache.get(keys, hygiene=self.hygiene)
         if self.sae is None:
             sparse = sp.csr_matrix((len(keys), 0), dtype=np.float32)
         return Encoded(dense=dense, sparse=sparse, truncated=np.zeros(len(keys), dtype=bool))

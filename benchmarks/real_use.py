@@ -251,21 +251,22 @@ def main(argv: list[str] | None = None) -> None:
     from saememory import Encoder, EncoderConfig
 
     messages, questions = build(args.users, args.seed)
-    # Keyed by (split, hygiene); one cache directory per split serves both hygiene settings.
-    caches = {(split, hygiene): bench.Caches(bench.ROOT / "benchmarks" / ".cache",
-                                             Encoder(EncoderConfig(pooling="max", split=split, hygiene=hygiene)))
-              for split, hygiene in (("sentences", True), ("sentences", False), ("none", False))}
-    for cache in (caches["sentences", True], caches["none", False]):
+    # One cache per split (it holds every feature); a ranking reads it with or without hygiene.
+    caches = {split: bench.Caches(bench.ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling="max", split=split)))
+              for split in ("sentences", "none")}
+    for cache in caches.values():
         cache.fill([m["content"] for m in messages] + [q.stored for q in questions] + ["Let me check my notes."],
                    [q.text for q in questions])
-    encoders = {key: bench.CachedEncoder(c.base, c.base_encoder, c.base_encoder.sae) for key, c in caches.items()}
+    encoders = {(split, hygiene): bench.CachedEncoder(c.base, c.base_encoder if hygiene else c.raw_encoder,
+                                                      c.base_encoder.sae, hygiene=hygiene)
+                for split, c in caches.items() for hygiene in (True, False)}
     print(f"{args.users} users, {len(messages)} messages, {len(questions)} questions "
           f"({sum(q.old_id is not None for q in questions)} about changed facts)\n")
     print("| ranking | answer top 1 | top 3 | top 1, questions stored | top 3, questions stored | new fact above old |")
     print("|---|---|---|---|---|---|")
     for name, how in rankings(not args.no_peers).items():
         if isinstance(how, str):
-            start = peer_ranker(how, caches["none", False])
+            start = peer_ranker(how, caches["none"])
         else:
             settings = {k: v for k, v in how.items() if k not in (WHOLE, EVERY)}
             start = memory_ranker(settings, encoders["none" if how.get(WHOLE) else "sentences", not how.get(EVERY)])

@@ -69,13 +69,13 @@ def main(argv: list[str] | None = None) -> None:
         c = encoder.encode_documents(contexts)
         r = [encoder.encode_query(t) for t in related]
         u = [encoder.encode_query(t) for t in unrelated]
-        dense_r = np.array([float(c.dense[i] @ r[i].dense[0]) for i in range(len(data))])
-        dense_u = np.array([float(c.dense[i] @ u[i].dense[0]) for i in range(len(data))])
         sparse_r = np.array([float(c.sparse[i].multiply(r[i].sparse[0]).sum()) for i in range(len(data))])
         sparse_u = np.array([float(c.sparse[i].multiply(u[i].sparse[0]).sum()) for i in range(len(data))])
         if name == "every":  # the shipped encoder with form features kept in the codes
             sims["SAE, max pooling, every feature in the codes (`hygiene=False`)"] = (sparse_r, sparse_u)
             continue
+        dense_r = np.array([float(c.dense[i] @ r[i].dense[0]) for i in range(len(data))])
+        dense_u = np.array([float(c.dense[i] @ u[i].dense[0]) for i in range(len(data))])
         sims["dense (MiniLM)"] = (dense_r, dense_u)
         sims[f"SAE, {name} pooling" + (" (shipped)" if name == "max" else " (the poster's)")] = (sparse_r, sparse_u)
         sims[f"sqrt(dense² + SAE²), {name} pooling"] = (np.sqrt(dense_r ** 2 + sparse_r ** 2), np.sqrt(dense_u ** 2 + sparse_u ** 2))

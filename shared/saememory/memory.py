@@ -352,7 +352,18 @@ class SAEMemory:
 
     def resolve_features(self, steer: Mapping[int | str, float]) -> dict[int, float]:
         """Turns a steering spec with feature ids or label texts into feature ids (see ``interpret.steering``)."""
-        return resolve_steering(self.encoder.sae, steer, lambda text: self.encoder.encode_query(text).sparse[0])
+        return self._steering(steer)[0]
+
+    def _steering(self, steer: Mapping[int | str, float]) -> tuple[dict[int, float], Any]:
+        """The features a steering spec names, and the function that encodes its texts, each once."""
+        read: dict[str, Encoded] = {}
+
+        def encode(text: str) -> Encoded:
+            if text not in read:
+                read[text] = self._checked(self.encoder.encode_query(text), 1, f"the steering text {text[:40]!r}")
+            return read[text]
+
+        return resolve_steering(self.encoder.sae, steer, lambda t: encode(t).sparse[0]), encode
 
     def _search(self, query: str, k: int, *, words: bool = False, **options: Any) -> list[Hit]:
         if not isinstance(words, bool):
@@ -381,21 +392,16 @@ class SAEMemory:
         max_chars = None if max_chars is None else positive_int("max_chars", max_chars)
         min_score = None if min_score is None else finite("min_score", min_score)
         config = self.config if fusion is None else self.config.replace(fusion=fusion)
-        read: dict[str, Encoded] = {}  # each steering text encoded once, for its features and its dense move
-
-        def encode(text: str) -> Encoded:
-            if text not in read:
-                read[text] = self._checked(self.encoder.encode_query(text), 1, f"the steering text {text[:40]!r}")
-            return read[text]
-
-        features = resolve_steering(self.encoder.sae, steer, lambda t: encode(t).sparse[0]) if steer is not None else None
+        # An empty spec steers nothing (a retriever clears its steering with steer={}); any other is checked.
+        empty = steer is None or (isinstance(steer, Mapping) and not steer)
+        features, encode = ({}, None) if empty else self._steering(steer)
         q = self._checked(self.encoder.encode_query(query), 1, "the query")
         if features:
             if not callable(getattr(self.encoder, "steer", None)):
                 raise TypeError(f"{type(self.encoder).__name__} has no steer(query, strengths) method, so it cannot "
                                 "steer; search without steer=, or give the encoder one (see EncoderProtocol).")
             q = self._checked(self.encoder.steer(q, features), 1, "the steered query")
-        texts = [(text, strength) for text, strength in (steer or {}).items() if isinstance(text, str) and strength > 0]
+        texts = [] if empty else [(t, strength) for t, strength in steer.items() if isinstance(t, str) and strength > 0]
         # The SAE is one signal of three: a text moves the dense query too, unless the encoder's
         # steer moved it already (an embedding-source SAE, along the features' decoder directions).
         if texts and getattr(self.encoder, "source", None) != "embedding":

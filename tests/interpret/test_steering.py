@@ -128,6 +128,7 @@ def test_bad_steering(memory, encoder):
     dense_only.add(CONVERSATION[:2])
     with pytest.raises(ValueError, match="needs an SAE"):
         dense_only.search(QUESTION, steer={1: 1.0})
+    assert dense_only.search(QUESTION, steer={})  # an empty spec steers nothing (a retriever clears its steering)
 
 
 def test_steering_through_both_adapters(memory, target_id):

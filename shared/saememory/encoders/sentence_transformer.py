@@ -79,8 +79,8 @@ class EncoderConfig(DictConfig):
             fusion weights chosen for it, turn nDCG@10 on LongMemEval-S rose by +0.017 on the dev
             split and +0.013 [-0.007, +0.034] held out (BENCHMARKS.md), and a long message is cut
             only where one sentence passes the window (or where its sentences after the 31st,
-            embedded as one piece, do). Indexing costs a little more: 0.67x of the plain dense
-            path's time, against 0.62x. A config saved without this key (before it existed) loads
+            embedded as one piece, do). Indexing costs a little more: 0.68x of the plain dense
+            path's time in the latest run, against 0.62x over whole messages. A config saved without this key (before it existed) loads
             as ``"none"``, so old memories keep their vectors; so does any partial dict given to
             ``from_dict``.
         query_prefix: Prepended to queries (Nomic wants ``"search_query: "``). Defaults to ``""``.
@@ -108,11 +108,11 @@ class EncoderConfig(DictConfig):
             ``saememory.interpret.hygiene``) out of every code, so that the SAE score is made of
             the features an explanation can show. Defaults to True: on LongMemEval-S the word
             pairs a hit shows carry a median 62% of the SAE score on the dev split (60% held
-            out), against 37% (36%) with every feature kept, and the ranking stayed within
+            out), against 36% (36%) with every feature kept, and the ranking stayed within
             noise (dev turn R_all@10 / nDCG@10 0.851 / 0.797 against 0.857 / 0.798; held out
-            0.885 / 0.786 against 0.881 / 0.782; BENCHMARKS.md). Steering by a hidden feature
-            is refused: it would change nothing. A config saved without this key (before it
-            existed) loads as False, so old memories keep their codes.
+            0.885 / 0.786 against 0.881 / 0.782; BENCHMARKS.md). With a residual SAE, steering
+            by a hidden feature is refused: it would change nothing. A config saved without
+            this key (before it existed) loads as False, so old memories keep their codes.
     """
 
     settings_name: ClassVar[str] = "encoder"

@@ -88,7 +88,7 @@ def write_hygiene(path: str | Path, hidden: Mapping[int, str], *, sae_sha256: st
             "method": (f"Hidden from explanations, and left out of the codes unless EncoderConfig(hygiene=False): "
                        f"features whose label is made only of stopwords, "
                        f"punctuation, numbers or single characters, and features active in more than {COMMON:.0%} "
-                       f"of the sample's messages (max-pooled codes, as the memory stores them)."),
+                       f"of the sample's messages (max-pooled codes with every feature)."),
             "source": source, "check": check, "hidden": {str(f): reason for f, reason in hidden.items()}}
     Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
