@@ -373,8 +373,10 @@ def machine_for(backend: str, encoder, folder, milvus_db: str | None, stats: Cou
             query = data.draw(st.sampled_from(QUERIES), label="query")
             k = data.draw(st.integers(1, 6), label="k")
             session = data.draw(st.sampled_from([None, *SESSIONS]), label="session_id")
+            # Steering changes the order, never whose messages come back or how many.
+            steer = data.draw(st.sampled_from([None, {"music": 1.0}, {"my sister": 2.0, "Lisbon": 0.0}]), label="steer")
             user = owner(user_arg)
-            hits = self.memory.search(query, k=k, user_id=user_arg, session_id=session)
+            hits = self.memory.search(query, k=k, user_id=user_arg, session_id=session, steer=steer)
             assert len(hits) == min(k, len(self.user_records(user, session)))
             assert len({h.id for h in hits}) == len(hits)
             for rank, hit in enumerate(hits, start=1):
