@@ -86,8 +86,13 @@ def test_search_and_explain_explain_word_by_word(encoder):
         assert total == pytest.approx(hit.words_share * hit.sparse_score, abs=1e-4)
         assert all(p["query_word"].lower() in QUESTION.lower() for p in hit.matched_words)
         assert all(p["message_word"].lower() in hit.content.lower().replace(" ", "") for p in hit.matched_words)
+        listed = hit.features + hit.shared_features
+        assert all(f["word"].lower() in hit.content.lower().replace(" ", "") for f in listed)  # where each fired
+        assert all(f["id"] in encoder.peak_words([hit.content])[0][1] for f in listed)
+    assert not any("word" in f for h in plain for f in h.features + h.shared_features)
     explained = memory.explain(QUESTION, hits[0].id)
     assert explained.matched_words == hits[0].matched_words
+    assert explained.shared_features == hits[0].shared_features
 
 
 def test_an_embedding_sae_has_no_words(encoder):

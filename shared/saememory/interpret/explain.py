@@ -48,10 +48,14 @@ class Hit:
             truncated.
         features: The message's strongest SAE features: ``id``, ``activation``, ``label`` (the
             words it reads) and ``phrase`` (those words in context, e.g. "looking for"; None
-            where its top activations share no phrase).
+            where its top activations share no phrase). Features that read the same are one
+            entry: ``ids`` names them all, ``id`` the strongest. With words read
+            (``matched_words``), ``word`` is the message word where ``id`` fired: a label is
+            read from other text, and the word says what the feature meant here.
         shared_features: Features active in both query and message, with ``contribution``: their
             share of ``sparse_score`` (the contributions of all shared features, listed or not,
-            sum to it).
+            sum to it); features that read the same are one entry (``ids``), their
+            contributions summed; ``word`` as in ``features``.
             Features that read form, not meaning (function words, punctuation, features on
             most messages; ``saememory.interpret.hygiene``) are never listed, in either list.
         explained_share: The share of ``sparse_score`` that the listed ``shared_features``
@@ -111,6 +115,13 @@ def make_hit(ranked: Any, q_acts: dict[int, float], sae: Any, top_features: int,
     record = ranked.record
     features, shared, explained = explain_features(ranked.code, q_acts, sae, top_features)
     pairs, pairs_share = match_words(ranked.code, q_acts, *words, sae, top_features) if words else ([], 0.0)
+    if words:
+        # Where each listed feature fired: a label read from other text ("pats / mystics") is
+        # often not what the feature meant here ("violin").
+        m_words, m_peaks = words[1]
+        for feature in features + shared:
+            if feature["id"] in m_peaks:
+                feature["word"] = m_words[m_peaks[feature["id"]]]
     return Hit(
         id=record["id"], content=record["content"], role=record["role"], session_id=record["session_id"],
         timestamp=record["timestamp"], user_id=record["user_id"], score=ranked.score,
@@ -127,6 +138,11 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
     """A message's ``n`` strongest features, the ``n`` features it shares with the query that add
     most, and the share of the SAE score those shared features carry.
 
+    Features that read the same (the same label and phrase: a token SAE often has several
+    features for one word, "table") are listed once, as one entry whose ``ids`` name them all:
+    with the largest ``activation`` among them, or the sum of their ``contribution``. Five
+    entries then give five different reasons, not "table" five times.
+
     Features the SAE's hygiene hides (``sae.hidden``: function words, punctuation, features on
     most messages; see ``saememory.interpret.hygiene``) are never listed. By default the encoder
     leaves them out of the codes too (``EncoderConfig(hygiene=True)``); kept there
@@ -137,13 +153,9 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
     name = feature_names(sae)
     hidden = getattr(sae, "hidden", None) or {}
     ids, acts = code.indices, code.data
-    strongest = []
-    for i in np.argsort(-acts, kind="stable").tolist():  # stops at n: a code has hundreds of features
-        feature = int(ids[i])
-        if feature not in hidden:
-            strongest.append({"id": feature, "activation": round(float(acts[i]), 6), **name(feature)})
-            if len(strongest) == n:
-                break
+    order = np.argsort(-acts, kind="stable").tolist()
+    strongest = [{"id": group[0][0], "ids": [f for f, _ in group], "activation": round(group[0][1], 6), **reading}
+                 for reading, group in _by_reading(((int(ids[i]), float(acts[i])) for i in order), hidden, name)[:n]]
     query_ids = np.fromiter(q_acts, dtype=np.int64, count=len(q_acts))
     query_values = np.fromiter(q_acts.values(), dtype=np.float64, count=len(q_acts))
     order = np.argsort(query_ids)
@@ -151,16 +163,28 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
     inside = (query_ids[order][position] == ids) if len(order) else np.zeros(ids.size, dtype=bool)
     contributions = acts[inside].astype(np.float64) * query_values[order][position[inside]]
     total = float(contributions.sum())
-    both = [(int(f), float(c)) for f, c in zip(ids[inside].tolist(), contributions.tolist()) if f not in hidden]
-    both = sorted(both, key=lambda item: -item[1])[:n]
-    shared = [
-        {"id": f, "contribution": round(c, 6), "query_activation": round(q_acts[f], 6), **name(f)}
-        for f, c in both
-    ]
+    both = sorted(zip(ids[inside].tolist(), contributions.tolist()), key=lambda item: -item[1])
+    groups = sorted(_by_reading(both, hidden, name), key=lambda item: -sum(c for _, c in item[1]))[:n]
+    shared = [{"id": group[0][0], "ids": [f for f, _ in group], "contribution": round(sum(c for _, c in group), 6),
+               "query_activation": round(q_acts[group[0][0]], 6), **reading} for reading, group in groups]
     if sae is not None and getattr(sae, "families", None):
         for feature in strongest + shared:
             feature["family"] = sae.family(feature["id"])
-    return strongest, shared, (sum(c for _, c in both) / total if total > 0 else 0.0)
+    return strongest, shared, (sum(f["contribution"] for f in shared) / total if total > 0 else 0.0)
+
+
+def _by_reading(items: Any, hidden: Mapping[int, str], name: Any) -> list[tuple[dict, list[tuple[int, float]]]]:
+    """``(feature, value)`` pairs, largest first, grouped by what a person reads (label and phrase;
+    an unlabelled feature is its own group), hidden features left out. Groups come in the order of
+    their first (largest) member."""
+    groups: dict[Any, tuple[dict, list[tuple[int, float]]]] = {}
+    for feature, value in items:
+        if feature in hidden:
+            continue
+        reading = name(feature)
+        key = (reading["label"], reading["phrase"]) if reading["label"] else feature
+        groups.setdefault(key, (reading, []))[1].append((int(feature), float(value)))
+    return list(groups.values())
 
 
 def match_words(code: sp.csr_matrix, q_acts: dict[int, float], query: tuple[list[str], dict[int, int]],
@@ -213,8 +237,10 @@ def match_words(code: sp.csr_matrix, q_acts: dict[int, float], query: tuple[list
     shown = [pair for w in sorted(carries, key=lambda w: -carries[w])[:n]
              for pair in sorted(by_query_word[w], key=lambda item: -sum(c for _, c in item[1]))[:per_word]]
     out = [{"query_word": qw, "message_word": mw, "contribution": round(sum(c for _, c in feats), 6),
-            "features": [{"id": f, **name(f), "contribution": round(c, 6)}
-                         for f, c in sorted(feats, key=lambda x: -x[1]) if f not in hidden][:3]}
+            "features": [{"id": group[0][0], "ids": [f for f, _ in group], **reading,
+                          "contribution": round(sum(c for _, c in group), 6)}
+                         for reading, group in sorted(_by_reading(sorted(feats, key=lambda x: -x[1]), hidden, name),
+                                                      key=lambda item: -sum(c for _, c in item[1]))[:3]]}
            for (qw, mw), feats in shown]
     carried = sum(c for _, feats in shown for _, c in feats)
     return out, (min(1.0, carried / total) if total > 0 else 0.0)
@@ -230,11 +256,17 @@ def feature_names(sae: Any) -> Any:
 
 def feature_text(feature: Mapping[str, Any]) -> str:
     """How a person reads a listed feature: ``"#12 'looking for' ('looking / trying')"``, the phrase
-    first where there is one, else ``"#12 'looking / trying'"``, else ``"#12"``."""
-    text = f"#{feature['id']}"  # repr: a label from a user's own SAE files may hold newlines or escapes
+    first where there is one, else ``"#12 'looking / trying'"``, else ``"#12"``; an entry of
+    several features that read the same names up to three: ``"#12 #40 #77 'table'"``, then
+    ``"#12 #40 #77 (+2) 'table'"``; where the word it fired on is known, ``"... at 'desk'"``."""
+    ids = [int(f) for f in feature.get("ids") or [feature["id"]]]
+    text = " ".join(f"#{f}" for f in ids[:3]) + (f" (+{len(ids) - 3})" if len(ids) > 3 else "")
+    # repr below: a label from a user's own SAE files may hold newlines or escapes
     if feature.get("phrase"):
-        return text + f" {feature['phrase']!r}" + (f" ({feature['label']!r})" if feature.get("label") else "")
-    return text + (f" {feature['label']!r}" if feature.get("label") else "")
+        text += f" {feature['phrase']!r}" + (f" ({feature['label']!r})" if feature.get("label") else "")
+    elif feature.get("label"):
+        text += f" {feature['label']!r}"
+    return text + (f" at {feature['word']!r}" if feature.get("word") else "")
 
 
 def _function_word(word: str) -> bool:
