@@ -40,6 +40,10 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
     already), and returns them as ``[timestamp] role: content`` lines. SAE features and scores
     stay out of the prompt.
 
+    Sessions: LlamaIndex's ``Memory`` gives every message it hands a block its own
+    ``session_id``, so one ``Memory`` is one session; make one per conversation over the same
+    ``SAEMemory`` (a later statement supersedes an earlier one only across sessions).
+
     Args:
         memory: The ``SAEMemory`` to write to and read from.
         k: Past messages injected per turn. Defaults to 5.

@@ -10,7 +10,7 @@ import pytest
 from saememory import SAEMemory, SearchConfig
 from saememory import current
 from saememory.current import adjustments, asks_without_telling, recency, settle
-from saememory.times import instant, query_window
+from saememory.times import TimeWindow, instant, query_window
 
 NOW = instant("2023-05-30T14:00:00")  # a Tuesday
 OFF = {"recency_weight": 0.0, "asks_penalty": 0.0, "time_weight": 0.0, "supersede_depth": 0}
@@ -118,6 +118,39 @@ def test_settle_leaves_a_statement_far_below_and_one_of_the_same_session():
     vectors = np.stack([unit(1, 0.1, 0), unit(1, 0.2, 0), unit(1, 0, 0.1)])
     raised, _ = settle(records, vectors, np.array([5.0, 0.0, 4.0]))  # b is 5 sd below a: not the same answer
     assert raised.tolist() == [0.0, 0.0, 0.0]  # and c, though later, shares a's session
+
+
+def test_a_statement_after_the_time_the_query_names_supersedes_nothing():
+    records = [record("I work as a nurse at Rush.", time="2024-01-10T00:00:00+00:00", session="s1", mid="jan"),
+               record("I accepted a new job at Denver Health.", time="2024-03-05T00:00:00+00:00", session="s2",
+                      mid="mar")]
+    vectors = np.stack([unit(1, 0.1, 0), unit(1, 0.2, 0)])
+    scores = np.array([3.0, 2.5])
+    def window(start: str, end: str) -> TimeWindow:
+        return TimeWindow(instant(start), instant(end), "test")
+
+    assert settle(records, vectors, scores)[0][1] > 0  # asked what is current: the new job first
+    assert not settle(records, vectors, scores, window=window("2024-01-01", "2024-02-01"))[0].any()  # about January
+    assert settle(records, vectors, scores, window=window("2024-01-01", "2024-06-30"))[0][1] > 0  # a window holding both
+    # Both said after the window (as "In June I went to a BBQ" is said in July): the later still supersedes.
+    assert settle(records, vectors, scores, window=window("2023-06-01", "2023-07-01"))[0][1] > 0
+
+
+def test_search_about_a_past_month_keeps_what_was_true_then(encoder):
+    memory = SAEMemory(encoder)
+    other = ["My sister Ana lives in Lisbon.", "I adopted a cat named Miso last spring.", "I'm training for a half marathon.",
+             "We are planning a trip to Japan in October.", "My favourite dish is mushroom risotto.",
+             "I started learning the cello.", "My daughter Maya loves drawing dragons.", "I switched to a standing desk."]
+    memory.add([{"content": text, "timestamp": f"2023-{i + 3:02d}-01", "session_id": f"o{i}"} for i, text in enumerate(other)])
+    memory.add([{"content": "I work as a nurse at Rush Hospital in Chicago.", "timestamp": "2024-01-10",
+                 "session_id": "jan"},
+                {"content": "Big news: I accepted a new job at Denver Health, I start next month!",
+                 "timestamp": "2024-03-05", "session_id": "mar"}])
+    now = "2024-11-01"
+    then = memory.search("Where was I working in January?", k=2, now=now)
+    assert then[0].content.startswith("I work as a nurse") and "supersedes" not in then[1].adjustments
+    current_job = memory.search("Where do I work?", k=2, now=now)
+    assert current_job[0].content.startswith("Big news")
 
 
 def test_adjustments_with_every_weight_off_change_nothing():

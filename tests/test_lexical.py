@@ -81,3 +81,19 @@ def test_lexical_index_is_saved_and_loaded(encoder, tmp_path):
     assert loaded.config == memory.config
     assert [(h.id, round(h.bm25_score, 6), round(h.score, 6)) for h in loaded.search("sister Lisbon", k=20)] == before
     assert any(b > 0 for _, b, _ in before)
+
+
+def test_select_keeps_only_the_terms_of_the_rows_it_keeps(tmp_path):
+    index = LexicalIndex(stemmer="english")
+    index.add(["my sister lives in Lisbon", "my schizophrenia diagnosis", "the violin lessons in Lisbon"])
+    kept = index.select(np.array([0, 2]))
+    gone = set(index.vocab) - set(kept.vocab)
+    assert len(gone) == 2 and {"lisbon", "violin", "sister"} <= set(kept.vocab)  # the stems of the second row's words
+    for query in ("Lisbon violin", "sister", "schizophrenia"):  # the same scores as over those rows before
+        np.testing.assert_allclose(kept.scores(query, np.arange(2)), index.scores(query, np.array([0, 2])), rtol=1e-6)
+    kept.save(tmp_path)
+    assert not any(term in (tmp_path / "bm25_vocab.json").read_text() for term in gone)
+    loaded = LexicalIndex.load(tmp_path)
+    np.testing.assert_allclose(loaded.scores("Lisbon violin", np.arange(2)), kept.scores("Lisbon violin", np.arange(2)))
+    empty = index.select(np.array([], dtype=np.int64))
+    assert empty.vocab == {} and len(empty) == 0

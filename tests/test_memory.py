@@ -680,3 +680,35 @@ def test_bm25_stems_by_default_and_old_saves_keep_no_stemming(local_memory, tmp_
     (snapshot / "bm25_vocab.json").write_text(json.dumps(vocab))
     old = SAEMemory.load(tmp_path / "old", encoder=encoder)
     assert old.config.bm25_stemmer is None and old.backend.lexical.stemmer is None
+
+
+def test_a_manifest_cannot_make_load_run_a_models_code(encoder, tmp_path):
+    memory = SAEMemory(encoder)
+    memory.add([{"content": "My sister Ana lives in Lisbon.", "user_id": "alice"}])
+    memory.save(tmp_path / "m")
+    evil = tmp_path / "not-a-model"  # were it loaded with trust_remote_code, its Python would run
+    for edit in (lambda m: m["encoder_config"].update(model=str(evil), trust_remote_code=True),
+                 lambda m: m["encoder_config"].update(trust_remote_code="yes"),
+                 lambda m: m["encoder_config"].update(lm={"trust_remote_code": 1})):
+        memory.save(tmp_path / "m")
+        snapshot = tmp_path / "m" / (tmp_path / "m" / "CURRENT").read_text()
+        manifest = json.loads((snapshot / "manifest.json").read_text())
+        edit(manifest)
+        (snapshot / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match="runs its model's own code.*trust_remote_code=True"):
+            SAEMemory.load(tmp_path / "m")
+    with pytest.raises(Exception) as opted_in:  # opted in, it goes on to load that model, which is not there
+        SAEMemory.load(tmp_path / "m", trust_remote_code=True)
+    assert "runs its model's own code" not in str(opted_in.value)
+    assert SAEMemory.load(tmp_path / "m", encoder=encoder).messages("alice")  # an encoder passed in is used as is
+
+
+def test_explain_explains_a_message_below_the_adaptive_cut(encoder):
+    memory = SAEMemory(encoder, selection="adaptive")
+    memory.add([{"content": t, "id": f"m{i}"} for i, t in enumerate([
+        "My sister Ana moved to Lisbon.", "I bought a new bike.", "The weather was nice today.",
+        "I started violin lessons.", "My dog is called Luna."])])
+    shown = [h.id for h in memory.search("Where does my sister live?")]
+    assert "m4" not in shown  # below the cut: search leaves it out, explain still ranks it
+    hit = memory.explain("Where does my sister live?", "m4")
+    assert hit.id == "m4" and hit.rank > len(shown)

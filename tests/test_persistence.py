@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -131,6 +132,28 @@ def test_a_duplicated_records_line_is_refused(tmp_path):
     refused(path, "corrupt: records.jsonl line 2 repeats message id 'm0' of user 'u0'")
 
 
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("time", "not a time", "has time='not a time', but it must be a UTC time as saememory writes it"),
+    ("time", "2024-13-01T00:00:00.000000+00:00", "has time="),
+    ("user_id", "", "has user_id='', but it must be a non-empty string of valid Unicode"),
+    ("role", "", "has role='', but it must be a non-empty string"),
+    ("id", "a\ud800", "has id='a\\ud800', but it must be a non-empty string of valid Unicode"),
+    ("metadata", {"x": float("nan")}, "holds NaN, which is not JSON"),
+    ("metadata", {"x": ["ok", "\udc80"]}, "has metadata with a string that is not valid Unicode"),
+])
+def test_a_record_add_would_refuse_is_refused_when_loaded(tmp_path, field, value, problem):
+    # Before: they loaded, and a bad time passed every since= filter, an empty user could not be
+    # addressed or deleted, and a lone surrogate made the next save fail.
+    path = tmp_path / "mem"
+    snapshot = save(path)
+    lines = (snapshot / "records.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    record[field] = value
+    (snapshot / "records.jsonl").write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    rehash(snapshot, "records.jsonl")
+    refused(path, re.escape(f"corrupt: records.jsonl line 1 {problem}"))
+
 @pytest.mark.parametrize("name", ["dense_values.npy", "dense_scale.npy", "sparse_indices.npy", "sparse_values.npy",
                                   "sparse_scale.npy", "records.jsonl", "bm25_tf.npz"])
 def test_a_part_swapped_in_from_another_save_of_the_same_size_is_refused(tmp_path, name):
@@ -156,7 +179,7 @@ def test_content_checks_name_the_file_and_the_problem(tmp_path):
     record["timestamp"] = 12
     (snapshot / "records.jsonl").write_text("\n".join([*lines[:3], json.dumps(record), *lines[4:]]) + "\n")
     rehash(snapshot, "records.jsonl")
-    refused(path, "corrupt: records.jsonl line 4 has timestamp=12, but it must be a string or null")
+    refused(path, "corrupt: records.jsonl line 4 has timestamp=12, but it must be a string of valid Unicode or null")
     (snapshot / "records.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     rehash(snapshot, "records.jsonl")
     refused(path, f"records.jsonl has {len(lines) - 1} records, but the manifest says n_messages={len(lines)}")

@@ -247,6 +247,18 @@ def test_delete_user_removes_only_that_user(two_users):
     assert two_users.delete_user("nobody") == 0
 
 
+def test_a_deleted_users_words_are_not_saved_again(encoder, tmp_path):
+    memory = SAEMemory(encoder)
+    memory.add(ALICE, user_id="alice")
+    memory.add(BOB, user_id="bob")
+    memory.delete_user("alice")
+    memory.save(tmp_path / "m")
+    saved = "".join(p.read_text(errors="replace") for p in (tmp_path / "m").rglob("*") if p.is_file()
+                    and p.suffix in (".json", ".jsonl"))
+    assert "peanut" not in saved and "lisbon" not in saved.lower() and "oslo" in saved.lower()
+    assert [h.id for h in SAEMemory.load(tmp_path / "m", encoder=encoder).search("Oslo", user_id="bob")] == ["m1"]
+
+
 def test_export_writes_one_users_messages_as_json_lines(two_users, tmp_path):
     import json
 
@@ -256,10 +268,17 @@ def test_export_writes_one_users_messages_as_json_lines(two_users, tmp_path):
     assert lines[0]["metadata"] == {"mood": "happy"}
 
 
-def test_repr_tells_size_users_encoder_and_backend(two_users):
+def test_repr_tells_size_users_encoder_and_backend_and_names_no_user(two_users):
     text = repr(two_users)
-    assert "3 messages" in text and "2 users" in text and "'alice'" in text and "minilm" in text.lower()
-    assert "Backend" in text
+    assert "3 messages" in text and "2 users" in text and "minilm" in text.lower() and "Backend" in text
+    assert "alice" not in text and "bob" not in text  # a repr ends up in logs; a user id can say who someone is
+
+
+def test_delete_refuses_a_message_dict_instead_of_ids(two_users):
+    before = two_users.messages("alice")
+    with pytest.raises(TypeError, match="list of ids"):
+        two_users.delete({before[0]["id"]: "x", "content": "y"}, user_id="alice")
+    assert two_users.messages("alice") == before
 
 
 # Found by an adversarial review ------------------------------------------------------------------

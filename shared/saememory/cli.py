@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--now", default=None, help="the time the query is asked at (ISO 8601); default now")
     explain.add_argument("--out", type=Path, default=Path("saememory-explain.html"),
                          help="the HTML file to write; default saememory-explain.html")
+    explain.add_argument("--trust-remote-code", action="store_true",
+                         help="let the saved encoder run its model's own code (Nomic models need it); default off")
     args = parser.parse_args(argv)
 
     from saememory import SAEMemory
@@ -33,8 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.memory.is_dir():
         parser.error(f"{args.memory} is not a folder; pass the folder SAEMemory.save wrote.")
     try:
-        memory = SAEMemory.load(args.memory)
+        memory = SAEMemory.load(args.memory, trust_remote_code=args.trust_remote_code)
         hits = memory.search(args.query, k=args.k, user_id=args.user, session_id=args.session, now=args.now, words=True)
+        if not hits and not memory.messages(args.user, args.session):
+            # An empty page for a user or session the memory does not hold is a mistake, not an answer.
+            users = len(memory.users())
+            whose = f"user {args.user!r}" if args.user is not None else "the default user (no --user)"
+            parser.error(f"{args.memory} holds no messages of {whose}" + (f" in session {args.session!r}" if args.session
+                                                                          else "")
+                         + f"; it holds messages of {users} user(s). Pass --user (and --session) of one of them.")
     except (ValueError, TypeError, FileNotFoundError) as err:
         parser.error(str(err))
     path = write_html(args.out, args.query, hits, sae=getattr(memory.encoder, "sae", None))

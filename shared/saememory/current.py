@@ -20,7 +20,8 @@ messages for this query) and is recorded on the hit, so a ranking can always be 
   the later one is raised just above the earlier one if it scores at most ``SUPERSEDE_MARGIN``
   below it, or ``CHANGE_MARGIN`` if it says that something changed (``states_change``: "our
   new", "moved", "switched", "these days" ...): "We adopted a new dog and called her Olive"
-  above "I have a dog named Rocky".
+  above "I have a dog named Rocky". When the query names a time, a statement said after it
+  does not supersede one said within it: "Where did I work in January?" asks what was true then.
 - ``echoes``: among the same best candidates, a reply (any role but the user's) that repeats a
   statement the user made earlier in its session (dense cosine at least ``ECHO``) is lowered
   just below it: "Luna is such a cute name for a dog" below "We named our puppy Luna".
@@ -108,7 +109,7 @@ def adjustments(records: list[dict[str, Any]], calibrated: np.ndarray, query: st
         top = [i for i in top if records[i]["id"] in found and records[i].get("time") is not None]
         if len(top) > 1:
             raised, lowered = settle([records[i] for i in top], np.stack([found[records[i]["id"]] for i in top]),
-                                     scores[top])
+                                     scores[top], window=window)
             out["supersedes"], out["echoes"] = np.zeros(len(records)), np.zeros(len(records))
             out["supersedes"][top], out["echoes"][top] = raised, lowered
     return {name: values for name, values in out.items() if values.any()}
@@ -164,13 +165,18 @@ def _told_and_asked(content: str, stemmer: str | None) -> tuple[frozenset[str], 
     return found
 
 
-def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarray,
+           window: TimeWindow | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Later statements above the earlier ones they supersede, and echoes below what they echo.
 
     Args:
         records: Statements among the best candidates (none only asks), each with a ``time``.
         vectors: Their dense vectors (unit length), one row each.
         scores: Their scores so far (calibrated units).
+        window: The time the query names, if it names one: a statement said after it does not
+            supersede one said within it, since the query asks what was true then ("Where did I
+            work in January?"). Two said after it still may: "In June I went to a BBQ" is often
+            said in July. Defaults to None.
 
     Returns:
         ``(raised, lowered)``: how far each record is raised (a user's statement that supersedes
@@ -180,11 +186,14 @@ def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarra
     scores = np.asarray(scores, dtype=np.float64)
     new = scores.copy()
     times = [r["time"] for r in records]
+    inside = within(records, window) if window is not None else np.zeros(len(records), dtype=bool)
+    end = iso(window.end) if window is not None else ""
     similar = vectors @ vectors.T
     users = [i for i, r in enumerate(records) if r["role"] == "user"]
     for b in sorted(users, key=times.__getitem__):  # earliest first, so a chain of changes carries
         margin = CHANGE_MARGIN if states_change(records[b]["content"]) else SUPERSEDE_MARGIN
         earlier = [new[a] for a in users if times[a] < times[b] and similar[a, b] >= SAME_SUBJECT
+                   and not (window is not None and inside[a] and times[b] > end)
                    and records[a]["session_id"] != records[b]["session_id"] and new[a] - new[b] <= margin]
         if earlier and max(earlier) >= new[b]:
             new[b] = max(earlier) + 1e-3

@@ -99,12 +99,18 @@ class LexicalIndex:
         return ((tf / (tf + norm[:, None])) * (idf * repeats)).sum(axis=1).astype(np.float32)
 
     def select(self, rows: np.ndarray) -> LexicalIndex:
-        """A compacted copy holding only ``rows``, renumbered from 0 (for saving)."""
+        """A compacted copy holding only ``rows``, renumbered from 0, and only the terms they hold
+        (for saving: the words of deleted messages are not written again)."""
         out = LexicalIndex(self.k1, self.b, self.stemmer)
-        out.vocab = dict(self.vocab)
-        out._tf.width = len(self.vocab)
+        tf = sp.csr_matrix(self._tf.view[rows]) if rows.size else sp.csr_matrix((0, len(self.vocab)), dtype=np.float32)
+        used = np.unique(tf.indices)  # in the old numbering, ascending: the kept terms keep their order
+        terms = sorted(self.vocab, key=self.vocab.get)
+        out.vocab = {terms[t]: i for i, t in enumerate(used.tolist())}
+        out._tf.width = len(out.vocab)
         if rows.size:
-            out._tf.append(self._tf.view[rows])
+            remap = np.full(len(self.vocab), -1, dtype=np.int64)
+            remap[used] = np.arange(used.size)
+            out._tf.append(sp.csr_matrix((tf.data, remap[tf.indices], tf.indptr), shape=(tf.shape[0], used.size)))
         out._lengths.append(self._lengths.view[rows])
         return out
 

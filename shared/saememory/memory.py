@@ -77,10 +77,9 @@ class SAEMemory:
     def __repr__(self) -> str:
         if self._closed:
             return f"SAEMemory(closed, backend={self.backend!r})"
-        users = self.users()
-        shown = ", ".join(map(repr, users[:3])) + (", ..." if len(users) > 3 else "")
+        users = self.users()  # counted, never named: a repr ends up in logs, and user ids can say who someone is
         sae = self.encoder.sae.name if self.encoder.sae is not None else None
-        return (f"SAEMemory({len(self)} messages, {len(users)} users [{shown}], "
+        return (f"SAEMemory({len(self)} messages, {len(users)} users, "
                 f"encoder={self.encoder.identity().get('model')!r} + SAE {sae!r}, backend={self.backend!r})")
 
     def __contains__(self, message_id: object) -> bool:
@@ -236,7 +235,7 @@ class SAEMemory:
             KeyError: Naming the ids the user does not hold; nothing was deleted.
         """
         user = check_user(user_id)
-        if isinstance(message_ids, (bytes, bytearray)):
+        if isinstance(message_ids, (bytes, bytearray, Mapping)):  # a dict would delete its keys: a message, not ids
             raise TypeError(f"message_ids must be an id (str) or a list of ids, got {type(message_ids).__name__}.")
         ids = [message_ids] if isinstance(message_ids, str) else list(message_ids)
         ids = list(dict.fromkeys(check_id(i) for i in ids))
@@ -446,21 +445,25 @@ class SAEMemory:
             self.backend.save(path, manifest)
 
     @classmethod
-    def load(cls, path: str | Path, encoder: Any = None) -> SAEMemory:
+    def load(cls, path: str | Path, encoder: Any = None, *, trust_remote_code: bool = False) -> SAEMemory:
         """Loads a saved memory, rebuilding the backend the manifest names.
 
         Args:
             path: The folder given to ``save``.
             encoder: The encoder to use. Defaults to the one recorded in the manifest.
+            trust_remote_code: Let the manifest's encoder run its model's own Python code (its
+                ``trust_remote_code=True``, as Nomic models need). Defaults to False: a folder is
+                data, and a manifest edited to name a model with code would otherwise run it.
 
         Raises:
             FileNotFoundError: If ``path`` holds no saved memory.
             ValueError: If it is corrupt, of another format version, or made with another model
-                or SAE than ``encoder``.
+                or SAE than ``encoder``; or if its encoder would run a model's code and
+                ``trust_remote_code`` is False.
         """
         _, manifest = snapshot.read_manifest(path)
         if encoder is None:
-            encoder = _saved_encoder(path, manifest)
+            encoder = _saved_encoder(path, manifest, trust_remote_code)
         elif isinstance(encoder, EncoderConfig):
             encoder = Encoder(encoder)
         config = _saved_config(path, manifest)
@@ -505,11 +508,25 @@ def _refuse_repeats(records: list[dict[str, Any]], what: str) -> None:
         raise ValueError(f"{what}: {repeated[:5]}.")
 
 
-def _saved_encoder(path: str | Path, manifest: dict[str, Any]) -> Any:
+def _saved_encoder(path: str | Path, manifest: dict[str, Any], trust_remote_code: bool) -> Any:
     config = manifest.get("encoder_config")
     if config is None:
         raise ValueError(f"{path} was saved with a custom encoder; pass encoder= to load it.")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} has an invalid manifest: encoder_config is {type(config).__name__}, not a dict.")
+    if _asks_for_code(config) and trust_remote_code is not True:
+        raise ValueError(f"{path} names an encoder that runs its model's own code (trust_remote_code=True, model "
+                         f"{config.get('model') or config.get('dense_model')!r}). Loading would run that code; if you "
+                         "trust the folder and the model, pass trust_remote_code=True to load, or pass encoder=.")
     return encoder_from_config(config)
+
+
+def _asks_for_code(config: Any) -> bool:
+    """Does a saved encoder config, at any depth, set ``trust_remote_code`` to anything but False?"""
+    if isinstance(config, dict):
+        return any((key == "trust_remote_code" and value is not False) or _asks_for_code(value)
+                   for key, value in config.items())
+    return isinstance(config, list) and any(_asks_for_code(value) for value in config)
 
 
 def _saved_config(path: str | Path, manifest: dict[str, Any]) -> SearchConfig:

@@ -212,7 +212,7 @@ def rank(
         # In the fused score's own units too; with all scores equal (sd 0) they only order.
         scores, calibrated = scores + total * sd, calibrated + total
     # calibrated orders as scores do (an increasing function of them, plus the adjustments)
-    if config.selection == "adaptive":
+    if config.selection == "adaptive" and include is None:  # explain ranks every message, even below the cut
         chosen = top_k(calibrated, k, config.threshold)
         chosen = chosen if chosen.size else top_k(calibrated, 1)
     else:

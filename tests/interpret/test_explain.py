@@ -50,3 +50,16 @@ def test_feature_text_names_every_feature_of_an_entry():
         "#1 #2 #7 (+2) 'the table' ('table')")
     assert feature_text({"id": 1, "label": "pats / mystics", "word": "violin"}) == "#1 'pats / mystics' at 'violin'"
     assert feature_text({"id": 1, "word": "violin"}) == "#1 at 'violin'"
+
+
+def test_features_with_one_phrase_are_one_entry_whatever_their_labels():
+    class Phrased(_SAE):
+        labels = {1: "name", 2: "name / named / call", 3: "chair"}
+        phrases = {1: "the name", 2: "the name"}
+
+        def phrase(self, feature):
+            return self.phrases.get(feature)
+
+    strongest, shared, _ = explain_features(_code({1: 0.5, 2: 0.4, 3: 0.3}), {1: 1.0, 2: 1.0, 3: 1.0}, Phrased(), 5)
+    assert [(f["ids"], f["phrase"], f["label"]) for f in strongest] == [([1, 2], "the name", "name"), ([3], None, "chair")]
+    assert [f["ids"] for f in shared] == [[1, 2], [3]]

@@ -42,6 +42,10 @@ def test_the_command_explains_a_saved_memory(encoder, tmp_path, capsys):
                               "--out", str(out)]) == 0
     assert "2 hits explained" in capsys.readouterr().out
     assert out.read_text(encoding="utf-8").count("class='hit'") == 2
+    for who in ([], ["--user", "mallory"], ["--user", "alice", "--session", "no-such-session"]):
+        with pytest.raises(SystemExit):  # an empty page would look like an answer
+            saememory_command(["explain", str(tmp_path / "memory"), QUESTION, "--out", str(tmp_path / "x.html"), *who])
+        assert "holds no messages of" in capsys.readouterr().err and not (tmp_path / "x.html").exists()
     with pytest.raises(SystemExit):
         saememory_command(["explain", str(tmp_path / "nowhere"), QUESTION])
     assert "not a folder" in capsys.readouterr().err

@@ -9,6 +9,7 @@ Milvus backend writes a manifest only).
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import hashlib
 import json
@@ -75,12 +76,39 @@ _MANIFEST_FIELDS = (
     ("backend", lambda value: value in ("faiss", "milvus"), "'faiss' or 'milvus'", False),  # older saves: inferred
 )
 _FILES_FIELD = ("files", _files, "an object of plain file names and lowercase hex sha256s", True)  # format 2 on
-# (field, check, rule): what every stored record holds.
-_RECORD_FIELDS = tuple((key, _of(str), "a string") for key in ("id", "content", "role", "session_id", "user_id")) + (
-    ("timestamp", _of(str, type(None)), "a string or null"),
+def _unicode(value: Any) -> bool:
+    """A str that is valid Unicode: JSON may spell a lone surrogate ("\\ud800"), which no save could write."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _utc_time(value: Any) -> bool:
+    """None, or a time as ``saememory.times.iso`` writes it (fixed width, UTC): filters compare them as text."""
+    if value is None:
+        return True
+    if not isinstance(value, str) or not _STORED_TIME.fullmatch(value):
+        return False
+    try:
+        dt.datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+_STORED_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00")
+# (field, check, rule): what every stored record holds, as add would have accepted it.
+_RECORD_FIELDS = tuple((key, lambda value: _unicode(value) and value != "", "a non-empty string of valid Unicode")
+                       for key in ("id", "role", "session_id", "user_id")) + (
+    ("content", _unicode, "a string of valid Unicode"),
+    ("timestamp", lambda value: value is None or _unicode(value), "a string of valid Unicode or null"),
     ("metadata", _of(dict), "an object"),
 )
-_OPTIONAL_RECORD_FIELDS = (("time", _of(str, type(None)), "a UTC time string or null"),)  # saves before times
+_OPTIONAL_RECORD_FIELDS = (("time", _utc_time, "a UTC time as saememory writes it, or null"),)  # saves before times
 
 
 def write_snapshot(
@@ -303,10 +331,13 @@ def read_records(path: str | Path, file: Path, n: int) -> list[dict[str, Any]]:
     records, seen = [], set()
     for number, line in enumerate(lines, 1):
         try:
-            record = json.loads(line)
+            record = json.loads(line, parse_constant=_no_constant)
         except (json.JSONDecodeError, RecursionError) as err:
             raise corrupt(path, file.name, f"line {number} is not JSON ({err})") from None
-        problem = _record_problem(record)
+        except ValueError as err:  # NaN or Infinity, which a save never writes
+            raise corrupt(path, file.name, f"line {number} holds {err}") from None
+        problem = _record_problem(record) or _metadata_problem(record["metadata"] if isinstance(record, dict)
+                                                               and isinstance(record.get("metadata"), dict) else {})
         if problem:
             raise corrupt(path, file.name, f"line {number} {problem}")
         key = (record["user_id"], record["id"])
@@ -352,6 +383,26 @@ def _live_snapshot(path: Path) -> tuple[Path, dict[str, Any]]:
         elif not check(manifest[key]):
             raise corrupt(path, where, f"has {key}={_short(manifest[key])}, but it must be {rule}")
     return snapshot, manifest
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name}, which is not JSON")
+
+
+def _metadata_problem(metadata: dict[str, Any]) -> str | None:
+    """Metadata a save could have written: valid Unicode keys and strings all the way down."""
+    stack = [metadata]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            if not all(_unicode(key) for key in value):
+                return "has metadata with a key that is not valid Unicode"
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str) and not _unicode(value):
+            return "has metadata with a string that is not valid Unicode"
+    return None
 
 
 def _record_problem(record: Any) -> str | None:

@@ -138,8 +138,9 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
     """A message's ``n`` strongest features, the ``n`` features it shares with the query that add
     most, and the share of the SAE score those shared features carry.
 
-    Features that read the same (the same label and phrase: a token SAE often has several
-    features for one word, "table") are listed once, as one entry whose ``ids`` name them all:
+    Features that read the same (the same phrase, or without one the same label: a token SAE
+    often has several features for one word, "table") are listed once, as one entry whose
+    ``ids`` name them all, with the label and phrase of the first:
     with the largest ``activation`` among them, or the sum of their ``contribution``. Five
     entries then give five different reasons, not "table" five times.
 
@@ -170,19 +171,20 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
     if sae is not None and getattr(sae, "families", None):
         for feature in strongest + shared:
             feature["family"] = sae.family(feature["id"])
-    return strongest, shared, (sum(f["contribution"] for f in shared) / total if total > 0 else 0.0)
+    carried = sum(c for _, group in groups for _, c in group)  # not the rounded contributions: a share stays <= 1
+    return strongest, shared, (min(1.0, carried / total) if total > 0 else 0.0)
 
 
 def _by_reading(items: Any, hidden: Mapping[int, str], name: Any) -> list[tuple[dict, list[tuple[int, float]]]]:
-    """``(feature, value)`` pairs, largest first, grouped by what a person reads (label and phrase;
-    an unlabelled feature is its own group), hidden features left out. Groups come in the order of
-    their first (largest) member."""
+    """``(feature, value)`` pairs, largest first, grouped by what a person reads first (the phrase,
+    else the label; an unlabelled feature is its own group), hidden features left out. Groups come
+    in the order of their first (largest) member, whose label and phrase they show."""
     groups: dict[Any, tuple[dict, list[tuple[int, float]]]] = {}
     for feature, value in items:
         if feature in hidden:
             continue
         reading = name(feature)
-        key = (reading["label"], reading["phrase"]) if reading["label"] else feature
+        key = reading["phrase"] or reading["label"] or feature  # what a person reads first
         groups.setdefault(key, (reading, []))[1].append((int(feature), float(value)))
     return list(groups.values())
 
