@@ -84,6 +84,7 @@ def test_asks_without_telling_tells_questions_from_news():
     assert flags == [True, True, True, False, False, False, True, False, False, False, False, True]
 
 
+
 def test_recency_places_each_record_in_time_and_leaves_unknown_times_at_zero():
     records = [record("a", time="2024-01-01"), record("b", time="2024-07-01"), record("c", time=None),
                record("d", time="2024-04-01")]
@@ -151,6 +152,9 @@ def test_search_about_a_past_month_keeps_what_was_true_then(encoder):
     assert then[0].content.startswith("I work as a nurse") and "supersedes" not in then[1].adjustments
     current_job = memory.search("Where do I work?", k=2, now=now)
     assert current_job[0].content.startswith("Big news")
+    memory.config = memory.config.replace(time_weight=0.0)  # no gain for the window, and still no rewrite of the past
+    assert not any("supersedes" in h.adjustments for h in memory.search("Where was I working in January?", now=now))
+    assert "supersedes" in memory.search("Where do I work?", k=1, now=now)[0].adjustments
 
 
 def test_adjustments_with_every_weight_off_change_nothing():

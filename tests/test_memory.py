@@ -71,6 +71,9 @@ def test_hit_carries_scores_and_features(memory, make):
     phrased = next((f for f in listed if f["phrase"]), None)
     text = format_hit(hit.content, hit.to_metadata())
     assert phrased is not None and f"#{phrased['id']} {phrased['phrase']!r} ({phrased['label']!r})" in text
+    share = {name: f"{'-' if v['normalized'] < 0 else ''}{v['share']:.0%}"  # what each signal weighs in the score
+             for name, v in hit.signals.items()}
+    assert f"[dense {share['dense']} · SAE {share['sparse']} · BM25 {share['bm25']}]" in text.splitlines()[0]
     # With every shared feature listed, contributions add up to the share of the sparse score
     # they carry. By default the features hygiene hides are out of the codes, so the listed ones
     # carry all of it; kept in the codes (hygiene=False), they carry the rest.
@@ -689,7 +692,8 @@ def test_a_manifest_cannot_make_load_run_a_models_code(encoder, tmp_path):
     evil = tmp_path / "not-a-model"  # were it loaded with trust_remote_code, its Python would run
     for edit in (lambda m: m["encoder_config"].update(model=str(evil), trust_remote_code=True),
                  lambda m: m["encoder_config"].update(trust_remote_code="yes"),
-                 lambda m: m["encoder_config"].update(lm={"trust_remote_code": 1})):
+                 lambda m: m.__setitem__("encoder_config", {"type": "lm"}),  # no key: LMEncoderConfig's default, True
+                 lambda m: m.__setitem__("encoder_config", {"lm": "google/gemma-2-2b"})):  # an old LM save
         memory.save(tmp_path / "m")
         snapshot = tmp_path / "m" / (tmp_path / "m" / "CURRENT").read_text()
         manifest = json.loads((snapshot / "manifest.json").read_text())

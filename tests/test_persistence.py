@@ -139,7 +139,6 @@ def test_a_duplicated_records_line_is_refused(tmp_path):
     ("user_id", "", "has user_id='', but it must be a non-empty string of valid Unicode"),
     ("role", "", "has role='', but it must be a non-empty string"),
     ("id", "a\ud800", "has id='a\\ud800', but it must be a non-empty string of valid Unicode"),
-    ("metadata", {"x": float("nan")}, "holds NaN, which is not JSON"),
     ("metadata", {"x": ["ok", "\udc80"]}, "has metadata with a string that is not valid Unicode"),
 ])
 def test_a_record_add_would_refuse_is_refused_when_loaded(tmp_path, field, value, problem):
@@ -153,6 +152,20 @@ def test_a_record_add_would_refuse_is_refused_when_loaded(tmp_path, field, value
     (snapshot / "records.jsonl").write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
     rehash(snapshot, "records.jsonl")
     refused(path, re.escape(f"corrupt: records.jsonl line 1 {problem}"))
+
+
+def test_metadata_nan_written_by_old_saves_still_loads(tmp_path):
+    # Saves of format 1 wrote metadata as given, NaN included; they must load, and save again.
+    path = tmp_path / "mem"
+    snapshot = save(path)
+    lines = (snapshot / "records.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    record["metadata"] = {"confidence": float("nan")}
+    (snapshot / "records.jsonl").write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    rehash(snapshot, "records.jsonl")
+    loaded = FaissBackend.load(path)[0]
+    (first,) = loaded.fetch(record["user_id"], [record["id"]])
+    assert np.isnan(first[0]["metadata"]["confidence"])
 
 @pytest.mark.parametrize("name", ["dense_values.npy", "dense_scale.npy", "sparse_indices.npy", "sparse_values.npy",
                                   "sparse_scale.npy", "records.jsonl", "bm25_tf.npz"])

@@ -99,8 +99,9 @@ def adjustments(records: list[dict[str, Any]], calibrated: np.ndarray, query: st
     asks = asks_without_telling(records, query, config.bm25_stemmer)
     if config.asks_penalty:
         out["asks"] = -config.asks_penalty * asks.astype(np.float64)
-    window = query_window(query, now) if config.time_weight else None
-    if window is not None:
+    # The time the query names: a gain with time_weight, and a bound on supersession either way.
+    window = query_window(query, now) if config.time_weight or config.supersede_depth else None
+    if window is not None and config.time_weight:
         out["time"] = config.time_weight * within(records, window).astype(np.float64)
     if config.supersede_depth:
         scores = calibrated + sum(out.values(), np.zeros(len(records)))

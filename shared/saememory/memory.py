@@ -26,8 +26,8 @@ import scipy.sparse as sp
 from saememory.backends import Backend, FaissBackend, backend_class
 from saememory.backends import snapshot
 from saememory.config import finite, first_difference, positive_int
-from saememory.encoders import Encoded, check_encoded, encoder_config, encoder_from_config
-from saememory.encoders.base import identity_hint
+from saememory.encoders import Encoded, check_encoded, encoder_config
+from saememory.encoders.base import identity_hint, saved_encoder_config
 from saememory.encoders.sentence_transformer import Encoder, EncoderConfig
 from saememory.interpret.explain import Hit, make_hit
 from saememory.interpret.steering import resolve_steering, steer_dense
@@ -514,19 +514,14 @@ def _saved_encoder(path: str | Path, manifest: dict[str, Any], trust_remote_code
         raise ValueError(f"{path} was saved with a custom encoder; pass encoder= to load it.")
     if not isinstance(config, dict):
         raise ValueError(f"{path} has an invalid manifest: encoder_config is {type(config).__name__}, not a dict.")
-    if _asks_for_code(config) and trust_remote_code is not True:
+    encoder_class, settings = saved_encoder_config(config)  # defaults filled in: a key left out is not a "no"
+    if getattr(settings, "trust_remote_code", False) is not False and trust_remote_code is not True:
+        model = getattr(settings, "model", None) or getattr(settings, "dense_model", None)
         raise ValueError(f"{path} names an encoder that runs its model's own code (trust_remote_code=True, model "
-                         f"{config.get('model') or config.get('dense_model')!r}). Loading would run that code; if you "
-                         "trust the folder and the model, pass trust_remote_code=True to load, or pass encoder=.")
-    return encoder_from_config(config)
-
-
-def _asks_for_code(config: Any) -> bool:
-    """Does a saved encoder config, at any depth, set ``trust_remote_code`` to anything but False?"""
-    if isinstance(config, dict):
-        return any((key == "trust_remote_code" and value is not False) or _asks_for_code(value)
-                   for key, value in config.items())
-    return isinstance(config, list) and any(_asks_for_code(value) for value in config)
+                         f"{model!r}). Loading would run that code. If you trust the folder and the model, pass "
+                         "trust_remote_code=True to SAEMemory.load (saememory explain: --trust-remote-code), or "
+                         "pass the encoder yourself (encoder=).")
+    return encoder_class(settings)
 
 
 def _saved_config(path: str | Path, manifest: dict[str, Any]) -> SearchConfig:

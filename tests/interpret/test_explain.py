@@ -63,3 +63,14 @@ def test_features_with_one_phrase_are_one_entry_whatever_their_labels():
     strongest, shared, _ = explain_features(_code({1: 0.5, 2: 0.4, 3: 0.3}), {1: 1.0, 2: 1.0, 3: 1.0}, Phrased(), 5)
     assert [(f["ids"], f["phrase"], f["label"]) for f in strongest] == [([1, 2], "the name", "name"), ([3], None, "chair")]
     assert [f["ids"] for f in shared] == [[1, 2], [3]]
+
+
+def test_the_strongest_list_reads_on_when_the_top_features_all_read_the_same():
+    class Many(_SAE):
+        hidden: dict = {}
+        labels = {**{f: "table" for f in range(30)}, 30: "chair"}
+
+    code = sp.csr_matrix(([1.0 - f / 100 for f in range(31)], ([0] * 31, list(range(31)))), shape=(1, 40))
+    strongest, _, _ = explain_features(code, {}, Many(), 2)
+    assert [f["label"] for f in strongest] == ["table", "chair"]
+    assert strongest[0]["ids"] == list(range(30))  # read on past the first 4 x 2: every "table" is named

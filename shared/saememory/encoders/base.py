@@ -161,6 +161,17 @@ def encoder_from_config(config: dict[str, Any]) -> EncoderProtocol:
     Raises:
         ValueError: If the type is not registered, or the settings are not that type's.
     """
+    encoder_class, settings = saved_encoder_config(config)
+    return encoder_class(settings)
+
+
+def saved_encoder_config(config: dict[str, Any]) -> tuple[type, Any]:
+    """The encoder class and its config object a saved config describes, with every default
+    filled in, before any model is loaded (``encoder_from_config`` then builds it).
+
+    Raises:
+        ValueError: If the type is not registered, or the settings are not that type's.
+    """
     settings = dict(config)
     kind = settings.pop("type", None) or ("lm" if "lm" in settings else "sentence-transformer")
     if kind not in ENCODER_TYPES:
@@ -170,7 +181,7 @@ def encoder_from_config(config: dict[str, Any]) -> EncoderProtocol:
         )
     module_name, encoder_class, config_class = ENCODER_TYPES[kind]
     module = importlib.import_module(module_name)
-    return getattr(module, encoder_class)(getattr(module, config_class).from_dict(settings))
+    return getattr(module, encoder_class), getattr(module, config_class).from_dict(settings)
 
 
 def check_encoded(encoded: Encoded, n: int, dim: int, d_sae: int, what: str = "messages") -> Encoded:

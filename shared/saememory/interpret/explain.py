@@ -17,6 +17,8 @@ import scipy.sparse as sp
 
 from saememory.interpret.labels import STOPWORDS
 
+STRONGEST_READ = 4  # a hit's n strongest entries are formed from its STRONGEST_READ * n strongest features
+SIGNAL_NAMES = {"dense": "dense", "sparse": "SAE", "bm25": "BM25"}  # as format_hit names each signal's share
 WORDS_PER_QUERY_WORD = 3  # message words shown for each query word in a hit's matched_words
 # Hit metadata an LLM prompt or an embedder should not see: scores and SAE explanations.
 EXPLANATION_KEYS = ("score", "dense_score", "sparse_score", "bm25_score", "calibrated_score", "signals", "rank",
@@ -49,13 +51,15 @@ class Hit:
         features: The message's strongest SAE features: ``id``, ``activation``, ``label`` (the
             words it reads) and ``phrase`` (those words in context, e.g. "looking for"; None
             where its top activations share no phrase). Features that read the same are one
-            entry: ``ids`` names them all, ``id`` the strongest. With words read
+            entry: ``ids`` names them (among the message's 20 strongest), ``id`` the strongest;
+            to steer by an entry, steer by all of its ``ids``. With words read
             (``matched_words``), ``word`` is the message word where ``id`` fired: a label is
             read from other text, and the word says what the feature meant here.
         shared_features: Features active in both query and message, with ``contribution``: their
             share of ``sparse_score`` (the contributions of all shared features, listed or not,
             sum to it); features that read the same are one entry (``ids``), their
-            contributions summed; ``word`` as in ``features``.
+            contributions summed (``query_activation`` and ``family`` are the first's);
+            ``word`` as in ``features``.
             Features that read form, not meaning (function words, punctuation, features on
             most messages; ``saememory.interpret.hygiene``) are never listed, in either list.
         explained_share: The share of ``sparse_score`` that the listed ``shared_features``
@@ -140,8 +144,9 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
 
     Features that read the same (the same phrase, or without one the same label: a token SAE
     often has several features for one word, "table") are listed once, as one entry whose
-    ``ids`` name them all, with the label and phrase of the first:
-    with the largest ``activation`` among them, or the sum of their ``contribution``. Five
+    ``ids`` name them (in the strongest list, those among the ``STRONGEST_READ`` x n strongest),
+    with the label and phrase of the first, the largest ``activation`` among them, or the sum
+    of their ``contribution``. Five
     entries then give five different reasons, not "table" five times.
 
     Features the SAE's hygiene hides (``sae.hidden``: function words, punctuation, features on
@@ -154,9 +159,15 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
     name = feature_names(sae)
     hidden = getattr(sae, "hidden", None) or {}
     ids, acts = code.indices, code.data
+    # The strongest few times n are read, not all of a code's hundreds of features: features that
+    # read the same fire on the same word, so their activations are close.
     order = np.argsort(-acts, kind="stable").tolist()
+    scan = [(int(ids[i]), float(acts[i])) for i in order[:STRONGEST_READ * n]]
+    groups = _by_reading(scan, hidden, name)
+    if len(groups) < n:  # many hidden or same-reading features at the top: read on
+        groups = _by_reading(((int(ids[i]), float(acts[i])) for i in order), hidden, name)
     strongest = [{"id": group[0][0], "ids": [f for f, _ in group], "activation": round(group[0][1], 6), **reading}
-                 for reading, group in _by_reading(((int(ids[i]), float(acts[i])) for i in order), hidden, name)[:n]]
+                 for reading, group in groups[:n]]
     query_ids = np.fromiter(q_acts, dtype=np.int64, count=len(q_acts))
     query_values = np.fromiter(q_acts.values(), dtype=np.float64, count=len(q_acts))
     order = np.argsort(query_ids)
@@ -284,24 +295,30 @@ def format_hit(content: str, metadata: Mapping[str, Any], width: int = 100) -> s
     name = feature_text
     text = "".join(ch if ch.isprintable() else " " for ch in content)  # one line; no terminal escapes
     text = text if len(text) <= width else text[: width - 1] + "…"
-    bm25 = f" bm25={metadata['bm25_score']:.2f}" if "bm25" in (metadata.get("signals") or {}) else ""
+    signals = metadata.get("signals") or {}
+    bm25 = f" bm25={metadata['bm25_score']:.2f}" if "bm25" in signals else ""
+    # How much each signal weighs in this hit's score (the SAE is one of up to three); minus: it
+    # scores below the user's average for this query, so it pulls the score down.
+    shares = " · ".join(f"{SIGNAL_NAMES.get(s, s)} {'-' if v.get('normalized', 0.0) < 0 else ''}{v['share']:.0%}"
+                        for s, v in signals.items() if isinstance(v, Mapping) and "share" in v)
     lines = [
         f"[{metadata.get('rank', '?')}] score={metadata['score']:.3f} (z={metadata.get('calibrated_score', 0.0):.1f}) "
-        f"dense={metadata['dense_score']:.3f} sparse={metadata['sparse_score']:.3f}{bm25}  "
+        f"dense={metadata['dense_score']:.3f} sparse={metadata['sparse_score']:.3f}{bm25}"
+        f"{f' [{shares}]' if shares else ''}  "
         f"({metadata.get('session_id')}, {metadata.get('timestamp')}, {metadata.get('role')})"
         f"{' [truncated]' if metadata.get('truncated') else ''}",
         f"    {text}",
     ]
-    if metadata.get("shared_features"):
-        shared = ", ".join(f"{name(f)} +{f['contribution']:.3f}" for f in metadata["shared_features"])
-        carried = f" ({metadata['explained_share']:.0%} of the SAE score)" if "explained_share" in metadata else ""
-        lines.append(f"    matched on: {shared}{carried}")
-    if metadata.get("matched_words"):
+    if metadata.get("matched_words"):  # first: the pairs carry most of the SAE score, in the hit's own words
         groups: dict[str, list[str]] = {}  # query word -> its message words, in the order shown
         for p in metadata["matched_words"]:
             groups.setdefault(p["query_word"], []).append(f"{p['message_word']!r} +{p['contribution']:.3f}")
         pairs = "; ".join(f"{word!r} ~ " + ", ".join(matched) for word, matched in groups.items())
         lines.append(f"    words: {pairs} ({metadata.get('words_share', 0.0):.0%} of the SAE score)")
+    if metadata.get("shared_features"):
+        shared = ", ".join(f"{name(f)} +{f['contribution']:.3f}" for f in metadata["shared_features"])
+        carried = f" ({metadata['explained_share']:.0%} of the SAE score)" if "explained_share" in metadata else ""
+        lines.append(f"    matched on: {shared}{carried}")
     if metadata.get("adjustments"):
         lines.append("    adjusted: " + ", ".join(f"{k} {v:+.2f}" for k, v in metadata["adjustments"].items()))
     if metadata.get("features"):
