@@ -85,6 +85,15 @@ def test_asks_without_telling_tells_questions_from_news():
 
 
 
+@pytest.mark.parametrize("text, asks", [
+    ("Good to have a doctor you trust. How often do you see them?", True),  # function words are not its own
+    ("Love the name. What breed is your dog?", True),
+    ("Your appointment with Dr. Alvarez is on Monday at nine, right?", False),  # it tells: a name, a day, a time
+])
+def test_a_reply_that_only_asks_back_is_told_from_one_that_tells(text, asks):
+    assert asks_without_telling([record(text, role="assistant")], "Who is my doctor?", "english").tolist() == [asks]
+
+
 def test_recency_places_each_record_in_time_and_leaves_unknown_times_at_zero():
     records = [record("a", time="2024-01-01"), record("b", time="2024-07-01"), record("c", time=None),
                record("d", time="2024-04-01")]

@@ -9,8 +9,8 @@ messages for this query) and is recorded on the hit, so a ranking can always be 
   later one ranks first.
 - ``asks``: a message that asks without telling loses ``asks_penalty``. It has a question (a
   sentence that ends in "?" and opens as an English question does) and tells nothing else: an
-  assistant's message may add at most two words of its own ("Love the name. What breed is
-  he?"); the user's has no sentence besides its questions, and they add at most four words to
+  assistant's message may add at most two words of its own, function words not counted ("Love
+  the name. What breed is he?", "Good to have a doctor you trust. How often do you see them?"); the user's has no sentence besides its questions, and they add at most four words to
   the query's (the same question asked earlier and stored, or another short one: "Who is my
   doctor?"). A question that carries news ("Can you suggest a gift for my sister Ana, who turns
   40 in May?") keeps its score, and so does a statement with a question tagged on ("My dog is
@@ -139,9 +139,22 @@ def asks_without_telling(records: list[dict[str, Any]], query: str, stemmer: str
             continue  # no question at all
         if record["role"] == "user":
             out[i] = not stated and len(asked - query_words) <= NEW_QUESTION_WORDS
-        else:
-            out[i] = len(stated - query_words) <= OWN_WORDS
+        else:  # a reply's function words are not words of its own: "Good to have a doctor you trust."
+            out[i] = len(stated - query_words - _function_words(stemmer)) <= OWN_WORDS
     return out
+
+
+_FUNCTION_WORDS: dict[str | None, frozenset[str]] = {}
+
+
+def _function_words(stemmer: str | None) -> frozenset[str]:
+    """English function words (``interpret.labels.STOPWORDS``) as BM25 tokenises them with ``stemmer``."""
+    found = _FUNCTION_WORDS.get(stemmer)
+    if found is None:  # two threads may both fill it: with the same set
+        from saememory.interpret.labels import STOPWORDS
+
+        found = _FUNCTION_WORDS[stemmer] = frozenset(tokenize([" ".join(sorted(STOPWORDS))], stemmer)[0])
+    return found
 
 
 _TOLD_AND_ASKED: dict[tuple[bytes, str | None], tuple[frozenset[str], frozenset[str], bool]] = {}
