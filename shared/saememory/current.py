@@ -10,7 +10,8 @@ messages for this query) and is recorded on the hit, so a ranking can always be 
 - ``asks``: a message that asks without telling loses ``asks_penalty``. It has a question (a
   sentence that ends in "?" and opens as an English question does) and tells nothing else: an
   assistant's message may add at most two words of its own, function words not counted ("Love
-  the name. What breed is he?", "Good to have a doctor you trust. How often do you see them?"); the user's has no sentence besides its questions, and they add at most four words to
+  the name. What breed is he?", "Good to have a doctor you trust. How often do you see
+  them?"); the user's has no sentence besides its questions, and they add at most four words to
   the query's (the same question asked earlier and stored, or another short one: "Who is my
   doctor?"). A question that carries news ("Can you suggest a gift for my sister Ana, who turns
   40 in May?") keeps its score, and so does a statement with a question tagged on ("My dog is

@@ -51,8 +51,8 @@ class Hit:
         features: The message's strongest SAE features: ``id``, ``activation``, ``label`` (the
             words it reads) and ``phrase`` (those words in context, e.g. "looking for"; None
             where its top activations share no phrase). Features that read the same are one
-            entry: ``ids`` names them (among the message's 20 strongest), ``id`` the strongest;
-            to steer by an entry, steer by all of its ``ids``. With words read
+            entry: ``ids`` names them (among the message's 4 x ``top_features`` strongest),
+            ``id`` the strongest; to steer by an entry, steer by all of its ``ids``. With words read
             (``matched_words``), ``word`` is the message word where ``id`` fired: a label is
             read from other text, and the word says what the feature meant here.
         shared_features: Features active in both query and message, with ``contribution``: their
@@ -146,8 +146,8 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
     often has several features for one word, "table") are listed once, as one entry whose
     ``ids`` name them (in the strongest list, those among the ``STRONGEST_READ`` x n strongest),
     with the label and phrase of the first, the largest ``activation`` among them, or the sum
-    of their ``contribution``. Five
-    entries then give five different reasons, not "table" five times.
+    of their ``contribution``. Five entries then give five different reasons, not "table" five
+    times.
 
     Features the SAE's hygiene hides (``sae.hidden``: function words, punctuation, features on
     most messages; see ``saememory.interpret.hygiene``) are never listed. By default the encoder
@@ -272,7 +272,7 @@ def feature_text(feature: Mapping[str, Any]) -> str:
     first where there is one, else ``"#12 'looking / trying'"``, else ``"#12"``; an entry of
     several features that read the same names up to three: ``"#12 #40 #77 'table'"``, then
     ``"#12 #40 #77 (+2) 'table'"``; where the word it fired on is known, ``"... at 'desk'"``."""
-    ids = [int(f) for f in feature.get("ids") or [feature["id"]]]
+    ids = list(feature.get("ids") or [feature["id"]])
     text = " ".join(f"#{f}" for f in ids[:3]) + (f" (+{len(ids) - 3})" if len(ids) > 3 else "")
     # repr below: a label from a user's own SAE files may hold newlines or escapes
     if feature.get("phrase"):
