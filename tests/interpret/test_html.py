@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 
 import pytest
@@ -52,6 +53,13 @@ def test_the_command_explains_a_saved_memory(encoder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         saememory_command(["explain", str(tmp_path / "memory"), "  "])
     assert "query" in capsys.readouterr().err
+    snapshot = tmp_path / "memory" / (tmp_path / "memory" / "CURRENT").read_text()
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    manifest["encoder_config"]["trust_remote_code"] = True  # an edited folder: loading would run a model's code
+    (snapshot / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit):
+        saememory_command(["explain", str(tmp_path / "memory"), QUESTION, "--user", "alice"])
+    assert "--trust-remote-code" in capsys.readouterr().err
 
 
 def test_hostile_labels_phrases_and_examples_stay_text(encoder, tmp_path):
