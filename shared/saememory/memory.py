@@ -512,8 +512,6 @@ def _saved_encoder(path: str | Path, manifest: dict[str, Any], trust_remote_code
     config = manifest.get("encoder_config")
     if config is None:
         raise ValueError(f"{path} was saved with a custom encoder; pass encoder= to load it.")
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} has an invalid manifest: encoder_config is {type(config).__name__}, not a dict.")
     encoder_class, settings = saved_encoder_config(config)  # defaults filled in: a key left out is not a "no"
     if getattr(settings, "trust_remote_code", False) is not False and trust_remote_code is not True:
         model = getattr(settings, "model", None) or getattr(settings, "dense_model", None)
