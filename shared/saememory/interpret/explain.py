@@ -166,8 +166,7 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
     groups = _by_reading(scan, hidden, name)
     if len(groups) < n:  # many hidden or same-reading features at the top: read on
         groups = _by_reading(((int(ids[i]), float(acts[i])) for i in order), hidden, name)
-    strongest = [{"id": group[0][0], "ids": [f for f, _ in group], "activation": round(group[0][1], 6), **reading}
-                 for reading, group in groups[:n]]
+    strongest = [_entry(reading, group, activation=round(group[0][1], 6)) for reading, group in groups[:n]]
     query_ids = np.fromiter(q_acts, dtype=np.int64, count=len(q_acts))
     query_values = np.fromiter(q_acts.values(), dtype=np.float64, count=len(q_acts))
     order = np.argsort(query_ids)
@@ -176,14 +175,24 @@ def explain_features(code: sp.csr_matrix, q_acts: dict[int, float], sae: Any, n:
     contributions = acts[inside].astype(np.float64) * query_values[order][position[inside]]
     total = float(contributions.sum())
     both = sorted(zip(ids[inside].tolist(), contributions.tolist()), key=lambda item: -item[1])
-    groups = sorted(_by_reading(both, hidden, name), key=lambda item: -sum(c for _, c in item[1]))[:n]
-    shared = [{"id": group[0][0], "ids": [f for f, _ in group], "contribution": round(sum(c for _, c in group), 6),
-               "query_activation": round(q_acts[group[0][0]], 6), **reading} for reading, group in groups]
+    groups = _most_carried(_by_reading(both, hidden, name))[:n]
+    shared = [_entry(reading, group, contribution=round(sum(c for _, c in group), 6),
+                     query_activation=round(q_acts[group[0][0]], 6)) for reading, group in groups]
     if sae is not None and getattr(sae, "families", None):
         for feature in strongest + shared:
             feature["family"] = sae.family(feature["id"])
     carried = sum(c for _, group in groups for _, c in group)  # not the rounded contributions: a share stays <= 1
     return strongest, shared, (min(1.0, carried / total) if total > 0 else 0.0)
+
+
+def _entry(reading: dict, group: list[tuple[int, float]], **values: float) -> dict[str, Any]:
+    """One listed entry: its first feature's ``id``, every feature's ``ids``, ``values``, then the reading."""
+    return {"id": group[0][0], "ids": [f for f, _ in group], **values, **reading}
+
+
+def _most_carried(groups: list[tuple[Any, list[tuple[int, float]]]]) -> list[tuple[Any, list[tuple[int, float]]]]:
+    """``(key, [(feature, value), ...])`` groups, the largest summed value first."""
+    return sorted(groups, key=lambda item: -sum(value for _, value in item[1]))
 
 
 def _by_reading(items: Any, hidden: Mapping[int, str], name: Any) -> list[tuple[dict, list[tuple[int, float]]]]:
@@ -248,12 +257,11 @@ def match_words(code: sp.csr_matrix, q_acts: dict[int, float], query: tuple[list
             by_query_word.setdefault(words[0], []).append((words, feats))
     carries = {w: sum(c for _, feats in group for _, c in feats) for w, group in by_query_word.items()}
     shown = [pair for w in sorted(carries, key=lambda w: -carries[w])[:n]
-             for pair in sorted(by_query_word[w], key=lambda item: -sum(c for _, c in item[1]))[:per_word]]
+             for pair in _most_carried(by_query_word[w])[:per_word]]
     out = [{"query_word": qw, "message_word": mw, "contribution": round(sum(c for _, c in feats), 6),
-            "features": [{"id": group[0][0], "ids": [f for f, _ in group], **reading,
-                          "contribution": round(sum(c for _, c in group), 6)}
-                         for reading, group in sorted(_by_reading(sorted(feats, key=lambda x: -x[1]), hidden, name),
-                                                      key=lambda item: -sum(c for _, c in item[1]))[:3]]}
+            "features": [_entry(reading, group, contribution=round(sum(c for _, c in group), 6))
+                         for reading, group in _most_carried(_by_reading(sorted(feats, key=lambda x: -x[1]), hidden,
+                                                                         name))[:3]]}
            for (qw, mw), feats in shown]
     carried = sum(c for _, feats in shown for _, c in feats)
     return out, (min(1.0, carried / total) if total > 0 else 0.0)
