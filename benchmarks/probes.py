@@ -1,7 +1,8 @@
-"""Probes on LongMemEval-S's dev split that chose what to build: rerankers, and sentence vectors.
+"""Probes on LongMemEval-S's dev split that chose what to build: rerankers, session diversity, sentence vectors.
 
     python benchmarks/probes.py rerank       # pseudo-relevance feedback, neighbour and session bonuses
     python benchmarks/probes.py sentences    # sentence vectors: alone, as the dense signal, or a fourth signal
+    python benchmarks/probes.py diversity    # at most a few turns per session in the top 10 (MMR by session)
 
 Both score cached matrices of the dev split's user turns (whole messages, ``EncoderConfig(split="none")``,
 from ``benchmarks/longmemeval.py``'s cache; ``--fill`` encodes what is missing) against the fusion
@@ -137,6 +138,27 @@ def rerank(data: list[dict]) -> None:
         score(data, lambda d, g=gamma: neighbours(d, g, True), f"bonus from the session's best turn, {gamma}", base)
 
 
+def diversity(data: list[dict]) -> None:
+    """Greedy top 10 in which each turn loses ``lam`` (z units) for every turn of its session already
+    picked: multi-session questions need evidence from several sessions in the top 10."""
+    def diverse(d: dict, lam: float) -> np.ndarray:
+        base = z(fused(d["dense"], d["sparse"], d["bm25"]))
+        pool, picked, count = set(np.argsort(-base, kind="stable")[:50].tolist()), [], {}
+        while pool and len(picked) < 10:
+            best = max(pool, key=lambda i: (base[i] - lam * count.get(d["sessions"][i], 0), -i))
+            picked.append(best)
+            pool.remove(best)
+            count[d["sessions"][best]] = count.get(d["sessions"][best], 0) + 1
+        out = np.full(len(base), -np.inf)
+        out[picked] = -np.arange(len(picked), dtype=np.float64)  # the greedy order
+        return out
+
+    print("| ranking | turn R_all@10 | nDCG@10 | Δ R_all@10 [95% CI] | Δ nDCG@10 [95% CI] |\n|---|---:|---:|---:|---:|")
+    base = score(data, lambda d: fused(d["dense"], d["sparse"], d["bm25"]), "dense + 2 × SAE + BM25 (before)")
+    for lam in (0.25, 0.5, 1.0):
+        score(data, lambda d, lam=lam: diverse(d, lam), f"session diversity, {lam} per turn of the session already in", base)
+
+
 def sentence_vectors(data: list[dict], cache: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per turn text: its sentences' unit vectors, naive (each encoded alone) and late (pooled from the whole turn)."""
     from tqdm.auto import tqdm
@@ -193,7 +215,7 @@ def sentences(data: list[dict], cache: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("probe", choices=("rerank", "sentences"))
+    parser.add_argument("probe", choices=("rerank", "sentences", "diversity"))
     parser.add_argument("--fill", action="store_true", help="encode (and cache) the turns not cached yet")
     args = parser.parse_args(argv)
     caches = bench.Caches(bench.ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(split="none")))
@@ -202,7 +224,9 @@ def main(argv: list[str] | None = None) -> None:
             caches.fill([m["content"] for m in lme.messages(q, "user")], [q["question"]])
     data = questions(caches)
     print(f"{len(data)} strict dev questions\n")
-    (rerank if args.probe == "rerank" else lambda d: sentences(d, bench.ROOT / "benchmarks" / ".cache" / "probes"))(data)
+    probes = {"rerank": rerank, "diversity": diversity,
+              "sentences": lambda d: sentences(d, bench.ROOT / "benchmarks" / ".cache" / "probes")}
+    probes[args.probe](data)
 
 
 if __name__ == "__main__":
