@@ -30,15 +30,20 @@ def message_id(message: ChatMessage, session_id: str | None, user_id: str) -> st
 
 
 class SAEMemoryBlock(BaseMemoryBlock[str]):
-    """Indexes every message of the conversation and injects the relevant past ones.
+    """Indexes the conversation and injects the relevant past messages.
 
     LlamaIndex hands memory blocks only the messages flushed out of the short-term queue; this
-    block also indexes every message it is shown when the memory is read (system messages
-    excepted: they are instructions, not conversation). Nothing said is
-    missed, and a message is searchable from the next turn on. It searches with the newest
-    message, leaves out messages still in the short-term chat history (they are in the prompt
-    already), and returns them as ``[timestamp] role: content`` lines. SAE features and scores
-    stay out of the prompt.
+    block also indexes every message it is shown when the memory is read, the newest (the
+    question being answered) included; system messages are left out (they are instructions,
+    not conversation). A message is searchable from the next turn on. It searches with the
+    newest message, leaves out messages still in the short-term chat history (they are in the
+    prompt already), and returns them as ``[timestamp] role: content`` lines. SAE features and
+    scores stay out of the prompt.
+
+    The reply to the last question of a conversation is shown to the block only by a later
+    read of the same ``Memory`` or a flush. When a conversation ends, store the rest with
+    ``block.index(memory.get_all(), session_id=memory.session_id)`` (or ``await
+    block.aindex(...)``); messages already stored are skipped.
 
     Sessions: LlamaIndex's ``Memory`` gives every message it hands a block its own
     ``session_id``, so one ``Memory`` is one session; make one per conversation over the same
@@ -50,10 +55,17 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
         user_id: Owner of every message this block stores and the user it reads; a message
             naming another user is refused. Defaults to None (the default user).
         min_score: Inject only hits with at least this combined score. Defaults to None.
+        now: The time questions are asked at, which their time words ("two weeks ago") count
+            back from (any timestamp form; see ``saememory.Message``). Defaults to None: the
+            present at each read.
         name: Block name in the memory template. Defaults to ``"saememory"``.
+
+    Raises:
+        pydantic.ValidationError: On a setting this block does not have (a misspelt ``user_id``
+            would otherwise read and write the default user).
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     name: str = "saememory"
     description: str | None = "Relevant messages from earlier in the conversation."
@@ -61,6 +73,22 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
     k: int = 5
     user_id: str | None = None
     min_score: float | None = None
+    now: Any = None
+
+    def index(self, messages: list[ChatMessage], session_id: str | None = None) -> list[str]:
+        """Stores the messages not stored yet (system messages, tool calls and empty turns left
+        out), as this block's user; returns the ids of the ones kept, stored now or before.
+
+        Args:
+            messages: The conversation, e.g. ``memory.get_all()`` when it ends.
+            session_id: Their session, e.g. ``memory.session_id``. Defaults to None: each
+                message's own ``session_id`` in ``additional_kwargs``, else ``"default"``.
+        """
+        return sorted(self._index(list(messages), session_id))
+
+    async def aindex(self, messages: list[ChatMessage], session_id: str | None = None) -> list[str]:
+        """``index`` off the event loop (encoding is CPU-bound)."""
+        return await asyncio.to_thread(self.index, list(messages), session_id)
 
     def _index(self, messages: list[ChatMessage], session_id: str | None) -> set[str]:
         """Adds the messages not stored yet; returns the ids of all of them."""
@@ -90,11 +118,12 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
         if not messages:
             return ""
         query = messages[-1].content if isinstance(messages[-1].content, str) else ""
-        in_prompt = self._index(messages[:-1], session_id)
-        seen = {(getattr(m.role, "value", m.role), m.content) for m in messages[:-1]}
+        in_prompt = self._index(messages, session_id)  # the question too: a chat app stores what was asked
+        seen = {(getattr(m.role, "value", m.role), m.content) for m in messages}
         if not query.strip() or len(self.memory) == 0:
             return ""
-        hits = self.memory.search(query, k=self.k + len(messages), user_id=self.user_id, min_score=self.min_score)
+        hits = self.memory.search(query, k=self.k + len(messages), user_id=self.user_id, min_score=self.min_score,
+                                  now=self.now)
         lines = [
             f"[{h.timestamp or h.session_id}] {h.role}: {h.content}"
             for h in hits

@@ -87,6 +87,7 @@ async def test_memory_block_indexes_everything_and_recalls_old_turns(encoder):
     from llama_index.core.memory import Memory
 
     from llama_index_saememory import SAEMemoryBlock
+    from llama_index_saememory.memory_block import message_id
     from saememory import SAEMemory
 
     block = SAEMemoryBlock(memory=SAEMemory(encoder), k=2)
@@ -100,9 +101,49 @@ async def test_memory_block_indexes_everything_and_recalls_old_turns(encoder):
     with_blocks = await memory.aget(input=QUESTION)
     injected = with_blocks[0].content
     assert PLANTED in injected and "features" not in injected
-    # Every message was indexed, flushed or not, once each ("Noted." twice is one message).
-    assert len(block.memory) == 6
+    # Every message was indexed, flushed or not, once each ("Noted." twice is one message), and
+    # so was the question asked.
+    assert len(block.memory) == 7 and block.memory.contains(message_id(ChatMessage(role="user", content=QUESTION),
+                                                                        "s", "default"))
     # Messages still in the short-term queue are already in the prompt: not injected again.
     recalled = await block.aget(in_queue + [ChatMessage(role="user", content="I bought new shoes?")], session_id="s")
-    assert "I bought new shoes." not in recalled and recalled
-    assert len(block.memory) == 6
+    assert "I bought new shoes." not in recalled and "I bought new shoes?" not in recalled and recalled
+    assert len(block.memory) == 8
+
+
+async def test_memory_block_stores_the_question_and_index_stores_a_conversation_end(encoder):
+    from llama_index.core.memory import Memory
+
+    from llama_index_saememory import SAEMemoryBlock
+    from saememory import SAEMemory
+
+    block = SAEMemoryBlock(memory=SAEMemory(encoder), k=2, user_id="alice")
+    memory = Memory.from_defaults(session_id="s1", memory_blocks=[block])
+    await memory.aput(ChatMessage(role="user", content="Which vet did I pick for Biscuit?"))
+    await memory.aget()  # a turn's read: the question is stored, not only the messages before it
+    assert len(block.memory) == 1
+    await memory.aput(ChatMessage(role="assistant", content="You picked Dr. Lee at Elm Street Vets."))
+    # The last reply reaches the block only through index(); stored messages are skipped.
+    ids = await block.aindex(await memory.aget_all(), session_id=memory.session_id)
+    assert len(ids) == 2 and len(block.memory) == 2
+    assert block.index(memory.get_all(), session_id="s1") == ids and len(block.memory) == 2
+    assert {m["role"] for m in block.memory.messages("alice")} == {"user", "assistant"}
+
+
+def test_memory_block_reads_time_words_from_now_and_refuses_unknown_settings(encoder):
+    import datetime as dt
+
+    import pydantic
+    import pytest
+
+    from llama_index_saememory import SAEMemoryBlock
+    from saememory import SAEMemory
+
+    memory = SAEMemory(encoder)
+    memory.add([{"content": "I ran a half marathon in Oslo.", "timestamp": "2025-03-08T12:00:00Z", "id": "march"},
+                {"content": "I ran a half marathon in Bergen.", "timestamp": "2025-06-08T12:00:00Z", "id": "june"}])
+    question = [ChatMessage(role="user", content="Which half marathon did I run in March?")]
+    recalled = SAEMemoryBlock(memory=memory, k=1, now=dt.datetime(2025, 7, 1, tzinfo=dt.timezone.utc))._recall(question, "s")
+    assert "Oslo" in recalled and "Bergen" not in recalled
+    with pytest.raises(pydantic.ValidationError):
+        SAEMemoryBlock(memory=memory, userid="alice")  # a misspelt setting, not the default user silently
