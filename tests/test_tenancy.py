@@ -380,3 +380,63 @@ def test_explain_ranks_and_scores_as_search_does(make):
     for hit in memory.search(query, k=10):
         explained = memory.explain(query, hit.id)
         assert (explained.rank, round(explained.score, 6)) == (hit.rank, round(hit.score, 6))
+
+
+@pytest.mark.parametrize("index", ["Flat", "HNSW32", "IVF1,Flat"])
+@pytest.mark.parametrize("step", ["lexical", "faiss", "records"])
+def test_an_interrupted_add_leaves_no_row_behind(encoder, monkeypatch, tmp_path, index, step):
+    """A Ctrl-C part-way through storing alice's message must not leave vectors that bob's next
+    message would then be scored and explained with."""
+    from saememory.backends import FaissBackend
+    from saememory.backends import faiss as faiss_backend
+    from saememory.lexical import LexicalIndex
+
+    memory = SAEMemory(encoder, backend=FaissBackend(index))
+    memory.add([{"content": f"Bob's note number {i} about the weather.", "user_id": "bob", "id": f"b{i}"}
+                for i in range(3)])
+    secret = "My bank PIN is 4821 and my password is hunter2."
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if step == "lexical":
+        monkeypatch.setattr(LexicalIndex, "add", interrupt)
+    elif step == "faiss":
+        if index == "Flat":
+            pytest.skip("an exact index keeps no FAISS index")
+        monkeypatch.setattr(faiss_backend.FaissBackend, "_min_train", 0, raising=False)
+        memory.backend._min_train = 0  # train (IVF) or add (HNSW) during alice's add, then interrupt after it
+        real = memory.backend._faiss.add_with_ids
+
+        def add_then_interrupt(vectors, ids):
+            real(vectors, ids)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(memory.backend._faiss, "add_with_ids", add_then_interrupt)
+    else:
+        memory.backend._records = _InterruptingList(memory.backend._records)
+    with pytest.raises(KeyboardInterrupt):
+        memory.add([{"content": secret, "user_id": "alice", "id": "a1"}])
+    monkeypatch.undo()
+    assert memory.messages("alice") == [] and len(memory) == 3
+    memory.add([{"content": "I like tomatoes.", "user_id": "bob", "id": "b9"}])
+    stored = memory.backend.vectors("bob", ["b9"])["b9"]
+    assert float(stored @ encoder.encode_documents(["I like tomatoes."]).dense[0]) > 0.99
+    hit = memory.search("tomatoes", k=1, user_id="bob")[0]
+    assert hit.id == "b9" and hit.bm25_score > 0
+    memory.save(tmp_path / "m")
+    again = SAEMemory.load(tmp_path / "m", encoder)
+    assert again.messages("alice") == [] and [m["id"] for m in again.messages("bob")] == ["b0", "b1", "b2", "b9"]
+    assert all(b"hunter2" not in f.read_bytes() for f in (tmp_path / "m").rglob("*") if f.is_file())
+
+
+class _InterruptingList(list):
+    """A record list whose first append is interrupted, as a Ctrl-C between two statements would be."""
+
+    interrupted = False
+
+    def append(self, item):
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        super().append(item)

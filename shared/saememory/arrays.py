@@ -188,6 +188,10 @@ class GrowableMatrix:
         self._data[self.n : need] = rows
         self.n = need
 
+    def truncate(self, n: int) -> None:
+        """Keeps the first ``n`` rows (an append undone)."""
+        self.n = min(self.n, n)
+
     @property
     def view(self) -> np.ndarray:
         return self._data[: self.n]
@@ -213,6 +217,10 @@ class GrowableCSR:
         self.data[start : start + nnz] = block.data
         self.indptr[self.rows + 1 : self.rows + n + 1] = block.indptr[1:] + start
         self.rows += n
+
+    def truncate(self, rows: int) -> None:
+        """Keeps the first ``rows`` rows (an append undone)."""
+        self.rows = min(self.rows, rows)
 
     @property
     def view(self) -> sp.csr_matrix:
@@ -249,6 +257,10 @@ class Int8Rows:
         self._values[self.n : need] = values
         self._scale[self.n : need] = scale
         self.n = need
+
+    def truncate(self, n: int) -> None:
+        """Keeps the first ``n`` rows (an append undone)."""
+        self.n = min(self.n, n)
 
     @property
     def values(self) -> np.ndarray:
@@ -316,6 +328,10 @@ class Int8CSR:
         self.indptr[self.rows + 1 : self.rows + n + 1] = indptr[1:] + start
         self.scale[self.rows : self.rows + n] = scale
         self.rows += n
+
+    def truncate(self, rows: int) -> None:
+        """Keeps the first ``rows`` rows (an append undone)."""
+        self.rows = min(self.rows, rows)
 
     def parts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """These rows' compact CSR parts ``(indptr, indices, values, scale)``, as new arrays (for a save)."""

@@ -82,6 +82,14 @@ class LexicalIndex:
         self._tf.append(block)
         self._lengths.append(np.asarray(lengths, dtype=np.float32).reshape(-1, 1))
 
+    def truncate(self, n: int, vocab: int) -> None:
+        """Keeps the first ``n`` rows and ``vocab`` terms (an add undone: its rows and new words go)."""
+        self._tf.truncate(n)
+        self._lengths.truncate(n)
+        if len(self.vocab) > vocab:
+            self.vocab = {term: i for term, i in self.vocab.items() if i < vocab}
+        self._tf.width = len(self.vocab)
+
     def scores(self, query: str, rows: np.ndarray) -> np.ndarray:
         """BM25 scores of ``query`` against ``rows``, with ``rows`` as the whole corpus."""
         out = np.zeros(rows.size, dtype=np.float32)

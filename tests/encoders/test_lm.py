@@ -425,3 +425,31 @@ def test_memory_add_search_save_load_and_steer(lm, tokenizer, sae_dir, tmp_path)
     assert feature not in [f["id"] for f in suppressed.shared_features]
     with pytest.raises(ValueError, match="outside 0..63"):
         enc.steer(expected, {D_SAE: 1.0})
+
+
+def _put_many(folder: str, rounds: int) -> None:
+    import scipy.sparse as sp
+
+    from saememory.encoders.lm import CodeCache
+
+    cache = CodeCache(Path(folder))
+    for i in range(rounds):
+        cache.put(f"key{i % 3}", np.ones(4, dtype=np.float32), sp.csr_matrix(np.eye(1, 8, dtype=np.float32)), False)
+
+
+def test_processes_sharing_a_code_cache_folder_write_the_same_keys(tmp_path):
+    """Two processes writing one key: each writes its own temporary file, so neither fails."""
+    import multiprocessing
+
+    from saememory.encoders.lm import CodeCache
+
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_put_many, args=(str(tmp_path), 300)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key0.npz", "key1.npz", "key2.npz"]
+    dense, code, truncated = CodeCache(tmp_path).get("key1")
+    assert dense.tolist() == [1.0] * 4 and code.nnz == 1 and not truncated

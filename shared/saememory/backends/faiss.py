@@ -204,32 +204,74 @@ class FaissBackend:
         Vectors and codes are quantised (``saememory.arrays``) before anything changes; an
         approximate index type's FAISS index gets the decoded vectors, as a save rebuilds it.
         """
+        self._check_aligned()
         first = len(self._records)
         ids = np.arange(first, first + len(records), dtype=np.int64)
         dense_parts, sparse_parts = quantize_rows(dense), quantize_codes(sparse, self.d_sae)
-        if self._faiss is not None:
-            decoded = dequantize_rows(*dense_parts)
-            if self._trained:
-                self._faiss.add_with_ids(decoded, ids)
-            elif len(self.row_of) + len(records) >= self._min_train:
-                # Enough messages at last: train on every live one, then index them all.
-                live = np.array(sorted(self.row_of.values()), dtype=np.int64)
-                vectors = np.concatenate([self._dense.decode(live), decoded])
-                self._faiss.train(vectors)
-                self._faiss.add_with_ids(vectors, np.concatenate([live, ids]))
-                self._trained = True
-        self._dense.append_quantized(*dense_parts)
-        self._sparse.append_quantized(*sparse_parts)
-        self.lexical.add([record["content"] for record in records])
-        if seq is None:
-            seq = range(self._next_seq, self._next_seq + len(records))
-            self._next_seq += len(records)
-        self._seq.extend(seq)
+        marks = (self._dense.n, self._sparse.rows, len(self.lexical), len(self.lexical.vocab), len(self._seq),
+                 self._next_seq, self._trained)
+        try:
+            self._dense.append_quantized(*dense_parts)
+            self._sparse.append_quantized(*sparse_parts)
+            self.lexical.add([record["content"] for record in records])
+            if seq is None:
+                seq = range(self._next_seq, self._next_seq + len(records))
+                self._next_seq += len(records)
+            self._seq.extend(seq)
+            if self._faiss is not None:
+                decoded = dequantize_rows(*dense_parts)
+                if self._trained:
+                    self._faiss.add_with_ids(decoded, ids)
+                elif len(self.row_of) + len(records) >= self._min_train:
+                    # Enough messages at last: train on every live one, then index them all.
+                    live = np.array(sorted(self.row_of.values()), dtype=np.int64)
+                    vectors = np.concatenate([self._dense.decode(live), decoded])
+                    self._faiss.train(vectors)
+                    self._faiss.add_with_ids(vectors, np.concatenate([live, ids]))
+                    self._trained = True
+            for row, record in zip(ids.tolist(), records):
+                self._records.append(record)
+                self.row_of[(record["user_id"], record["id"])] = row
+                self._user_rows.setdefault(record["user_id"], set()).add(row)
+                self._sorted_rows.pop(record["user_id"], None)
+        except BaseException:  # a Ctrl-C or MemoryError too: rows must stay aligned with records
+            self._undo_add(first, records, ids, marks)
+            raise
+
+    def _check_aligned(self) -> None:
+        """Refuses to go on when vectors, codes, BM25 rows and records are not one row each."""
+        sizes = (len(self._records), self._dense.n, self._sparse.rows, len(self.lexical), len(self._seq))
+        if len(set(sizes)) != 1:
+            raise RuntimeError(f"This memory's rows are out of step (records, vectors, codes, BM25, order: {sizes}); "
+                               "it cannot be added to or saved. Load the last save again.")
+
+    def _undo_add(self, first: int, records: list[dict[str, Any]], ids: np.ndarray, marks: tuple) -> None:
+        """Puts every structure back as it was before an ``add`` that stopped part-way.
+
+        Vectors, codes and BM25 rows are row-aligned with the records; left longer than them,
+        the next message would be scored (and explained) with the vectors of the one whose add
+        stopped, possibly another user's.
+        """
+        dense_n, sparse_n, lexical_n, vocab_n, seq_n, next_seq, trained = marks
         for row, record in zip(ids.tolist(), records):
-            self._records.append(record)
-            self.row_of[(record["user_id"], record["id"])] = row
-            self._user_rows.setdefault(record["user_id"], set()).add(row)
+            key = (record["user_id"], record["id"])
+            if self.row_of.get(key) == row:
+                del self.row_of[key]
+            self._user_rows.get(record["user_id"], set()).discard(row)
             self._sorted_rows.pop(record["user_id"], None)
+        del self._records[first:]
+        self._dense.truncate(dense_n)
+        self._sparse.truncate(sparse_n)
+        self.lexical.truncate(lexical_n, vocab_n)
+        del self._seq[seq_n:]
+        self._next_seq = next_seq
+        if self._faiss is not None:
+            if not trained and self._trained:  # trained by this add: a new untrained index, as before it
+                self._faiss, self._trained = self._new_faiss(), False
+            elif self._trained and self._removable:
+                self._faiss.remove_ids(ids)
+            # Otherwise (HNSW cannot remove) ids past the end stay in the graph: they only name
+            # candidates, which are checked against the owner's rows and scored from the arrays.
 
     def replace(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
         """Replaces stored messages (same ids): the new rows go in first, then the old rows go.
@@ -350,6 +392,7 @@ class FaissBackend:
             ValueError: If a message holds NaN or infinite values (a save ``load`` would refuse);
                 the previous save is kept.
         """
+        self._check_aligned()
         live = np.array(sorted(self.row_of.values(), key=self._seq.__getitem__), dtype=np.int64)  # insertion order
 
         def write_files(tmp: Path) -> None:

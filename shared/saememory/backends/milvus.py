@@ -345,13 +345,14 @@ class MilvusBackend:
     # Writing --------------------------------------------------------------------------------
 
     def add(self, records: list[dict[str, Any]], dense: np.ndarray, sparse: sp.csr_matrix) -> None:
-        """Inserts records (each names its ``user_id``) in batches; if one fails, the ones inserted are removed."""
+        """Inserts records (each names its ``user_id``) in batches; if one fails, or the call is
+        interrupted (Ctrl-C), the ones inserted are removed, the batch in flight too."""
         done: list[str] = []
         try:
             for rows in self._batches(records, dense, sparse):
+                done.extend(row["pk"] for row in rows)  # before the insert: an interrupted one may have landed
                 self.client.insert(self.collection, rows)
-                done.extend(row["pk"] for row in rows)
-        except Exception:
+        except BaseException:
             for start in range(0, len(done), BATCH):
                 self.client.delete(self.collection, filter=f"pk in [{', '.join(map(literal, done[start:start + BATCH]))}]")
             raise

@@ -28,11 +28,13 @@ message shared by many questions is encoded once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -442,10 +444,17 @@ class CodeCache:
         code = sp.csr_matrix(code, dtype=np.float32)
         self.entries[key] = (np.asarray(dense, dtype=np.float32), code, bool(truncated))
         if self.directory is not None:
-            tmp = self.directory / f"{key}.tmp.npz"
-            np.savez(tmp, dense=self.entries[key][0], indices=code.indices.astype(np.int32), data=code.data,
-                     d_sae=np.int64(code.shape[1]), truncated=np.bool_(truncated))
-            os.replace(tmp, self.directory / f"{key}.npz")  # readers never see half a file
+            # A name of its own per writer: processes sharing the folder write the same keys.
+            handle, name = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp.npz", dir=self.directory)
+            try:
+                with os.fdopen(handle, "wb") as out:
+                    np.savez(out, dense=self.entries[key][0], indices=code.indices.astype(np.int32), data=code.data,
+                             d_sae=np.int64(code.shape[1]), truncated=np.bool_(truncated))
+                os.replace(name, self.directory / f"{key}.npz")  # readers never see half a file
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+                raise
 
 
 class LMEncoder:
