@@ -716,3 +716,19 @@ def test_explain_explains_a_message_below_the_adaptive_cut(encoder):
     assert "m4" not in shown  # below the cut: search leaves it out, explain still ranks it
     hit = memory.explain("Where does my sister live?", "m4")
     assert hit.id == "m4" and hit.rank > len(shown)
+
+
+def test_a_deleted_message_never_comes_back_through_another_memorys_save(encoder, tmp_path):
+    from saememory import SAEMemory, SaveConflictError
+
+    memory = SAEMemory(encoder)
+    memory.add([{"content": "My PIN is 4821.", "id": "pin", "user_id": "alice"},
+                {"content": "I like tea.", "id": "tea", "user_id": "alice"}])
+    memory.save(tmp_path / "m")
+    one, two = SAEMemory.load(tmp_path / "m", encoder), SAEMemory.load(tmp_path / "m", encoder)
+    one.delete(["pin"], user_id="alice")
+    one.save(tmp_path / "m")
+    two.add([{"content": "I like coffee.", "id": "coffee", "user_id": "alice"}])
+    with pytest.raises(SaveConflictError, match="SAEMemory.load"):
+        two.save(tmp_path / "m")
+    assert [m["id"] for m in SAEMemory.load(tmp_path / "m", encoder).messages("alice")] == ["tea"]

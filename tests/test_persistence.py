@@ -290,3 +290,45 @@ def test_a_manifest_only_snapshot_as_milvus_writes(tmp_path):
     assert {p.name for p in snapshot.iterdir()} == {"manifest.json"}
     with pytest.raises(ValueError, match="Milvus"):
         FaissBackend.load(path)
+
+
+def test_a_save_never_undoes_another_writers_save(tmp_path):
+    """Two writers load one folder; the second to save would bring back what the first deleted."""
+    path = tmp_path / "mem"
+    save(path, token=1)
+    first, second = FaissBackend.load(path)[0], FaissBackend.load(path)[0]
+    records = [r for r in first._records if r is not None]
+    first.delete(records[0]["user_id"], [records[0]["id"]])
+    first.save(path, {**MANIFEST, "token": 2})
+    before = sorted(os.listdir(path))
+    with pytest.raises(backend.SaveConflictError, match="another writer.*Load the folder again.*overwrite=True"):
+        second.save(path, {**MANIFEST, "token": 3})
+    assert sorted(os.listdir(path)) == before and FaissBackend.load(path)[1]["token"] == 2  # nothing written
+    first.save(path, {**MANIFEST, "token": 4})  # a writer's own saves follow each other
+    second.save(path, {**MANIFEST, "token": 5}, overwrite=True)  # asked for in so many words
+    assert FaissBackend.load(path)[1]["token"] == 5
+    # A folder this backend never read or wrote is replaced as before (a new memory saved over an old one).
+    save(path, token=6)
+    assert FaissBackend.load(path)[1]["token"] == 6
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="symbolic links need a POSIX system")
+@pytest.mark.parametrize("name", [backend.CURRENT, backend.LOCK, f".{backend.CURRENT}.tmp"])
+def test_a_save_never_writes_through_a_link_planted_in_the_folder(tmp_path, name):
+    path = tmp_path / "mem"
+    save(path, token=1)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file")
+    link = path / name
+    link.unlink(missing_ok=True)
+    link.symlink_to(victim)
+    records, dense, sparse = bench.state(2)
+    index = bench.new_index()
+    index.add(records, dense, sparse)
+    if name == f".{backend.CURRENT}.tmp":  # the old fixed temporary name: now unused
+        index.save(path, {**MANIFEST, "token": 2})
+        assert FaissBackend.load(path)[1]["token"] == 2
+    else:
+        with pytest.raises(ValueError, match="symbolic link"):
+            index.save(path, {**MANIFEST, "token": 2})
+    assert victim.read_text() == "the user's own file"

@@ -36,6 +36,7 @@ _EXPORTS = {
     "Backend": "saememory.backends",
     "FaissBackend": "saememory.backends",
     "MilvusBackend": "saememory.backends",
+    "SaveConflictError": "saememory.backends.snapshot",
     "SAEConfig": "saememory.sae",
     "SparseAutoencoder": "saememory.sae",
     "load_labels": "saememory.interpret.labels",
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from saememory.encoders.base import Encoded, EncoderProtocol
     from saememory.encoders.sentence_transformer import DEFAULT_MODEL, DEFAULT_SAE, Encoder, EncoderConfig, list_bundled_saes, load_sae
     from saememory.backends import Backend, FaissBackend, MilvusBackend
+    from saememory.backends.snapshot import SaveConflictError
     from saememory.interpret.explain import EXPLANATION_KEYS, Hit, format_hit
     from saememory.memory import SAEMemory
     from saememory.messages import DEFAULT_USER, Message, check_user

@@ -427,13 +427,24 @@ class SAEMemory:
 
     # Persistence -----------------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Saves the memory to a folder, atomically: a crash leaves the previous save readable.
 
         No pickle: ``.npy`` arrays (and FAISS' own file for an approximate index), JSON records and a JSON manifest
         naming the format version, the backend, the encoder (model, SAE and its hash) and the
         ranking settings. With Milvus the data stays in Milvus; only the manifest is written,
         naming the URI and collection that ``load`` reconnects to.
+
+        Args:
+            path: The folder.
+            overwrite: Replace the folder's save even if another writer (another process, or
+                another memory) saved there after this memory loaded it or last saved there.
+                Defaults to False: such a save is refused, since it would undo that writer's
+                changes (messages it deleted would come back).
+
+        Raises:
+            saememory.SaveConflictError: If another writer saved to ``path`` since this memory
+                read or wrote it, and ``overwrite`` is False. Load it again and repeat the changes.
         """
         manifest = {
             "saememory_version": _version(),
@@ -442,7 +453,7 @@ class SAEMemory:
             "settings": self.config.to_dict(),
         }
         with self._lock:
-            self.backend.save(path, manifest)
+            self.backend.save(path, manifest, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path, encoder: Any = None, *, trust_remote_code: bool = False) -> SAEMemory:

@@ -108,8 +108,10 @@ class Backend(Protocol):
     def vectors(self, user_id: str, message_ids: list[str]) -> dict[str, np.ndarray]:
         """Dense vectors of the user's messages among these ids, by id; ids the user does not hold are skipped."""
 
-    def save(self, path: str | Path, manifest: dict[str, Any]) -> None:
-        """Persists the memory (or, for an external engine, a manifest pointing at it)."""
+    def save(self, path: str | Path, manifest: dict[str, Any], *, overwrite: bool = False) -> None:
+        """Persists the memory (or, for an external engine, a manifest pointing at it); without
+        ``overwrite``, refuses (``SaveConflictError``) to replace a save another writer made
+        after this backend read or wrote the folder."""
 
     def close(self) -> None:
         """Releases connections or files; the backend is not used afterwards."""

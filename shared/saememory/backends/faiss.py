@@ -18,6 +18,7 @@ user's own row set before it leaves the index.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,7 @@ class FaissBackend:
         self.row_of: dict[tuple[str, str], int] = {}  # (user_id, message id) -> row: ids are unique per user
         self._user_rows: dict[str, set[int]] = {}
         self._sorted_rows: dict[str, np.ndarray] = {}  # per user, dropped when the user's rows change
+        self._snapshots: dict[str, str] = {}  # per folder read or written (real path), the snapshot it held then
 
     def _new_faiss(self) -> faiss.Index:
         """A new, empty FAISS index of ``index_type``."""
@@ -380,7 +382,7 @@ class FaissBackend:
 
     # Persistence -----------------------------------------------------------------------------
 
-    def save(self, path: str | Path, manifest: dict[str, Any]) -> None:
+    def save(self, path: str | Path, manifest: dict[str, Any], *, overwrite: bool = False) -> None:
         """Writes a new snapshot next to the old one, then atomically points ``CURRENT`` at it.
 
         A crash at any point leaves the previous snapshot readable. Only live rows are written,
@@ -388,9 +390,15 @@ class FaissBackend:
         pickle), with ``faiss.index`` for an approximate index type only. Savers of one folder
         take turns (``snapshot.write_snapshot`` locks it).
 
+        A folder this backend was loaded from or saved to must still hold that snapshot: if
+        another writer saved there since, the save is refused rather than undoing its changes,
+        unless ``overwrite``.
+
         Raises:
             ValueError: If a message holds NaN or infinite values (a save ``load`` would refuse);
                 the previous save is kept.
+            snapshot.SaveConflictError: If another writer saved to the folder since this backend
+                read or wrote it, and ``overwrite`` is False.
         """
         self._check_aligned()
         live = np.array(sorted(self.row_of.values(), key=self._seq.__getitem__), dtype=np.int64)  # insertion order
@@ -420,7 +428,9 @@ class FaissBackend:
 
         full = {**manifest, "backend": self.name, "dim": self.dim, "d_sae": self.d_sae,
                 "index_type": self.index_type, "n_messages": int(live.size)}
-        snapshot.write_snapshot(path, full, write_files)
+        folder = os.path.realpath(path)
+        self._snapshots[folder] = snapshot.write_snapshot(
+            path, full, write_files, expect=None if overwrite else self._snapshots.get(folder))
 
     @classmethod
     def load(cls, path: str | Path, *, identity: dict[str, Any] | None = None,
@@ -481,6 +491,7 @@ class FaissBackend:
             index._records.append(record)
             index.row_of[(record["user_id"], record["id"])] = row
             index._user_rows.setdefault(record["user_id"], set()).add(row)
+        index._snapshots[os.path.realpath(path)] = folder.name
         return index, manifest
 
 

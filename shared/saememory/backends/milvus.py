@@ -474,8 +474,9 @@ class MilvusBackend:
 
     # Persistence ----------------------------------------------------------------------------
 
-    def save(self, path: str | Path, manifest: dict[str, Any]) -> None:
-        """Writes a manifest naming the URI and collection; the data itself lives in Milvus."""
+    def save(self, path: str | Path, manifest: dict[str, Any], *, overwrite: bool = False) -> None:
+        """Writes a manifest naming the URI and collection; the data itself lives in Milvus, so
+        writers of one folder cannot undo each other's changes (``overwrite`` changes nothing)."""
         snapshot.write_snapshot(path, {
             "backend": self.name,
             **manifest, "dim": self.dim, "d_sae": self.d_sae, "index_type": None, "n_messages": len(self),

@@ -9,6 +9,7 @@ Milvus backend writes a manifest only).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -16,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -111,9 +113,14 @@ _RECORD_FIELDS = tuple((key, lambda value: _unicode(value) and value != "", "a n
 _OPTIONAL_RECORD_FIELDS = (("time", _utc_time, "a UTC time as saememory writes it, or null"),)  # saves before times
 
 
+class SaveConflictError(RuntimeError):
+    """A save would replace a snapshot that another writer made after this memory read the folder."""
+
+
 def write_snapshot(
-    path: str | Path, manifest: dict[str, Any], write_files: Callable[[Path], None] | None = None
-) -> None:
+    path: str | Path, manifest: dict[str, Any], write_files: Callable[[Path], None] | None = None,
+    expect: str | None = None,
+) -> str:
     """Writes a new snapshot folder, then atomically points ``CURRENT`` at it; other snapshots go.
 
     Runs under the folder's exclusive lock (see ``_locked``), so savers take turns and the
@@ -127,13 +134,33 @@ def write_snapshot(
             of every data file) added.
         write_files: Called with the temporary snapshot folder to write the data files into
             (flat files only). Defaults to None (a manifest only).
+        expect: The snapshot the caller last read or wrote in this folder. If ``CURRENT`` names
+            another, another writer saved since, and replacing its save would undo its changes
+            (deleted messages back, added ones gone). Defaults to None: replace whatever is there.
+
+    Returns:
+        The new snapshot's name, to ``expect`` at the next save.
 
     Raises:
+        SaveConflictError: If ``CURRENT`` names another snapshot than ``expect``.
         TimeoutError: If another process holds the folder's lock for over ``LOCK_TIMEOUT`` seconds.
+        ValueError: If ``CURRENT`` or ``LOCK`` is a symbolic link (a save never writes through one).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     with _locked(path, exclusive=True):
+        current = path / CURRENT
+        if current.is_symlink():
+            raise ValueError(f"{current} is a symbolic link; a saved memory's CURRENT is a plain file. Remove the "
+                             "link (and check who made it) before saving here.")
+        if expect is not None and current.is_file():
+            found = current.read_bytes().decode("ascii", errors="replace").strip()
+            if found != expect:
+                raise SaveConflictError(
+                    f"{path} was saved by another writer after this memory read it (it held {expect}, it now holds "
+                    f"{found}). Saving would undo that writer's changes: messages it deleted would come back and "
+                    f"messages it added would be lost. Load the folder again (SAEMemory.load) and repeat your "
+                    f"changes, or pass save(path, overwrite=True) to replace it.")
         snapshot = f"snapshot-{uuid.uuid4().hex[:12]}"
         tmp = path / f".tmp-{snapshot}"
         tmp.mkdir()
@@ -149,14 +176,25 @@ def write_snapshot(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _fsync_dir(path)  # the snapshot's name is on disk before CURRENT can name it
-        _write_durably(path / f".{CURRENT}.tmp", snapshot.encode())
-        os.replace(path / f".{CURRENT}.tmp", path / CURRENT)  # the commit point
+        # A fresh temporary name (O_EXCL): a link planted at a fixed name would be written through.
+        handle, pointer = tempfile.mkstemp(prefix=f".{CURRENT}.", suffix=".tmp", dir=path)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(snapshot.encode())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(pointer, path / CURRENT)  # the commit point
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(pointer)
+            raise
         _fsync_dir(path)
         # Under the exclusive lock no reader or saver is on any other snapshot: all are garbage.
         for old in path.iterdir():
             name = old.name[len(".tmp-"):] if old.name.startswith(".tmp-") else old.name
             if old.name != snapshot and _SNAPSHOT_NAME.fullmatch(name) and old.is_dir():  # never a folder of the user's
                 shutil.rmtree(old, ignore_errors=True)
+    return snapshot
 
 
 def read_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -442,8 +480,11 @@ def _locked(folder: Path, exclusive: bool) -> Iterator[None]:
         return
     lock = folder / LOCK
     try:
-        fd = os.open(lock, (os.O_RDWR if exclusive else os.O_RDONLY) | os.O_CREAT, 0o666)
+        fd = os.open(lock, (os.O_RDWR if exclusive else os.O_RDONLY) | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ValueError(f"{lock} is a symbolic link; a saved memory's LOCK is a plain file. Remove the link "
+                             "(and check who made it) before using this folder.") from None
         if exclusive or err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
         yield  # a read-only folder with no LOCK file: no saver of this version has written there
