@@ -332,3 +332,30 @@ def test_a_save_never_writes_through_a_link_planted_in_the_folder(tmp_path, name
         with pytest.raises(ValueError, match="symbolic link"):
             index.save(path, {**MANIFEST, "token": 2})
     assert victim.read_text() == "the user's own file"
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda p, tf, n: p.update(k1="x"), "k1 > 0"),
+    (lambda p, tf, n: p.update(k1=float("nan")), "k1 > 0"),
+    (lambda p, tf, n: p.update(b=-40), "0 <= b <= 1"),
+    (lambda p, tf, n: p.update(terms=p["terms"][:1] * len(p["terms"])), "distinct"),
+    (lambda p, tf, n: n.__setitem__(0, n[0] + 3), "number of words"),
+    (lambda p, tf, n: tf.data.__setitem__(0, 0.5), "whole positive"),
+])
+def test_load_refuses_tampered_bm25_files(tmp_path, change, match):
+    """A file edited with its checksum updated: BM25 would give NaN or wrong scores, or fail at search."""
+    path = tmp_path / "mem"
+    snapshot = save(path)
+    vocab, tf_file, lengths_file = snapshot / "bm25_vocab.json", snapshot / "bm25_tf.npz", snapshot / "bm25_lengths.npy"
+    params = json.loads(vocab.read_text())
+    tf, lengths = sp.load_npz(tf_file).tocsr(), np.load(lengths_file)
+    change(params, tf, lengths)
+    vocab.write_text(json.dumps(params))
+    sp.save_npz(tf_file, tf)
+    np.save(lengths_file, lengths)
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    for file in (vocab, tf_file, lengths_file):
+        manifest["files"][file.name] = hashlib.sha256(file.read_bytes()).hexdigest()
+    (snapshot / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=match):
+        FaissBackend.load(path)

@@ -12,6 +12,7 @@ optional Snowball stemmer (PyStemmer, as bm25s and LlamaIndex's BM25 use it);
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,10 @@ def tokenize(texts: list[str], stemmer: str | None = None) -> list[list[str]]:
 
     tokens = bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer(stemmer), return_ids=False, show_progress=False)
     return [[t for t in doc if t] for doc in tokens]
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_stemmer(language: str | None) -> str | None:
@@ -130,14 +135,32 @@ class LexicalIndex:
 
     @classmethod
     def load(cls, folder: Path) -> LexicalIndex:
+        """Reads a save, checked: a tampered file would otherwise give wrong or NaN scores.
+
+        Raises:
+            ValueError: Naming the part that is not as ``save`` writes it.
+        """
         params = json.loads((folder / "bm25_vocab.json").read_text())
-        out = cls(params["k1"], params["b"], params.get("stemmer"))  # saved before stemming existed: none
-        out.vocab = {t: i for i, t in enumerate(params["terms"])}
+        k1, b, terms = params.get("k1"), params.get("b"), params.get("terms")
+        if not (_real(k1) and k1 > 0 and _real(b) and 0 <= b <= 1):
+            raise ValueError(f"bm25_vocab.json must hold k1 > 0 and 0 <= b <= 1 (finite numbers), got k1={k1!r}, b={b!r}")
+        if not (isinstance(terms, list) and all(isinstance(t, str) for t in terms) and len(set(terms)) == len(terms)):
+            raise ValueError("bm25_vocab.json must hold 'terms', a list of distinct strings")
+        out = cls(k1, b, params.get("stemmer"))  # saved before stemming existed: none
+        out.vocab = {t: i for i, t in enumerate(terms)}
         out._tf.width = len(out.vocab)
         tf = sp.load_npz(folder / "bm25_tf.npz").tocsr()
+        lengths = np.load(folder / "bm25_lengths.npy", allow_pickle=False)
+        if tf.shape[1] != len(terms) or lengths.shape != (tf.shape[0],):
+            raise ValueError(f"bm25_tf.npz has shape {tf.shape} and bm25_lengths.npy {lengths.shape}, but there are "
+                             f"{len(terms)} terms: one row per message and one column per term are needed")
+        counts = tf.data
+        if counts.size and not (np.all(np.isfinite(counts)) and np.all(counts > 0) and np.all(counts == np.round(counts))):
+            raise ValueError("bm25_tf.npz must hold whole positive term counts")
+        if not np.array_equal(np.asarray(tf.sum(axis=1)).ravel(), lengths):
+            raise ValueError("bm25_lengths.npy must hold each message's number of words (its row sum in bm25_tf.npz)")
         if tf.shape[0]:
             out._tf.append(tf)
-        lengths = np.load(folder / "bm25_lengths.npy", allow_pickle=False)
         out._lengths.append(lengths.astype(np.float32).reshape(-1, 1))
         return out
 
