@@ -64,6 +64,10 @@ def test_search_filters_by_window_and_role_on_both_backends(make):
     assert ids(since="2024-03-01T09:00:00Z", until="2024-03-01T09:00:00Z") == {"new"}  # inclusive, in UTC
     assert ids(roles="assistant") == {"bot"} and ids(roles=["user"]) == {"old", "new"}
     assert ids(since=dt.date(2025, 1, 1)) == set()
+    # A day without a time as until means the whole day: since=day, until=day is that day.
+    assert ids(since="2024-03-01", until="2024-03-01") == {"new"}
+    assert ids(since=dt.date(2024, 3, 2), until=dt.date(2024, 3, 2)) == {"bot"}
+    assert ids(until="2024-03-01T00:00:00Z") == {"old"}  # an instant is taken as it is
     hit = memory.explain("Where do I live?", "new", user_id="alice")
     assert hit.timestamp == "2024-03-01T10:00:00+01:00" and hit.time == "2024-03-01T09:00:00.000000+00:00"
 

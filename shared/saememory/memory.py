@@ -14,7 +14,9 @@ changes one user's messages only.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
+import re
 import threading
 import warnings
 from collections import Counter
@@ -482,13 +484,14 @@ class SAEMemory:
         name = manifest.get("backend") or ("milvus" if manifest.get("milvus") else "faiss")  # older saves name none
         backend, manifest = backend_class(name).load(path, identity=encoder.identity(), stemmer=config.bm25_stemmer)
         _check_identity(path, manifest, encoder)  # the manifest read with the data, under one lock
+        config = _saved_config(path, manifest)  # and its settings: a save may have come between the two reads
         return cls(encoder, backend=backend, config=config)
 
 
 def _window(since: Any, until: Any, roles: str | Iterable[str] | None, now: Any = None) -> dict[str, Any]:
     """A search's time and role filters and reference time, validated: UTC instants and a tuple of roles."""
     window = {"since": None if since is None else iso(instant(since, "since")),
-              "until": None if until is None else iso(instant(until, "until")), "roles": None,
+              "until": None if until is None else iso(_end_of_day(until)), "roles": None,
               "now": None if now is None else local_instant(now, "now")}
     if now is not None:
         instant(now, "now")  # within UTC's years too
@@ -500,6 +503,22 @@ def _window(since: Any, until: Any, roles: str | Iterable[str] | None, now: Any 
             raise ValueError(f"roles must be a role or a list of roles (non-empty strings), got {roles!r}.")
         window["roles"] = given
     return window
+
+
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _end_of_day(until: Any) -> dt.datetime:
+    """``until`` in UTC; a day without a time ("2025-03-08", a ``date``) means its last moment, so
+    that ``since=day, until=day`` holds that day's messages (both bounds are inclusive)."""
+    moment = instant(until, "until")
+    if (isinstance(until, dt.date) and not isinstance(until, dt.datetime)) or (
+            isinstance(until, str) and _DATE_ONLY.fullmatch(until.strip())):
+        try:
+            return moment + dt.timedelta(days=1, microseconds=-1)
+        except OverflowError:
+            return moment.replace(hour=23, minute=59, second=59, microsecond=999999)
+    return moment
 
 
 def _config(config: SearchConfig | None, settings: dict[str, Any]) -> SearchConfig:
