@@ -78,7 +78,8 @@ def _defaults() -> tuple[tuple[str, Any], ...]:
 # SearchConfig settings that turn off every adjustment for what is current (saememory.current):
 # the rankings scored on cached matrices (fusion.py, longmemeval.py) are fusion alone, and
 # benchmarks/current.py measures the adjustments through SAEMemory itself.
-NO_ADJUSTMENTS = {"recency_weight": 0.0, "asks_penalty": 0.0, "time_weight": 0.0, "supersede_depth": 0}
+NO_ADJUSTMENTS = {"recency_weight": 0.0, "asks_penalty": 0.0, "time_weight": 0.0, "speaker_weight": 0.0,
+                  "supersede_depth": 0}
 
 
 def default_scores(signals: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from saememory import SAEMemory, SearchConfig
+from tests.helpers import CONVERSATION
 from saememory import current
-from saememory.current import adjustments, asks_without_telling, recency, settle
+from saememory.current import speaker, adjustments, asks_without_telling, recency, settle
 from saememory.times import TimeWindow, instant, query_window
 
 NOW = instant("2023-05-30T14:00:00")  # a Tuesday
-OFF = {"recency_weight": 0.0, "asks_penalty": 0.0, "time_weight": 0.0, "supersede_depth": 0}
+OFF = {"recency_weight": 0.0, "asks_penalty": 0.0, "time_weight": 0.0, "speaker_weight": 0.0, "supersede_depth": 0}
 
 
 def day(text: str) -> dt.datetime:
@@ -173,7 +174,7 @@ def test_adjustments_with_every_weight_off_change_nothing():
     assert out == {} and not config.adjusts
 
 
-@pytest.mark.parametrize("name", ["recency_weight", "asks_penalty", "time_weight"])
+@pytest.mark.parametrize("name", ["recency_weight", "asks_penalty", "time_weight", "speaker_weight"])
 def test_search_config_refuses_a_bad_weight_naming_it(name):
     with pytest.raises(ValueError, match=name):
         SearchConfig(**{name: -1.0})
@@ -343,3 +344,43 @@ def test_a_statement_of_change_supersedes_from_further_below():
         up, down = current.settle(records, vectors, np.array([4.0, 2.0]))
         assert bool(up[1] > 0) is raised and not down.any()
         assert 1.0 < 4.0 - 2.0 <= current.CHANGE_MARGIN and 4.0 - 2.0 > current.SUPERSEDE_MARGIN
+
+
+@pytest.mark.parametrize("query, who", [
+    ("What tips did you give me for centring clay?", "assistant"),
+    ("What were the sleep tips you gave me?", "assistant"),
+    ("What did you recommend for my knee?", "assistant"),
+    ("What was your advice on the move?", "assistant"),
+    ("What did I tell you last week about the race?", "user"),
+    ("What did I mention about my sister?", "user"),
+    ("I told you about my dog, what was its name?", "user"),
+    ("Can you tell me my dose?", None),  # asks the assistant now: says nothing of who said the answer
+    ("What is my job?", None),
+    ("What did I buy last week?", None),
+    ("I told you what you said.", None),  # both sides: no hint
+])
+def test_speaker_reads_who_said_what_the_query_asks_for(query, who):
+    assert speaker(query) == who
+
+
+ADVICE = [
+    {"id": "ask", "content": "I've signed up for the Leeds 10K on 11 May. Any training advice for the 10K?",
+     "timestamp": "2025-04-20T10:00:00", "session_id": "s1"},
+    {"id": "tips", "content": "Great goal! Run three times a week, one easy run, one with intervals and one longer "
+                              "run, and rest the two days before the race.", "role": "assistant",
+     "timestamp": "2025-04-20T10:01:00", "session_id": "s1"},
+    {"id": "ran", "content": "I ran the Leeds 10K on Sunday in 58 minutes!", "timestamp": "2025-05-13T10:00:00",
+     "session_id": "s2"},
+]
+
+
+def test_a_query_for_the_assistants_words_ranks_them_first(encoder):
+    memory = SAEMemory(encoder)
+    memory.add(CONVERSATION + ADVICE)  # among other talk, as in a real history
+    now = "2025-05-20T10:00:00"
+    top = memory.search("What training advice did you give me for the 10K?", k=3, now=now)
+    assert top[0].id == "tips" and top[0].adjustments.get("speaker") == 2.0
+    assert all("speaker" not in h.adjustments for h in top if h.role == "user")
+    assert memory.search("What did I tell you about the 10K?", k=1, now=now)[0].role == "user"
+    memory.config = memory.config.replace(speaker_weight=0.0)
+    assert all("speaker" not in h.adjustments for h in memory.search("What advice did you give me?", now=now))

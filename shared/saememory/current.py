@@ -25,7 +25,16 @@ messages for this query) and is recorded on the hit, so a ranking can always be 
   does not supersede one said within it: "Where did I work in January?" asks what was true then.
 - ``echoes``: among the same best candidates, a reply (any role but the user's) that repeats a
   statement the user made earlier in its session (dense cosine at least ``ECHO``) is lowered
-  just below it: "Luna is such a cute name for a dog" below "We named our puppy Luna".
+  just below it: "Luna is such a cute name for a dog" below "We named our puppy Luna"; not when
+  the query asks for the assistant's words (``speaker`` below), whose answer is such a reply.
+- ``speaker``: when the query says who said what it asks for, that side's messages gain
+  ``speaker_weight``: "What tips did you give me?" asks for the assistant's words, "What did I
+  tell you about the race?" for the user's (``speaker``). A gain, not a loss for the other side:
+  only the best candidates are adjusted, and a loss would let messages below them overtake.
+- ``replies``: when the query asks for the assistant's words, an assistant's reply is raised
+  just above the user's message it answers (the user's latest earlier message of its session
+  among the same candidates): "Any training advice for the 10K?" holds the query's words, the
+  reply after it holds the advice asked for.
 - ``time``: when the query names a time ("two weeks ago", "in March"; see
   ``saememory.times.query_window``), the messages said within it gain ``time_weight``.
 
@@ -76,6 +85,17 @@ _QUESTION_OPENINGS = frozenset(
     "what which who whom whose where when why how do does did is are was were am can could should would will "
     "shall may might must have has had any anyone anything".split())
 _OPENERS = frozenset("so and but also oh hey hi hello ok okay well um hmm btw then now quick question".split())
+# Who said what the query asks for: the assistant ("you gave me", "did you suggest", "your
+# advice") or the user ("I told you", "did I mention"). Past tense only: "Can you tell me my
+# dose?" asks the assistant now, and says nothing of who said the answer.
+_SPEECH_PAST = ("said|told|gave|suggested|recommended|mentioned|proposed|advised|shared|wrote|listed|explained"
+                "|showed|sent|offered|described|provided")
+_SPEECH = "say|tell|give|suggest|recommend|mention|propose|advise|share|write|list|explain|show|send|offer|describe|provide"
+_ASSISTANT_SAID = re.compile(
+    rf"\b(?:you\s+(?:\w+\s+)?(?:{_SPEECH_PAST})|did\s+you\s+(?:{_SPEECH})"
+    r"|your\s+(?:advice|suggestions?|recommendations?|tips?|answer|reply|list))\b", re.IGNORECASE)
+_USER_SAID = re.compile(r"\b(?:i\s+(?:\w+\s+)?(?:told|said|mentioned|wrote|shared)(?:\s+\w+)?\s+(?:to\s+)?you"
+                        r"|did\s+i\s+(?:say|tell|mention|write|share))\b", re.IGNORECASE)
 
 
 def adjustments(records: list[dict[str, Any]], calibrated: np.ndarray, query: str, now: dt.datetime, config: Any,
@@ -100,6 +120,10 @@ def adjustments(records: list[dict[str, Any]], calibrated: np.ndarray, query: st
     asks = asks_without_telling(records, query, config.bm25_stemmer)
     if config.asks_penalty:
         out["asks"] = -config.asks_penalty * asks.astype(np.float64)
+    who = speaker(query)
+    if who is not None and config.speaker_weight:
+        said = np.array([(r["role"] == "user") == (who == "user") for r in records], dtype=np.float64)
+        out["speaker"] = config.speaker_weight * said
     # The time the query names: a gain with time_weight, and a bound on supersession either way.
     window = query_window(query, now) if config.time_weight or config.supersede_depth else None
     if window is not None and config.time_weight:
@@ -111,10 +135,39 @@ def adjustments(records: list[dict[str, Any]], calibrated: np.ndarray, query: st
         top = [i for i in top if records[i]["id"] in found and records[i].get("time") is not None]
         if len(top) > 1:
             raised, lowered = settle([records[i] for i in top], np.stack([found[records[i]["id"]] for i in top]),
-                                     scores[top], window=window)
+                                     scores[top], window=window, echoes=who != "assistant")
             out["supersedes"], out["echoes"] = np.zeros(len(records)), np.zeros(len(records))
             out["supersedes"][top], out["echoes"][top] = raised, lowered
+    if who == "assistant" and config.speaker_weight:
+        out["replies"] = answering(records, calibrated + sum(out.values(), np.zeros(len(records))))
     return {name: values for name, values in out.items() if values.any()}
+
+
+def answering(records: list[dict[str, Any]], scores: np.ndarray) -> np.ndarray:
+    """How far each reply (any role but the user's) is raised to just above the user's message
+    it answers: the user's latest message of its session said before it, among ``records``."""
+    raised = np.zeros(len(records))
+    asked: dict[str, list[tuple[str, int]]] = {}
+    for i, record in enumerate(records):
+        if record["role"] == "user" and record.get("time") is not None:
+            asked.setdefault(record["session_id"], []).append((record["time"], i))
+    for e, record in enumerate(records):
+        if record["role"] == "user" or record.get("time") is None:
+            continue
+        before = [(time, u) for time, u in asked.get(record["session_id"], []) if time <= record["time"]]
+        if before:
+            u = max(before)[1]
+            if scores[u] >= scores[e]:
+                raised[e] = scores[u] - scores[e] + 1e-3
+    return raised
+
+
+def speaker(query: str) -> str | None:
+    """``"assistant"`` or ``"user"`` when the query says who said what it asks for ("What did you
+    recommend?", "What did I tell you about the race?"), else None (also when it says both)."""
+    query = query.replace("’", "'")
+    assistant, user = bool(_ASSISTANT_SAID.search(query)), bool(_USER_SAID.search(query))
+    return "assistant" if assistant and not user else "user" if user and not assistant else None
 
 
 def recency(records: list[dict[str, Any]]) -> np.ndarray:
@@ -181,7 +234,7 @@ def _told_and_asked(content: str, stemmer: str | None) -> tuple[frozenset[str], 
 
 
 def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarray,
-           window: TimeWindow | None = None) -> tuple[np.ndarray, np.ndarray]:
+           window: TimeWindow | None = None, echoes: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Later statements above the earlier ones they supersede, and echoes below what they echo.
 
     Args:
@@ -192,6 +245,8 @@ def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarra
             supersede one said within it, since the query asks what was true then ("Where did I
             work in January?"). Two said after it still may: "In June I went to a BBQ" is often
             said in July. Defaults to None.
+        echoes: Whether to lower echoes. Defaults to True; False when the query asks for the
+            assistant's own words ("What tips did you give me?").
 
     Returns:
         ``(raised, lowered)``: how far each record is raised (a user's statement that supersedes
@@ -214,7 +269,7 @@ def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarra
             new[b] = max(earlier) + 1e-3
     raised = new - scores
     for e, record in enumerate(records):
-        if record["role"] == "user":
+        if record["role"] == "user" or not echoes:
             continue
         echoed = [new[u] for u in users if records[u]["session_id"] == record["session_id"]
                   and times[u] <= times[e] and similar[u, e] >= ECHO]

@@ -74,6 +74,10 @@ class SearchConfig(DictConfig):
             "in March") gains, in calibrated units; 0 turns it off. Defaults to 1.0, the best of
             0, 1 and 2 on the dev split of LongMemEval-S by the mean of turn R_all@10 and
             nDCG@10, with the other defaults (a narrow lead: BENCHMARKS.md).
+        speaker_weight: What the messages of one side gain when the query says that side said
+            what it asks for ("What tips did you give me?": the assistant's messages; "What did
+            I tell you about the race?": the user's), in calibrated units; 0 turns it off.
+            Defaults to 2.0 (BENCHMARKS.md, "Written chats").
         supersede_depth: Among how many of the best candidates a later statement of the user's
             on the same subject is raised above an earlier one (see ``saememory.current``); 0
             turns it off (and the lowering of echoes with it). Defaults to 10, so supersession
@@ -99,12 +103,14 @@ class SearchConfig(DictConfig):
     recency_weight: float = 0.0
     asks_penalty: float = 8.0
     time_weight: float = 1.0
+    speaker_weight: float = 2.0
     supersede_depth: int = 10
     adjust_depth: int = 50
 
     def __post_init__(self) -> None:
         check_fusion(self.fusion)
-        for name in ("dense_weight", "sparse_weight", "bm25_weight", "recency_weight", "asks_penalty", "time_weight"):
+        for name in ("dense_weight", "sparse_weight", "bm25_weight", "recency_weight", "asks_penalty", "time_weight",
+                     "speaker_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0 (0 turns it off), got {value!r}.")
@@ -140,7 +146,8 @@ class SearchConfig(DictConfig):
     @property
     def adjusts(self) -> bool:
         """Whether any adjustment for what is current is on."""
-        return bool(self.recency_weight or self.asks_penalty or self.time_weight or self.supersede_depth)
+        return bool(self.recency_weight or self.asks_penalty or self.time_weight or self.speaker_weight
+                    or self.supersede_depth)
 
     @property
     def lexical(self) -> bool:
