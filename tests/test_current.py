@@ -87,6 +87,20 @@ def test_asks_without_telling_tells_questions_from_news():
 
 
 @pytest.mark.parametrize("text, asks", [
+    ("Thanks. Also, which city do I live in again?", True),  # a courtesy before the question tells nothing
+    ("Remind me, which city do I live in?", True),  # a question after a short lead-in and a comma
+    ("Quick question, which city do I live in now?", True),
+    ("Great! Quick question, which city do I live in?", True),
+    ("Sore but happy. Which city do I live in?", False),  # two words of its own: it may tell something
+    ("We moved last week, which city do I live in now?", False),  # a lead-in that tells: a statement
+    ("I just moved to Oslo. Which city do I live in now?", False),  # news before the question
+    ("Lisbon, is that where I live?", True),
+])
+def test_a_users_question_after_a_lead_in_or_a_courtesy_still_only_asks(text, asks):
+    assert asks_without_telling([record(text)], "Which city do I live in?", "english").tolist() == [asks]
+
+
+@pytest.mark.parametrize("text, asks", [
     ("Good to have a doctor you trust. How often do you see them?", True),  # function words are not its own
     ("Love the name. What breed is your dog?", True),
     ("Your appointment with Dr. Alvarez is on Monday at nine, right?", False),  # it tells: a name, a day, a time

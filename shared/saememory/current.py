@@ -59,6 +59,7 @@ from saememory.times import TimeWindow, iso, query_window
 
 OWN_WORDS = 2  # words of its own an assistant's message that asks may state ("Love the name.")
 NEW_QUESTION_WORDS = 4  # words a user's question that only asks may add to the query's
+USER_OWN_WORDS = 1  # words a user's message that only asks may state besides ("Thanks.", "Great!"), not "I moved to Oslo."
 SAME_SUBJECT = 0.4  # dense cosine from which two of the user's statements are about the same subject
 ECHO = 0.5  # dense cosine from which a reply repeats a user's statement of its session
 SUPERSEDE_MARGIN = 1.0  # how far (calibrated units) below an earlier statement a later one may be and still supersede it
@@ -191,8 +192,9 @@ def asks_without_telling(records: list[dict[str, Any]], query: str, stemmer: str
         stated, asked, asks = _told_and_asked(record["content"], stemmer)
         if not asks:
             continue  # no question at all
-        if record["role"] == "user":
-            out[i] = not stated and len(asked - query_words) <= NEW_QUESTION_WORDS
+        if record["role"] == "user":  # "Thanks." before the question tells nothing
+            told = stated - query_words - _function_words(stemmer)
+            out[i] = len(told) <= USER_OWN_WORDS and len(asked - query_words) <= NEW_QUESTION_WORDS
         else:  # a reply's function words are not words of its own: "Good to have a doctor you trust."
             out[i] = len(stated - query_words - _function_words(stemmer)) <= OWN_WORDS
     return out
@@ -302,12 +304,17 @@ def _sentences(text: str) -> tuple[str, str]:
     """``(stated, asked)``: the text's sentences that ask, and the others.
 
     A sentence asks when it ends in a question mark and opens as an English question does (a
-    question word or an auxiliary, after any "so", "hey", "ok" ...): "My dog is Luna, isn't she
-    cute?" and "I moved to Oslo, remember?" state.
+    question word or an auxiliary, after any "so", "hey", "ok" ..., or after a lead-in of at
+    most two words and a comma: "Remind me, what were the tips?", "Quick question, what dose
+    am I on?"): "My dog is Luna, isn't she cute?" and "I moved to Oslo, remember?" state.
     """
     stated, asked = [], []
     for sentence in _SENTENCE.findall(text):
         words = [w for w in _WORD.findall(sentence.lower()) if w not in _OPENERS]
+        lead, comma, rest = sentence.partition(",")
+        if comma and len(_WORD.findall(lead)) <= 2:  # "Remind me, what ...?"
+            after = _WORD.findall(rest.lower())
+            words = after if after and after[0].split("'")[0] in _QUESTION_OPENINGS else words
         opens = bool(words) and words[0].split("'")[0] in _QUESTION_OPENINGS
         (asked if opens and sentence.rstrip().endswith("?") else stated).append(sentence)
     return " ".join(stated), " ".join(asked)
