@@ -159,6 +159,24 @@ def test_a_statement_after_the_time_the_query_names_supersedes_nothing():
     assert settle(records, vectors, scores, window=window("2024-01-01", "2024-06-30"))[0][1] > 0  # a window holding both
     # Both said after the window (as "In June I went to a BBQ" is said in July): the later still supersedes.
     assert settle(records, vectors, scores, window=window("2023-06-01", "2023-07-01"))[0][1] > 0
+    # Asked what was true before the change: the earlier rises above the later instead (from within a margin).
+    raised = settle(records, vectors, np.array([2.5, 3.0]), past=True)[0]
+    assert raised[0] > 0.5 and raised[1] == 0
+    # "I accepted a new job" says it changed: the margin is CHANGE_MARGIN; beyond it, nothing moves.
+    assert not settle(records, vectors, np.array([2.5, 2.5 + current.CHANGE_MARGIN + 0.5]), past=True)[0].any()
+
+
+@pytest.mark.parametrize("query, before", [
+    ("Where did I work before my current job?", True),
+    ("What was my previous phone?", True),
+    ("What car did I use to drive?", True),
+    ("Which city did we live in prior to the move?", True),
+    ("Where do I work now?", False),
+    ("How old is my dog?", False),
+    ("What did I say about the trip?", False),
+])
+def test_asks_before_reads_a_question_about_what_was_true_before_a_change(query, before):
+    assert current.asks_before(query) == before
 
 
 def test_search_about_a_past_month_keeps_what_was_true_then(encoder):

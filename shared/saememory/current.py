@@ -23,6 +23,8 @@ messages for this query) and is recorded on the hit, so a ranking can always be 
   new", "moved", "switched", "these days" ...): "We adopted a new dog and called her Olive"
   above "I have a dog named Rocky". When the query names a time, a statement said after it
   does not supersede one said within it: "Where did I work in January?" asks what was true then.
+  When the query asks what was true before a change (``asks_before``: "before", "previous",
+  "used to" ...), the earlier statement is raised above the later one instead.
 - ``echoes``: among the same best candidates, a reply (any role but the user's) that repeats a
   statement the user made earlier in its session (dense cosine at least ``ECHO``) is lowered
   just below it: "Luna is such a cute name for a dog" below "We named our puppy Luna"; not when
@@ -86,6 +88,8 @@ _QUESTION_OPENINGS = frozenset(
     "what which who whom whose where when why how do does did is are was were am can could should would will "
     "shall may might must have has had any anyone anything".split())
 _OPENERS = frozenset("so and but also oh hey hi hello ok okay well um hmm btw then now quick question".split())
+_BEFORE = re.compile(r"\b(?:before|previous(?:ly)?|used\s+to|did\s+\w+\s+use\s+to|former(?:ly)?|originally"
+                     r"|at\s+first|prior\s+to)\b", re.IGNORECASE)
 # Who said what the query asks for: the assistant ("you gave me", "did you suggest", "your
 # advice") or the user ("I told you", "did I mention"). Past tense only: "Can you tell me my
 # dose?" asks the assistant now, and says nothing of who said the answer.
@@ -136,7 +140,8 @@ def adjustments(records: list[dict[str, Any]], calibrated: np.ndarray, query: st
         top = [i for i in top if records[i]["id"] in found and records[i].get("time") is not None]
         if len(top) > 1:
             raised, lowered = settle([records[i] for i in top], np.stack([found[records[i]["id"]] for i in top]),
-                                     scores[top], window=window, echoes=who != "assistant")
+                                     scores[top], window=window, echoes=who != "assistant",
+                                     past=asks_before(query))
             out["supersedes"], out["echoes"] = np.zeros(len(records)), np.zeros(len(records))
             out["supersedes"][top], out["echoes"][top] = raised, lowered
     if who == "assistant" and config.speaker_weight:
@@ -161,6 +166,12 @@ def answering(records: list[dict[str, Any]], scores: np.ndarray) -> np.ndarray:
             if scores[u] >= scores[e]:
                 raised[e] = scores[u] - scores[e] + 1e-3
     return raised
+
+
+def asks_before(query: str) -> bool:
+    """Whether the query asks what was true before something changed: "Where did I work before
+    this job?", "What was my previous phone?", "What car did I use to drive?"."""
+    return bool(_BEFORE.search(query.replace("’", "'")))
 
 
 def speaker(query: str) -> str | None:
@@ -236,7 +247,7 @@ def _told_and_asked(content: str, stemmer: str | None) -> tuple[frozenset[str], 
 
 
 def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarray,
-           window: TimeWindow | None = None, echoes: bool = True) -> tuple[np.ndarray, np.ndarray]:
+           window: TimeWindow | None = None, echoes: bool = True, past: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Later statements above the earlier ones they supersede, and echoes below what they echo.
 
     Args:
@@ -249,6 +260,8 @@ def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarra
             said in July. Defaults to None.
         echoes: Whether to lower echoes. Defaults to True; False when the query asks for the
             assistant's own words ("What tips did you give me?").
+        past: The query asks what was true before a change ("Where did I work before?",
+            ``asks_before``): the earlier statement rises above the later instead. Defaults to False.
 
     Returns:
         ``(raised, lowered)``: how far each record is raised (a user's statement that supersedes
@@ -262,7 +275,14 @@ def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarra
     end = iso(window.end) if window is not None else ""
     similar = vectors @ vectors.T
     users = [i for i, r in enumerate(records) if r["role"] == "user"]
-    for b in sorted(users, key=times.__getitem__):  # earliest first, so a chain of changes carries
+    if past:  # the earlier of two statements rises above the later: what was true before it changed
+        for b in sorted(users, key=times.__getitem__, reverse=True):
+            later = [new[a] for a in users if times[a] > times[b] and similar[a, b] >= SAME_SUBJECT
+                     and records[a]["session_id"] != records[b]["session_id"] and new[a] - new[b] <= (
+                         CHANGE_MARGIN if states_change(records[a]["content"]) else SUPERSEDE_MARGIN)]
+            if later and max(later) >= new[b]:
+                new[b] = max(later) + 1e-3
+    for b in sorted(users, key=times.__getitem__) if not past else ():  # earliest first: a chain of changes carries
         margin = CHANGE_MARGIN if states_change(records[b]["content"]) else SUPERSEDE_MARGIN
         earlier = [new[a] for a in users if times[a] < times[b] and similar[a, b] >= SAME_SUBJECT
                    and not (window is not None and inside[a] and times[b] > end)
