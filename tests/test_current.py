@@ -416,3 +416,15 @@ def test_a_query_for_the_assistants_words_ranks_them_first(encoder):
     assert memory.search("What did I tell you about the 10K?", k=1, now=now)[0].role == "user"
     memory.config = memory.config.replace(speaker_weight=0.0)
     assert all("speaker" not in h.adjustments for h in memory.search("What advice did you give me?", now=now))
+
+
+def test_a_shared_style_is_not_a_shared_subject():
+    """Four long messages of one user, all alike (cosine 0.5): only the pair that is closer than
+    the rest (0.75) is about the same subject; with two statements the cosine alone decides."""
+    similar = np.full((4, 4), 0.5)
+    np.fill_diagonal(similar, 1.0)
+    similar[0, 1] = similar[1, 0] = 0.75
+    same = current._same_subject(similar, [0, 1, 2, 3])
+    assert same[0, 1] and same[1, 0] and not same[0, 2] and not same[2, 3]
+    assert current._same_subject(similar[:2, :2], [0, 1])[0, 1]
+    assert not current._same_subject(np.array([[1.0, 0.3], [0.3, 1.0]]), [0, 1])[0, 1]  # below SAME_SUBJECT

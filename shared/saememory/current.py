@@ -17,7 +17,8 @@ messages for this query) and is recorded on the hit, so a ranking can always be 
   40 in May?") keeps its score, and so does a statement with a question tagged on ("My dog is
   Luna, isn't she cute?").
 - ``supersedes``: of two of the user's statements among the ``supersede_depth`` best that are
-  about the same subject (dense cosine at least ``SAME_SUBJECT``), said in different sessions,
+  about the same subject (dense cosine at least ``SAME_SUBJECT``, and ``SUBJECT_MARGIN`` above
+  their mean cosine to the other statements among them: a shared subject, not a shared style), said in different sessions,
   the later one is raised just above the earlier one if it scores at most ``SUPERSEDE_MARGIN``
   below it, or ``CHANGE_MARGIN`` if it says that something changed (``states_change``: "our
   new", "moved", "switched", "these days" ...): "We adopted a new dog and called her Olive"
@@ -63,6 +64,7 @@ OWN_WORDS = 2  # words of its own an assistant's message that asks may state ("L
 NEW_QUESTION_WORDS = 4  # words a user's question that only asks may add to the query's
 USER_OWN_WORDS = 1  # words a user's message that only asks may state besides ("Thanks.", "Great!"), not "I moved to Oslo."
 SAME_SUBJECT = 0.4  # dense cosine from which two of the user's statements are about the same subject
+SUBJECT_MARGIN = 0.1  # how far above their mean cosine to the other statements that cosine must be
 ECHO = 0.5  # dense cosine from which a reply repeats a user's statement of its session
 SUPERSEDE_MARGIN = 1.0  # how far (calibrated units) below an earlier statement a later one may be and still supersede it
 CHANGE_MARGIN = 3.0  # the same for a later statement that says something changed ("I moved to Oslo")
@@ -275,16 +277,17 @@ def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarra
     end = iso(window.end) if window is not None else ""
     similar = vectors @ vectors.T
     users = [i for i, r in enumerate(records) if r["role"] == "user"]
+    same = _same_subject(similar, users)
     if past:  # the earlier of two statements rises above the later: what was true before it changed
         for b in sorted(users, key=times.__getitem__, reverse=True):
-            later = [new[a] for a in users if times[a] > times[b] and similar[a, b] >= SAME_SUBJECT
+            later = [new[a] for a in users if times[a] > times[b] and same[a, b]
                      and records[a]["session_id"] != records[b]["session_id"] and new[a] - new[b] <= (
                          CHANGE_MARGIN if states_change(records[a]["content"]) else SUPERSEDE_MARGIN)]
             if later and max(later) >= new[b]:
                 new[b] = max(later) + 1e-3
     for b in sorted(users, key=times.__getitem__) if not past else ():  # earliest first: a chain of changes carries
         margin = CHANGE_MARGIN if states_change(records[b]["content"]) else SUPERSEDE_MARGIN
-        earlier = [new[a] for a in users if times[a] < times[b] and similar[a, b] >= SAME_SUBJECT
+        earlier = [new[a] for a in users if times[a] < times[b] and same[a, b]
                    and not (window is not None and inside[a] and times[b] > end)
                    and records[a]["session_id"] != records[b]["session_id"] and new[a] - new[b] <= margin]
         if earlier and max(earlier) >= new[b]:
@@ -298,6 +301,21 @@ def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarra
         if echoed and min(echoed) <= new[e]:
             new[e] = min(echoed) - 1e-3
     return raised, new - scores - raised
+
+
+def _same_subject(similar: np.ndarray, users: list[int]) -> np.ndarray:
+    """Which pairs of statements are about the same subject: a dense cosine of at least
+    ``SAME_SUBJECT`` and ``SUBJECT_MARGIN`` above each one's mean cosine to the other statements.
+
+    The margin tells a shared subject from a shared style: long messages of one user ("I'm
+    looking for ... I've been ... for 6 months now") are all alike, and without it a guitar
+    practice note superseded the Fitbit message a question was about.
+    """
+    base = np.full(len(similar), -np.inf)
+    if len(users) > 2:
+        block = similar[np.ix_(users, users)]
+        base[users] = (block.sum(axis=1) - np.diag(block)) / (len(users) - 1)
+    return (similar >= SAME_SUBJECT) & (similar - np.maximum(base[:, None], base[None, :]) >= SUBJECT_MARGIN)
 
 
 def states_change(text: str) -> bool:
