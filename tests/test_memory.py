@@ -732,3 +732,15 @@ def test_a_deleted_message_never_comes_back_through_another_memorys_save(encoder
     with pytest.raises(SaveConflictError, match="SAEMemory.load"):
         two.save(tmp_path / "m")
     assert [m["id"] for m in SAEMemory.load(tmp_path / "m", encoder).messages("alice")] == ["tea"]
+
+
+def test_langchains_role_names_in_dicts_are_the_users_and_the_assistants(encoder):
+    from saememory import SAEMemory
+
+    memory = SAEMemory(encoder)
+    memory.add([{"content": "I live in Leeds now.", "role": "human", "id": "h"},
+                {"content": "Leeds is a lovely city.", "role": "ai", "id": "a"}])
+    assert [m["role"] for m in memory.messages()] == ["user", "assistant"]
+    assert [h.id for h in memory.search("Where do I live?", roles="human")] == ["h"]
+    memory.update([{"id": "a", "role": "human"}])
+    assert memory.get("a")["role"] == "user"

@@ -34,7 +34,7 @@ from saememory.encoders.sentence_transformer import Encoder, EncoderConfig
 from saememory.interpret.explain import Hit, make_hit
 from saememory.interpret.steering import resolve_steering, steer_dense
 from saememory.messages import (DEFAULT_USER, Message, changes_of, check_id, check_session, check_text, check_user,
-                                ids_by_user, merged, new_record)
+                                ids_by_user, merged, new_record, role_name)
 from saememory.ranking import Ranked, SearchConfig, rank
 from saememory.times import instant, iso, local_instant
 
@@ -501,7 +501,7 @@ def _window(since: Any, until: Any, roles: str | Iterable[str] | None, now: Any 
         given = (roles,) if isinstance(roles, str) else tuple(roles) if isinstance(roles, (list, tuple, set)) else ()
         if not given or not all(isinstance(r, str) and r for r in given):
             raise ValueError(f"roles must be a role or a list of roles (non-empty strings), got {roles!r}.")
-        window["roles"] = given
+        window["roles"] = tuple(role_name(r) for r in given)  # "human" reads the messages stored as "user"
     return window
 
 

@@ -28,8 +28,9 @@ class Message:
 
     Args:
         content: The text.
-        role: Who said it, e.g. ``"user"`` or ``"assistant"``. Defaults to None: ``"user"``
-            when added, the stored role when updated.
+        role: Who said it, e.g. ``"user"`` or ``"assistant"`` (LangChain's ``"human"`` and
+            ``"ai"`` are stored as those). Defaults to None: ``"user"`` when added, the stored
+            role when updated.
         id: An id, unique within the user's memory (two users may use the same id). Defaults
             to None: a new UUID when added.
         session_id: The conversation it belongs to. Defaults to None: ``"default"`` when added,
@@ -99,6 +100,15 @@ def check_text(name: str, value: Any) -> str:
     return value
 
 
+ROLE_ALIASES = {"human": "user", "ai": "assistant"}  # LangChain's message types, as dicts often carry them
+
+
+def role_name(role: str) -> str:
+    """A role as stored: LangChain's ``"human"`` and ``"ai"`` are ``"user"`` and ``"assistant"``
+    (the adjustments for what is current read the user's role by that name)."""
+    return ROLE_ALIASES.get(role, role)
+
+
 def _message_fields(message: Message | Mapping[str, Any], position: int) -> dict[str, Any]:
     """The fields given (None counts as not given), with extra keys gathered into ``extra``."""
     if isinstance(message, Message):
@@ -126,6 +136,8 @@ def _message_fields(message: Message | Mapping[str, Any], position: int) -> dict
                 raise type(err)(f"{where}: {err}") from None
     if "metadata" in given and not isinstance(given["metadata"], Mapping):
         raise TypeError(f"{where}: metadata must be a dict, got {type(given['metadata']).__name__}.")
+    if "role" in given:
+        given["role"] = role_name(given["role"])
     if "timestamp" in given:
         given["timestamp"], given["time"] = stored_time(given["timestamp"], f"{where}: timestamp")
     given["extra"] = extra
