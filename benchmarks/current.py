@@ -41,7 +41,9 @@ from saememory.ranking import SearchConfig  # noqa: E402
 from saememory.times import instant, query_window  # noqa: E402
 
 ROOT = bench.ROOT
-OFF = NO_ADJUSTMENTS
+# The speaker hint is left at its default here: with the user's turns only, every candidate is on
+# one side, so "What did you suggest?" can move no ranking (its gain is the same for all).
+OFF = {name: value for name, value in NO_ADJUSTMENTS.items() if name != "speaker_weight"}
 GRID = {"recency_weight": (0.0, 0.5), "asks_penalty": (0.0, 8.0), "time_weight": (0.0, 1.0, 2.0),
         "supersede_depth": (0, 10)}
 # The fusion weights dense:SAE:BM25 tried on dev with the adjustments at their defaults (fusion.py's ten).

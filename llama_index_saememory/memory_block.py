@@ -75,18 +75,18 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
     min_score: float | None = None
     now: Any = None
 
-    def index(self, messages: list[ChatMessage], session_id: str | None = None) -> list[str]:
+    def index(self, messages: list[ChatMessage], session_id: str) -> list[str]:
         """Stores the messages not stored yet (system messages, tool calls and empty turns left
         out), as this block's user; returns the ids of the ones kept, stored now or before.
 
         Args:
             messages: The conversation, e.g. ``memory.get_all()`` when it ends.
-            session_id: Their session, e.g. ``memory.session_id``. Defaults to None: each
-                message's own ``session_id`` in ``additional_kwargs``, else ``"default"``.
+            session_id: Their session: ``memory.session_id``, the one the block's reads store
+                them under, so a message read before is recognised and not stored twice.
         """
         return sorted(self._index(list(messages), session_id))
 
-    async def aindex(self, messages: list[ChatMessage], session_id: str | None = None) -> list[str]:
+    async def aindex(self, messages: list[ChatMessage], session_id: str) -> list[str]:
         """``index`` off the event loop (encoding is CPU-bound)."""
         return await asyncio.to_thread(self.index, list(messages), session_id)
 

@@ -94,7 +94,9 @@ def test_asks_without_telling_tells_questions_from_news():
     ("Sore but happy. Which city do I live in?", False),  # two words of its own: it may tell something
     ("We moved last week, which city do I live in now?", False),  # a lead-in that tells: a statement
     ("I just moved to Oslo. Which city do I live in now?", False),  # news before the question
-    ("Lisbon, is that where I live?", True),
+    ("Lisbon, is that where I live?", False),  # a lead-in that names something
+    ("I'm vegan, what should I cook tonight?", False),
+    ("I'm vegan. Any dinner ideas?", False),  # one word of its own can be a fact
 ])
 def test_a_users_question_after_a_lead_in_or_a_courtesy_still_only_asks(text, asks):
     assert asks_without_telling([record(text)], "Which city do I live in?", "english").tolist() == [asks]
@@ -169,7 +171,9 @@ def test_a_statement_after_the_time_the_query_names_supersedes_nothing():
 @pytest.mark.parametrize("query, before", [
     ("Where did I work before my current job?", True),
     ("What was my previous phone?", True),
-    ("What car did I use to drive?", True),
+    ("What car did I drive before the Honda?", True),
+    ("What do I eat before a race?", False),  # before, in a question about the present
+    ("What did I use to unclog the sink?", False),
     ("Which city did we live in prior to the move?", True),
     ("Where do I work now?", False),
     ("How old is my dog?", False),
@@ -389,7 +393,8 @@ def test_a_statement_of_change_supersedes_from_further_below():
     ("Can you tell me my dose?", None),  # asks the assistant now: says nothing of who said the answer
     ("What is my job?", None),
     ("What did I buy last week?", None),
-    ("I told you what you said.", None),  # both sides: no hint
+    ("I told you what you told me.", None),  # both sides: no hint
+    ("What did the doctor you recommended say about my knee?", None),  # a relative clause names a doctor
 ])
 def test_speaker_reads_who_said_what_the_query_asks_for(query, who):
     assert speaker(query) == who
@@ -419,12 +424,36 @@ def test_a_query_for_the_assistants_words_ranks_them_first(encoder):
 
 
 def test_a_shared_style_is_not_a_shared_subject():
-    """Four long messages of one user, all alike (cosine 0.5): only the pair that is closer than
-    the rest (0.75) is about the same subject; with two statements the cosine alone decides."""
-    similar = np.full((4, 4), 0.5)
+    """Seven long messages of one user, all alike (cosine 0.5): only the pair that is closer than
+    the rest (0.75) is about the same subject; with few statements the cosine alone decides."""
+    similar = np.full((7, 7), 0.5)
     np.fill_diagonal(similar, 1.0)
     similar[0, 1] = similar[1, 0] = 0.75
-    same = current._same_subject(similar, [0, 1, 2, 3])
+    same = current._same_subject(similar, list(range(7)))
     assert same[0, 1] and same[1, 0] and not same[0, 2] and not same[2, 3]
-    assert current._same_subject(similar[:2, :2], [0, 1])[0, 1]
+    # Three statements on one subject among them do not lift each other's background (a quartile, not a mean).
+    similar[0, 2] = similar[2, 0] = similar[1, 2] = similar[2, 1] = 0.75
+    assert current._same_subject(similar, list(range(7)))[0, 2]
+    assert current._same_subject(similar[:4, :4], [0, 1, 2, 3])[0, 3]  # too few for a background
     assert not current._same_subject(np.array([[1.0, 0.3], [0.3, 1.0]]), [0, 1])[0, 1]  # below SAME_SUBJECT
+
+
+def test_a_change_supersedes_even_when_the_old_fact_was_said_twice(encoder):
+    """Three statements about one city must not raise each other's background cosine so far
+    that the change no longer counts as the same subject."""
+    memory = SAEMemory(encoder)
+    memory.add(CONVERSATION)
+    memory.add([{"content": "I live in Lisbon now.", "timestamp": "2024-01-05", "session_id": "a", "id": "l1"},
+                {"content": "Lisbon has been my home for years.", "timestamp": "2024-02-05", "session_id": "b", "id": "l2"},
+                {"content": "I moved to Oslo last month!", "timestamp": "2024-09-05", "session_id": "c", "id": "oslo"}])
+    top = memory.search("Which city do I live in?", k=1, now="2024-10-01")[0]
+    assert top.id == "oslo" and "supersedes" in top.adjustments
+
+
+def test_only_the_first_reply_to_a_message_is_raised_above_it():
+    records = [record("Any tips for sleeping better?", time="2024-01-01T10:00:00+00:00", session="s"),
+               record("Keep a fixed wake-up time and no screens before bed.", role="assistant",
+                      time="2024-01-01T10:01:00+00:00", session="s"),
+               record("Anything else I can help with?", role="assistant", time="2024-01-01T10:05:00+00:00", session="s")]
+    raised = current.answering(records, np.array([3.0, 1.0, 2.0]))
+    assert raised[1] == pytest.approx(2.001) and raised[2] == 0 and raised[0] == 0

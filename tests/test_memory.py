@@ -744,3 +744,7 @@ def test_langchains_role_names_in_dicts_are_the_users_and_the_assistants(encoder
     assert [h.id for h in memory.search("Where do I live?", roles="human")] == ["h"]
     memory.update([{"id": "a", "role": "human"}])
     assert memory.get("a")["role"] == "user"
+    # A save made before the aliases holds "human": a filter for either name reads it.
+    from saememory.messages import role_names
+
+    assert role_names(("user",)) == ("user", "human") and role_names(("ai",)) == ("ai", "assistant")

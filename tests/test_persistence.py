@@ -359,3 +359,11 @@ def test_load_refuses_tampered_bm25_files(tmp_path, change, match):
     (snapshot / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=match):
         FaissBackend.load(path)
+
+
+def test_a_save_and_a_shared_code_cache_make_files_others_may_read(tmp_path):
+    """Fresh names are made with O_EXCL, and keep the permissions any new file gets (not 0600)."""
+    save(tmp_path / "mem")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "mem" / backend.CURRENT).stat().st_mode & 0o777 == 0o666 & ~umask

@@ -440,3 +440,15 @@ class _InterruptingList(list):
             self.interrupted = True
             raise KeyboardInterrupt
         super().append(item)
+
+
+def test_an_interrupted_update_keeps_the_old_version(encoder, tmp_path):
+    memory = SAEMemory(encoder)
+    memory.add([{"content": "I live in Lisbon.", "id": "city", "user_id": "alice"}])
+    memory.backend._records = _InterruptingList(memory.backend._records)
+    with pytest.raises(KeyboardInterrupt):
+        memory.update([{"id": "city", "content": "I live in Porto."}], user_id="alice")
+    assert memory.get("city", user_id="alice")["content"] == "I live in Lisbon." and len(memory) == 1
+    assert [h.id for h in memory.search("Where do I live?", user_id="alice")] == ["city"]
+    memory.save(tmp_path / "m")
+    assert [m["content"] for m in SAEMemory.load(tmp_path / "m", encoder).messages("alice")] == ["I live in Lisbon."]

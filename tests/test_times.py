@@ -66,6 +66,7 @@ def test_search_filters_by_window_and_role_on_both_backends(make):
     assert ids(since=dt.date(2025, 1, 1)) == set()
     # A day without a time as until means the whole day: since=day, until=day is that day.
     assert ids(since="2024-03-01", until="2024-03-01") == {"new"}
+    assert ids(since="20240301", until="20240301") == {"new"}  # the basic ISO form too
     assert ids(since=dt.date(2024, 3, 2), until=dt.date(2024, 3, 2)) == {"bot"}
     assert ids(until="2024-03-01T00:00:00Z") == {"old"}  # an instant is taken as it is
     hit = memory.explain("Where do I live?", "new", user_id="alice")

@@ -18,7 +18,8 @@ messages for this query) and is recorded on the hit, so a ranking can always be 
   Luna, isn't she cute?").
 - ``supersedes``: of two of the user's statements among the ``supersede_depth`` best that are
   about the same subject (dense cosine at least ``SAME_SUBJECT``, and ``SUBJECT_MARGIN`` above
-  their mean cosine to the other statements among them: a shared subject, not a shared style), said in different sessions,
+  each one's background cosine to the other statements among them: a shared subject, not a
+  shared style), said in different sessions,
   the later one is raised just above the earlier one if it scores at most ``SUPERSEDE_MARGIN``
   below it, or ``CHANGE_MARGIN`` if it says that something changed (``states_change``: "our
   new", "moved", "switched", "these days" ...): "We adopted a new dog and called her Olive"
@@ -62,9 +63,14 @@ from saememory.times import TimeWindow, iso, query_window
 
 OWN_WORDS = 2  # words of its own an assistant's message that asks may state ("Love the name.")
 NEW_QUESTION_WORDS = 4  # words a user's question that only asks may add to the query's
-USER_OWN_WORDS = 1  # words a user's message that only asks may state besides ("Thanks.", "Great!"), not "I moved to Oslo."
+# What a user's message that only asks may say besides its question ("Thanks. Also, ...?"), and
+# the words of a lead-in before a question ("Remind me, what ...?"): short lists, since any other
+# word may tell something ("I'm vegan, what should I cook?").
+_COURTESIES = frozenset("thanks thank great ok okay cool nice sure perfect awesome hi hello hey sorry please yes yeah "
+                        "wow lol brilliant lovely".split())
 SAME_SUBJECT = 0.4  # dense cosine from which two of the user's statements are about the same subject
-SUBJECT_MARGIN = 0.1  # how far above their mean cosine to the other statements that cosine must be
+SUBJECT_MARGIN = 0.1  # how far above each one's background cosine to the other statements that cosine must be
+BACKGROUND = 5  # statements besides itself a background cosine needs (fewer: the cosine alone decides)
 ECHO = 0.5  # dense cosine from which a reply repeats a user's statement of its session
 SUPERSEDE_MARGIN = 1.0  # how far (calibrated units) below an earlier statement a later one may be and still supersede it
 CHANGE_MARGIN = 3.0  # the same for a later statement that says something changed ("I moved to Oslo")
@@ -90,17 +96,19 @@ _QUESTION_OPENINGS = frozenset(
     "what which who whom whose where when why how do does did is are was were am can could should would will "
     "shall may might must have has had any anyone anything".split())
 _OPENERS = frozenset("so and but also oh hey hi hello ok okay well um hmm btw then now quick question".split())
-_BEFORE = re.compile(r"\b(?:before|previous(?:ly)?|used\s+to|did\s+\w+\s+use\s+to|former(?:ly)?|originally"
-                     r"|at\s+first|prior\s+to)\b", re.IGNORECASE)
+_LEAD_INS = _OPENERS | _COURTESIES | frozenset("remind me tell one more thing by the way again you".split())
+_BEFORE = re.compile(r"\b(?:before|previous(?:ly)?|used\s+to|former(?:ly)?|originally|at\s+first|prior\s+to)\b",
+                     re.IGNORECASE)
+_PAST = re.compile(r"\b(?:was|were|did|had|used)\b", re.IGNORECASE)  # "What do I eat before a race?" asks the present
 # Who said what the query asks for: the assistant ("you gave me", "did you suggest", "your
 # advice") or the user ("I told you", "did I mention"). Past tense only: "Can you tell me my
 # dose?" asks the assistant now, and says nothing of who said the answer.
 _SPEECH_PAST = ("said|told|gave|suggested|recommended|mentioned|proposed|advised|shared|wrote|listed|explained"
                 "|showed|sent|offered|described|provided")
 _SPEECH = "say|tell|give|suggest|recommend|mention|propose|advise|share|write|list|explain|show|send|offer|describe|provide"
-_ASSISTANT_SAID = re.compile(
-    rf"\b(?:you\s+(?:\w+\s+)?(?:{_SPEECH_PAST})|did\s+you\s+(?:{_SPEECH})"
-    r"|your\s+(?:advice|suggestions?|recommendations?|tips?|answer|reply|list))\b", re.IGNORECASE)
+_ASSISTANT_SAID = re.compile(  # "the doctor you recommended" names a doctor: the verb must be to me, or asked
+    rf"\b(?:you\s+(?:just\s+|once\s+|already\s+)?(?:{_SPEECH_PAST})\s+(?:me|us)|did\s+you\s+(?:{_SPEECH})"
+    r"|your\s+(?:advice|suggestions?|recommendations?|tips?|answer|reply))\b", re.IGNORECASE)
 _USER_SAID = re.compile(r"\b(?:i\s+(?:\w+\s+)?(?:told|said|mentioned|wrote|shared)(?:\s+\w+)?\s+(?:to\s+)?you"
                         r"|did\s+i\s+(?:say|tell|mention|write|share))\b", re.IGNORECASE)
 
@@ -152,28 +160,34 @@ def adjustments(records: list[dict[str, Any]], calibrated: np.ndarray, query: st
 
 
 def answering(records: list[dict[str, Any]], scores: np.ndarray) -> np.ndarray:
-    """How far each reply (any role but the user's) is raised to just above the user's message
-    it answers: the user's latest message of its session said before it, among ``records``."""
+    """How far a reply (any role but the user's) is raised to just above the user's message it
+    answers: the user's latest message of its session said before it, among ``records``. Only
+    the first reply to each is raised; later ones keep their own scores."""
     raised = np.zeros(len(records))
     asked: dict[str, list[tuple[str, int]]] = {}
     for i, record in enumerate(records):
         if record["role"] == "user" and record.get("time") is not None:
             asked.setdefault(record["session_id"], []).append((record["time"], i))
+    first: dict[int, tuple[str, int]] = {}  # per user message, its first reply among records
     for e, record in enumerate(records):
         if record["role"] == "user" or record.get("time") is None:
             continue
         before = [(time, u) for time, u in asked.get(record["session_id"], []) if time <= record["time"]]
         if before:
             u = max(before)[1]
-            if scores[u] >= scores[e]:
-                raised[e] = scores[u] - scores[e] + 1e-3
+            first[u] = min(first.get(u, (record["time"], e)), (record["time"], e))
+    for u, (_, e) in first.items():
+        if scores[u] >= scores[e]:
+            raised[e] = scores[u] - scores[e] + 1e-3
     return raised
 
 
 def asks_before(query: str) -> bool:
-    """Whether the query asks what was true before something changed: "Where did I work before
-    this job?", "What was my previous phone?", "What car did I use to drive?"."""
-    return bool(_BEFORE.search(query.replace("’", "'")))
+    """Whether the query asks what was true before something changed: a word of before
+    ("before", "previous", "used to", "originally" ...) in a question about the past ("Where did
+    I work before this job?", "What was my previous phone?"), not "What do I eat before a race?"."""
+    query = query.replace("’", "'")
+    return bool(_BEFORE.search(query) and _PAST.search(query))
 
 
 def speaker(query: str) -> str | None:
@@ -206,8 +220,8 @@ def asks_without_telling(records: list[dict[str, Any]], query: str, stemmer: str
         if not asks:
             continue  # no question at all
         if record["role"] == "user":  # "Thanks." before the question tells nothing
-            told = stated - query_words - _function_words(stemmer)
-            out[i] = len(told) <= USER_OWN_WORDS and len(asked - query_words) <= NEW_QUESTION_WORDS
+            told = {w for w in _WORD.findall(_sentences(record["content"])[0].lower()) if w not in _COURTESIES}
+            out[i] = not told and len(asked - query_words) <= NEW_QUESTION_WORDS
         else:  # a reply's function words are not words of its own: "Good to have a doctor you trust."
             out[i] = len(stated - query_words - _function_words(stemmer)) <= OWN_WORDS
     return out
@@ -305,16 +319,19 @@ def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarra
 
 def _same_subject(similar: np.ndarray, users: list[int]) -> np.ndarray:
     """Which pairs of statements are about the same subject: a dense cosine of at least
-    ``SAME_SUBJECT`` and ``SUBJECT_MARGIN`` above each one's mean cosine to the other statements.
+    ``SAME_SUBJECT`` and ``SUBJECT_MARGIN`` above each one's background, the lower quartile of
+    its cosines to the other statements (with at least ``BACKGROUND`` others; else no margin).
 
     The margin tells a shared subject from a shared style: long messages of one user ("I'm
     looking for ... I've been ... for 6 months now") are all alike, and without it a guitar
-    practice note superseded the Fitbit message a question was about.
+    practice note superseded the Fitbit message a question was about. A quartile, not the
+    mean: three statements about one city must not raise each other's background.
     """
     base = np.full(len(similar), -np.inf)
-    if len(users) > 2:
+    if len(users) > BACKGROUND:
         block = similar[np.ix_(users, users)]
-        base[users] = (block.sum(axis=1) - np.diag(block)) / (len(users) - 1)
+        for row, i in enumerate(users):
+            base[i] = np.quantile(np.delete(block[row], row), 0.25)
     return (similar >= SAME_SUBJECT) & (similar - np.maximum(base[:, None], base[None, :]) >= SUBJECT_MARGIN)
 
 
@@ -342,15 +359,15 @@ def _sentences(text: str) -> tuple[str, str]:
     """``(stated, asked)``: the text's sentences that ask, and the others.
 
     A sentence asks when it ends in a question mark and opens as an English question does (a
-    question word or an auxiliary, after any "so", "hey", "ok" ..., or after a lead-in of at
-    most two words and a comma: "Remind me, what were the tips?", "Quick question, what dose
-    am I on?"): "My dog is Luna, isn't she cute?" and "I moved to Oslo, remember?" state.
+    question word or an auxiliary, after any "so", "hey", "ok" ..., or after a lead-in such as
+    "Remind me," or "Quick question,": "Remind me, what were the tips?"): "My dog is Luna, isn't
+    she cute?", "I'm vegan, what should I cook?" and "I moved to Oslo, remember?" state.
     """
     stated, asked = [], []
     for sentence in _SENTENCE.findall(text):
         words = [w for w in _WORD.findall(sentence.lower()) if w not in _OPENERS]
         lead, comma, rest = sentence.partition(",")
-        if comma and len(_WORD.findall(lead)) <= 2:  # "Remind me, what ...?"
+        if comma and set(_WORD.findall(lead.lower())) <= _LEAD_INS:  # "Remind me, what ...?", not "I'm vegan, what ...?"
             after = _WORD.findall(rest.lower())
             words = after if after and after[0].split("'")[0] in _QUESTION_OPENINGS else words
         opens = bool(words) and words[0].split("'")[0] in _QUESTION_OPENINGS

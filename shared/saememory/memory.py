@@ -34,7 +34,7 @@ from saememory.encoders.sentence_transformer import Encoder, EncoderConfig
 from saememory.interpret.explain import Hit, make_hit
 from saememory.interpret.steering import resolve_steering, steer_dense
 from saememory.messages import (DEFAULT_USER, Message, changes_of, check_id, check_session, check_text, check_user,
-                                ids_by_user, merged, new_record, role_name)
+                                ids_by_user, merged, new_record, role_names)
 from saememory.ranking import Ranked, SearchConfig, rank
 from saememory.times import instant, iso, local_instant
 
@@ -455,7 +455,8 @@ class SAEMemory:
             "settings": self.config.to_dict(),
         }
         with self._lock:
-            self.backend.save(path, manifest, overwrite=overwrite)
+            # Only when asked: a backend written before overwrite= existed still saves.
+            self.backend.save(path, manifest, **({"overwrite": True} if overwrite else {}))
 
     @classmethod
     def load(cls, path: str | Path, encoder: Any = None, *, trust_remote_code: bool = False) -> SAEMemory:
@@ -501,19 +502,19 @@ def _window(since: Any, until: Any, roles: str | Iterable[str] | None, now: Any 
         given = (roles,) if isinstance(roles, str) else tuple(roles) if isinstance(roles, (list, tuple, set)) else ()
         if not given or not all(isinstance(r, str) and r for r in given):
             raise ValueError(f"roles must be a role or a list of roles (non-empty strings), got {roles!r}.")
-        window["roles"] = tuple(role_name(r) for r in given)  # "human" reads the messages stored as "user"
+        window["roles"] = role_names(given)  # "human" and "user" read each other's messages
     return window
 
 
-_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_TIME_OF_DAY = re.compile(r"[T:]|\d{4}/\d{2}/\d{2} \(")  # "2025-03-08T10:00", "10:00", LongMemEval's "(Sat) 02:21"
 
 
 def _end_of_day(until: Any) -> dt.datetime:
-    """``until`` in UTC; a day without a time ("2025-03-08", a ``date``) means its last moment, so
+    """``until`` in UTC; a day without a time ("2025-03-08", "20250308", a ``date``) means its last moment, so
     that ``since=day, until=day`` holds that day's messages (both bounds are inclusive)."""
     moment = instant(until, "until")
     if (isinstance(until, dt.date) and not isinstance(until, dt.datetime)) or (
-            isinstance(until, str) and _DATE_ONLY.fullmatch(until.strip())):
+            isinstance(until, str) and not _TIME_OF_DAY.search(until)):
         try:
             return moment + dt.timedelta(days=1, microseconds=-1)
         except OverflowError:

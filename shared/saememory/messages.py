@@ -109,6 +109,16 @@ def role_name(role: str) -> str:
     return ROLE_ALIASES.get(role, role)
 
 
+def role_names(roles: tuple[str, ...]) -> tuple[str, ...]:
+    """The roles a filter reads: each with its alias, as saves before aliases hold ``"human"``."""
+    out = []
+    for role in roles:
+        for name in (role, role_name(role), *(a for a, canonical in ROLE_ALIASES.items() if canonical == role_name(role))):
+            if name not in out:
+                out.append(name)
+    return tuple(out)
+
+
 def _message_fields(message: Message | Mapping[str, Any], position: int) -> dict[str, Any]:
     """The fields given (None counts as not given), with extra keys gathered into ``extra``."""
     if isinstance(message, Message):

@@ -109,9 +109,10 @@ class Backend(Protocol):
         """Dense vectors of the user's messages among these ids, by id; ids the user does not hold are skipped."""
 
     def save(self, path: str | Path, manifest: dict[str, Any], *, overwrite: bool = False) -> None:
-        """Persists the memory (or, for an external engine, a manifest pointing at it); without
-        ``overwrite``, refuses (``SaveConflictError``) to replace a save another writer made
-        after this backend read or wrote the folder."""
+        """Persists the memory (or, for an external engine, a manifest pointing at it). A backend
+        whose data is in the folder refuses without ``overwrite`` (``SaveConflictError``) to
+        replace a save another writer made after it read or wrote the folder; one whose data
+        lives in an engine (Milvus) writes only a manifest and has nothing to undo."""
 
     def close(self) -> None:
         """Releases connections or files; the backend is not used afterwards."""

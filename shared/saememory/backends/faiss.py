@@ -211,7 +211,8 @@ class FaissBackend:
         ids = np.arange(first, first + len(records), dtype=np.int64)
         dense_parts, sparse_parts = quantize_rows(dense), quantize_codes(sparse, self.d_sae)
         marks = (self._dense.n, self._sparse.rows, len(self.lexical), len(self.lexical.vocab), len(self._seq),
-                 self._next_seq, self._trained)
+                 self._next_seq, self._trained,
+                 {(r["user_id"], r["id"]): self.row_of.get((r["user_id"], r["id"])) for r in records})  # replace: old rows
         try:
             self._dense.append_quantized(*dense_parts)
             self._sparse.append_quantized(*sparse_parts)
@@ -254,11 +255,14 @@ class FaissBackend:
         the next message would be scored (and explained) with the vectors of the one whose add
         stopped, possibly another user's.
         """
-        dense_n, sparse_n, lexical_n, vocab_n, seq_n, next_seq, trained = marks
+        dense_n, sparse_n, lexical_n, vocab_n, seq_n, next_seq, trained, previous = marks
         for row, record in zip(ids.tolist(), records):
             key = (record["user_id"], record["id"])
             if self.row_of.get(key) == row:
-                del self.row_of[key]
+                if previous[key] is None:
+                    del self.row_of[key]
+                else:  # an update: its id addresses the old version again
+                    self.row_of[key] = previous[key]
             self._user_rows.get(record["user_id"], set()).discard(row)
             self._sorted_rows.pop(record["user_id"], None)
         del self._records[first:]

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -177,7 +176,7 @@ def write_snapshot(
             raise
         _fsync_dir(path)  # the snapshot's name is on disk before CURRENT can name it
         # A fresh temporary name (O_EXCL): a link planted at a fixed name would be written through.
-        handle, pointer = tempfile.mkstemp(prefix=f".{CURRENT}.", suffix=".tmp", dir=path)
+        handle, pointer = new_file(path, f".{CURRENT}.", ".tmp")
         try:
             with os.fdopen(handle, "wb") as out:
                 out.write(snapshot.encode())
@@ -521,6 +520,19 @@ def _sync_and_hash(file: Path, sync: bool = True) -> str:
         if sync:
             os.fsync(handle.fileno())
     return digest.hexdigest()
+
+
+def new_file(folder: Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    """Creates a file of a fresh random name in ``folder`` for writing, never through a link
+    (``O_EXCL | O_NOFOLLOW``), with the permissions of any new file (``0o666`` less the umask,
+    where ``mkstemp`` would give 0600): ``(descriptor, path)``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    while True:
+        name = folder / f"{prefix}{uuid.uuid4().hex[:12]}{suffix}"
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
 
 
 def _write_durably(file: Path, data: bytes) -> None:

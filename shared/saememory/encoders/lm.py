@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,6 +42,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from saememory.backends.snapshot import new_file
 from saememory.config import DictConfig
 from saememory.encoders.base import POOLINGS, Encoded
 from saememory.encoders.sentence_transformer import Encoder, EncoderConfig
@@ -445,7 +445,7 @@ class CodeCache:
         self.entries[key] = (np.asarray(dense, dtype=np.float32), code, bool(truncated))
         if self.directory is not None:
             # A name of its own per writer: processes sharing the folder write the same keys.
-            handle, name = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp.npz", dir=self.directory)
+            handle, name = new_file(self.directory, f".{key}.", ".tmp.npz")
             try:
                 with os.fdopen(handle, "wb") as out:
                     np.savez(out, dense=self.entries[key][0], indices=code.indices.astype(np.int32), data=code.data,
