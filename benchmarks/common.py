@@ -109,3 +109,21 @@ def wilson(share: float, n: int, z: float = 1.96) -> str:
     centre = (share + z * z / (2 * n)) / (1 + z * z / n)
     half = z * ((share * (1 - share) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
     return f"{share:.2f} [{max(0.0, centre - half):.2f}, {min(1.0, centre + half):.2f}]"
+
+
+def variant(pairs: list[str]) -> dict[str, float]:
+    """Applies ``NAME=VALUE`` pairs: ``saememory.current`` constants are set at once, the
+    ``SearchConfig`` settings returned."""
+    from saememory import SearchConfig, current
+
+    settings = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name in SearchConfig.names():
+            settings[name] = float(value) if "." in value else int(value)
+        elif name.isupper() and hasattr(current, name):
+            setattr(current, name, type(getattr(current, name))(value))
+        else:
+            raise SystemExit(f"--set {pair}: {name!r} is neither a SearchConfig setting nor a constant of "
+                             "saememory.current")
+    return settings

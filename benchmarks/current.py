@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 import longmemeval as bench  # noqa: E402  (the LongMemEval harness: caches and splits)
-from common import NO_ADJUSTMENTS, bootstrap, commit, machine, publish  # noqa: E402
+from common import NO_ADJUSTMENTS, bootstrap, commit, machine, publish, variant  # noqa: E402
 
 from saememory import Encoder, EncoderConfig, SAEMemory  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
@@ -136,9 +136,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hygiene", choices=("on", "off"), default="on",
                         help="leave the features the SAE's hygiene hides out of the codes (EncoderConfig(hygiene=...); "
                              "the default) or keep every feature, which has its own json and section")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="only print the default's metrics with a SearchConfig setting or a saememory.current "
+                             "constant changed (SUBJECT_MARGIN=0.05), against the default; writes nothing")
     args = parser.parse_args(argv)
 
     chosen = bench.declared_split(lme.load(bench.DEFAULT_DATA), args.split)
+    if args.set:
+        return print_variant(chosen, args)
     full = args.precision == "float32"
     sae = {"sae": args.sae} if args.sae else {}
     caches = bench.Caches(ROOT / "benchmarks" / ".cache",
@@ -212,6 +217,24 @@ def main(argv: list[str] | None = None) -> None:
                                       shipped.name)]
     lines += ["", end]
     publish(args.md, lines, start, end)
+
+
+def print_variant(chosen: list[tuple[int, dict[str, Any]]], args: argparse.Namespace) -> None:
+    """The default and a variant of it (``--set``), paired, printed: a probe, nothing written."""
+    caches = bench.Caches(ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig()))
+    base = run(chosen, caches, [{}])
+    changed = variant(args.set)  # after the default's run: constants of saememory.current are set here
+    other = run(chosen, caches, [changed])
+    these, those = next(iter(base.values())), next(iter(other.values()))
+    print(f"variant: {' '.join(args.set)}; {len(these)} questions of the {args.split} split")
+    for m in METRICS:
+        diff = np.array([b[m] - a[m] for a, b in zip(these, those)])
+        low, high = bootstrap(diff)
+        print(f"{m}: {np.mean([a[m] for a in these]):.3f} -> {np.mean([b[m] for b in those]):.3f}, "
+              f"{diff.mean():+.3f} [{low:+.3f}, {high:+.3f}]")
+    for rows, label in ((these, "default"), (those, "variant")):
+        first = [r["new_first"] for r in rows if r["new_first"] is not None]
+        print(f"{label}: knowledge updates, latest evidence above earliest: {np.mean(first):.2f} (n = {len(first)})")
 
 
 def against_shipped(these: list[dict], shipped: list[dict] | None, source: str, what: str = "the shipped encoder") -> str:

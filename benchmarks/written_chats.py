@@ -1,6 +1,7 @@
 """A hand-written chat history, asked as its users would ask it. A development set, not a proof.
 
     python benchmarks/written_chats.py
+    python benchmarks/written_chats.py --no-publish --set speaker_weight=1 --set SUBJECT_MARGIN=0.05   # a variant
 
 ``benchmarks/data/written_chats.json``: two users of a personal assistant, 10 sessions each over
 8 to 9 months, 124 messages of both roles with real timestamps and zones, written as people and
@@ -10,6 +11,8 @@ and stored as turns. 73 questions, each with the ids of the messages that answer
 before any ranking was run. Kinds: ``fact``, ``now`` (what is X now), ``before`` (what X was
 before it changed), ``when``, ``time`` (the query names a time), ``advice`` (what the assistant
 said). Every user's questions are asked at one reference time (``now`` in the file).
+``--set NAME=VALUE`` ranks with a ``SearchConfig`` setting or a constant of ``saememory.current``
+changed, to try a variant without editing the code.
 
 Unlike ``benchmarks/real_use.py``, nothing here is made from templates; it is small (n = 73), so
 it checks direction on text unlike LongMemEval's, not size. Reported per ranking (each through
@@ -31,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 
-from common import NO_ADJUSTMENTS, commit, machine, publish, wilson  # noqa: E402
+from common import NO_ADJUSTMENTS, commit, machine, publish, variant, wilson  # noqa: E402
 
 from saememory import SAEMemory  # noqa: E402
 
@@ -67,7 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--no-publish", action="store_true", help="print the table, leave BENCHMARKS.md as it is")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a SearchConfig setting (speaker_weight=1) or a saememory.current constant "
+                             "(SUBJECT_MARGIN=0.05) for every ranking; implies --no-publish")
     args = parser.parse_args(argv)
+    settings = variant(args.set)
+    args.no_publish = args.no_publish or bool(args.set)
     data = load()
     memory = SAEMemory()
     memory.add(data["messages"])
@@ -75,8 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     header = ("| ranking | top 1 | top 3 | top 10 | " + " | ".join(
         f"{kind} (n={sum(q['kind'] == kind for q in questions)}): top 1 / top 3" for kind in KINDS) + " |")
     lines = [header, "|---|" + "---:|" * (3 + len(KINDS))]
-    for name, settings in rankings().items():
-        found = ranks(memory, data, **settings)
+    for name, extra in rankings().items():
+        found = ranks(memory, data, **{**settings, **extra})
         n = len(found)
         share = lambda hits, total: wilson(hits / total, total)  # noqa: E731
         row = [share(sum(r == 1 for r in found), n), share(sum(r is not None and r <= 3 for r in found), n),
@@ -85,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             mine = [r for r, q in zip(found, questions) if q["kind"] == kind]
             row.append(f"{sum(r == 1 for r in mine)} / {sum(r is not None and r <= 3 for r in mine)}")
         lines.append(f"| {name} | " + " | ".join(row) + " |")
-    print("\n".join(lines))
+    print((f"variant: {' '.join(args.set)}\n" if args.set else "") + "\n".join(lines))
     if args.no_publish:
         return
     start, end = "<!-- written-chats:start -->", "<!-- written-chats:end -->"
