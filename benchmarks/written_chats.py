@@ -14,7 +14,9 @@ said). Every user's questions are asked at one reference time (``now`` in the fi
 ``--set NAME=VALUE`` ranks with a ``SearchConfig`` setting or a constant of ``saememory.current``
 changed, to try a variant without editing the code.
 
-Unlike ``benchmarks/real_use.py``, nothing here is made from templates; it is small (n = 73), so
+The peers are those of the real-use benchmark: LangChain's ``EnsembleRetriever`` and
+LlamaIndex's ``QueryFusionRetriever``, over BM25 and dense. Unlike ``benchmarks/real_use.py``,
+nothing here is made from templates; it is small (n = 73), so
 it checks direction on text unlike LongMemEval's, not size. Reported per ranking (each through
 ``SAEMemory.search``; the adapters rank the same, as tests check): an answer in the top 1, top 3
 and top 10, overall with Wilson intervals and per kind. Writes the ``written-chats`` section of
@@ -61,14 +63,38 @@ def ranks(memory: SAEMemory, data: dict, **settings) -> list[int | None]:
         memory.config = base
 
 
-def rankings() -> dict[str, dict]:
+def peer_ranks(data: dict, name: str) -> list[int | None]:
+    """The same, for LangChain's ``EnsembleRetriever`` (``"langchain"``) or LlamaIndex's
+    ``QueryFusionRetriever`` (``"llama_index"``) over BM25 and MiniLM vectors of whole messages (as
+    those frameworks embed them; cached as in ``benchmarks/real_use.py``), one user's messages each."""
+    import longmemeval as bench
+
+    from saememory import Encoder, EncoderConfig
+
+    caches = bench.Caches(ROOT / "benchmarks" / ".cache", Encoder(EncoderConfig(pooling="max", split="none")))
+    caches.fill([m["content"] for m in data["messages"]], [q["query"] for q in data["questions"]])
+    retrieve = bench.langchain_ensemble(caches) if name == "langchain" else bench.llama_index_fusion(caches)
+    out = []
+    for q in data["questions"]:
+        mine = [m for m in data["messages"] if m["user_id"] == q["user"]]
+        ids = retrieve(bench.build_corpus(mine, q["query"], caches), 10)
+        out.append(next((i + 1 for i, m in enumerate(ids[:10]) if m in set(q["answers"])), None))
+    return out
+
+
+def rankings() -> dict[str, dict | str]:
     return {"default (SearchConfig())": {}, "default without the adjustments for what is current": NO_ADJUSTMENTS,
-            "default without the SAE": {"sparse_weight": 0.0}}
+            "default without the SAE": {"sparse_weight": 0.0},
+            "LangChain EnsembleRetriever (BM25 + dense, RRF)": "langchain",
+            "LlamaIndex QueryFusionRetriever (BM25 + dense, relative score)": "llama_index"}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--data", type=Path, default=DATA,
+                        help="another history in the same format (its own section, named after the file); "
+                             "default: benchmarks/data/written_chats.json, the development set")
     parser.add_argument("--no-publish", action="store_true", help="print the table, leave BENCHMARKS.md as it is")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a SearchConfig setting (speaker_weight=1) or a saememory.current constant "
@@ -76,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = variant(args.set)
     args.no_publish = args.no_publish or bool(args.set)
-    data = load()
+    data = load(args.data)
     memory = SAEMemory()
     memory.add(data["messages"])
     questions = data["questions"]
@@ -84,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{kind} (n={sum(q['kind'] == kind for q in questions)}): top 1 / top 3" for kind in KINDS) + " |")
     lines = [header, "|---|" + "---:|" * (3 + len(KINDS))]
     for name, extra in rankings().items():
-        found = ranks(memory, data, **{**settings, **extra})
+        if isinstance(extra, str) and args.set:
+            continue  # a variant changes saememory only
+        found = peer_ranks(data, extra) if isinstance(extra, str) else ranks(memory, data, **{**settings, **extra})
         n = len(found)
         share = lambda hits, total: wilson(hits / total, total)  # noqa: E731
         row = [share(sum(r == 1 for r in found), n), share(sum(r is not None and r <= 3 for r in found), n),
@@ -96,14 +124,17 @@ def main(argv: list[str] | None = None) -> None:
     print((f"variant: {' '.join(args.set)}\n" if args.set else "") + "\n".join(lines))
     if args.no_publish:
         return
-    start, end = "<!-- written-chats:start -->", "<!-- written-chats:end -->"
+    own = args.data.resolve() == DATA.resolve()
+    tag = "" if own else f"-{args.data.stem.replace('_', '-')}"
+    start, end = f"<!-- written-chats{tag}:start -->", f"<!-- written-chats{tag}:end -->"
     users = sorted({q["user"] for q in questions})
+    where = args.data.resolve().relative_to(ROOT) if args.data.resolve().is_relative_to(ROOT) else args.data
     publish(args.md, [
-        start, "### Written chats, a development set", "",
+        start, "### Written chats, a development set" if own else f"### Written chats, held out: `{where}`", "",
         f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; commit {commit()}; machine: {machine()}",
-        f"- Data: `benchmarks/data/written_chats.json`: {len(users)} users, {len(data['messages'])} messages "
+        f"- Data: `{where}`: {len(users)} users, {len(data['messages'])} messages "
         f"(both roles), {n} questions asked at each user's reference time",
-        "- Command: `python benchmarks/written_chats.py`", "",
+        "- Command: `python benchmarks/written_chats.py" + ("" if own else f" --data {where}") + "`", "",
         "Answer in the top 1 / 3 / 10 (95% Wilson intervals), and per kind of question the number "
         "answered first / in the top 3.", "", *lines, "", end], start, end)
 
