@@ -174,6 +174,9 @@ def test_a_statement_after_the_time_the_query_names_supersedes_nothing():
     ("What car did I drive before the Honda?", True),
     ("What do I eat before a race?", False),  # before, in a question about the present
     ("What did I use to unclog the sink?", False),
+    ("How many days before the meeting did I go to the workshop?", False),  # a time, not a change
+    ("What did I eat the day before my exam?", False),
+    ("In our previous chat you suggested a book, what was it?", False),  # a conversation, not a change
     ("Which city did we live in prior to the move?", True),
     ("Where do I work now?", False),
     ("How old is my dog?", False),

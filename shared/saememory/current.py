@@ -97,8 +97,12 @@ _QUESTION_OPENINGS = frozenset(
     "shall may might must have has had any anyone anything".split())
 _OPENERS = frozenset("so and but also oh hey hi hello ok okay well um hmm btw then now quick question".split())
 _LEAD_INS = _OPENERS | _COURTESIES | frozenset("remind me tell one more thing by the way again you".split())
-_BEFORE = re.compile(r"\b(?:before|previous(?:ly)?|used\s+to|former(?:ly)?|originally|at\s+first|prior\s+to)\b",
-                     re.IGNORECASE)
+# Not "the day before", "how many days before" (a time), nor "our previous chat" (a conversation).
+_BEFORE = re.compile(
+    r"(?<!\bday\s)(?<!\bdays\s)(?<!\bweek\s)(?<!\bweeks\s)(?<!\bmonth\s)(?<!\bmonths\s)(?<!\byear\s)"
+    r"(?<!\byears\s)(?<!\bnight\s)(?<!\bhours\s)(?<!\blong\s)\bbefore\b"
+    r"|\bprevious(?:ly)?\b(?!\s+(?:chat|conversation|session|discussion|talk|message|exchange|question)s?\b)"
+    r"|\b(?:used\s+to|former(?:ly)?|originally|at\s+first|prior\s+to)\b", re.IGNORECASE)
 _PAST = re.compile(r"\b(?:was|were|did|had|used)\b", re.IGNORECASE)  # "What do I eat before a race?" asks the present
 # Who said what the query asks for: the assistant ("you gave me", "did you suggest", "your
 # advice") or the user ("I told you", "did I mention"). Past tense only: "Can you tell me my
