@@ -27,3 +27,13 @@ def test_it_ranks_every_question(encoder):
     found = written.ranks(memory, data)
     assert len(found) == 4 and all(r is None or 1 <= r <= 10 for r in found)
     assert written.ranks(memory, data, speaker_weight=0.0) and memory.config.speaker_weight == 2.0  # restored
+
+
+def test_the_held_out_history_is_consistent_too():
+    written = load_script(ROOT / "benchmarks" / "written_chats.py")
+    data = written.load(ROOT / "benchmarks" / "data" / "written_chats_held_out.json")
+    messages = {m["id"]: m for m in data["messages"]}
+    assert len(messages) == len(data["messages"]) and set(data["now"]) == {m["user_id"] for m in messages.values()}
+    for q in data["questions"]:
+        assert q["kind"] in written.KINDS and q["answers"]
+        assert all(messages[a]["user_id"] == q["user"] for a in q["answers"])
