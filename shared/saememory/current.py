@@ -11,9 +11,9 @@ messages for this query) and is recorded on the hit, so a ranking can always be 
   sentence that ends in "?" and opens as an English question does) and tells nothing else: an
   assistant's message may add at most two words of its own, function words not counted ("Love
   the name. What breed is he?", "Good to have a doctor you trust. How often do you see
-  them?"); the user's has no sentence besides its questions, and they add at most four words to
-  the query's (the same question asked earlier and stored, or another short one: "Who is my
-  doctor?"). A question that carries news ("Can you suggest a gift for my sister Ana, who turns
+  them?"); the user's has no sentence besides its questions but courtesies ("Thanks."), and
+  they add at most four words to the query's (the same question asked earlier and stored, or
+  another short one: "Who is my doctor?", "Remind me, who is my doctor?"). A question that carries news ("Can you suggest a gift for my sister Ana, who turns
   40 in May?") keeps its score, and so does a statement with a question tagged on ("My dog is
   Luna, isn't she cute?").
 - ``supersedes``: of two of the user's statements among the ``supersede_depth`` best that are
@@ -26,7 +26,8 @@ messages for this query) and is recorded on the hit, so a ranking can always be 
   above "I have a dog named Rocky". When the query names a time, a statement said after it
   does not supersede one said within it: "Where did I work in January?" asks what was true then.
   When the query asks what was true before a change (``asks_before``: "before", "previous",
-  "used to" ...), the earlier statement is raised above the later one instead.
+  "used to" ... in a question about the past), the earlier statement is raised above the later
+  one instead.
 - ``echoes``: among the same best candidates, a reply (any role but the user's) that repeats a
   statement the user made earlier in its session (dense cosine at least ``ECHO``) is lowered
   just below it: "Luna is such a cute name for a dog" below "We named our puppy Luna"; not when
@@ -35,10 +36,10 @@ messages for this query) and is recorded on the hit, so a ranking can always be 
   ``speaker_weight``: "What tips did you give me?" asks for the assistant's words, "What did I
   tell you about the race?" for the user's (``speaker``). A gain, not a loss for the other side:
   only the best candidates are adjusted, and a loss would let messages below them overtake.
-- ``replies``: when the query asks for the assistant's words, an assistant's reply is raised
-  just above the user's message it answers (the user's latest earlier message of its session
-  among the same candidates): "Any training advice for the 10K?" holds the query's words, the
-  reply after it holds the advice asked for.
+- ``replies``: when the query asks for the assistant's words, the assistant's first reply to a
+  user's message is raised just above that message (the user's latest earlier message of its
+  session among the same candidates): "Any training advice for the 10K?" holds the query's
+  words, the reply after it holds the advice asked for.
 - ``time``: when the query names a time ("two weeks ago", "in March"; see
   ``saememory.times.query_window``), the messages said within it gain ``time_weight``.
 
