@@ -164,8 +164,12 @@ def test_a_statement_after_the_time_the_query_names_supersedes_nothing():
     # Asked what was true before the change: the earlier rises above the later instead (from within a margin).
     raised = settle(records, vectors, np.array([2.5, 3.0]), past=True)[0]
     assert raised[0] > 0.5 and raised[1] == 0
-    # "I accepted a new job" says it changed: the margin is CHANGE_MARGIN; beyond it, nothing moves.
+    # The query says it changed: the margin is CHANGE_MARGIN for any later statement; beyond it, nothing moves.
     assert not settle(records, vectors, np.array([2.5, 2.5 + current.CHANGE_MARGIN + 0.5]), past=True)[0].any()
+    plain = [record("I work as a nurse at Rush.", time="2024-01-10T00:00:00+00:00", session="s1", mid="jan"),
+             record("I work at Denver Health.", time="2024-03-05T00:00:00+00:00", session="s2", mid="mar")]
+    assert settle(plain, vectors, np.array([2.5, 2.5 + current.SUPERSEDE_MARGIN + 1.0]), past=True)[0][0] > 0
+    assert not settle(plain, vectors, np.array([2.5 + current.SUPERSEDE_MARGIN + 1.0, 2.5]))[0].any()  # forward: 1
 
 
 @pytest.mark.parametrize("query, before", [

@@ -282,7 +282,8 @@ def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarra
         echoes: Whether to lower echoes. Defaults to True; False when the query asks for the
             assistant's own words ("What tips did you give me?").
         past: The query asks what was true before a change ("Where did I work before?",
-            ``asks_before``): the earlier statement rises above the later instead. Defaults to False.
+            ``asks_before``): the earlier statement rises above the later instead, from up to
+            ``CHANGE_MARGIN`` below it (the query itself says that it changed). Defaults to False.
 
     Returns:
         ``(raised, lowered)``: how far each record is raised (a user's statement that supersedes
@@ -299,9 +300,9 @@ def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarra
     same = _same_subject(similar, users)
     if past:  # the earlier of two statements rises above the later: what was true before it changed
         for b in sorted(users, key=times.__getitem__, reverse=True):
+            # The query says that something changed, so every later statement is one of change.
             later = [new[a] for a in users if times[a] > times[b] and same[a, b]
-                     and records[a]["session_id"] != records[b]["session_id"] and new[a] - new[b] <= (
-                         CHANGE_MARGIN if states_change(records[a]["content"]) else SUPERSEDE_MARGIN)]
+                     and records[a]["session_id"] != records[b]["session_id"] and new[a] - new[b] <= CHANGE_MARGIN]
             if later and max(later) >= new[b]:
                 new[b] = max(later) + 1e-3
     for b in sorted(users, key=times.__getitem__) if not past else ():  # earliest first: a chain of changes carries
