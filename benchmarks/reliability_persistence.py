@@ -99,7 +99,7 @@ def saver(folder: Path, log: int) -> None:
         if records:
             index.add(records, dense, sparse)
         _log(log, "begin", token, time.time())
-        index.save(folder, {"encoder": {}, "settings": {}, "token": token})
+        index.save(folder, {"encoder": {}, "settings": {}, "token": token}, overwrite=True)  # replacing is the point
         _log(log, "done", token, time.time())
 
 
@@ -229,7 +229,7 @@ def _check_round(folder: Path, logs: Path, counts: Counts) -> None:
     problem = mismatch(index, manifest["token"]) if manifest["token"] in begun else "an unknown token"
     if problem:
         counts.failures.append(f"the round's folder loads a state no saver began: {problem}")
-    index.save(folder, {"encoder": {}, "settings": {}, "token": manifest["token"]})  # cleans up, under the lock
+    index.save(folder, {"encoder": {}, "settings": {}, "token": manifest["token"]}, overwrite=True)  # cleans up, under the lock
     left = sorted(p.name for p in folder.iterdir() if p.name.startswith(("snapshot-", ".tmp-")))
     if len(left) != 1 or not left[0].startswith("snapshot-"):
         counts.failures.append(f"a clean save left {left}")

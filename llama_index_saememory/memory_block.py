@@ -9,9 +9,10 @@ from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.memory.memory import BaseMemoryBlock
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from saememory import SAEMemory, check_user
+from saememory.times import local_instant
 from llama_index_saememory.retriever import to_message_dicts
 
 
@@ -60,9 +61,14 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
             present at each read.
         name: Block name in the memory template. Defaults to ``"saememory"``.
 
+    Identical text said twice by the same role in one conversation is stored once (a message
+    without ``additional_kwargs["id"]`` is named by its user, session, role and text); give
+    messages ids of their own to keep every one.
+
     Raises:
         pydantic.ValidationError: On a setting this block does not have (a misspelt ``user_id``
-            would otherwise read and write the default user).
+            would otherwise read and write the default user), or a bad value: ``k`` below 1, an
+            empty ``user_id``, a ``now`` that is no time.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
@@ -74,6 +80,26 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
     user_id: str | None = None
     min_score: float | None = None
     now: Any = None
+
+    @field_validator("k")
+    @classmethod
+    def _check_k(cls, k: int) -> int:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a whole number >= 1 (the past messages injected per turn), got {k!r}.")
+        return k
+
+    @field_validator("user_id")
+    @classmethod
+    def _check_user(cls, user_id: str | None) -> str | None:
+        check_user(user_id)  # now, not at the first turn of a chat
+        return user_id
+
+    @field_validator("now")
+    @classmethod
+    def _check_now(cls, now: Any) -> Any:
+        if now is not None:
+            local_instant(now, "now")
+        return now
 
     def index(self, messages: list[ChatMessage], session_id: str) -> list[str]:
         """Stores the messages not stored yet (system messages, tool calls and empty turns left
@@ -101,7 +127,12 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
                 continue  # instructions (and this block's own injected text), not conversation
             mid = message_id(message, session_id, user)
             ids.append(mid)
-            if not self.memory.contains(mid, user_id=user) and mid not in {m["id"] for m in new}:
+            stored = self.memory.get(mid, user_id=user) if self.memory.contains(mid, user_id=user) else None
+            if stored is not None and stored["content"] != message.content:  # only an id the app gave can differ
+                raise ValueError(f"Message id {mid!r} (additional_kwargs['id']) is already stored for user {user!r} "
+                                 "with other text; ids must be unique per user, or the new message would be lost. "
+                                 "Give each message its own id, or none (the block then makes one from its text).")
+            if stored is None and mid not in {m["id"] for m in new}:
                 (record,) = to_message_dicts([message], session_id)
                 new.append({**record, "id": mid})
         if new:

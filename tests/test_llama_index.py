@@ -147,3 +147,24 @@ def test_memory_block_reads_time_words_from_now_and_refuses_unknown_settings(enc
     assert "Oslo" in recalled and "Bergen" not in recalled
     with pytest.raises(pydantic.ValidationError):
         SAEMemoryBlock(memory=memory, userid="alice")  # a misspelt setting, not the default user silently
+
+
+def test_memory_block_refuses_bad_settings_and_an_id_stored_with_other_text(encoder):
+    import pydantic
+    import pytest
+
+    from llama_index_saememory import SAEMemoryBlock
+    from saememory import SAEMemory
+
+    memory = SAEMemory(encoder)
+    for bad in ({"k": 0}, {"k": -2}, {"user_id": ""}, {"now": "garbage"}):
+        with pytest.raises(pydantic.ValidationError):  # when the block is made, not at a chat's first turn
+            SAEMemoryBlock(memory=memory, **bad)
+    block = SAEMemoryBlock(memory=memory, user_id="alice")
+    said = ChatMessage(role="user", content="I live in Paris.", additional_kwargs={"id": "turn-1"})
+    assert block.index([said], session_id="c1") == ["turn-1"]
+    assert block.index([said], session_id="c1") == ["turn-1"]  # the same message again: skipped
+    moved = ChatMessage(role="user", content="I moved to Berlin last week.", additional_kwargs={"id": "turn-1"})
+    with pytest.raises(ValueError, match="turn-1.*already stored.*other text"):
+        block.index([moved], session_id="c2")
+    assert [m["content"] for m in memory.messages("alice")] == ["I live in Paris."]

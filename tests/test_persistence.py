@@ -30,7 +30,7 @@ def save(path: Path, token: int = 1) -> Path:
     records, dense, sparse = bench.state(token)
     index = bench.new_index()
     index.add(records, dense, sparse)
-    index.save(path, {**MANIFEST, "token": token})
+    index.save(path, {**MANIFEST, "token": token}, overwrite=True)  # a new memory in place of the last
     return snapshot_of(path)
 
 
@@ -101,7 +101,7 @@ def test_a_failed_save_keeps_the_previous_one_and_removes_its_own_folder(tmp_pat
     index = bench.new_index()
     index.add(records, dense, sparse)
     with pytest.raises(ValueError, match=f"Not saved to {path}: message 'm0' of user 'u1' holds NaN"):
-        index.save(path, MANIFEST)
+        index.save(path, MANIFEST, overwrite=True)
     assert FaissBackend.load(path)[1]["token"] == 1
     assert sorted(p.name for p in path.iterdir() if not p.name.startswith("snapshot-")) == ["CURRENT", "LOCK"]
 
@@ -307,9 +307,14 @@ def test_a_save_never_undoes_another_writers_save(tmp_path):
     first.save(path, {**MANIFEST, "token": 4})  # a writer's own saves follow each other
     second.save(path, {**MANIFEST, "token": 5}, overwrite=True)  # asked for in so many words
     assert FaissBackend.load(path)[1]["token"] == 5
-    # A folder this backend never read or wrote is replaced as before (a new memory saved over an old one).
-    save(path, token=6)
-    assert FaissBackend.load(path)[1]["token"] == 6
+    # A new memory saved over a folder it never loaded would lose that save's messages: refused too.
+    records, dense, sparse = bench.state(6)
+    fresh = bench.new_index()
+    fresh.add(records, dense, sparse)
+    with pytest.raises(backend.SaveConflictError, match="did not load.*overwrite=True"):
+        fresh.save(path, {**MANIFEST, "token": 6})
+    assert FaissBackend.load(path)[1]["token"] == 5
+    fresh.save(tmp_path / "elsewhere", {**MANIFEST, "token": 6})  # a new folder takes it
 
 
 @pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="symbolic links need a POSIX system")
@@ -326,11 +331,11 @@ def test_a_save_never_writes_through_a_link_planted_in_the_folder(tmp_path, name
     index = bench.new_index()
     index.add(records, dense, sparse)
     if name == f".{backend.CURRENT}.tmp":  # the old fixed temporary name: now unused
-        index.save(path, {**MANIFEST, "token": 2})
+        index.save(path, {**MANIFEST, "token": 2}, overwrite=True)
         assert FaissBackend.load(path)[1]["token"] == 2
     else:
         with pytest.raises(ValueError, match="symbolic link"):
-            index.save(path, {**MANIFEST, "token": 2})
+            index.save(path, {**MANIFEST, "token": 2}, overwrite=True)
     assert victim.read_text() == "the user's own file"
 
 

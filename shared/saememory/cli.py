@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.memory.is_dir():
         parser.error(f"{args.memory} is not a folder; pass the folder SAEMemory.save wrote.")
+    # Checked before the model loads: a page that cannot be written should not cost a search first.
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; pass the HTML file to write, e.g. --out {args.out / 'why.html'}.")
+    if not args.out.resolve().parent.is_dir():
+        parser.error(f"--out {args.out}: the folder {args.out.resolve().parent} does not exist; create it or write "
+                     "the page elsewhere.")
     try:
         memory = SAEMemory.load(args.memory, trust_remote_code=args.trust_remote_code)
         hits = memory.search(args.query, k=args.k, user_id=args.user, session_id=args.session, now=args.now, words=True)
@@ -46,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
                          + f"; it holds messages of {users} user(s). Pass --user (and --session) of one of them.")
     except (ValueError, TypeError, FileNotFoundError) as err:
         parser.error(str(err))
-    path = write_html(args.out, args.query, hits, sae=getattr(memory.encoder, "sae", None))
+    try:
+        path = write_html(args.out, args.query, hits, sae=getattr(memory.encoder, "sae", None))
+    except OSError as err:  # no permission, a full disk
+        parser.error(f"--out {args.out}: cannot write the page ({err.strerror or err}).")
     print(f"{len(hits)} hits explained in {path}")
     return 0
 

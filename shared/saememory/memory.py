@@ -439,14 +439,16 @@ class SAEMemory:
 
         Args:
             path: The folder.
-            overwrite: Replace the folder's save even if another writer (another process, or
-                another memory) saved there after this memory loaded it or last saved there.
-                Defaults to False: such a save is refused, since it would undo that writer's
-                changes (messages it deleted would come back).
+            overwrite: Replace the folder's save even if this memory never loaded it, or another
+                writer (another process, or another memory) saved there after this memory loaded
+                it or last saved there. Defaults to False: such a save is refused, since it would
+                lose that save's messages or undo that writer's changes (messages it deleted
+                would come back).
 
         Raises:
-            saememory.SaveConflictError: If another writer saved to ``path`` since this memory
-                read or wrote it, and ``overwrite`` is False. Load it again and repeat the changes.
+            saememory.SaveConflictError: If ``path`` holds a save this memory never loaded, or
+                another writer saved there since this memory read or wrote it, and ``overwrite``
+                is False. Load it (again) and add (or repeat) the changes.
         """
         manifest = {
             "saememory_version": _version(),

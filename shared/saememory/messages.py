@@ -158,9 +158,10 @@ def _message_fields(message: Message | Mapping[str, Any], position: int) -> dict
 def _owner(given: dict[str, Any], owner: str | None) -> str:
     user = given.get("user_id", owner or DEFAULT_USER)
     if owner is not None and user != owner:
-        raise ValueError(f"{given['where']} names user_id {user!r}, but this call stores for user {owner!r}; "
-                         "a memory bound to one user never writes into another's. Drop the message's user_id, "
-                         "or store it through that user's memory.")
+        raise ValueError(f"{given['where']} names user_id {user!r}, but this call stores for user {owner!r} "
+                         "(a retriever or block writes for the user it is bound to, the default user if none) and "
+                         "never into another's. Drop the message's user_id, or store it for that user: a "
+                         "retriever bound to them, or memory.add(messages, user_id=...).")
     return user
 
 

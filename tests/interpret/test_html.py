@@ -53,6 +53,10 @@ def test_the_command_explains_a_saved_memory(encoder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         saememory_command(["explain", str(tmp_path / "memory"), "  "])
     assert "query" in capsys.readouterr().err
+    for out, says in ((tmp_path, "is a folder"), (tmp_path / "no" / "such" / "why.html", "does not exist")):
+        with pytest.raises(SystemExit):  # told before the model loads, not as a traceback after the search
+            saememory_command(["explain", str(tmp_path / "memory"), QUESTION, "--user", "alice", "--out", str(out)])
+        assert says in capsys.readouterr().err
     snapshot = tmp_path / "memory" / (tmp_path / "memory" / "CURRENT").read_text()
     manifest = json.loads((snapshot / "manifest.json").read_text())
     manifest["encoder_config"]["trust_remote_code"] = True  # an edited folder: loading would run a model's code

@@ -394,15 +394,17 @@ class FaissBackend:
         pickle), with ``faiss.index`` for an approximate index type only. Savers of one folder
         take turns (``snapshot.write_snapshot`` locks it).
 
-        A folder this backend was loaded from or saved to must still hold that snapshot: if
-        another writer saved there since, the save is refused rather than undoing its changes,
-        unless ``overwrite``.
+        A folder this backend was loaded from or saved to must still hold that snapshot, and one
+        it never read must hold no save: otherwise (another writer saved there since, or the
+        folder holds a memory this one never loaded) the save is refused rather than losing
+        messages, unless ``overwrite``.
 
         Raises:
             ValueError: If a message holds NaN or infinite values (a save ``load`` would refuse);
                 the previous save is kept.
             snapshot.SaveConflictError: If another writer saved to the folder since this backend
-                read or wrote it, and ``overwrite`` is False.
+                read or wrote it, or it holds a save this backend never read, and ``overwrite``
+                is False.
         """
         self._check_aligned()
         live = np.array(sorted(self.row_of.values(), key=self._seq.__getitem__), dtype=np.int64)  # insertion order
@@ -434,7 +436,7 @@ class FaissBackend:
                 "index_type": self.index_type, "n_messages": int(live.size)}
         folder = os.path.realpath(path)
         self._snapshots[folder] = snapshot.write_snapshot(
-            path, full, write_files, expect=None if overwrite else self._snapshots.get(folder))
+            path, full, write_files, expect=None if overwrite else self._snapshots.get(folder, ""))
 
     @classmethod
     def load(cls, path: str | Path, *, identity: dict[str, Any] | None = None,

@@ -133,9 +133,10 @@ def write_snapshot(
             of every data file) added.
         write_files: Called with the temporary snapshot folder to write the data files into
             (flat files only). Defaults to None (a manifest only).
-        expect: The snapshot the caller last read or wrote in this folder. If ``CURRENT`` names
-            another, another writer saved since, and replacing its save would undo its changes
-            (deleted messages back, added ones gone). Defaults to None: replace whatever is there.
+        expect: The snapshot the caller last read or wrote in this folder, or ``""`` if it never
+            read or wrote it. If ``CURRENT`` names another, another writer saved since (or the
+            folder holds a memory the caller never loaded), and replacing that save would lose
+            its messages or undo its changes. Defaults to None: replace whatever is there.
 
     Returns:
         The new snapshot's name, to ``expect`` at the next save.
@@ -154,6 +155,11 @@ def write_snapshot(
                              "link (and check who made it) before saving here.")
         if expect is not None and current.is_file():
             found = current.read_bytes().decode("ascii", errors="replace").strip()
+            if found != expect and not expect:
+                raise SaveConflictError(
+                    f"{path} already holds a saved memory ({found}) that this memory did not load; saving would "
+                    f"replace it and lose its messages. Load it (SAEMemory.load) and add to that, save to another "
+                    f"folder, or pass save(path, overwrite=True) to replace it.")
             if found != expect:
                 raise SaveConflictError(
                     f"{path} was saved by another writer after this memory read it (it held {expect}, it now holds "
