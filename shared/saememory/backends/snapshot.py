@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import scipy.sparse as sp
@@ -153,19 +153,16 @@ def write_snapshot(
         if current.is_symlink():
             raise ValueError(f"{current} is a symbolic link; a saved memory's CURRENT is a plain file. Remove the "
                              "link (and check who made it) before saving here.")
-        if expect is not None and current.is_file():
-            found = current.read_bytes().decode("ascii", errors="replace").strip()
-            if found != expect and not expect:
-                raise SaveConflictError(
-                    f"{path} already holds a saved memory ({found}) that this memory did not load; saving would "
-                    f"replace it and lose its messages. Load it (SAEMemory.load) and add to that, save to another "
-                    f"folder, or pass save(path, overwrite=True) to replace it.")
-            if found != expect:
-                raise SaveConflictError(
-                    f"{path} was saved by another writer after this memory read it (it held {expect}, it now holds "
-                    f"{found}). Saving would undo that writer's changes: messages it deleted would come back and "
-                    f"messages it added would be lost. Load the folder again (SAEMemory.load) and repeat your "
-                    f"changes, or pass save(path, overwrite=True) to replace it.")
+        found = current.read_bytes().decode("ascii", errors="replace").strip() if current.is_file() else None
+        if expect is not None and found is not None and found != expect:
+            raise SaveConflictError(
+                f"{path} already holds a saved memory ({found}) that this memory did not load; saving would replace "
+                "it and lose its messages. Load it (SAEMemory.load) and add to that, save to another folder, or "
+                "pass save(path, overwrite=True) to replace it." if not expect else
+                f"{path} was saved by another writer after this memory read it (it held {expect}, it now holds "
+                f"{found}). Saving would undo that writer's changes: messages it deleted would come back and "
+                "messages it added would be lost. Load the folder again (SAEMemory.load) and repeat your changes, "
+                "or pass save(path, overwrite=True) to replace it.")
         snapshot = f"snapshot-{uuid.uuid4().hex[:12]}"
         tmp = path / f".tmp-{snapshot}"
         tmp.mkdir()
@@ -181,18 +178,7 @@ def write_snapshot(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _fsync_dir(path)  # the snapshot's name is on disk before CURRENT can name it
-        # A fresh temporary name (O_EXCL): a link planted at a fixed name would be written through.
-        handle, pointer = new_file(path, f".{CURRENT}.", ".tmp")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(snapshot.encode())
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(pointer, path / CURRENT)  # the commit point
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(pointer)
-            raise
+        replace_file(current, lambda out: out.write(snapshot.encode()), durable=True)  # the commit point
         _fsync_dir(path)
         # Under the exclusive lock no reader or saver is on any other snapshot: all are garbage.
         for old in path.iterdir():
@@ -528,17 +514,34 @@ def _sync_and_hash(file: Path, sync: bool = True) -> str:
     return digest.hexdigest()
 
 
-def new_file(folder: Path, prefix: str, suffix: str) -> tuple[int, Path]:
-    """Creates a file of a fresh random name in ``folder`` for writing, never through a link
-    (``O_EXCL | O_NOFOLLOW``), with the permissions of any new file (``0o666`` less the umask,
-    where ``mkstemp`` would give 0600): ``(descriptor, path)``."""
+def replace_file(target: Path, write: Callable[[BinaryIO], Any], durable: bool = False) -> None:
+    """Writes ``target`` whole or not at all: ``write`` fills a temporary file beside it, which then
+    replaces it atomically, so readers never see half a file.
+
+    The temporary file has a fresh random name (``O_EXCL | O_NOFOLLOW``: a link planted at a fixed
+    name would be written through, and writers in several processes each get their own) and the
+    permissions of any new file (``0o666`` less the umask, where ``mkstemp`` would give 0600). With
+    ``durable``, it is fsynced before the swap. On any failure it is removed.
+    """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     while True:
-        name = folder / f"{prefix}{uuid.uuid4().hex[:12]}{suffix}"
+        temporary = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
         try:
-            return os.open(name, flags, 0o666), name
+            handle = os.open(temporary, flags, 0o666)
+            break
         except FileExistsError:
             continue
+    try:
+        with os.fdopen(handle, "wb") as out:
+            write(out)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def _write_durably(file: Path, data: bytes) -> None:

@@ -28,11 +28,9 @@ message shared by many questions is encoded once.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from saememory.backends.snapshot import new_file
+from saememory.backends.snapshot import replace_file
 from saememory.config import DictConfig
 from saememory.encoders.base import POOLINGS, Encoded
 from saememory.encoders.sentence_transformer import Encoder, EncoderConfig
@@ -444,17 +442,10 @@ class CodeCache:
         code = sp.csr_matrix(code, dtype=np.float32)
         self.entries[key] = (np.asarray(dense, dtype=np.float32), code, bool(truncated))
         if self.directory is not None:
-            # A name of its own per writer: processes sharing the folder write the same keys.
-            handle, name = new_file(self.directory, f".{key}.", ".tmp.npz")
-            try:
-                with os.fdopen(handle, "wb") as out:
-                    np.savez(out, dense=self.entries[key][0], indices=code.indices.astype(np.int32), data=code.data,
-                             d_sae=np.int64(code.shape[1]), truncated=np.bool_(truncated))
-                os.replace(name, self.directory / f"{key}.npz")  # readers never see half a file
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(name)
-                raise
+            # Whole or not at all, through a temporary file of its own: processes sharing the folder write the same keys.
+            replace_file(self.directory / f"{key}.npz", lambda out: np.savez(
+                out, dense=self.entries[key][0], indices=code.indices.astype(np.int32), data=code.data,
+                d_sae=np.int64(code.shape[1]), truncated=np.bool_(truncated)))
 
 
 class LMEncoder:
