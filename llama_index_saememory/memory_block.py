@@ -119,7 +119,7 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
     def _index(self, messages: list[ChatMessage], session_id: str | None) -> set[str]:
         """Adds the messages not stored yet; returns the ids of all of them."""
         user = check_user(self.user_id)
-        ids, new = [], []
+        ids, new, pending = [], [], set()
         for message in messages:
             if not isinstance(message.content, str) or not message.content.strip():
                 continue  # tool calls and empty turns carry nothing to recall
@@ -127,14 +127,18 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
                 continue  # instructions (and this block's own injected text), not conversation
             mid = message_id(message, session_id, user)
             ids.append(mid)
-            stored = self.memory.get(mid, user_id=user) if self.memory.contains(mid, user_id=user) else None
+            try:
+                stored = self.memory.get(mid, user_id=user)  # one lookup (a query, on Milvus) per message
+            except KeyError:
+                stored = None
             if stored is not None and stored["content"] != message.content:  # only an id the app gave can differ
                 raise ValueError(f"Message id {mid!r} (additional_kwargs['id']) is already stored for user {user!r} "
                                  "with other text; ids must be unique per user, or the new message would be lost. "
                                  "Give each message its own id, or none (the block then makes one from its text).")
-            if stored is None and mid not in {m["id"] for m in new}:
+            if stored is None and mid not in pending:
                 (record,) = to_message_dicts([message], session_id)
                 new.append({**record, "id": mid})
+                pending.add(mid)
         if new:
             try:
                 self.memory.add(new, user_id=user)

@@ -221,12 +221,11 @@ def asks_without_telling(records: list[dict[str, Any]], query: str, stemmer: str
     query_words = set(tokenize([query], stemmer)[0])
     out = np.zeros(len(records), dtype=bool)
     for i, record in enumerate(records):
-        stated, asked, asks = _told_and_asked(record["content"], stemmer)
+        stated, asked, asks, courteous = _told_and_asked(record["content"], stemmer)
         if not asks:
             continue  # no question at all
         if record["role"] == "user":  # "Thanks." before the question tells nothing
-            told = {w for w in _WORD.findall(_sentences(record["content"])[0].lower()) if w not in _COURTESIES}
-            out[i] = not told and len(asked - query_words) <= NEW_QUESTION_WORDS
+            out[i] = courteous and len(asked - query_words) <= NEW_QUESTION_WORDS
         else:  # a reply's function words are not words of its own: "Good to have a doctor you trust."
             out[i] = len(stated - query_words - _function_words(stemmer)) <= OWN_WORDS
     return out
@@ -245,20 +244,22 @@ def _function_words(stemmer: str | None) -> frozenset[str]:
     return found
 
 
-_TOLD_AND_ASKED: dict[tuple[bytes, str | None], tuple[frozenset[str], frozenset[str], bool]] = {}
+_TOLD_AND_ASKED: dict[tuple[bytes, str | None], tuple[frozenset[str], frozenset[str], bool, bool]] = {}
 CACHED_MESSAGES = 16384  # the same candidates come back query after query: their words are kept, by digest
 CACHED_CHARS = 4000  # longer messages are read each time, so the cache stays small
 _CACHE_LOCK = threading.Lock()
 
 
-def _told_and_asked(content: str, stemmer: str | None) -> tuple[frozenset[str], frozenset[str], bool]:
-    """The words a message states, the words it asks, and whether it asks at all."""
+def _told_and_asked(content: str, stemmer: str | None) -> tuple[frozenset[str], frozenset[str], bool, bool]:
+    """The words a message states, the words it asks, whether it asks at all, and whether what it
+    states besides its questions is only courtesies ("Thanks.", or nothing)."""
     key = (hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).digest(), stemmer)
     found = _TOLD_AND_ASKED.get(key)
     if found is None:
         stated, asked = _sentences(content)
         words = tokenize([stated, asked], stemmer)
-        found = (frozenset(words[0]), frozenset(words[1]), bool(asked))
+        courteous = set(_WORD.findall(stated.lower())) <= _COURTESIES
+        found = (frozenset(words[0]), frozenset(words[1]), bool(asked), courteous)
         if len(content) <= CACHED_CHARS:
             with _CACHE_LOCK:  # searches run in threads (the adapters' async calls): evict and insert as one step
                 if len(_TOLD_AND_ASKED) >= CACHED_MESSAGES:
