@@ -122,7 +122,10 @@ def variant(pairs: list[str]) -> dict[str, float]:
         if name in SearchConfig.names():
             settings[name] = float(value) if "." in value else int(value)
         elif name.isupper() and hasattr(current, name):
-            setattr(current, name, type(getattr(current, name))(value))
+            kind = type(getattr(current, name))
+            if kind is bool and value.lower() not in ("true", "false", "1", "0"):
+                raise SystemExit(f"--set {pair}: {name} is true or false, got {value!r}")
+            setattr(current, name, value.lower() in ("true", "1") if kind is bool else kind(value))
         else:
             raise SystemExit(f"--set {pair}: {name!r} is neither a SearchConfig setting nor a constant of "
                              "saememory.current")
