@@ -734,6 +734,22 @@ def test_a_deleted_message_never_comes_back_through_another_memorys_save(encoder
     assert [m["id"] for m in SAEMemory.load(tmp_path / "m", encoder).messages("alice")] == ["tea"]
 
 
+def test_a_milvus_save_reconnects_through_the_backend_the_caller_names(encoder, tmp_path):
+    pytest.importorskip("pymilvus")
+    from saememory import MilvusBackend, SAEMemory
+
+    memory = SAEMemory(encoder, backend=MilvusBackend(str(tmp_path / "m.db"), "reconnect"))
+    memory.add([{"content": "I like tea.", "id": "tea", "user_id": "alice"}])
+    memory.save(tmp_path / "saved")
+    memory.backend.close()
+    again = SAEMemory.load(tmp_path / "saved", encoder, backend=MilvusBackend(str(tmp_path / "m.db"), "reconnect"))
+    assert [m["id"] for m in again.messages("alice")] == ["tea"]
+    again.backend.close()
+    SAEMemory(encoder).save(tmp_path / "in-process")
+    with pytest.raises(ValueError, match="only for reconnecting to a Milvus save"):
+        SAEMemory.load(tmp_path / "in-process", encoder, backend=MilvusBackend(str(tmp_path / "m.db")))
+
+
 def test_langchains_role_names_in_dicts_are_the_users_and_the_assistants(encoder):
     from saememory import SAEMemory
 

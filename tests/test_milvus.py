@@ -189,3 +189,63 @@ def test_an_idle_milvus_lite_client_sends_nothing(monkeypatch, tmp_path):
     assert b.get("alice", "m1")["content"] == "tea" and tap.connections == 1
     b.close()
     tap.listener.close()
+
+
+MANIFEST = {"encoder": {}, "settings": {}}
+
+
+def test_a_milvus_save_never_replaces_another_memorys_save(tmp_path):
+    """A folder holding an in-process save (its only copy) or another collection's manifest is
+    not re-pointed by a Milvus save; its own collection's manifest is replaced freely."""
+    from saememory.backends import snapshot
+    from saememory.backends.faiss import FaissBackend
+
+    faiss = FaissBackend()
+    faiss.open(DIM, D_SAE)
+    faiss.add([record("alice", "m1", "alice's only copy")], *vectors(1))
+    faiss.save(tmp_path / "alice", MANIFEST)
+    b, other = backend(tmp_path / "x.db"), backend(tmp_path / "x.db", collection="other")
+    with pytest.raises(snapshot.SaveConflictError, match="did not load.*overwrite=True"):
+        b.save(tmp_path / "alice", MANIFEST)
+    assert FaissBackend.load(tmp_path / "alice")[0].get("alice", "m1")["content"] == "alice's only copy"
+    b.save(tmp_path / "mine", MANIFEST)
+    b.save(tmp_path / "mine", MANIFEST)  # its own saves in a row
+    backend_again = MilvusBackend(str(tmp_path / "x.db"), "c")
+    backend_again.open(DIM, D_SAE, identity=IDENTITY)
+    backend_again.save(tmp_path / "mine", MANIFEST)  # another writer of the same collection: nothing to undo
+    with pytest.raises(snapshot.SaveConflictError):
+        other.save(tmp_path / "mine", MANIFEST)  # another collection
+    other.save(tmp_path / "mine", MANIFEST, overwrite=True)
+    assert snapshot.read_manifest(tmp_path / "mine")[1]["milvus"]["collection"] == "other"
+    for opened in (b, other, backend_again):
+        opened.close()
+
+
+def test_loading_a_milvus_save_never_creates_what_it_names(tmp_path):
+    b = backend(tmp_path / "x.db")
+    b.add([record("alice", "m1", "tea")], *vectors(1))
+    b.save(tmp_path / "saved", MANIFEST)
+    b.close()
+    loaded, manifest = MilvusBackend.load(tmp_path / "saved", identity=IDENTITY)
+    assert loaded.get("alice", "m1")["content"] == "tea"
+    loaded.close()
+    (tmp_path / "x.db").rename(tmp_path / "moved.db")  # the data moved away: the load says so
+    with pytest.raises(ValueError, match="holds no collection 'c'.*moved or deleted"):
+        MilvusBackend.load(tmp_path / "saved", identity=IDENTITY)
+    assert not (tmp_path / "x.db").exists()  # and made no new, empty file in its place
+    with pytest.raises(ValueError, match="names the collection 'c' at .*x.db"):
+        MilvusBackend.load(tmp_path / "saved", identity=IDENTITY, backend=MilvusBackend(str(tmp_path / "moved.db")))
+
+
+def test_a_manifest_naming_a_server_is_followed_only_when_the_caller_names_it(tmp_path):
+    """An edited manifest must not send the memory's later messages to a server of its choosing."""
+    from saememory.backends import snapshot
+
+    snapshot.write_snapshot(tmp_path / "saved", {**MANIFEST, "backend": "milvus", "dim": DIM, "d_sae": D_SAE,
+                                                 "index_type": None, "n_messages": 1,
+                                                 "milvus": {"uri": "http://evil.example:19530", "collection": "c",
+                                                            "index": "HNSW"}})
+    with pytest.raises(ValueError, match="names the Milvus server 'http://evil.example:19530'.*backend=MilvusBackend"):
+        MilvusBackend.load(tmp_path / "saved", identity=IDENTITY)
+    with pytest.raises(ValueError, match="not 'c' at 'http://localhost:19530'|names the collection"):
+        MilvusBackend.load(tmp_path / "saved", backend=MilvusBackend("http://localhost:19530", "d"))

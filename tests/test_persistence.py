@@ -317,6 +317,70 @@ def test_a_save_never_undoes_another_writers_save(tmp_path):
     fresh.save(tmp_path / "elsewhere", {**MANIFEST, "token": 6})  # a new folder takes it
 
 
+@pytest.mark.parametrize("lose", ["delete", "empty"])
+def test_a_save_whose_current_was_lost_is_neither_empty_nor_overwritten(tmp_path, lose):
+    """Without CURRENT the snapshot is still the only copy of the memory: "load, or start anew
+    if nothing is saved" must not start anew and then delete it at the first save."""
+    path = tmp_path / "mem"
+    kept = save(path, token=1)
+    if lose == "delete":
+        (path / backend.CURRENT).unlink()
+        refused(path, f"CURRENT is missing, but the folder holds the snapshot {kept.name}")
+    else:
+        (path / backend.CURRENT).write_text("")
+        refused(path, "CURRENT must hold the name of a snapshot folder")
+    records, dense, sparse = bench.state(2)
+    fresh = bench.new_index()
+    fresh.add(records, dense, sparse)
+    with pytest.raises(backend.SaveConflictError, match=f"holds the saved memory {kept.name}.*overwrite=True"):
+        fresh.save(path, {**MANIFEST, "token": 2})
+    assert kept.is_dir()
+    (path / backend.CURRENT).write_text(kept.name)  # what the errors advise
+    assert FaissBackend.load(path)[1]["token"] == 1
+    fresh.save(path, {**MANIFEST, "token": 2}, overwrite=True)
+    assert FaissBackend.load(path)[1]["token"] == 2 and not kept.exists()
+
+
+def test_a_first_save_killed_before_its_commit_leaves_no_save_and_no_alarm(tmp_path, monkeypatch):
+    """Between its snapshot's rename and CURRENT naming it, a first save's snapshot is not a lost
+    save: CURRENT says nothing is committed yet, so a restart finds no save and saves anew."""
+    path = tmp_path / "mem"
+    written = []
+    real = backend.replace_file
+
+    def killed_at_commit(target, write, durable=False):
+        if written:  # the second write of CURRENT is the commit: die before it
+            raise KeyboardInterrupt
+        written.append(target)
+        real(target, write, durable=durable)
+
+    monkeypatch.setattr(backend, "replace_file", killed_at_commit)
+    with pytest.raises(KeyboardInterrupt):
+        save(path, token=1)
+    monkeypatch.setattr(backend, "replace_file", real)
+    assert [p.name for p in path.iterdir() if p.name.startswith("snapshot-")]  # written, never named
+    assert (path / backend.CURRENT).read_text() == backend.NOTHING_YET
+    with pytest.raises(FileNotFoundError, match="holds no saved memory"):
+        FaissBackend.load(path)
+    records, dense, sparse = bench.state(2)
+    fresh = bench.new_index()
+    fresh.add(records, dense, sparse)
+    fresh.save(path, {**MANIFEST, "token": 2})  # no conflict: nothing was committed
+    assert FaissBackend.load(path)[1]["token"] == 2
+    assert len([p for p in path.iterdir() if p.name.startswith("snapshot-")]) == 1
+
+
+def test_a_killed_savers_temporary_current_is_cleaned_up(tmp_path):
+    path = tmp_path / "mem"
+    save(path, token=1)
+    leftover = path / ".CURRENT.0123456789ab.tmp"  # as replace_file names it; its saver died before the rename
+    leftover.write_text("snapshot-0123456789ab")
+    mine = path / ".CURRENT.notes.tmp"  # not a name saememory gives: left alone
+    mine.write_text("the user's own file")
+    save(path, token=2)
+    assert not leftover.exists() and mine.exists()
+
+
 @pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="symbolic links need a POSIX system")
 @pytest.mark.parametrize("name", [backend.CURRENT, backend.LOCK, f".{backend.CURRENT}.tmp"])
 def test_a_save_never_writes_through_a_link_planted_in_the_folder(tmp_path, name):

@@ -69,6 +69,8 @@ def test_search_filters_by_window_and_role_on_both_backends(make):
     assert ids(since="20240301", until="20240301") == {"new"}  # the basic ISO form too
     assert ids(since=dt.date(2024, 3, 2), until=dt.date(2024, 3, 2)) == {"bot"}
     assert ids(until="2024-03-01T00:00:00Z") == {"old"}  # an instant is taken as it is
+    for hour in ("2024-03-01 09", "2024-03-01 0900", "2024-03-01 09Z", "2024-03-01 09+00"):  # ISO hours without ":"
+        assert ids(since="2024-03-01", until=hour) == {"new"} and ids(since="2024-03-01", until=hour.replace("09", "08", 1)) == set()
     hit = memory.explain("Where do I live?", "new", user_id="alice")
     assert hit.timestamp == "2024-03-01T10:00:00+01:00" and hit.time == "2024-03-01T09:00:00.000000+00:00"
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
-import re
 import threading
 import warnings
 from collections import Counter
@@ -461,7 +460,8 @@ class SAEMemory:
             self.backend.save(path, manifest, **({"overwrite": True} if overwrite else {}))
 
     @classmethod
-    def load(cls, path: str | Path, encoder: Any = None, *, trust_remote_code: bool = False) -> SAEMemory:
+    def load(cls, path: str | Path, encoder: Any = None, *, trust_remote_code: bool = False,
+             backend: Any = None) -> SAEMemory:
         """Loads a saved memory, rebuilding the backend the manifest names.
 
         Args:
@@ -470,6 +470,9 @@ class SAEMemory:
             trust_remote_code: Let the manifest's encoder run its model's own Python code (its
                 ``trust_remote_code=True``, as Nomic models need). Defaults to False: a folder is
                 data, and a manifest edited to name a model with code would otherwise run it.
+            backend: For a Milvus save, a new ``MilvusBackend`` to reconnect with: required for a
+                server (with its ``token``), since a folder does not choose where messages are
+                sent; optional for a milvus-lite file. Defaults to None.
 
         Raises:
             FileNotFoundError: If ``path`` holds no saved memory.
@@ -485,7 +488,11 @@ class SAEMemory:
         config = _saved_config(path, manifest)
         _check_identity(path, manifest, encoder)
         name = manifest.get("backend") or ("milvus" if manifest.get("milvus") else "faiss")  # older saves name none
-        backend, manifest = backend_class(name).load(path, identity=encoder.identity(), stemmer=config.bm25_stemmer)
+        if backend is not None and name != "milvus":
+            raise ValueError(f"{path} holds an in-process memory; backend= is only for reconnecting to a Milvus save.")
+        given = {"backend": backend} if backend is not None else {}
+        backend, manifest = backend_class(name).load(path, identity=encoder.identity(), stemmer=config.bm25_stemmer,
+                                                     **given)
         _check_identity(path, manifest, encoder)  # the manifest read with the data, under one lock
         config = _saved_config(path, manifest)  # and its settings: a save may have come between the two reads
         return cls(encoder, backend=backend, config=config)
@@ -508,20 +515,26 @@ def _window(since: Any, until: Any, roles: str | Iterable[str] | None, now: Any 
     return window
 
 
-_TIME_OF_DAY = re.compile(r"[T:]|\d{4}/\d{2}/\d{2} \(")  # "2025-03-08T10:00", "10:00", LongMemEval's "(Sat) 02:21"
-
-
 def _end_of_day(until: Any) -> dt.datetime:
     """``until`` in UTC; a day without a time ("2025-03-08", "20250308", a ``date``) means its last moment, so
-    that ``since=day, until=day`` holds that day's messages (both bounds are inclusive)."""
+    that ``since=day, until=day`` holds that day's messages (both bounds are inclusive). A time of day in
+    any form ("2025-03-08 10", "2025-03-08T10:00Z") is taken as it is."""
     moment = instant(until, "until")
-    if (isinstance(until, dt.date) and not isinstance(until, dt.datetime)) or (
-            isinstance(until, str) and not _TIME_OF_DAY.search(until)):
+    if (isinstance(until, dt.date) and not isinstance(until, dt.datetime)) or (isinstance(until, str) and _a_day(until)):
         try:
             return moment + dt.timedelta(days=1, microseconds=-1)
         except OverflowError:
             return moment.replace(hour=23, minute=59, second=59, microsecond=999999)
     return moment
+
+
+def _a_day(text: str) -> bool:
+    """Whether ``text`` names a day and nothing finer: an ISO 8601 date alone."""
+    try:
+        dt.date.fromisoformat(text.strip())
+    except ValueError:
+        return False
+    return True
 
 
 def _config(config: SearchConfig | None, settings: dict[str, Any]) -> SearchConfig:

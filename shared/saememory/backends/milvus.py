@@ -28,8 +28,10 @@ query has that feature, so it never adds to a score, and it is dropped when code
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -137,6 +139,7 @@ class MilvusBackend:
         self.collection, self.token = collection, token
         self.index_type = ("FLAT" if self.lite else "HNSW") if index == "auto" else index
         self._client = None  # connected by open()
+        self._saved: dict[str, str] = {}  # per folder read or written (real path), the snapshot it held then
 
     @property
     def client(self) -> Any:
@@ -148,11 +151,13 @@ class MilvusBackend:
     def __repr__(self) -> str:
         return f"MilvusBackend({self.uri!r}, collection={self.collection!r}, index={self.index_type!r})"
 
-    def open(self, dim: int, d_sae: int, *, identity: dict[str, Any] | None = None, stemmer: str | None = None) -> None:
+    def open(self, dim: int, d_sae: int, *, identity: dict[str, Any] | None = None, stemmer: str | None = None,
+             create: bool = True) -> None:
         """Connects, and creates the collection or checks the one there against these widths and ``identity``.
 
         ``identity`` (the encoder's, a JSON-serialisable dict) is recorded in a new collection
-        and compared with the recorded one on reopening; None records and checks nothing.
+        and compared with the recorded one on reopening; None records and checks nothing. With
+        ``create=False`` (a load) a missing collection is a ``ValueError``, not a new empty memory.
         """
         if self._client is not None:  # opened by load(): the same encoder, or refused
             if (self.dim, self.d_sae) != (dim, d_sae):
@@ -164,11 +169,15 @@ class MilvusBackend:
         self.stemmer = check_stemmer(stemmer)
         self.identity = None if identity is None else _identity_json(identity)
         pymilvus = _pymilvus()
+        if not create and self.lite and not Path(self.uri).exists():  # connecting would create it (a file or a folder)
+            raise ValueError(self._missing())
         self._client = pymilvus.MilvusClient(self.uri, **(LITE_CONNECTION if self.lite else {}),
                                             **({"token": self.token} if self.token else {}))
         try:
             if self.client.has_collection(self.collection):
                 self._check_existing()
+            elif not create:
+                raise ValueError(self._missing())
             else:
                 self._create(pymilvus)
             self.client.load_collection(self.collection)
@@ -177,16 +186,46 @@ class MilvusBackend:
             raise
         self._last_seq = 0
 
+    def _missing(self) -> str:
+        return (f"{self!r} holds no collection {self.collection!r}: the data a saved manifest names is gone (was the "
+                ".db file moved or deleted, or is this another server?). Restore it, or load with "
+                "backend=MilvusBackend(...) naming where it is now.")
+
     @classmethod
-    def load(cls, path: str | Path, *, identity: dict[str, Any] | None = None,
-             stemmer: str | None = None) -> tuple[MilvusBackend, dict[str, Any]]:
-        """Reconnects to the collection a saved manifest names (the data lives in Milvus)."""
-        _, manifest = snapshot.read_manifest(path)
+    def load(cls, path: str | Path, *, identity: dict[str, Any] | None = None, stemmer: str | None = None,
+             backend: MilvusBackend | None = None) -> tuple[MilvusBackend, dict[str, Any]]:
+        """Reconnects to the collection a saved manifest names (the data lives in Milvus).
+
+        Args:
+            backend: An unopened ``MilvusBackend`` to connect with (a server's ``token``, or the
+                collection's new place). Defaults to None: the manifest's milvus-lite file. A
+                manifest naming a server is only followed with one: a folder is data, and an
+                edited manifest must not choose where the memory's messages are sent.
+
+        Raises:
+            FileNotFoundError: If ``path`` holds no saved memory.
+            ValueError: If the collection (or milvus-lite file) is not there (a load never
+                creates one: the saved memory's data is gone, not absent), the manifest names a
+                server and ``backend`` is None, or ``backend`` names another collection.
+        """
+        folder, manifest = snapshot.read_manifest(path)
         milvus = manifest.get("milvus")
         if milvus is None:
             raise ValueError(f"{path} holds an in-process memory, not a Milvus manifest; load it with SAEMemory.load(path).")
-        backend = cls(milvus["uri"], milvus["collection"], index=milvus["index"])
-        backend.open(manifest["dim"], manifest["d_sae"], identity=identity, stemmer=stemmer)
+        snapshot.verify_files(path, folder, manifest)  # an in-process save's files under an edited manifest
+        if backend is None:
+            if not check_uri(milvus["uri"])[1]:
+                raise ValueError(f"{path} names the Milvus server {milvus['uri']!r}: a saved folder does not choose "
+                                 "where messages go. Pass SAEMemory.load(path, backend=MilvusBackend("
+                                 f"{milvus['uri']!r}, collection={milvus['collection']!r}, token=...)).")
+            backend = cls(milvus["uri"], milvus["collection"], index=milvus["index"])
+        elif not isinstance(backend, cls) or backend._client is not None:
+            raise ValueError(f"backend={backend!r} must be a new, unopened MilvusBackend.")
+        elif (check_uri(milvus["uri"])[0], milvus["collection"]) != (backend.uri, backend.collection):
+            raise ValueError(f"{path} names the collection {milvus['collection']!r} at {milvus['uri']!r}, not "
+                             f"{backend.collection!r} at {backend.uri!r}; pass a backend naming it.")
+        backend.open(manifest["dim"], manifest["d_sae"], identity=identity, stemmer=stemmer, create=False)
+        backend._saved[os.path.realpath(path)] = folder.name
         return backend, manifest
 
     # Schema ---------------------------------------------------------------------------------
@@ -475,13 +514,28 @@ class MilvusBackend:
     # Persistence ----------------------------------------------------------------------------
 
     def save(self, path: str | Path, manifest: dict[str, Any], *, overwrite: bool = False) -> None:
-        """Writes a manifest naming the URI and collection; the data itself lives in Milvus, so
-        writers of one folder cannot undo each other's changes (``overwrite`` changes nothing)."""
-        snapshot.write_snapshot(path, {
+        """Writes a manifest naming the URI and collection (the data itself lives in Milvus).
+
+        Writers of this collection cannot undo each other's changes through the folder, so a
+        manifest of the same collection is replaced freely; any other save there (an in-process
+        memory, another collection) only with ``overwrite``.
+
+        Raises:
+            saememory.SaveConflictError: As ``FaissBackend.save``, for a save of something else.
+        """
+        folder = os.path.realpath(path)
+        expect = None if overwrite else self._saved.get(folder, "")
+        if expect is not None:
+            with contextlib.suppress(FileNotFoundError, ValueError):  # nothing there, or write_snapshot says what
+                live, found = snapshot.read_manifest(path)
+                named = found.get("milvus") or {}
+                if (named.get("uri"), named.get("collection")) == (self.uri, self.collection):
+                    expect = live.name  # this collection's manifest: replaced, unless another save comes first
+        self._saved[folder] = snapshot.write_snapshot(path, {
             "backend": self.name,
             **manifest, "dim": self.dim, "d_sae": self.d_sae, "index_type": None, "n_messages": len(self),
             "milvus": {"uri": self.uri, "collection": self.collection, "index": self.index_type},
-        })
+        }, expect=expect)
 
     def flush(self) -> None:
         """Seals inserted data into indexed segments; after a bulk load, searches get faster.

@@ -1,7 +1,9 @@
 """Snapshots on disk: atomic, checksummed, locked across processes, verified on load.
 
 A saved memory is a folder holding ``snapshot-<hex>`` folders and a ``CURRENT`` file naming the
-live one. ``write_snapshot`` writes a new snapshot, then swaps ``CURRENT`` atomically;
+live one (``NOTHING_YET`` while the first save is under way: a snapshot that ``CURRENT`` never
+named was never committed, and one with no ``CURRENT`` at all lost it, and is kept). ``write_snapshot``
+writes a new snapshot, then swaps ``CURRENT`` atomically;
 ``reading`` holds a shared lock while a loader reads; the ``check_*`` and ``read_*`` helpers
 refuse a corrupt part with an error that names the file. Both backends save through here (the
 Milvus backend writes a manifest only).
@@ -37,9 +39,11 @@ except ImportError:  # Windows: no cross-process locks (see _locked)
 FORMAT_VERSION = 3  # 2 added "files", the sha256 of every data file; 3 stores FaissBackend's arrays compactly
 READABLE_VERSIONS = (1, 2, 3)  # format 1 loads without checksums
 CURRENT = "CURRENT"
+NOTHING_YET = "none"  # CURRENT during a folder's first save: nothing committed (a kill then leaves no save)
 LOCK = "LOCK"
 LOCK_TIMEOUT = 60.0  # seconds a save or load waits for another process's save or load
 _SNAPSHOT_NAME = re.compile(r"snapshot-[0-9a-f]{12}")  # as write_snapshot names them
+_CURRENT_TEMPORARY = re.compile(r"\.CURRENT\.[0-9a-f]{12}\.tmp")  # as replace_file names CURRENT's new version
 _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -154,7 +158,16 @@ def write_snapshot(
             raise ValueError(f"{current} is a symbolic link; a saved memory's CURRENT is a plain file. Remove the "
                              "link (and check who made it) before saving here.")
         found = current.read_bytes().decode("ascii", errors="replace").strip() if current.is_file() else None
-        if expect is not None and found is not None and found != expect:
+        lost = _lost_snapshot(path) if not found else None  # CURRENT deleted or emptied: its save is still here
+        if expect is not None and lost is not None:
+            raise SaveConflictError(
+                f"{path} holds the saved memory {lost} but {'an empty ' if found == '' else 'no '}{CURRENT} file to "
+                f"name it (it was lost or emptied); saving would delete it. To keep it, write {lost} into "
+                f"{path / CURRENT} and load it (SAEMemory.load); to replace it, pass save(path, overwrite=True).")
+        if found is None and lost is None:  # a first save: should it be killed, no snapshot looks lost
+            replace_file(current, lambda out: out.write(NOTHING_YET.encode()), durable=True)
+            found = NOTHING_YET
+        if expect is not None and found != NOTHING_YET and found and found != expect:
             raise SaveConflictError(
                 f"{path} already holds a saved memory ({found}) that this memory did not load; saving would replace "
                 "it and lose its messages. Load it (SAEMemory.load) and add to that, save to another folder, or "
@@ -185,6 +198,8 @@ def write_snapshot(
             name = old.name[len(".tmp-"):] if old.name.startswith(".tmp-") else old.name
             if old.name != snapshot and _SNAPSHOT_NAME.fullmatch(name) and old.is_dir():  # never a folder of the user's
                 shutil.rmtree(old, ignore_errors=True)
+            elif _CURRENT_TEMPORARY.fullmatch(old.name) and not old.is_symlink() and old.is_file():
+                old.unlink(missing_ok=True)  # a killed saver's CURRENT, never renamed (CURRENT is written under this lock)
     return snapshot
 
 
@@ -215,6 +230,10 @@ def reading(path: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     """
     path = Path(path)
     if not (path / CURRENT).is_file():  # checked before locking: loading never creates a LOCK file
+        lost = _lost_snapshot(path) if path.is_dir() else None
+        if lost is not None:  # not "nothing saved": an app that then creates a new memory would save over it
+            raise corrupt(path, CURRENT, f"is missing, but the folder holds the snapshot {lost} (write {lost} into "
+                          f"{CURRENT} to load it)")
         raise _no_save(path)
     with _locked(path, exclusive=False):
         yield _live_snapshot(path)
@@ -385,6 +404,8 @@ def _live_snapshot(path: Path) -> tuple[Path, dict[str, Any]]:
     except FileNotFoundError:
         raise _no_save(path) from None
     name = raw.decode("ascii", errors="replace").strip()
+    if name == NOTHING_YET:  # a first save under way, or killed before it was committed
+        raise _no_save(path)
     if not _SNAPSHOT_NAME.fullmatch(name):
         raise corrupt(path, CURRENT, f"must hold the name of a snapshot folder (snapshot-<hex>) but holds "
                       f"{raw[:40]!r} (if a snapshot-* folder is there, write its name into {CURRENT})")
@@ -441,8 +462,16 @@ def _record_problem(record: Any) -> str | None:
     return None
 
 
+def _lost_snapshot(path: Path) -> str | None:
+    """The name of a snapshot folder in ``path`` (the newest, if several), or None: a save whose
+    ``CURRENT`` is missing or empty is still a save, not an empty folder."""
+    found = [p for p in path.iterdir() if _SNAPSHOT_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    return max(found, key=lambda p: p.stat().st_mtime).name if found else None
+
+
 def _no_save(path: Path) -> FileNotFoundError:
-    return FileNotFoundError(f"{path} holds no saved memory (no {CURRENT} file); save one with memory.save(path).")
+    return FileNotFoundError(f"{path} holds no saved memory (no {CURRENT} file naming one); save one with "
+                             "memory.save(path).")
 
 
 def _short(value: Any) -> str:
