@@ -73,6 +73,7 @@ NEW_QUESTION_WORDS = 4  # words a user's question that only asks may add to the 
 # word may tell something ("I'm vegan, what should I cook?").
 _COURTESIES = frozenset("thanks thank great ok okay cool nice sure perfect awesome hi hello hey sorry please yes yeah "
                         "wow lol brilliant lovely".split())
+SAME_QUESTION = 0.5  # share of its content words and of the query's a question asked again has in common with it
 SAME_SUBJECT = 0.4  # dense cosine from which two of the user's statements are about the same subject
 SUBJECT_MARGIN = 0.1  # how far above each one's background cosine to the other statements that cosine must be
 BACKGROUND = 5  # statements besides itself a background cosine needs (fewer: the cosine alone decides)
@@ -202,19 +203,20 @@ def answering(records: list[dict[str, Any]], scores: np.ndarray, answered: np.nd
 
 
 def asks_again(records: list[dict[str, Any]], query: str, stemmer: str | None) -> np.ndarray:
-    """Which of the user's messages ask the query's question again: a question whose content
-    words are mostly the query's (at least as many shared as added, at most
-    ``NEW_QUESTION_WORDS`` added), whatever else the message says ("What was the rate on our
-    car loan again? I want to refinance." for "What's the interest rate on the car loan?")."""
-    query_words = set(tokenize([query], stemmer)[0])
+    """Which of the user's messages ask the query's question again: a question that shares at
+    least ``SAME_QUESTION`` of its content words and of the query's with the query (of the more
+    numerous), whatever else the message says ("What was the rate on our car loan again? I want
+    to refinance." for "What's the interest rate on the car loan?"; not "What should I get Sofia
+    for Christmas?" for "What's my wife's name?")."""
+    query_words = set(tokenize([query], stemmer)[0]) - _function_words(stemmer)
     out = np.zeros(len(records), dtype=bool)
     for i, record in enumerate(records):
         if record["role"] != "user":
             continue
         stated, asked, asks, courteous = _told_and_asked(record["content"], stemmer)
         content = asked - _function_words(stemmer)
-        shared, extra = len(content & query_words), len(content - query_words)
-        out[i] = asks and shared >= max(1, extra) and extra <= NEW_QUESTION_WORDS
+        shared = len(content & query_words)
+        out[i] = asks and shared > 0 and shared >= SAME_QUESTION * max(len(content), len(query_words))
     return out
 
 
