@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from saememory import SAEMemory
 from tests.helpers import ROOT, load_script
 
@@ -29,9 +31,10 @@ def test_it_ranks_every_question(encoder):
     assert written.ranks(memory, data, speaker_weight=0.0) and memory.config.speaker_weight == 2.0  # restored
 
 
-def test_the_held_out_history_is_consistent_too():
+@pytest.mark.parametrize("name", ["written_chats_held_out.json", "written_chats_held_out_2.json"])
+def test_the_held_out_histories_are_consistent_too(name):
     written = load_script(ROOT / "benchmarks" / "written_chats.py")
-    data = written.load(ROOT / "benchmarks" / "data" / "written_chats_held_out.json")
+    data = written.load(ROOT / "benchmarks" / "data" / name)
     messages = {m["id"]: m for m in data["messages"]}
     assert len(messages) == len(data["messages"]) and set(data["now"]) == {m["user_id"] for m in messages.values()}
     for q in data["questions"]:
