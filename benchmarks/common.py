@@ -75,11 +75,12 @@ def _defaults() -> tuple[tuple[str, Any], ...]:
     return tuple(SearchConfig().to_dict().items())
 
 
-# SearchConfig settings that turn off every adjustment for what is current (saememory.current):
-# the rankings scored on cached matrices (fusion.py, longmemeval.py) are fusion alone, and
-# benchmarks/current.py measures the adjustments through SAEMemory itself.
+# SearchConfig settings that turn off every adjustment after fusion (saememory.current's for what
+# is current, and the search of the alternatives a query names): the rankings scored on cached
+# matrices (fusion.py, longmemeval.py) are fusion alone, and benchmarks/current.py measures the
+# adjustments through SAEMemory itself.
 NO_ADJUSTMENTS = {"recency_weight": 0.0, "asks_penalty": 0.0, "time_weight": 0.0, "speaker_weight": 0.0,
-                  "supersede_depth": 0}
+                  "supersede_depth": 0, "alternatives": False}
 
 
 def default_scores(signals: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -119,7 +120,11 @@ def variant(pairs: list[str]) -> dict[str, float]:
     settings = {}
     for pair in pairs:
         name, _, value = pair.partition("=")
-        if name in SearchConfig.names():
+        if name in SearchConfig.names() and isinstance(getattr(SearchConfig(), name), bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise SystemExit(f"--set {pair}: {name} is true or false, got {value!r}")
+            settings[name] = value.lower() in ("true", "1")
+        elif name in SearchConfig.names():
             settings[name] = float(value) if "." in value else int(value)
         elif name.isupper() and hasattr(current, name):
             kind = type(getattr(current, name))

@@ -37,7 +37,7 @@ from common import NO_ADJUSTMENTS, bootstrap, commit, machine, publish, variant 
 
 from saememory import Encoder, EncoderConfig, SAEMemory  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
-from saememory.ranking import SearchConfig  # noqa: E402
+from saememory.ranking import SearchConfig, alternatives  # noqa: E402
 from saememory.times import instant, query_window  # noqa: E402
 
 ROOT = bench.ROOT
@@ -62,6 +62,8 @@ def run(chosen: list[tuple[int, dict[str, Any]]], caches: bench.Caches, grid: li
     from tqdm.auto import tqdm
 
     encoder = bench.CachedEncoder(caches.base, caches.base_encoder, caches.base_encoder.sae)
+    # The alternatives a question ends in are encoded as queries too (SearchConfig.alternatives).
+    caches.fill([], [text for _, q in chosen for text in alternatives(q["question"])])
     rows: dict[str, list[dict]] = {settings_name(s): [] for s in grid}
     for _, q in tqdm(chosen, desc="questions", unit="question"):
         gold = lme.gold_turn_ids(q, "user")

@@ -34,7 +34,7 @@ from saememory.interpret.explain import Hit, make_hit
 from saememory.interpret.steering import resolve_steering, steer_dense
 from saememory.messages import (DEFAULT_USER, Message, changes_of, check_id, check_session, check_text, check_user,
                                 ids_by_user, merged, new_record, role_names)
-from saememory.ranking import Ranked, SearchConfig, rank
+from saememory.ranking import Ranked, SearchConfig, alternatives, rank
 from saememory.times import instant, iso, local_instant
 
 
@@ -408,9 +408,13 @@ class SAEMemory:
             moved = steer_dense(q.dense[0], [(encode(text).dense[0], strength) for text, strength in texts])
             q = self._checked(Encoded(dense=moved[None], sparse=q.sparse, truncated=q.truncated), 1, "the steered query")
         q_dense, q_sparse = q.dense[0], q.sparse[0]
+        choices = []  # each alternative the query ends in, searched too (not while steering: it moves the query only)
+        for text in alternatives(query, config.bm25_stemmer) if config.alternatives and empty else ():
+            encoded = self._checked(self.encoder.encode_query(text), 1, "an alternative of the query")
+            choices.append((text, encoded.dense[0], encoded.sparse[0]))
         with self._lock:
             ranked = rank(self.backend, config, query, q_dense, q_sparse, user, session, k, min_score, max_chars, include,
-                          **(window or {}))
+                          **(window or {}), choices=choices)
         return ranked, q_sparse
 
     # Encoding with validation ----------------------------------------------------------------

@@ -70,8 +70,10 @@ class Hit:
             carry most, each with up to 3 message words (see ``match_words``); filled by ``explain`` and by
             ``search(..., words=True)`` with an ``Encoder`` and a residual SAE, else empty.
         words_share: The share of ``sparse_score`` the ``matched_words`` shown carry.
-        adjustments: What moved the message after fusion, in calibrated units (see
-            ``saememory.current``): ``supersedes`` (a later statement raised above an earlier
+        adjustments: What moved the message after fusion, in calibrated units:
+            ``alternatives`` (it matches one of the alternatives the query ends in better than
+            the query; ``saememory.ranking.alternatives``) and, for what is current
+            (``saememory.current``), ``supersedes`` (a later statement raised above an earlier
             one), ``echoes`` (negative: a reply repeating the user), ``asks`` (negative: it only
             asks), ``speaker`` (the query asks for the words of this message's side),
             ``replies`` (the assistant's reply to a user's message that matches, or to the
