@@ -229,12 +229,27 @@ def test_loading_a_milvus_save_never_creates_what_it_names(tmp_path):
     loaded, manifest = MilvusBackend.load(tmp_path / "saved", identity=IDENTITY)
     assert loaded.get("alice", "m1")["content"] == "tea"
     loaded.close()
-    (tmp_path / "x.db").rename(tmp_path / "moved.db")  # the data moved away: the load says so
-    with pytest.raises(ValueError, match="holds no collection 'c'.*moved or deleted"):
+    # The data moved away (a copy: milvus-lite keeps a lock on the open original in this process).
+    import shutil
+
+    from saememory.backends import snapshot
+
+    shutil.copytree(tmp_path / "x.db", tmp_path / "moved.db")
+    _, manifest = snapshot.read_manifest(tmp_path / "saved")
+    manifest["milvus"]["uri"] = str(tmp_path / "gone.db")  # as the manifest reads when its file is gone
+    snapshot.write_snapshot(tmp_path / "saved", {k: v for k, v in manifest.items() if k not in ("files", "format_version")})
+    with pytest.raises(ValueError, match="gone.db, which is gone.*backend=MilvusBackend"):
         MilvusBackend.load(tmp_path / "saved", identity=IDENTITY)
-    assert not (tmp_path / "x.db").exists()  # and made no new, empty file in its place
-    with pytest.raises(ValueError, match="names the collection 'c' at .*x.db"):
+    assert not (tmp_path / "gone.db").exists()  # and made no new, empty file in its place
+    with pytest.raises(ValueError, match="names the collection 'c', not 'saememory'"):
         MilvusBackend.load(tmp_path / "saved", identity=IDENTITY, backend=MilvusBackend(str(tmp_path / "moved.db")))
+    moved, _ = MilvusBackend.load(tmp_path / "saved", identity=IDENTITY,  # as the error advises
+                                  backend=MilvusBackend(str(tmp_path / "moved.db"), "c"))
+    assert moved.get("alice", "m1")["content"] == "tea"
+    moved.close()
+    (tmp_path / "empty.db").mkdir()  # something there, but not the collection: not created either
+    with pytest.raises(ValueError, match="holds no collection 'c'"):
+        MilvusBackend.load(tmp_path / "saved", identity=IDENTITY, backend=MilvusBackend(str(tmp_path / "empty.db"), "c"))
 
 
 def test_a_manifest_naming_a_server_is_followed_only_when_the_caller_names_it(tmp_path):
@@ -247,5 +262,5 @@ def test_a_manifest_naming_a_server_is_followed_only_when_the_caller_names_it(tm
                                                             "index": "HNSW"}})
     with pytest.raises(ValueError, match="names the Milvus server 'http://evil.example:19530'.*backend=MilvusBackend"):
         MilvusBackend.load(tmp_path / "saved", identity=IDENTITY)
-    with pytest.raises(ValueError, match="not 'c' at 'http://localhost:19530'|names the collection"):
+    with pytest.raises(ValueError, match="names the collection 'c', not 'd'"):
         MilvusBackend.load(tmp_path / "saved", backend=MilvusBackend("http://localhost:19530", "d"))

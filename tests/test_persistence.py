@@ -370,6 +370,36 @@ def test_a_first_save_killed_before_its_commit_leaves_no_save_and_no_alarm(tmp_p
     assert len([p for p in path.iterdir() if p.name.startswith("snapshot-")]) == 1
 
 
+def test_a_memorys_own_save_is_not_a_lost_one_and_an_empty_current_is_a_first_save(tmp_path, monkeypatch):
+    path = tmp_path / "mem"
+    records, dense, sparse = bench.state(1)
+    mine = bench.new_index()
+    mine.add(records, dense, sparse)
+    mine.save(path, {**MANIFEST, "token": 1})
+    (path / backend.CURRENT).unlink()
+    mine.save(path, {**MANIFEST, "token": 2})  # the snapshot without CURRENT is its own last save: nothing lost
+    assert FaissBackend.load(path)[1]["token"] == 2
+    # An empty CURRENT and no snapshot: a first save, which a kill before its commit leaves as "nothing saved".
+    fresh_path = tmp_path / "fresh"
+    fresh_path.mkdir()
+    (fresh_path / backend.CURRENT).write_text("")
+    real = backend.replace_file
+    calls = []
+
+    def killed_at_commit(target, write, durable=False):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(target)
+        real(target, write, durable=durable)
+
+    monkeypatch.setattr(backend, "replace_file", killed_at_commit)
+    with pytest.raises(KeyboardInterrupt):
+        save(fresh_path, token=3)
+    monkeypatch.setattr(backend, "replace_file", real)
+    with pytest.raises(FileNotFoundError, match="holds no saved memory"):
+        FaissBackend.load(fresh_path)
+
+
 def test_a_killed_savers_temporary_current_is_cleaned_up(tmp_path):
     path = tmp_path / "mem"
     save(path, token=1)

@@ -3,7 +3,9 @@
     saememory explain MEMORY_DIR "Where does my sister live?" --user alice --k 5 --out why.html
 
 ``explain`` loads a memory saved with ``SAEMemory.save``, searches it with the word-level
-explanation on, and writes the HTML picture of the hits (``saememory.interpret.html``).
+explanation on, and writes the HTML picture of the hits (``saememory.interpret.html``). A Milvus
+save on a server needs ``--milvus-uri http://host:19530`` (and ``MILVUS_TOKEN`` in the
+environment if the server asks for one): a saved folder does not choose where to connect.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
                          help="the HTML file to write; default saememory-explain.html")
     explain.add_argument("--trust-remote-code", action="store_true",
                          help="let the saved encoder run its model's own code (Nomic models need it); default off")
+    explain.add_argument("--milvus-uri", default=None,
+                         help="for a Milvus save: where its collection is (a server, or a milvus-lite file that "
+                              "moved); a server's token is read from the environment variable MILVUS_TOKEN")
     args = parser.parse_args(argv)
 
     from saememory import SAEMemory
@@ -41,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out}: the folder {args.out.resolve().parent} does not exist; create it or write "
                      "the page elsewhere.")
     try:
-        memory = SAEMemory.load(args.memory, trust_remote_code=args.trust_remote_code)
+        memory = SAEMemory.load(args.memory, trust_remote_code=args.trust_remote_code, backend=_milvus(args))
         hits = memory.search(args.query, k=args.k, user_id=args.user, session_id=args.session, now=args.now, words=True)
         if not hits and not memory.messages(args.user, args.session):
             # An empty page for a user or session the memory does not hold is a mistake, not an answer.
@@ -58,6 +63,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out}: cannot write the page ({err.strerror or err}).")
     print(f"{len(hits)} hits explained in {path}")
     return 0
+
+
+def _milvus(args: argparse.Namespace):  # -> MilvusBackend | None
+    """The backend ``--milvus-uri`` names, with the saved collection's name (read from the manifest)."""
+    if args.milvus_uri is None:
+        return None
+    import os
+
+    from saememory import MilvusBackend
+    from saememory.backends import snapshot
+
+    named = snapshot.read_manifest(args.memory)[1].get("milvus")
+    if named is None:
+        raise ValueError(f"{args.memory} holds an in-process memory; --milvus-uri is only for a Milvus save.")
+    return MilvusBackend(args.milvus_uri, named["collection"], token=os.environ.get("MILVUS_TOKEN") or None)
 
 
 if __name__ == "__main__":

@@ -39,11 +39,7 @@ messages for this query) and is recorded on the hit, so a ranking can always be 
 - ``replies``: when the query asks for the assistant's words, the assistant's first reply to a
   user's message is raised just above that message (the user's latest earlier message of its
   session among the same candidates): "Any training advice for the 10K?" holds the query's
-  words, the reply after it holds the advice asked for. The same for the first reply to a
-  message that asks the query's question again (``asks_again``: "What was the rate on our car
-  loan again? I want to refinance."), whatever the query: the stored question scores by the
-  query's words, the reply after it by the answer. A reply that only asks back is passed over.
-  Such a question asked again, even with news in it, supersedes nothing.
+  words, the reply after it holds the advice asked for.
 - ``time``: when the query names a time ("two weeks ago", "in March"; see
   ``saememory.times.query_window``), the messages said within it gain ``time_weight``.
 
@@ -73,7 +69,6 @@ NEW_QUESTION_WORDS = 4  # words a user's question that only asks may add to the 
 # word may tell something ("I'm vegan, what should I cook?").
 _COURTESIES = frozenset("thanks thank great ok okay cool nice sure perfect awesome hi hello hey sorry please yes yeah "
                         "wow lol brilliant lovely".split())
-SAME_QUESTION = 0.5  # share of its content words and of the query's a question asked again has in common with it
 SAME_SUBJECT = 0.4  # dense cosine from which two of the user's statements are about the same subject
 SUBJECT_MARGIN = 0.1  # how far above each one's background cosine to the other statements that cosine must be
 BACKGROUND = 5  # statements besides itself a background cosine needs (fewer: the cosine alone decides)
@@ -103,12 +98,14 @@ _QUESTION_OPENINGS = frozenset(
     "shall may might must have has had any anyone anything".split())
 _OPENERS = frozenset("so and but also oh hey hi hello ok okay well um hmm btw then now quick question".split())
 _LEAD_INS = _OPENERS | _COURTESIES | frozenset("remind me tell one more thing by the way again you".split())
-# Not "the day before", "how many days before" (a time), nor "our previous chat" (a conversation).
+# Not "the day before", "how many days before" (a time), nor "our previous chat" (a conversation);
+# "when I was first diagnosed", "we first met", not "Was I first in line?" (a rank).
 _BEFORE = re.compile(
     r"(?<!\bday\s)(?<!\bdays\s)(?<!\bweek\s)(?<!\bweeks\s)(?<!\bmonth\s)(?<!\bmonths\s)(?<!\byear\s)"
     r"(?<!\byears\s)(?<!\bnight\s)(?<!\bhours\s)(?<!\blong\s)\bbefore\b"
     r"|\bprevious(?:ly)?\b(?!\s+(?:chat|conversation|session|discussion|talk|message|exchange|question)s?\b)"
-    r"|\b(?:used\s+to|former(?:ly)?|originally|(?:i|we)\s+(?:was\s+|were\s+)?first|prior\s+to)\b", re.IGNORECASE)
+    r"|\b(?:used\s+to|former(?:ly)?|originally|at\s+first|prior\s+to)\b"
+    r"|\bwhen\s+(?:i|we)\s+(?:was\s+|were\s+)?first\b|\b(?:i|we)\s+first\s+\w+ed\b", re.IGNORECASE)
 _PAST = re.compile(r"\b(?:was|were|did|had|used)\b", re.IGNORECASE)  # "What do I eat before a race?" asks the present
 # Who said what the query asks for: the assistant ("you gave me", "did you suggest", "your
 # advice") or the user ("I told you", "did I mention"). Past tense only: "Can you tell me my
@@ -143,7 +140,6 @@ def adjustments(records: list[dict[str, Any]], calibrated: np.ndarray, query: st
     if config.recency_weight:
         out["recency"] = config.recency_weight * recency(records)
     asks = asks_without_telling(records, query, config.bm25_stemmer)
-    again = asks_again(records, query, config.bm25_stemmer)
     if config.asks_penalty:
         out["asks"] = -config.asks_penalty * asks.astype(np.float64)
     who = speaker(query)
@@ -156,9 +152,7 @@ def adjustments(records: list[dict[str, Any]], calibrated: np.ndarray, query: st
         out["time"] = config.time_weight * within(records, window).astype(np.float64)
     if config.supersede_depth:
         scores = calibrated + sum(out.values(), np.zeros(len(records)))
-        # A question asked again ranks by the query's words, not by what it says: it supersedes nothing.
-        top = [i for i in np.argsort(-scores, kind="stable")[:config.supersede_depth].tolist()
-               if not asks[i] and not again[i]]
+        top = [i for i in np.argsort(-scores, kind="stable")[:config.supersede_depth].tolist() if not asks[i]]
         found = vectors([records[i]["id"] for i in top])
         top = [i for i in top if records[i]["id"] in found and records[i].get("time") is not None]
         if len(top) > 1:
@@ -167,22 +161,15 @@ def adjustments(records: list[dict[str, Any]], calibrated: np.ndarray, query: st
                                      past=asks_before(query))
             out["supersedes"], out["echoes"] = np.zeros(len(records)), np.zeros(len(records))
             out["supersedes"][top], out["echoes"][top] = raised, lowered
-    # The reply to the user's message that the query asks about: every reply when the query asks
-    # for the assistant's words, else the replies to the query's question asked before.
     if who == "assistant" and config.speaker_weight:
-        answered = np.ones(len(records), dtype=bool)
-    else:
-        answered = again if config.asks_penalty else np.zeros(len(records), dtype=bool)
-    if answered.any():
-        out["replies"] = answering(records, calibrated + sum(out.values(), np.zeros(len(records))), answered, asks)
+        out["replies"] = answering(records, calibrated + sum(out.values(), np.zeros(len(records))))
     return {name: values for name, values in out.items() if values.any()}
 
 
-def answering(records: list[dict[str, Any]], scores: np.ndarray, answered: np.ndarray, asks: np.ndarray) -> np.ndarray:
+def answering(records: list[dict[str, Any]], scores: np.ndarray) -> np.ndarray:
     """How far a reply (any role but the user's) is raised to just above the user's message it
     answers: the user's latest message of its session said before it, among ``records``. Only
-    the first reply to each of the ``answered`` user messages is raised, and not one that only
-    ``asks`` ("Which loan do you mean?"); later ones keep their own scores."""
+    the first reply to each is raised; later ones keep their own scores."""
     raised = np.zeros(len(records))
     asked: dict[str, list[tuple[str, int]]] = {}
     for i, record in enumerate(records):
@@ -190,34 +177,16 @@ def answering(records: list[dict[str, Any]], scores: np.ndarray, answered: np.nd
             asked.setdefault(record["session_id"], []).append((record["time"], i))
     first: dict[int, tuple[str, int]] = {}  # per user message, its first reply among records
     for e, record in enumerate(records):
-        if record["role"] == "user" or record.get("time") is None or asks[e]:
+        if record["role"] == "user" or record.get("time") is None:
             continue
         before = [(time, u) for time, u in asked.get(record["session_id"], []) if time <= record["time"]]
         if before:
             u = max(before)[1]
             first[u] = min(first.get(u, (record["time"], e)), (record["time"], e))
     for u, (_, e) in first.items():
-        if answered[u] and scores[u] >= scores[e]:
+        if scores[u] >= scores[e]:
             raised[e] = scores[u] - scores[e] + 1e-3
     return raised
-
-
-def asks_again(records: list[dict[str, Any]], query: str, stemmer: str | None) -> np.ndarray:
-    """Which of the user's messages ask the query's question again: a question that shares at
-    least ``SAME_QUESTION`` of its content words and of the query's with the query (of the more
-    numerous), whatever else the message says ("What was the rate on our car loan again? I want
-    to refinance." for "What's the interest rate on the car loan?"; not "What should I get Sofia
-    for Christmas?" for "What's my wife's name?")."""
-    query_words = set(tokenize([query], stemmer)[0]) - _function_words(stemmer)
-    out = np.zeros(len(records), dtype=bool)
-    for i, record in enumerate(records):
-        if record["role"] != "user":
-            continue
-        stated, asked, asks, courteous = _told_and_asked(record["content"], stemmer)
-        content = asked - _function_words(stemmer)
-        shared = len(content & query_words)
-        out[i] = asks and shared > 0 and shared >= SAME_QUESTION * max(len(content), len(query_words))
-    return out
 
 
 def asks_before(query: str) -> bool:

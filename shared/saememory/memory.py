@@ -438,7 +438,8 @@ class SAEMemory:
         No pickle: ``.npy`` arrays (and FAISS' own file for an approximate index), JSON records and a JSON manifest
         naming the format version, the backend, the encoder (model, SAE and its hash) and the
         ranking settings. With Milvus the data stays in Milvus; only the manifest is written,
-        naming the URI and collection that ``load`` reconnects to.
+        naming the URI and collection that ``load`` reconnects to (a server's only with
+        ``load(path, backend=MilvusBackend(...))``).
 
         Args:
             path: The folder.
@@ -535,7 +536,7 @@ def _end_of_day(until: Any) -> dt.datetime:
 def _a_day(text: str) -> bool:
     """Whether ``text`` names a day and nothing finer: an ISO 8601 date alone."""
     try:
-        dt.date.fromisoformat(text.strip())
+        dt.date.fromisoformat(text.strip().removesuffix("Z").removesuffix("z"))  # "2025-03-08Z": a day in UTC
     except ValueError:
         return False
     return True

@@ -72,8 +72,7 @@ class SearchConfig(DictConfig):
             supersession does better for what is current (BENCHMARKS.md).
         asks_penalty: What a message that asks without telling loses (a question stored
             earlier, an assistant's "What breed is your dog?"), in calibrated units; 0 turns it
-            off, and with it the rise of the reply to a question the user asked before
-            (``saememory.current``, ``replies``). Defaults to 8.0: below every message that matches at all. With the other
+            off. Defaults to 8.0: below every message that matches at all. With the other
             adjustments, the answer was in the top 3 for 0.97 of the real-use dev questions with
             the questions stored, against 0.65 without any (BENCHMARKS.md); on LongMemEval's dev
             split it changed little.

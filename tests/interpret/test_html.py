@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import shutil
 
 import pytest
 
@@ -64,6 +65,25 @@ def test_the_command_explains_a_saved_memory(encoder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         saememory_command(["explain", str(tmp_path / "memory"), QUESTION, "--user", "alice"])
     assert "--trust-remote-code" in capsys.readouterr().err
+
+
+def test_the_command_reconnects_a_milvus_save_where_it_is_told(encoder, tmp_path, capsys):
+    pytest.importorskip("pymilvus")
+    from saememory import MilvusBackend
+
+    memory = SAEMemory(encoder, backend=MilvusBackend(str(tmp_path / "old.db"), "cli"))
+    memory.add(CONVERSATION, user_id="alice")
+    memory.save(tmp_path / "memory")
+    memory.backend.close()
+    shutil.copytree(tmp_path / "old.db", tmp_path / "new.db")  # moved (copied: milvus-lite locks the open original)
+    out = tmp_path / "why.html"
+    assert saememory_command(["explain", str(tmp_path / "memory"), QUESTION, "--user", "alice", "--out", str(out),
+                              "--milvus-uri", str(tmp_path / "new.db")]) == 0
+    assert "hits explained" in capsys.readouterr().out
+    SAEMemory(encoder).save(tmp_path / "in-process")
+    with pytest.raises(SystemExit):
+        saememory_command(["explain", str(tmp_path / "in-process"), QUESTION, "--milvus-uri", str(tmp_path / "new.db")])
+    assert "only for a Milvus save" in capsys.readouterr().err
 
 
 def test_hostile_labels_phrases_and_examples_stay_text(encoder, tmp_path):

@@ -198,9 +198,10 @@ class MilvusBackend:
 
         Args:
             backend: An unopened ``MilvusBackend`` to connect with (a server's ``token``, or the
-                collection's new place). Defaults to None: the manifest's milvus-lite file. A
-                manifest naming a server is only followed with one: a folder is data, and an
-                edited manifest must not choose where the memory's messages are sent.
+                collection's new place; its collection must be the manifest's). Defaults to
+                None: the manifest's milvus-lite file. A manifest naming a server is only
+                followed with one: a folder is data, and an edited manifest must not choose
+                where the memory's messages are sent.
 
         Raises:
             FileNotFoundError: If ``path`` holds no saved memory.
@@ -214,16 +215,21 @@ class MilvusBackend:
             raise ValueError(f"{path} holds an in-process memory, not a Milvus manifest; load it with SAEMemory.load(path).")
         snapshot.verify_files(path, folder, manifest)  # an in-process save's files under an edited manifest
         if backend is None:
-            if not check_uri(milvus["uri"])[1]:
-                raise ValueError(f"{path} names the Milvus server {milvus['uri']!r}: a saved folder does not choose "
-                                 "where messages go. Pass SAEMemory.load(path, backend=MilvusBackend("
-                                 f"{milvus['uri']!r}, collection={milvus['collection']!r}, token=...)).")
-            backend = cls(milvus["uri"], milvus["collection"], index=milvus["index"])
+            uri = str(milvus["uri"])
+            if uri.startswith(SERVER_SCHEMES):
+                raise ValueError(f"{path} names the Milvus server {uri!r}: a saved folder does not choose where "
+                                 "messages go. Pass SAEMemory.load(path, backend=MilvusBackend("
+                                 f"{uri!r}, collection={milvus['collection']!r}, token=...)).")
+            if not Path(uri).expanduser().exists():  # before check_uri, whose advice is for a new file
+                raise ValueError(f"{path} names the milvus-lite file {uri}, which is gone (moved or deleted?). "
+                                 "Restore it, or load with backend=MilvusBackend(<where it is now>, "
+                                 f"collection={milvus['collection']!r}).")
+            backend = cls(uri, milvus["collection"], index=milvus["index"])
         elif not isinstance(backend, cls) or backend._client is not None:
             raise ValueError(f"backend={backend!r} must be a new, unopened MilvusBackend.")
-        elif (check_uri(milvus["uri"])[0], milvus["collection"]) != (backend.uri, backend.collection):
-            raise ValueError(f"{path} names the collection {milvus['collection']!r} at {milvus['uri']!r}, not "
-                             f"{backend.collection!r} at {backend.uri!r}; pass a backend naming it.")
+        elif backend.collection != milvus["collection"]:  # its place may have moved; its name is the memory's
+            raise ValueError(f"{path} names the collection {milvus['collection']!r}, not {backend.collection!r}; "
+                             f"pass MilvusBackend(uri, collection={milvus['collection']!r}).")
         backend.open(manifest["dim"], manifest["d_sae"], identity=identity, stemmer=stemmer, create=False)
         backend._saved[os.path.realpath(path)] = folder.name
         return backend, manifest

@@ -159,12 +159,12 @@ def write_snapshot(
                              "link (and check who made it) before saving here.")
         found = current.read_bytes().decode("ascii", errors="replace").strip() if current.is_file() else None
         lost = _lost_snapshot(path) if not found else None  # CURRENT deleted or emptied: its save is still here
-        if expect is not None and lost is not None:
+        if expect is not None and lost is not None and lost != expect:  # not this memory's own last save
             raise SaveConflictError(
                 f"{path} holds the saved memory {lost} but {'an empty ' if found == '' else 'no '}{CURRENT} file to "
                 f"name it (it was lost or emptied); saving would delete it. To keep it, write {lost} into "
                 f"{path / CURRENT} and load it (SAEMemory.load); to replace it, pass save(path, overwrite=True).")
-        if found is None and lost is None:  # a first save: should it be killed, no snapshot looks lost
+        if not found and lost is None:  # a first save: should it be killed, no snapshot looks lost
             replace_file(current, lambda out: out.write(NOTHING_YET.encode()), durable=True)
             found = NOTHING_YET
         if expect is not None and found != NOTHING_YET and found and found != expect:
@@ -231,10 +231,12 @@ def reading(path: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     path = Path(path)
     if not (path / CURRENT).is_file():  # checked before locking: loading never creates a LOCK file
         lost = _lost_snapshot(path) if path.is_dir() else None
-        if lost is not None:  # not "nothing saved": an app that then creates a new memory would save over it
+        if lost is None:
+            raise _no_save(path)
+        if not (path / CURRENT).is_file():  # again: a first save may have committed meanwhile
+            # Not "nothing saved": an app that then creates a new memory would save over it.
             raise corrupt(path, CURRENT, f"is missing, but the folder holds the snapshot {lost} (write {lost} into "
                           f"{CURRENT} to load it)")
-        raise _no_save(path)
     with _locked(path, exclusive=False):
         yield _live_snapshot(path)
 

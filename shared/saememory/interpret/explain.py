@@ -76,8 +76,7 @@ class Hit:
             (``saememory.current``), ``supersedes`` (a later statement raised above an earlier
             one), ``echoes`` (negative: a reply repeating the user), ``asks`` (negative: it only
             asks), ``speaker`` (the query asks for the words of this message's side),
-            ``replies`` (the assistant's reply to a user's message that matches, or to the
-            query's question asked before), ``time``
+            ``replies`` (the assistant's reply to a user's message that matches), ``time``
             (said within the time the query names) and ``recency``. Only those
             that apply; already in ``score`` and ``calibrated_score``.
     """
