@@ -14,7 +14,10 @@ the default ranking are explained as ``SAEMemory`` explains them
   codes and never listed;
 - *hygiene=False* (``EncoderConfig(hygiene=False)``): every feature in the codes, the hidden
   ones never listed;
-- *without hygiene*: every feature in the codes, and every feature listed (as before hygiene).
+- *without hygiene*: every feature in the codes, and every feature listed (as before hygiene);
+- *labels that fit where they fired* (the default since 2026-12-01): with hygiene, and a label
+  shown only where it fits the words around the one its feature fired on
+  (``interpret.fit.check_fit``); *every label*: with hygiene, before that check.
 
 Reported per condition:
 
@@ -23,7 +26,8 @@ Reported per condition:
 - *grounded*: the share of labels shown that are among the 10% of all the SAE's labels closest
   in meaning to the hit's text (MiniLM cosine of label and message; a random label scores 0.10);
   *as shown*: the same for what a hit shows, the phrase with its label where the feature has a
-  phrase (``"looking for (looking / trying)"``), against all features' shown texts;
+  phrase (``"looking for (looking / trying)"``), against all features' shown texts (where a
+  phrase is withheld because it does not fit there, the label alone, against the labels);
 - *with a word of the hit's text*: labels one of whose words (not a stopword) occurs in the hit,
   and how many of those are grounded: what the grounding measure gives labels that are literally
   in the text;
@@ -59,6 +63,7 @@ from common import commit, default_scores, machine, publish, wilson  # noqa: E40
 from saememory import Encoder, EncoderConfig  # noqa: E402
 from saememory.eval import longmemeval as lme  # noqa: E402
 from saememory.interpret.explain import explain_features, match_words  # noqa: E402
+from saememory.interpret.fit import check_fit  # noqa: E402
 from saememory.interpret.hygiene import function_label  # noqa: E402
 from saememory.interpret.labels import STOPWORDS, label_terms  # noqa: E402
 
@@ -98,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     # What a hit shows for a feature: its phrase with its label where it has a phrase, else the label.
     shown_vectors = encoder.encode_documents([f"{sae.phrase(f)} ({sae.labels[f]})" if sae.phrase(f) else sae.labels[f]
                                               for f in labelled]).dense
-    hidden, stats = dict(sae.hidden), {"without hygiene": [], "hygiene=False": [], "with hygiene": []}
+    hidden = dict(sae.hidden)
+    stats = {"without hygiene": [], "hygiene=False": [], "with hygiene, every label": [],
+             "with hygiene, labels that fit where they fired (default)": []}
     n_hits = 0
     for _, q in chosen:
         data = fusion.question_signals(q, caches)
@@ -111,8 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         # With hygiene, the codes as the default stores them; without, every feature (as cached).
         every = (caches.base.get([bench.text_key("doc", t) for t in corpus.texts], hygiene=False)[1],
                  caches.base.get([bench.text_key("query", q["question"])], hygiene=False)[1])
-        codes = {"with hygiene": (corpus.sparse["res"], corpus.q_sparse["res"]), "hygiene=False": every,
-                 "without hygiene": every}
+        hygienic = (corpus.sparse["res"], corpus.q_sparse["res"])
+        codes = {"with hygiene, every label": hygienic, "with hygiene, labels that fit where they fired (default)": hygienic,
+                 "hygiene=False": every, "without hygiene": every}
         q_words = encoder.peak_words([q["question"]], query=True)[0]
         m_words = encoder.peak_words([corpus.texts[row] for row in top.tolist()])
         for row, read in zip(top.tolist(), m_words):
@@ -122,16 +130,22 @@ def main(argv: list[str] | None = None) -> None:
             words = set(re.findall(r"\w+", corpus.texts[row].lower()))
             shown_closeness = shown_vectors @ corpus.dense[row]
             shown_cutoff = np.quantile(shown_closeness, 0.9)
-            for name, hide in (("without hygiene", {}), ("hygiene=False", hidden), ("with hygiene", hidden)):
-                sae.hidden = hide
+            for name in stats:
+                sae.hidden = {} if name == "without hygiene" else hidden
                 code, q_code = codes[name][0][row], codes[name][1]
                 q_acts = dict(zip(q_code.indices.tolist(), q_code.data.tolist()))
                 strongest, shared, explained = explain_features(code, q_acts, sae, TOP_FEATURES)
-                shown = [f["id"] for f in strongest + shared if f["label"]]
+                if name.endswith("(default)"):  # as SAEMemory shows a hit read word by word
+                    check_fit(strongest + shared, *read, encoder, sae)
+                entries = [f for f in strongest + shared if f["label"]]
+                shown = [f["id"] for f in entries]
                 pairs, pairs_share = match_words(code, q_acts, q_words, read, sae, TOP_FEATURES)
                 stats[name].append({"function": [function_label(sae.labels[f]) for f in shown],
                                     "grounded": [bool(closeness[column[f]] >= cutoff) for f in shown],
-                                    "grounded_shown": [bool(shown_closeness[column[f]] >= shown_cutoff) for f in shown],
+                                    # A phrase withheld (it does not fit there): the label is what is shown.
+                                    "grounded_shown": [bool(shown_closeness[column[f["id"]]] >= shown_cutoff)
+                                                       if f["phrase"] or not sae.phrase(f["id"])
+                                                       else bool(closeness[column[f["id"]]] >= cutoff) for f in entries],
                                     "in_text": [in_text(sae.labels[f], words) for f in shown],
                                     "explained": explained, "unlabelled": sum(not f["label"] for f in strongest + shared),
                                     "pairs": pairs_share, "n_pairs": len(pairs),

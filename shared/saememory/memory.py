@@ -31,6 +31,7 @@ from saememory.encoders import Encoded, check_encoded, encoder_config
 from saememory.encoders.base import identity_hint, saved_encoder_config
 from saememory.encoders.sentence_transformer import Encoder, EncoderConfig
 from saememory.interpret.explain import Hit, make_hit
+from saememory.interpret.fit import check_fit
 from saememory.interpret.steering import resolve_steering, steer_dense
 from saememory.messages import (DEFAULT_USER, Message, changes_of, check_id, check_session, check_text, check_user,
                                 ids_by_user, merged, new_record, role_names)
@@ -379,7 +380,12 @@ class SAEMemory:
         if words and ranked and hasattr(self.encoder, "peak_words") and self.encoder.sae is not None:
             read = self.encoder.peak_words([query], query=True)[0]
             pairs = [(read, m) for m in self.encoder.peak_words([r.record["content"] for r in ranked])]
-        return [make_hit(r, q_acts, self.encoder.sae, config.top_features, p) for r, p in zip(ranked, pairs)]
+        hits = [make_hit(r, q_acts, self.encoder.sae, config.top_features, p) for r, p in zip(ranked, pairs)]
+        for hit, p in zip(hits, pairs):
+            if p is not None:  # read word by word: a label shows only where it fits (interpret.fit)
+                listed = hit.features + hit.shared_features + [f for pair in hit.matched_words for f in pair["features"]]
+                check_fit(listed, *p[1], self.encoder, self.encoder.sae)
+        return hits
 
     def _rank(self, query: str, k: int, *, user_id: str | None, session_id: str | None,
               min_score: float | None = None, fusion: str | None = None, steer: Mapping[int | str, float] | None = None,

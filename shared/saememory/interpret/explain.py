@@ -54,7 +54,10 @@ class Hit:
             entry: ``ids`` names them (among the message's 4 x ``top_features`` strongest),
             ``id`` the strongest; to steer by an entry, steer by all of its ``ids``. With words read
             (``matched_words``), ``word`` is the message word where ``id`` fired: a label is
-            read from other text, and the word says what the feature meant here.
+            read from other text, and the word says what the feature meant here; ``fit`` says
+            how well the label fits the words around it (the share of the SAE's labels that fit
+            them less), and a label below ``interpret.fit.LABEL_FIT`` is withheld (``label``
+            and ``phrase`` None, ``label_elsewhere`` what it was read as).
         shared_features: Features active in both query and message, with ``contribution``: their
             share of ``sparse_score`` (the contributions of all shared features, listed or not,
             sum to it); features that read the same are one entry (``ids``), their

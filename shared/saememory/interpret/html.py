@@ -68,9 +68,11 @@ def _feature_html(feature: dict[str, Any], examples: dict[int, list[str]]) -> st
     """A feature as ``#id 'phrase' (label) (+contribution)``; hover for its top-activating examples."""
     text = html.escape(feature_text(feature)) + f" (+{feature['contribution']:.3f})"
     shown = examples.get(feature["id"])
-    if not shown:
+    elsewhere = feature.get("label_elsewhere")  # withheld: it does not fit here (interpret.fit)
+    if not shown and not elsewhere:
         return text
-    tip = "Fires most on: " + " | ".join(example[:200] for example in shown[:3])
+    tip = " ".join(([f"Read elsewhere as '{elsewhere}', which does not fit here."] if elsewhere else [])
+                   + (["Fires most on: " + " | ".join(example[:200] for example in shown[:3])] if shown else []))
     return f"<span class='ex' title='{html.escape(tip, quote=True)}'>{text}</span>"
 
 
