@@ -341,15 +341,12 @@ def test_a_save_whose_current_was_lost_is_neither_empty_nor_overwritten(tmp_path
     assert FaissBackend.load(path)[1]["token"] == 2 and not kept.exists()
 
 
-def test_a_first_save_killed_before_its_commit_leaves_no_save_and_no_alarm(tmp_path, monkeypatch):
-    """Between its snapshot's rename and CURRENT naming it, a first save's snapshot is not a lost
-    save: CURRENT says nothing is committed yet, so a restart finds no save and saves anew."""
-    path = tmp_path / "mem"
-    written = []
-    real = backend.replace_file
+def first_save_killed_at_commit(path: Path, monkeypatch) -> None:
+    """A first save to ``path`` dies just before its commit: CURRENT's second write (the first says nothing yet)."""
+    real, written = backend.replace_file, []
 
     def killed_at_commit(target, write, durable=False):
-        if written:  # the second write of CURRENT is the commit: die before it
+        if written:
             raise KeyboardInterrupt
         written.append(target)
         real(target, write, durable=durable)
@@ -358,6 +355,13 @@ def test_a_first_save_killed_before_its_commit_leaves_no_save_and_no_alarm(tmp_p
     with pytest.raises(KeyboardInterrupt):
         save(path, token=1)
     monkeypatch.setattr(backend, "replace_file", real)
+
+
+def test_a_first_save_killed_before_its_commit_leaves_no_save_and_no_alarm(tmp_path, monkeypatch):
+    """Between its snapshot's rename and CURRENT naming it, a first save's snapshot is not a lost
+    save: CURRENT says nothing is committed yet, so a restart finds no save and saves anew."""
+    path = tmp_path / "mem"
+    first_save_killed_at_commit(path, monkeypatch)
     assert [p.name for p in path.iterdir() if p.name.startswith("snapshot-")]  # written, never named
     assert (path / backend.CURRENT).read_text() == backend.NOTHING_YET
     with pytest.raises(FileNotFoundError, match="holds no saved memory"):
@@ -383,19 +387,7 @@ def test_a_memorys_own_save_is_not_a_lost_one_and_an_empty_current_is_a_first_sa
     fresh_path = tmp_path / "fresh"
     fresh_path.mkdir()
     (fresh_path / backend.CURRENT).write_text("")
-    real = backend.replace_file
-    calls = []
-
-    def killed_at_commit(target, write, durable=False):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(target)
-        real(target, write, durable=durable)
-
-    monkeypatch.setattr(backend, "replace_file", killed_at_commit)
-    with pytest.raises(KeyboardInterrupt):
-        save(fresh_path, token=3)
-    monkeypatch.setattr(backend, "replace_file", real)
+    first_save_killed_at_commit(fresh_path, monkeypatch)
     with pytest.raises(FileNotFoundError, match="holds no saved memory"):
         FaissBackend.load(fresh_path)
 

@@ -38,11 +38,14 @@ def test_entries_without_a_word_or_a_label_are_left_as_they_are(encoder):
                        {"id": 1, "ids": [1], "label": None}]
 
 
-def test_the_labels_are_embedded_once_per_encoder(encoder, monkeypatch):
-    rows, vectors = fit.label_vectors(encoder, Labels)
-    assert sorted(rows) == [1, 2, 3] and np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
+def test_the_reference_labels_are_an_even_sample_embedded_once_per_encoder(encoder, monkeypatch):
+    vectors = fit.reference_vectors(encoder, Labels)
+    assert vectors.shape == (3, encoder.dim) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
+    monkeypatch.setattr(fit, "REFERENCE_LABELS", 2)  # every second label: features 1 and 3
+    assert fit.reference_vectors(encoder, Labels).shape == (2, encoder.dim)
+    monkeypatch.setattr(fit, "REFERENCE_LABELS", 512)
     monkeypatch.setattr(encoder, "encode_documents", lambda *a, **k: pytest.fail("embedded again"))
-    assert fit.label_vectors(encoder, Labels)[1] is vectors
+    assert fit.reference_vectors(encoder, Labels) is vectors
 
 
 def test_explained_hits_show_only_labels_that_fit(encoder):

@@ -8,8 +8,9 @@ as the reason for a match, such a label is noise that looks like meaning.
 So each listed feature of an explained hit (one read word by word: ``search(..., words=True)``,
 ``explain``) is checked in place, as Delphi's embedding scorer checks a label on the text where
 its feature fires: the words around the one where it fired (``CONTEXT_WORDS`` on each side) are
-embedded with the memory's own encoder, and ``fit`` is the share of the SAE's labels that are
-less similar to them than this feature's label is (near 1: hardly a label fits better). A
+embedded with the memory's own encoder, and ``fit`` is the share of the SAE's labels (an even
+sample of ``REFERENCE_LABELS``) that are less similar to them than this feature's label is
+(near 1: hardly a label fits better). A
 label whose ``fit`` is below ``LABEL_FIT`` is withheld: the entry keeps its ids, contribution
 and ``word``, its ``label`` and ``phrase`` become None, and ``label_elsewhere`` (and
 ``phrase_elsewhere``) keep what it was read as. A label that fits keeps its phrase only if the
@@ -17,8 +18,9 @@ phrase fits as well, by the same measure against the labels ("class" at "lessons
 "economy class" does not). Its share of the score is unchanged: the feature still matched; only
 its name is not shown.
 
-The labels' embeddings are computed once per encoder and SAE in a process (a few seconds for
-4,000 labels on a CPU), at the first explanation that needs them.
+The sample's embeddings are computed once per encoder and SAE in a process (about half a second
+on a CPU), at the first explanation that needs them; each explanation then embeds its contexts
+and the labels and phrases it lists.
 """
 
 from __future__ import annotations
@@ -31,21 +33,23 @@ import numpy as np
 
 LABEL_FIT = 0.8  # chosen on LongMemEval-S's dev split (BENCHMARKS.md, "Labels that fit where they fired")
 CONTEXT_WORDS = 5  # words on each side of the one where a feature fired
+REFERENCE_LABELS = 512  # labels a fit is measured against: an even sample, embedded once (all 4,000 took 3 s)
 
-# Per encoder (dropped with it), per SAE: the labels' rows and vectors.
+# Per encoder (dropped with it), per SAE: the reference labels' unit vectors.
 _VECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
-def label_vectors(encoder: Any, sae: Any) -> tuple[dict[int, int], np.ndarray]:
-    """``(row of each labelled feature, unit vectors of the labels)``, embedded by ``encoder`` once per process."""
-    key = (getattr(sae, "name", None), getattr(sae, "sha256", None), tuple(sorted(sae.labels.items())))
+def reference_vectors(encoder: Any, sae: Any) -> np.ndarray:
+    """Unit vectors of an even sample of ``REFERENCE_LABELS`` of the SAE's labels (every n-th by
+    feature id), embedded by ``encoder`` once per process."""
+    features = sorted(sae.labels)
+    chosen = tuple(sae.labels[f] for f in features[::max(1, -(-len(features) // REFERENCE_LABELS))])
+    key = (getattr(sae, "name", None), getattr(sae, "sha256", None), chosen)
     with _LOCK:
         found = _VECTORS.get(encoder, {}).get(key)
     if found is None:
-        features = sorted(sae.labels)
-        vectors = _unit(np.asarray(encoder.encode_documents([sae.labels[f] for f in features]).dense, dtype=np.float32))
-        found = ({f: i for i, f in enumerate(features)}, vectors)
+        found = _unit(np.asarray(encoder.encode_documents(list(chosen)).dense, dtype=np.float32))
         with _LOCK:  # two threads may both compute it: the same vectors
             _VECTORS.setdefault(encoder, {})[key] = found
     return found
@@ -66,24 +70,23 @@ def check_fit(entries: list[dict[str, Any]], words: list[str], peaks: dict[int, 
     todo = [e for e in entries if e.get("label") and e["id"] in peaks]
     if not todo or not getattr(sae, "labels", None):
         return
-    rows, vectors = label_vectors(encoder, sae)
+    reference = reference_vectors(encoder, sae)
     contexts = sorted({_context(words, peaks[e["id"]]) for e in todo})
-    phrases = sorted({e["phrase"] for e in todo if e.get("phrase")})
-    found = _unit(np.asarray(encoder.encode_documents(contexts + phrases).dense, dtype=np.float32))
-    at = dict(zip(contexts, found[:len(contexts)]))
-    similar = dict(zip(contexts, found[:len(contexts)] @ vectors.T))
-    phrase_vectors = dict(zip(phrases, found[len(contexts):]))
+    texts = sorted({e["label"] for e in todo} | {e["phrase"] for e in todo if e.get("phrase")})
+    found = _unit(np.asarray(encoder.encode_documents(contexts + texts).dense, dtype=np.float32))
+    at, vector = dict(zip(contexts, found[:len(contexts)])), dict(zip(texts, found[len(contexts):]))
+    similar = {context: reference @ at[context] for context in contexts}
+
+    def fits(text: str, context: str) -> float:  # the share of the reference labels less similar to the context
+        return float((similar[context] < float(at[context] @ vector[text])).mean())
+
     for entry in todo:
-        row = rows.get(entry["id"])
-        if row is None:  # a label given after the vectors were made (a user's own labels file): unchecked
-            continue
         context = _context(words, peaks[entry["id"]])
-        cosines = similar[context]
-        entry["fit"] = round(float((cosines < cosines[row]).mean()), 4)
+        entry["fit"] = round(fits(entry["label"], context), 4)
         if entry["fit"] < threshold:
             entry["label_elsewhere"], entry["phrase_elsewhere"] = entry["label"], entry.get("phrase")
             entry["label"] = entry["phrase"] = None
-        elif entry.get("phrase") and float((cosines < float(at[context] @ phrase_vectors[entry["phrase"]])).mean()) < threshold:
+        elif entry.get("phrase") and fits(entry["phrase"], context) < threshold:
             # The words fit, their phrase from the training text does not ("economy class" at "lessons"): the words alone.
             entry["phrase_elsewhere"], entry["phrase"] = entry["phrase"], None
 
