@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                 q_acts = dict(zip(q_code.indices.tolist(), q_code.data.tolist()))
                 strongest, shared, explained = explain_features(code, q_acts, sae, TOP_FEATURES)
                 if name.endswith("(default)"):  # as SAEMemory shows a hit read word by word
-                    check_fit(strongest + shared, *read, encoder, sae)
+                    check_fit([(strongest + shared, *read)], encoder, sae)
                 entries = [f for f in strongest + shared if f["label"]]
                 shown = [f["id"] for f in entries]
                 pairs, pairs_share = match_words(code, q_acts, q_words, read, sae, TOP_FEATURES)

@@ -20,6 +20,15 @@ from tests.helpers import CONVERSATION
     ("What happened, or not?", []),  # "not" alone is no alternative
     ("I'm choosing between two laptops, the Dell or the Mac, which is better?", []),  # the list is not at the end
     ("Which came first, a, b, c, d or e?", []),  # more than MAX_ALTERNATIVES
+    ("Which did I visit first, Paris, Rome, or Berlin?", ["Paris", "Rome", "Berlin"]),  # a comma before "or"
+    ("Which did I prefer, Google or Apple or Microsoft?", ["Google", "Apple", "Microsoft"]),
+    ("Which is faster, the car or the bike? Thanks!", ["the car", "the bike"]),  # the question only
+    ("Which came first， the wedding or the party？", ["the wedding", "the party"]),  # full-width marks
+    ("Do you remember, was it Tuesday or Wednesday when I called mom?", []),  # not a list: a question
+    ("Who did I call, mom, dad and/or sister?", []),
+    ("Hey, is my flight to Lisbon booked or not yet?", []),  # "or not"
+    ("So, what did I eat today or yesterday?", []),  # times: read as a time, not searched alone
+    ("When is it, at 3pm or 4pm?", []),
 ])
 def test_alternatives_reads_the_list_a_question_ends_in(query, found):
     assert alternatives(query) == found
@@ -67,3 +76,79 @@ def test_alternatives_is_a_switch():
     with pytest.raises(ValueError, match="alternatives must be True or False"):
         SearchConfig(alternatives="yes")
     assert SearchConfig.from_dict({}).alternatives and SearchConfig().to_dict()["alternatives"] is True
+
+
+def test_scores_fall_with_rank_and_options_beside_the_point_keep_the_answer_first(make):
+    """A message that merely names an option rises halfway, not above the answer; and the
+    scores of the hits fall with their rank, so min_score cuts the tail only."""
+    memory = make()
+    memory.add(CONVERSATION + EVENTS + [
+        {"id": "paris", "content": "Julie moved to Paris for her new job last month.", "session_id": "j1"},
+        {"id": "hot", "content": "Marseille is hot in August.", "session_id": "j2"},
+        {"id": "food", "content": "Lyon has the best food markets.", "session_id": "j3"}])
+    hits = memory.search("Which city did Julie move to, Lyon or Marseille?", k=3)
+    assert hits[0].id == "paris" and {h.id for h in hits[1:]} == {"hot", "food"}
+    for query in ("Which city did Julie move to, Lyon or Marseille?", QUERY):
+        scores = [h.score for h in memory.search(query, k=8, now="2024-07-01")]
+        assert scores == sorted(scores, reverse=True)
+        cut = memory.search(query, k=8, now="2024-07-01", min_score=scores[2])
+        assert [h.score for h in cut] == scores[:len(cut)] and len(cut) >= 3
+
+
+# Everyday notes (id, text, date): many name a day, a food, a city or a time, as options do.
+NOTES = [
+    ('pz2', 'Pizza night last week with the team was fun.', '2024-06-04'),
+    ('pa2', 'Made pasta carbonara two days ago.', '2024-06-09'),
+    ('eat', 'For dinner tonight I had a big bowl of pho with extra basil, it was amazing.', '2024-06-10'),
+    ('y1', 'Yesterday the train was late again and I missed my meeting.', '2024-06-09'),
+    ('y2', 'I called my landlord yesterday about the broken heater.', '2024-06-08'),
+    ('y3', 'Yesterday I finally finished the book about the Roman empire.', '2024-06-07'),
+    ('y4', 'My boss said yesterday that the project deadline moved.', '2024-06-06'),
+    ('sis', 'My sister Emma adores cats, she has three of them at her flat.', '2024-05-01'),
+    ('d1', "Dogs are the best, I walked the neighbour's dog this morning.", '2024-05-02'),
+    ('d2', "I'm thinking of adopting a dog from the shelter next month.", '2024-05-03'),
+    ('d3', 'The dog park near my place was packed with dogs today.', '2024-05-04'),
+    ('dent', 'My dentist appointment is on Friday at 3pm with Dr. Lee.', '2024-05-05'),
+    ('p1', 'I have a call with the bank at 4pm tomorrow.', '2024-05-06'),
+    ('p2', 'Yoga class moved to 4pm on Thursdays.', '2024-05-07'),
+    ('p3', "The movie starts at 3pm, let's meet at the cinema.", '2024-05-08'),
+    ('work', 'At work I got promoted to team lead last week.', '2024-05-09'),
+    ('misc1', 'I bought a new pair of running shoes.', '2024-05-10'),
+    ('misc2', 'We are planning a trip to Lisbon in September.', '2024-05-11'),
+    ('tue', 'I called mom on Tuesday and she told me about her new garden.', '2024-05-12'),
+    ('w1', 'Wednesday is my gym day, I never skip it.', '2024-05-13'),
+    ('w2', 'On Wednesday I have a long meeting with the design team.', '2024-05-14'),
+    ('w3', 'Every Wednesday I cook dinner for my roommates.', '2024-05-15'),
+    ('ram', 'We went to Ichiran for ramen after the concert, best broth ever.', '2024-05-16'),
+    ('r2', 'I tried to make ramen at home but the noodles were soggy.', '2024-05-17'),
+    ('r3', 'Instant ramen is my emergency food when I work late.', '2024-05-18'),
+    ('din', "Tonight's dinner was homemade lasagna with my roommates.", '2024-06-10'),
+    ('y5', 'Yesterday it rained all day so I stayed home.', '2024-06-05'),
+    ('y6', 'I slept badly yesterday because of the noise upstairs.', '2024-06-04'),
+    ('lis', 'My flight to Lisbon is booked for the 12th of September.', '2024-05-20'),
+    ('par1', 'Paris was lovely when I visited in 2019, the museums were great.', '2023-01-01'),
+    ('par2', 'My friend Julie moved to Paris for a new job.', '2023-02-01'),
+    ('par3', 'I watched a documentary about Paris last night.', '2023-03-01'),
+    ('m1', 'Monday morning standup is at 9am.', '2024-05-21'),
+    ('m2', 'I hate Mondays, traffic is terrible.', '2024-05-22'),
+    ('pz', 'The pizza place downtown closed last month, such a shame.', '2024-04-10'),
+    ('pa', 'I bought three kinds of pasta at the Italian market.', '2024-04-11'),
+    ('ly', "Lyon has the best food markets I've ever seen, we went there in 2022.", '2024-04-12'),
+    ('ma', 'Marseille was too hot when we visited in August.', '2024-04-13'),
+    ('bus', 'I take the 42 bus to work every day.', '2024-04-14'),
+]
+
+
+def test_scores_fall_with_rank_when_alternatives_and_adjustments_both_move_messages(encoder):
+    from saememory import SAEMemory
+
+    memory = SAEMemory(encoder)
+    records = [{"id": i, "content": text, "timestamp": day, "session_id": "s" + i} for i, text, day in NOTES]
+    records += [{"id": "a_" + i, "content": "Sure! " + text.replace("I ", "you ").replace("My ", "Your "),  # replies
+                 "timestamp": day, "session_id": "s" + i, "role": "assistant"} for i, text, day in NOTES[::3]]
+    memory.add(records)
+    for query in ("What did I have for dinner last week, pasta or pizza?", "Which did I eat two days ago, pasta or pizza?",
+                  "What did I do yesterday, read or sleep?", "What happened in May, the bank call or the yoga class?",
+                  "What did I say last week, dogs or cats?", "Where did Julie move, Lyon or Marseille?"):
+        scores = [h.score for h in memory.search(query, k=len(records), now="2024-06-11")]
+        assert scores == sorted(scores, reverse=True), query

@@ -381,10 +381,9 @@ class SAEMemory:
             read = self.encoder.peak_words([query], query=True)[0]
             pairs = [(read, m) for m in self.encoder.peak_words([r.record["content"] for r in ranked])]
         hits = [make_hit(r, q_acts, self.encoder.sae, config.top_features, p) for r, p in zip(ranked, pairs)]
-        for hit, p in zip(hits, pairs):
-            if p is not None:  # read word by word: a label shows only where it fits (interpret.fit)
-                listed = hit.features + hit.shared_features + [f for pair in hit.matched_words for f in pair["features"]]
-                check_fit(listed, *p[1], self.encoder, self.encoder.sae)
+        # Read word by word: a label shows only where it fits (interpret.fit), all hits checked at once.
+        check_fit([(h.features + h.shared_features + [f for pair in h.matched_words for f in pair["features"]], *p[1])
+                   for h, p in zip(hits, pairs) if p is not None], self.encoder, self.encoder.sae)
         return hits
 
     def _rank(self, query: str, k: int, *, user_id: str | None, session_id: str | None,

@@ -28,7 +28,19 @@ from saememory.scoring import SIGNALS, calibrate, check_fusion, check_normalizat
 SELECTIONS = ("topk", "adaptive")
 MAX_ALTERNATIVES = 4  # a longer list is not a choice between things the user told about
 MAX_ALTERNATIVE_WORDS = 12
+# How far toward an alternative's score a message rises: half. The whole way ranked the 11 dev
+# questions as well, but raised any message that names an alternative ("Marseille is hot in
+# August") above the answer of a question whose options were beside the point ("Which city did
+# Julie move to, Lyon or Marseille?": Paris). BENCHMARKS.md, "Alternatives".
+ALTERNATIVE_SHARE = 0.5
 _OR = re.compile(r"\bor\b", re.IGNORECASE)
+_WORDS = re.compile(r"[\w']+")
+# Alternatives that are only times ("today or yesterday") are read as a time, not searched alone.
+_TIME_WORDS = frozenset(
+    "today yesterday tomorrow tonight morning mornings afternoon afternoons evening evenings night nights noon "
+    "midnight weekend weekends week weeks month months year years day days hour hours minute minutes ago now "
+    "later earlier am pm monday tuesday wednesday thursday friday saturday sunday january february march april "
+    "may june july august september october november december spring summer autumn fall winter".split())
 
 
 @dataclass(frozen=True)
@@ -91,11 +103,12 @@ class SearchConfig(DictConfig):
             knowledge update ranked above the earliest in 0.79 of questions instead of 0.57.
         adjust_depth: How many of the best candidates are adjusted. Defaults to 50.
         alternatives: Whether a query that ends in alternatives ("Which came first, my
-            cousin's wedding or Michael's party?") also searches each alternative, a message
-            scoring by the best of the query and the alternatives (the ``alternatives``
-            adjustment of a hit: its gain, in calibrated units). Each alternative is encoded
-            once more; not while steering. Defaults to True: on LongMemEval-S's dev split it
-            found every evidence turn of the 11 such questions (R_all@10 0.82 before; BENCHMARKS.md).
+            cousin's wedding or Michael's party?") also searches each alternative: a message
+            that scores higher for one than for the query rises halfway to that score (the
+            ``alternatives`` adjustment of a hit: its gain, in calibrated units). Each
+            alternative is encoded once more; not while steering. Defaults to True: on
+            LongMemEval-S's dev split it found every evidence turn of the 11 such questions
+            (R_all@10 0.82 before; BENCHMARKS.md).
     """
 
     settings_name: ClassVar[str] = "search"
@@ -185,31 +198,42 @@ class Ranked:
 
 
 def alternatives(query: str, stemmer: str | None = "english") -> list[str]:
-    """The alternatives a query ends in, each to be searched too, or ``[]``.
+    """The alternatives a question ends in, each to be searched too, or ``[]``.
 
-    A list after the question's last comma, joined by a final "or": "Which event happened
-    first, my cousin's wedding or Michael's engagement party?" gives ``["my cousin's wedding",
-    "Michael's engagement party"]``; "..., Paris, Rome or Berlin?" three. Each must hold a word
-    that is not a function word, at most ``MAX_ALTERNATIVE_WORDS`` words, and at most
-    ``MAX_ALTERNATIVES`` of them; anything else ("Should I go, or should I stay?" has an empty
-    one) gives ``[]``.
+    A list after the question's last comma, joined by "or": "Which event happened first, my
+    cousin's wedding or Michael's engagement party?" gives ``["my cousin's wedding", "Michael's
+    engagement party"]``; "..., Paris, Rome, or Berlin?" and "..., Paris or Rome or Berlin?"
+    three. Only the question is read (up to its last "?": not a "Thanks!" after it). None of
+    them (else ``[]``) may open as a question ("Do you remember, was it Tuesday or Wednesday
+    when I called?"), be a "not" ("Is it booked, or not yet?"), hold only function words or
+    only times and numbers ("today or yesterday", "at 3pm or 4pm": the query's time words are
+    read as a time, see ``saememory.times``), or have more than ``MAX_ALTERNATIVE_WORDS`` words;
+    and there are at most ``MAX_ALTERNATIVES``. "Should I go, or should I stay?" and "... mom,
+    dad and/or sister?" give ``[]``.
     """
-    from saememory.current import _function_words
+    from saememory.current import _QUESTION_OPENINGS, _function_words
 
-    text = query.strip().rstrip("?!. ").replace("’", "'")
+    text = query.replace("’", "'").replace("，", ",").replace("？", "?").strip()
+    text = (text[:text.rindex("?")] if "?" in text else text).rstrip("?!. ")
     last = None
     for last in _OR.finditer(text):
         pass
-    if last is None or "," in text[last.end():]:
+    if last is None or "," in text[last.end():] or text[:last.start()].rstrip().endswith("/"):
         return []
     items = text[:last.start()].split(",")
-    found = [item.strip() for item in items[1:]] + [text[last.end():].strip()]
+    listed = [item.strip() for item in items[1:]]
+    if listed and not listed[-1]:
+        listed.pop()  # a comma before the "or": "Paris, Rome, or Berlin"
+    found = [part.strip() for item in listed + [text[last.end():]] for part in _OR.split(item)]
     if len(items) < 2 or not 2 <= len(found) <= MAX_ALTERNATIVES:
         return []
     ignored = _function_words(stemmer)
     for item in found:
-        words = tokenize([item], stemmer)[0]
-        if not any(w not in ignored for w in words) or len(item.split()) > MAX_ALTERNATIVE_WORDS:
+        words = _WORDS.findall(item.lower())
+        content = [w for w in words if any(t not in ignored for t in tokenize([w], stemmer)[0])]
+        if (not content or words[0].split("'")[0] in _QUESTION_OPENINGS or words[0] == "not"
+                or all(w in _TIME_WORDS or any(ch.isdigit() for ch in w) for w in content)
+                or len(words) > MAX_ALTERNATIVE_WORDS):
             return []
     return found
 
@@ -254,11 +278,14 @@ def rank(
                                       config.normalize_top)
     calibrated = calibrate(scores)
     adjusted: dict[str, np.ndarray] = {}
+    # Adjustments are in calibrated units, added to the fused scores in their own units with one
+    # standard deviation, taken before any: so scores fall with rank, as calibrated ones do.
+    sd = float(np.std(scores)) if len(ids) > 1 else 0.0
     if choices:
         gain = _alternatives_gain(backend, config, ids, calibrated, choices, user_id, session_id, since, until, roles)
         if gain.any():
             adjusted["alternatives"] = gain
-            scores, calibrated = scores + gain * (float(np.std(scores)) if len(ids) > 1 else 0.0), calibrated + gain
+            scores, calibrated = scores + gain * sd, calibrated + gain
     if config.adjusts:
         pool = top_k(scores, config.adjust_depth)
         found = {record["id"]: record for record, _ in backend.fetch(user_id, [ids[p] for p in pool.tolist()], codes=False)}
@@ -271,7 +298,6 @@ def rank(
             current[name][pool] = values
         adjusted.update(current)
         total = sum(current.values(), np.zeros(len(ids)))
-        sd = float(np.std(scores)) if len(ids) > 1 else 0.0
         # In the fused score's own units too; with all scores equal (sd 0) they only order.
         scores, calibrated = scores + total * sd, calibrated + total
     # calibrated orders as scores do (an increasing function of them, plus the adjustments)
@@ -300,9 +326,10 @@ def rank(
 def _alternatives_gain(backend: Backend, config: SearchConfig, ids: list[str], calibrated: np.ndarray,
                        choices: list[tuple[str, np.ndarray, sp.csr_matrix]], user_id: str, session_id: str | None,
                        since: str | None, until: str | None, roles: tuple[str, ...] | None) -> np.ndarray:
-    """How far each of ``ids`` rises to its best calibrated score for one of the query's
-    alternatives (0 where the query's own is higher): "the start of my Spanish classes" finds
-    its message though the query's frame ("Which event happened first") matched others."""
+    """How far each of ``ids`` rises toward its best calibrated score for one of the query's
+    alternatives (``ALTERNATIVE_SHARE`` of the way; 0 where the query's own is higher): "the
+    start of my Spanish classes" finds its message though the query's frame ("Which event
+    happened first") matched others."""
     where = {message: i for i, message in enumerate(ids)}
     gain = np.zeros(len(ids))
     for text, dense, code in choices:
@@ -315,6 +342,6 @@ def _alternatives_gain(backend: Backend, config: SearchConfig, ids: list[str], c
                                 config.normalize_top)[0])
         for message, z in zip(found, theirs.tolist()):
             i = where.get(message)  # with Milvus, only the query's own candidates are ranked
-            if i is not None and z > calibrated[i] + gain[i]:
-                gain[i] = z - calibrated[i]
+            if i is not None and ALTERNATIVE_SHARE * (z - calibrated[i]) > gain[i]:
+                gain[i] = ALTERNATIVE_SHARE * (z - calibrated[i])
     return gain

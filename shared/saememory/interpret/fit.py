@@ -8,9 +8,9 @@ as the reason for a match, such a label is noise that looks like meaning.
 So each listed feature of an explained hit (one read word by word: ``search(..., words=True)``,
 ``explain``) is checked in place, as Delphi's embedding scorer checks a label on the text where
 its feature fires: the words around the one where it fired (``CONTEXT_WORDS`` on each side) are
-embedded with the memory's own encoder, and ``fit`` is the share of the SAE's labels (an even
-sample of ``REFERENCE_LABELS``) that are less similar to them than this feature's label is
-(near 1: hardly a label fits better). A
+embedded with the memory's own encoder, and ``fit`` is the share of the SAE's other labels (an
+even sample of ``REFERENCE_LABELS``) that are less similar to them than this feature's label is
+(1: none fits better). A
 label whose ``fit`` is below ``LABEL_FIT`` is withheld: the entry keeps its ids, contribution
 and ``word``, its ``label`` and ``phrase`` become None, and ``label_elsewhere`` (and
 ``phrase_elsewhere``) keep what it was read as. A label that fits keeps its phrase only if the
@@ -34,54 +34,67 @@ import numpy as np
 LABEL_FIT = 0.8  # chosen on LongMemEval-S's dev split (BENCHMARKS.md, "Labels that fit where they fired")
 CONTEXT_WORDS = 5  # words on each side of the one where a feature fired
 REFERENCE_LABELS = 512  # labels a fit is measured against: an even sample, embedded once (all 4,000 took 3 s)
+MAX_LABEL_CHARS = 200  # of a label or phrase embedded to check it (a user's own labels file may hold more)
 
-# Per encoder (dropped with it), per SAE: the reference labels' unit vectors.
-_VECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Per encoder (by id, dropped with it), per SAE: the reference labels' texts and unit vectors.
+_VECTORS: dict[int, dict[tuple[Any, ...], tuple[tuple[str, ...], np.ndarray]]] = {}
 _LOCK = threading.Lock()
 
 
-def reference_vectors(encoder: Any, sae: Any) -> np.ndarray:
-    """Unit vectors of an even sample of ``REFERENCE_LABELS`` of the SAE's labels (every n-th by
-    feature id), embedded by ``encoder`` once per process."""
+def reference_vectors(encoder: Any, sae: Any) -> tuple[tuple[str, ...], np.ndarray]:
+    """An even sample of ``REFERENCE_LABELS`` of the SAE's labels (every n-th by feature id) and
+    their unit vectors, embedded by ``encoder`` once per process (per call, for an encoder that
+    cannot be weakly referenced)."""
     features = sorted(sae.labels)
-    chosen = tuple(sae.labels[f] for f in features[::max(1, -(-len(features) // REFERENCE_LABELS))])
+    chosen = tuple(sae.labels[f][:MAX_LABEL_CHARS] for f in features[::max(1, -(-len(features) // REFERENCE_LABELS))])
     key = (getattr(sae, "name", None), getattr(sae, "sha256", None), chosen)
     with _LOCK:
-        found = _VECTORS.get(encoder, {}).get(key)
+        found = _VECTORS.get(id(encoder), {}).get(key)
     if found is None:
-        found = _unit(np.asarray(encoder.encode_documents(list(chosen)).dense, dtype=np.float32))
+        found = (chosen, _unit(np.asarray(encoder.encode_documents(list(chosen)).dense, dtype=np.float32)))
         with _LOCK:  # two threads may both compute it: the same vectors
-            _VECTORS.setdefault(encoder, {})[key] = found
+            if id(encoder) not in _VECTORS:
+                try:  # an encoder's id may be reused once it is gone: its entry goes with it
+                    weakref.finalize(encoder, _VECTORS.pop, id(encoder), None)
+                except TypeError:  # cannot be weakly referenced: not kept
+                    return found
+                _VECTORS[id(encoder)] = {}
+            _VECTORS[id(encoder)][key] = found
     return found
 
 
-def check_fit(entries: list[dict[str, Any]], words: list[str], peaks: dict[int, int], encoder: Any, sae: Any,
+def check_fit(hits: list[tuple[list[dict[str, Any]], list[str], dict[int, int]]], encoder: Any, sae: Any,
               threshold: float = LABEL_FIT) -> None:
     """Sets ``fit`` on each labelled entry whose feature fired at a known word, and withholds
-    the labels that do not fit there (see the module doc). Changes ``entries`` in place.
+    the labels that do not fit there (see the module doc). Changes the entries in place.
 
     Args:
-        entries: Listed features of one hit (``Hit.features``, ``shared_features`` and the
-            features of its ``matched_words``), each with ``id`` and ``label``.
-        words, peaks: The hit's ``Encoder.peak_words``: its words, and the word where each
-            feature fired.
+        hits: Per hit, ``(entries, words, peaks)``: its listed features (``Hit.features``,
+            ``shared_features`` and the features of its ``matched_words``), each with ``id`` and
+            ``label``; and its ``Encoder.peak_words``: its words, and the word where each
+            feature fired. All hits' texts are embedded in one call.
         threshold: The lowest ``fit`` whose label is shown. Defaults to ``LABEL_FIT`` (0.8).
     """
-    todo = [e for e in entries if e.get("label") and e["id"] in peaks]
+    todo = [(e, _context(words, peaks[e["id"]])) for entries, words, peaks in hits for e in entries
+            if e.get("label") and e["id"] in peaks]
     if not todo or not getattr(sae, "labels", None):
         return
-    reference = reference_vectors(encoder, sae)
-    contexts = sorted({_context(words, peaks[e["id"]]) for e in todo})
-    texts = sorted({e["label"] for e in todo} | {e["phrase"] for e in todo if e.get("phrase")})
+    names, reference = reference_vectors(encoder, sae)
+    contexts = sorted({context for _, context in todo})
+    texts = sorted({e[key][:MAX_LABEL_CHARS] for e, _ in todo for key in ("label", "phrase") if e.get(key)})
     found = _unit(np.asarray(encoder.encode_documents(contexts + texts).dense, dtype=np.float32))
     at, vector = dict(zip(contexts, found[:len(contexts)])), dict(zip(texts, found[len(contexts):]))
     similar = {context: reference @ at[context] for context in contexts}
 
-    def fits(text: str, context: str) -> float:  # the share of the reference labels less similar to the context
-        return float((similar[context] < float(at[context] @ vector[text])).mean())
+    def fits(text: str, context: str) -> float:
+        """The share of the reference labels, other than this one, less similar to the context."""
+        text = text[:MAX_LABEL_CHARS]
+        others = np.array([name != text for name in names])
+        if not others.any():
+            return 1.0
+        return float((similar[context][others] < float(at[context] @ vector[text])).mean())
 
-    for entry in todo:
-        context = _context(words, peaks[entry["id"]])
+    for entry, context in todo:
         entry["fit"] = round(fits(entry["label"], context), 4)
         if entry["fit"] < threshold:
             entry["label_elsewhere"], entry["phrase_elsewhere"] = entry["label"], entry.get("phrase")
