@@ -194,7 +194,7 @@ class Ranked:
     calibrated: float
     raw: dict[str, float]
     signals: dict[str, dict[str, float]]  # per signal used: raw, normalized, share
-    adjustments: dict[str, float]  # the non-zero adjustments for what is current, in calibrated units
+    adjustments: dict[str, float]  # the non-zero adjustments after fusion (alternatives, what is current), calibrated units
 
 
 def alternatives(query: str, stemmer: str | None = "english") -> list[str]:
@@ -265,8 +265,8 @@ def rank(
         now: The reference time for the query's time words (timezone-aware). Defaults to None:
             the present.
         choices: The query's ``alternatives``, each ``(text, dense, code)`` encoded as a query;
-            a message's calibrated score becomes the best of the query's and theirs. Defaults to
-            None.
+            a message whose calibrated score is higher for one rises ``ALTERNATIVE_SHARE`` of the
+            way to it. Defaults to None.
         Others: As ``SAEMemory.search``; arguments are already validated.
     """
     ids, signals = backend.score(user_id, session_id, q_dense, q_sparse, config.candidates,
