@@ -9,14 +9,22 @@ from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, Callba
 from langchain_core.documents import Document
 from langchain_core.messages import BaseMessage
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_serializer, field_validator
 
 from saememory import SAEMemory, SearchConfig, check_user
 from saememory.backends import Backend
-from saememory.messages import message_dict, with_session
+from saememory.messages import is_conversation, message_dict, with_session
 
 # LangChain message types to chat roles.
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
+
+
+def _role(message: BaseMessage) -> str:
+    """A message's chat role: by its type, a chunk's as its message's, a ``ChatMessage``'s its own ``role``."""
+    kind = message.type.removesuffix("MessageChunk").lower() if message.type.endswith("MessageChunk") else message.type
+    if kind == "chat":
+        return str(getattr(message, "role", kind))
+    return _ROLES.get(kind, kind)
 
 
 def to_message_dicts(
@@ -36,8 +44,21 @@ def to_message_dicts(
             continue
         text = message.text if isinstance(message.content, list) else message.content
         extras = {**({"id": message.id} if message.id else {}), **message.additional_kwargs}
-        out.append(message_dict(text, _ROLES.get(message.type, message.type), extras, session_id))
+        out.append(message_dict(text, _role(message), extras, session_id))
     return out
+
+
+def _conversation(messages: Iterable[BaseMessage | Mapping[str, Any]], session_id: str | None) -> list[dict[str, Any]]:
+    """The messages a memory keeps (``saememory.messages.is_conversation``: no system prompt, tool
+    result or tool call without text), as message dicts."""
+    kept = [m for m in messages if is_conversation(*_role_and_text(m), bool(getattr(m, "tool_calls", None)))]
+    return to_message_dicts(kept, session_id)
+
+
+def _role_and_text(message: BaseMessage | Mapping[str, Any]) -> tuple[Any, Any]:
+    if isinstance(message, BaseMessage):
+        return _role(message), message.text if isinstance(message.content, list) else message.content
+    return message.get("role"), message.get("content")
 
 
 class SAEMemoryRetriever(BaseRetriever):
@@ -79,7 +100,8 @@ class SAEMemoryRetriever(BaseRetriever):
             ``SAEMemory.search``). Defaults to False; ``invoke(q, words=True)`` per call.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    # A misspelt setting (user= for user_id=) is refused: ignored, it would read and write the default user.
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     memory: SAEMemory = Field(exclude=True)
     k: int = 10
@@ -93,6 +115,19 @@ class SAEMemoryRetriever(BaseRetriever):
     steer: dict[int | str, float] | None = None
     max_chars: int | None = None
     words: bool = False
+
+    # In JSON every key is a string, and a str key steers by text ("2019"), an int by feature id:
+    # steering is written as [key, strength] pairs, so that feature 898 comes back as 898.
+    @field_serializer("steer", when_used="json")
+    def _steer_as_pairs(self, steer: dict[int | str, float] | None) -> list[list[Any]] | None:
+        return None if steer is None else [[key, strength] for key, strength in steer.items()]
+
+    @field_validator("steer", mode="before")
+    @classmethod
+    def _steer_from_pairs(cls, steer: Any) -> Any:
+        if isinstance(steer, list) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in steer):
+            return {key: strength for key, strength in steer}
+        return steer
 
     @classmethod
     def from_messages(
@@ -112,7 +147,8 @@ class SAEMemoryRetriever(BaseRetriever):
 
         Args:
             messages: LangChain messages or dicts with ``role``/``content`` and optionally
-                ``session_id``, ``timestamp``, ``user_id``, ``id``.
+                ``session_id``, ``timestamp``, ``user_id``, ``id``. System prompts, tool results
+                and tool calls without text are not stored.
             k: Messages per query. Defaults to 10.
             user_id: Owner of every message (one naming another user is refused) and the user
                 this retriever reads. Defaults to None: each message keeps its own ``user_id``
@@ -126,7 +162,7 @@ class SAEMemoryRetriever(BaseRetriever):
             **kwargs: Retriever fields (``min_score``, ``steer``, ``max_chars``, ...).
         """
         memory = SAEMemory(encoder, backend=backend, config=config)
-        memory.add(to_message_dicts(messages, session_id), show_progress=show_progress, user_id=user_id)
+        memory.add(_conversation(messages, session_id), show_progress=show_progress, user_id=user_id)
         return cls(memory=memory, k=k, user_id=user_id, **kwargs)
 
     @classmethod
@@ -136,11 +172,13 @@ class SAEMemoryRetriever(BaseRetriever):
 
     def add_messages(self, messages: Iterable[BaseMessage | Mapping[str, Any]], session_id: str | None = None) -> list[str]:
         """Adds messages to the memory, owned by this retriever's user; searchable at once.
+        System prompts, tool results and tool calls without text are not stored; returns the
+        ids of the messages stored.
 
         Raises:
             ValueError: If a message names another user: a retriever writes only its own user's memory.
         """
-        return self.memory.add(to_message_dicts(messages, session_id or self.session_id), user_id=check_user(self.user_id))
+        return self.memory.add(_conversation(messages, session_id or self.session_id), user_id=check_user(self.user_id))
 
     async def aadd_messages(
         self, messages: Iterable[BaseMessage | Mapping[str, Any]], session_id: str | None = None

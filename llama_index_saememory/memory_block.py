@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage
@@ -12,8 +13,9 @@ from llama_index.core.memory.memory import BaseMemoryBlock
 from pydantic import ConfigDict, Field, field_validator
 
 from saememory import SAEMemory, check_user
+from saememory.messages import new_record
 from saememory.times import local_instant
-from llama_index_saememory.retriever import to_message_dicts
+from llama_index_saememory.retriever import is_chat_turn, to_message_dicts
 
 
 def message_id(message: ChatMessage, session_id: str | None, user_id: str) -> str:
@@ -67,11 +69,12 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
 
     Raises:
         pydantic.ValidationError: On a setting this block does not have (a misspelt ``user_id``
-            would otherwise read and write the default user), or a bad value: ``k`` below 1, an
-            empty ``user_id``, a ``now`` that is no time.
+            would otherwise read and write the default user), or a bad value, when the block is
+            made or a setting changed: ``k`` not a whole number >= 1, an empty ``user_id``, a
+            ``min_score`` that is not finite, a ``now`` that is no time.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", validate_assignment=True, strict=True)
 
     name: str = "saememory"
     description: str | None = "Relevant messages from earlier in the conversation."
@@ -87,6 +90,13 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a whole number >= 1 (the past messages injected per turn), got {k!r}.")
         return k
+
+    @field_validator("min_score")
+    @classmethod
+    def _check_min_score(cls, min_score: float | None) -> float | None:
+        if min_score is not None and not math.isfinite(min_score):
+            raise ValueError(f"min_score must be a finite number or None, got {min_score!r}.")
+        return min_score
 
     @field_validator("user_id")
     @classmethod
@@ -119,12 +129,10 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
     def _index(self, messages: list[ChatMessage], session_id: str | None) -> set[str]:
         """Adds the messages not stored yet; returns the ids of all of them."""
         user = check_user(self.user_id)
-        ids, new, pending = [], [], set()
-        for message in messages:
-            if not isinstance(message.content, str) or not message.content.strip():
-                continue  # tool calls and empty turns carry nothing to recall
-            if getattr(message.role, "value", message.role) == "system":
-                continue  # instructions (and this block's own injected text), not conversation
+        ids, new, pending = [], [], {}  # pending: id -> text, of the messages to add
+        for position, message in enumerate(messages):
+            if not is_chat_turn(message) or not isinstance(message.content, str) or not message.content.strip():
+                continue  # instructions (and this block's own injected text), tools, empty turns: nothing to recall
             mid = message_id(message, session_id, user)
             ids.append(mid)
             try:
@@ -135,10 +143,20 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
                 raise ValueError(f"Message id {mid!r} (additional_kwargs['id']) is already stored for user {user!r} "
                                  "with other text; ids must be unique per user, or the new message would be lost. "
                                  "Give each message its own id, or none (the block then makes one from its text).")
+            if stored is None and mid in pending and pending[mid] != message.content:
+                raise ValueError(f"Message id {mid!r} (additional_kwargs['id']) is given to two messages with other "
+                                 "text in one conversation; the second would be lost. Give each message its own id, "
+                                 "or none (the block then makes one from its text).")
             if stored is None and mid not in pending:
                 (record,) = to_message_dicts([message], session_id)
+                try:  # checked here, so that the error names the message in the conversation
+                    new_record({**record, "id": mid}, position, user)
+                except ValueError as err:
+                    raise ValueError(f"{err} It is message {position} of the conversation "
+                                     f"({getattr(message.role, 'value', message.role)}: {message.content[:60]!r}); "
+                                     "until it is fixed or left out, the block stores none of the newer ones.") from None
                 new.append({**record, "id": mid})
-                pending.add(mid)
+                pending[mid] = message.content
         if new:
             try:
                 self.memory.add(new, user_id=user)

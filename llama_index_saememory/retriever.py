@@ -12,7 +12,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from saememory import EXPLANATION_KEYS, Hit, SAEMemory, SearchConfig, check_user
 from saememory.backends import Backend
-from saememory.messages import message_dict, with_session
+from saememory.messages import is_conversation, message_dict, with_session
 
 
 
@@ -35,6 +35,15 @@ def to_message_dicts(
     return out
 
 
+def is_chat_turn(message: ChatMessage | Mapping[str, Any]) -> bool:
+    """Whether a memory keeps the message (``saememory.messages.is_conversation``: no system
+    prompt, tool result or tool call without text)."""
+    if isinstance(message, ChatMessage):
+        return is_conversation(getattr(message.role, "value", message.role), message.content,
+                               bool(message.additional_kwargs.get("tool_calls")))
+    return is_conversation(message.get("role"), message.get("content"))
+
+
 def hit_to_node(hit: Hit) -> NodeWithScore:
     """A node whose id is the message id; scores and features are kept from the LLM and embedder."""
     metadata = hit.to_metadata()
@@ -54,7 +63,8 @@ class SAEMemoryRetriever(BaseRetriever):
     Node ids are the stable message ids; node metadata holds the same keys as the LangChain
     retriever's documents (``role``, ``session_id``, ``timestamp``, ``user_id``, ``score``,
     ``dense_score``, ``sparse_score``, ``rank``, ``truncated``, ``features``,
-    ``shared_features``), of which the LLM sees only role, session and timestamp.
+    ``shared_features``), of which the LLM sees role, session, timestamp, time and the message's
+    own metadata (ids, scores and features are kept from it).
 
     Args:
         memory: The ``SAEMemory`` to search.
@@ -137,7 +147,8 @@ class SAEMemoryRetriever(BaseRetriever):
             **kwargs: Retriever arguments (``min_score``, ``steer``, ``max_chars``, ...).
         """
         memory = SAEMemory(encoder, backend=backend, config=config)
-        memory.add(to_message_dicts(messages, session_id), show_progress=show_progress, user_id=user_id)
+        memory.add(to_message_dicts([m for m in messages if is_chat_turn(m)], session_id), show_progress=show_progress,
+                   user_id=user_id)
         return cls(memory, similarity_top_k=similarity_top_k, user_id=user_id, **kwargs)
 
     @classmethod
@@ -151,7 +162,8 @@ class SAEMemoryRetriever(BaseRetriever):
         Raises:
             ValueError: If a message names another user: a retriever writes only its own user's memory.
         """
-        return self.memory.add(to_message_dicts(messages, session_id or self.session_id), user_id=check_user(self.user_id))
+        return self.memory.add(to_message_dicts([m for m in messages if is_chat_turn(m)], session_id or self.session_id),
+                               user_id=check_user(self.user_id))
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         hits = self.memory.search(

@@ -178,3 +178,52 @@ async def test_concurrent_async_writers_and_readers(encoder):
     await asyncio.gather(*(writer(n) for n in range(4)), *(reader() for _ in range(3)))
     assert len(retriever.memory) == 3 + 16
     assert all(f"w{n}-{i}" in retriever.memory for n in range(4) for i in range(4))
+
+
+def test_a_misspelt_setting_is_refused_not_ignored(encoder):
+    import pydantic
+
+    from saememory import SAEMemory
+
+    memory = SAEMemory(encoder)
+    with pytest.raises(pydantic.ValidationError, match="user"):  # ignored, it would read and write the default user
+        SAEMemoryRetriever(memory=memory, user="carol")
+    with pytest.raises(pydantic.ValidationError, match="session"):
+        SAEMemoryRetriever.from_memory(memory, session="s1")
+
+
+def test_roles_of_chunks_and_chat_messages_are_the_chat_roles():
+    from langchain_core.messages import AIMessageChunk, ChatMessage, HumanMessageChunk
+
+    dicts = to_message_dicts([AIMessageChunk(content="Sure."), HumanMessageChunk(content="Hi."),
+                              ChatMessage(role="user", content="I live in Lisbon."), SystemMessage("Be brief.")])
+    assert [d["role"] for d in dicts] == ["assistant", "user", "user", "system"]
+
+
+def test_steering_survives_a_json_round_trip_as_ids_and_texts(retriever):
+    steered = retriever.model_copy(update={"steer": {898: 3.0, "violin": 1.0}})
+    again = SAEMemoryRetriever.model_validate({**__import__("json").loads(steered.model_dump_json()), "memory": retriever.memory})
+    assert again.steer == {898: 3.0, "violin": 1.0} and isinstance(next(iter(again.steer)), int)
+
+
+def test_a_memory_is_not_pickled_or_copied_but_says_what_to_do(retriever):
+    import copy
+    import pickle
+
+    for attempt in (lambda: pickle.dumps(retriever.memory), lambda: copy.deepcopy(retriever.memory),
+                    lambda: retriever.model_copy(deep=True)):
+        with pytest.raises(TypeError, match="save\\(path\\).*SAEMemory.load"):
+            attempt()
+
+
+def test_system_prompts_tool_calls_and_tool_results_are_not_stored(encoder):
+    from langchain_core.messages import ToolMessage
+
+    history = [SystemMessage("You are a helpful assistant."), HumanMessage("What's the weather in Oslo?", id="q"),
+               AIMessage("", tool_calls=[{"name": "weather", "args": {"city": "Oslo"}, "id": "c1"}]),
+               ToolMessage("12 degrees, rain", tool_call_id="c1"), AIMessage("It is 12 degrees and raining.", id="a")]
+    retriever = SAEMemoryRetriever.from_messages(history, encoder=encoder)
+    assert [m["id"] for m in retriever.memory.messages()] == ["q", "a"]
+    assert retriever.add_messages([SystemMessage("Be brief."), HumanMessage("I live in Oslo.", id="h")]) == ["h"]
+    with pytest.raises(ValueError, match="content"):  # an empty turn that is no tool call is still refused
+        retriever.add_messages([HumanMessage("")])

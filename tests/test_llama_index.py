@@ -157,10 +157,19 @@ def test_memory_block_refuses_bad_settings_and_an_id_stored_with_other_text(enco
     from saememory import SAEMemory
 
     memory = SAEMemory(encoder)
-    for bad in ({"k": 0}, {"k": -2}, {"user_id": ""}, {"now": "garbage"}):
+    for bad in ({"k": 0}, {"k": -2}, {"k": True}, {"k": "3"}, {"k": 2.0}, {"user_id": ""}, {"now": "garbage"},
+                {"min_score": float("nan")}, {"min_score": float("inf")}):
         with pytest.raises(pydantic.ValidationError):  # when the block is made, not at a chat's first turn
             SAEMemoryBlock(memory=memory, **bad)
     block = SAEMemoryBlock(memory=memory, user_id="alice")
+    for name, bad in (("k", 0), ("user_id", ""), ("min_score", float("nan"))):
+        with pytest.raises(pydantic.ValidationError):  # nor when a setting is changed later
+            setattr(block, name, bad)
+    twice = [ChatMessage(role="user", content="My PIN is 1234.", additional_kwargs={"id": "x"}),
+             ChatMessage(role="user", content="My sister moved to Oslo.", additional_kwargs={"id": "x"})]
+    with pytest.raises(ValueError, match="'x'.*two messages with other text"):  # the second would be lost
+        block.index(twice, session_id="c0")
+    assert memory.messages("alice") == []
     said = ChatMessage(role="user", content="I live in Paris.", additional_kwargs={"id": "turn-1"})
     assert block.index([said], session_id="c1") == ["turn-1"]
     assert block.index([said], session_id="c1") == ["turn-1"]  # the same message again: skipped
@@ -168,3 +177,33 @@ def test_memory_block_refuses_bad_settings_and_an_id_stored_with_other_text(enco
     with pytest.raises(ValueError, match="turn-1.*already stored.*other text"):
         block.index([moved], session_id="c2")
     assert [m["content"] for m in memory.messages("alice")] == ["I live in Paris."]
+
+
+def test_llama_index_roles_for_the_assistant_are_stored_as_assistant(encoder):
+    from llama_index.core.base.llms.types import MessageRole
+
+    from llama_index_saememory import SAEMemoryRetriever
+
+    retriever = SAEMemoryRetriever.from_messages(
+        [ChatMessage(role=MessageRole.USER, content="I adopted a beagle named Max."),
+         ChatMessage(role=MessageRole.MODEL, content="Max is a great name for a beagle!"),
+         ChatMessage(role=MessageRole.CHATBOT, content="Beagles love long walks.")], encoder=encoder)
+    assert [m["role"] for m in retriever.memory.messages()] == ["user", "assistant", "assistant"]
+    assert len(retriever.memory.search("beagle", roles="assistant")) == 2
+
+
+def test_memory_block_names_a_bad_message_by_its_place_in_the_conversation(encoder):
+    import pytest
+
+    from llama_index_saememory import SAEMemoryBlock
+    from saememory import SAEMemory
+
+    block = SAEMemoryBlock(memory=SAEMemory(encoder), user_id="alice")
+    chat = [ChatMessage(role="system", content="Be kind."), ChatMessage(role="user", content="I live in Oslo."),
+            ChatMessage(role="assistant", content="Got it", additional_kwargs={"timestamp": "5 minutes ago"}),
+            ChatMessage(role="tool", content="12 degrees")]
+    with pytest.raises(ValueError, match="timestamp.*message 2 of the conversation \\(assistant: 'Got it'\\)"):
+        block.index(chat, session_id="c1")
+    assert block.memory.messages("alice") == []  # nothing of the batch stored
+    assert block.index([chat[0], chat[1], chat[3]], session_id="c1") and [m["content"] for m in
+                                                                         block.memory.messages("alice")] == ["I live in Oslo."]

@@ -763,4 +763,5 @@ def test_langchains_role_names_in_dicts_are_the_users_and_the_assistants(encoder
     # A save made before the aliases holds "human": a filter for either name reads it.
     from saememory.messages import role_names
 
-    assert role_names(("user",)) == ("user", "human") and role_names(("ai",)) == ("ai", "assistant")
+    assert role_names(("user",)) == ("user", "human")
+    assert role_names(("ai",)) == ("ai", "assistant", "model", "chatbot")  # LlamaIndex's names for it too

@@ -88,6 +88,14 @@ class SAEMemory:
         """Whether the default user holds this id; ``contains(id, user_id=...)`` asks for any user."""
         return isinstance(message_id, str) and self.contains(message_id)
 
+    def __reduce__(self) -> Any:
+        raise TypeError("An SAEMemory holds a model and its index in this process and is not pickled or copied. "
+                        "Share the object itself (it is thread-safe), or save(path) it and SAEMemory.load(path) "
+                        "in another process.")
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        return self.__reduce__()
+
     def contains(self, message_id: str, *, user_id: str | None = None) -> bool:
         """Whether ``user_id`` (None: the default user) holds a message with this id."""
         user = check_user(user_id)

@@ -100,12 +100,14 @@ def check_text(name: str, value: Any) -> str:
     return value
 
 
-ROLE_ALIASES = {"human": "user", "ai": "assistant"}  # LangChain's message types, as dicts often carry them
+# LangChain's message types, as dicts often carry them, and LlamaIndex's other names for the assistant.
+ROLE_ALIASES = {"human": "user", "ai": "assistant", "model": "assistant", "chatbot": "assistant"}
 
 
 def role_name(role: str) -> str:
-    """A role as stored: LangChain's ``"human"`` and ``"ai"`` are ``"user"`` and ``"assistant"``
-    (the adjustments for what is current read the user's role by that name)."""
+    """A role as stored: LangChain's ``"human"`` and ``"ai"`` are ``"user"`` and ``"assistant"``,
+    as are LlamaIndex's ``"model"`` and ``"chatbot"`` (the adjustments for what is current read
+    the roles by those names)."""
     return ROLE_ALIASES.get(role, role)
 
 
@@ -260,6 +262,18 @@ def ids_by_user(records: list[dict[str, Any]]) -> dict[str, list[str]]:
     for record in records:
         grouped.setdefault(record["user_id"], []).append(record["id"])
     return grouped
+
+
+NOT_CONVERSATION = ("system", "tool", "function")  # roles whose messages a chat memory does not keep
+
+
+def is_conversation(role: Any, content: Any, tool_call: bool = False) -> bool:
+    """Whether the adapters store a framework message: not a system prompt (instructions, or a
+    memory block's own injected text), a tool result or an assistant's tool call without text
+    (``tool_call``), none of which a user said or was told. Other messages, even empty ones, are
+    stored (and an empty one refused, naming it)."""
+    blank = not isinstance(content, str) or not content.strip()
+    return role not in NOT_CONVERSATION and not (tool_call and blank)
 
 
 def message_dict(content: Any, role: str, extras: Mapping[str, Any], session_id: str | None = None,
