@@ -98,6 +98,8 @@ class SAEMemoryRetriever(BaseRetriever):
             budget); ``invoke(q, max_chars=...)`` overrides it per call.
         words: Explain every hit word by word (``matched_words`` in the metadata; see
             ``SAEMemory.search``). Defaults to False; ``invoke(q, words=True)`` per call.
+
+    ``invoke(q, fusion="rrf")`` fuses the signals another way for one call (see ``SAEMemory.search``).
     """
 
     # A misspelt setting (user= for user_id=) is refused: ignored, it would read and write the default user.
@@ -202,6 +204,7 @@ class SAEMemoryRetriever(BaseRetriever):
         steer: dict[int | str, float] | None = None,
         max_chars: int | None = None,
         words: bool | None = None,
+        fusion: str | None = None,
     ) -> list[Document]:
         hits = self.memory.search(
             query,
@@ -216,6 +219,7 @@ class SAEMemoryRetriever(BaseRetriever):
             steer=steer if steer is not None else self.steer,
             max_chars=max_chars if max_chars is not None else self.max_chars,
             words=words if words is not None else self.words,
+            fusion=fusion,
         )
         if not hits:
             self.memory.warn_if_unseen(user_id if user_id is not None else self.user_id)
@@ -237,6 +241,7 @@ class SAEMemoryRetriever(BaseRetriever):
         steer: dict[int | str, float] | None = None,
         max_chars: int | None = None,
         words: bool | None = None,
+        fusion: str | None = None,
     ) -> list[Document]:
         # Encoding is CPU-bound: run it off the event loop.
         return await asyncio.to_thread(
@@ -254,4 +259,5 @@ class SAEMemoryRetriever(BaseRetriever):
             steer=steer,
             max_chars=max_chars,
             words=words,
+            fusion=fusion,
         )

@@ -227,3 +227,10 @@ def test_system_prompts_tool_calls_and_tool_results_are_not_stored(encoder):
     assert retriever.add_messages([SystemMessage("Be brief."), HumanMessage("I live in Oslo.", id="h")]) == ["h"]
     with pytest.raises(ValueError, match="content"):  # an empty turn that is no tool call is still refused
         retriever.add_messages([HumanMessage("")])
+
+
+def test_fusion_per_call(retriever):
+    fused = retriever.invoke(QUESTION, fusion="rrf")
+    assert fused and fused[0].metadata["score"] < 1.0  # reciprocal ranks, not z-scores
+    with pytest.raises(ValueError, match="fusion"):
+        retriever.invoke(QUESTION, fusion="nonsense")
