@@ -81,7 +81,11 @@ class SAEMemoryRetriever(BaseRetriever):
         memory: The ``SAEMemory`` to search.
         k: Messages per query. Defaults to 10; ``invoke(query, k=3)`` overrides it per call.
         user_id: Whose memories this retriever reads and ``add_messages`` writes. Defaults to
-            None, the default user; ``invoke(query, user_id=...)`` reads another per call.
+            None, the default user; ``invoke(query, user_id=...)`` reads another per call,
+            unless ``lock_user``.
+        lock_user: Refuse ``invoke(query, user_id=...)`` naming another user than ``user_id``
+            (a ``ValueError``), for a retriever handed to code that must read one user only.
+            Defaults to False.
         session_id: Restrict to one session. Defaults to None (all sessions of the user).
         since, until: Only messages said in this window (any timestamp form; see
             ``saememory.Message``). Defaults to None; ``invoke(q, since=...)`` sets it per call.
@@ -117,6 +121,7 @@ class SAEMemoryRetriever(BaseRetriever):
     steer: dict[int | str, float] | None = None
     max_chars: int | None = None
     words: bool = False
+    lock_user: bool = False
 
     # In JSON every key is a string, and a str key steers by text ("2019"), an int by feature id:
     # steering is written as [key, strength] pairs, so that feature 898 comes back as 898.
@@ -206,6 +211,9 @@ class SAEMemoryRetriever(BaseRetriever):
         words: bool | None = None,
         fusion: str | None = None,
     ) -> list[Document]:
+        if self.lock_user and user_id is not None and check_user(user_id) != check_user(self.user_id):
+            raise ValueError(f"This retriever reads only user {check_user(self.user_id)!r} (lock_user=True); "
+                             "it does not read another user per call. Use a retriever bound to that user.")
         hits = self.memory.search(
             query,
             k=self.k if k is None else k,

@@ -234,3 +234,19 @@ def test_fusion_per_call(retriever):
     assert fused and fused[0].metadata["score"] < 1.0  # reciprocal ranks, not z-scores
     with pytest.raises(ValueError, match="fusion"):
         retriever.invoke(QUESTION, fusion="nonsense")
+
+
+def test_a_locked_retriever_reads_only_its_user(encoder):
+    from saememory import SAEMemory
+
+    memory = SAEMemory(encoder)
+    memory.add([{"content": "Alice's PIN is 1111.", "id": "a"}], user_id="alice")
+    memory.add([{"content": "Bob's PIN is 2222.", "id": "b"}], user_id="bob")
+    locked = SAEMemoryRetriever(memory=memory, user_id="alice", lock_user=True)
+    assert [d.id for d in locked.invoke("What is my PIN?")] == ["a"]
+    assert [d.id for d in locked.invoke("What is my PIN?", user_id="alice")] == ["a"]
+    with pytest.raises(ValueError, match="reads only user 'alice'"):
+        locked.invoke("What is my PIN?", user_id="bob")
+    with pytest.raises(ValueError, match="reads only user 'alice'"):
+        asyncio.run(locked.ainvoke("What is my PIN?", user_id="bob"))
+    assert [d.id for d in SAEMemoryRetriever(memory=memory, user_id="alice").invoke("PIN?", user_id="bob")] == ["b"]
