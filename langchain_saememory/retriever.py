@@ -51,7 +51,7 @@ def to_message_dicts(
 def _conversation(messages: Iterable[BaseMessage | Mapping[str, Any]], session_id: str | None) -> list[dict[str, Any]]:
     """The messages a memory keeps (``saememory.messages.is_conversation``: no system prompt, tool
     result or tool call without text), as message dicts."""
-    kept = [m for m in messages if is_conversation(*_role_and_text(m), bool(getattr(m, "tool_calls", None)))]
+    kept = [m for m in messages if is_conversation(*_role_and_text(m), _tool_call(m))]
     return to_message_dicts(kept, session_id)
 
 
@@ -59,6 +59,11 @@ def _role_and_text(message: BaseMessage | Mapping[str, Any]) -> tuple[Any, Any]:
     if isinstance(message, BaseMessage):
         return _role(message), message.text if isinstance(message.content, list) else message.content
     return message.get("role"), message.get("content")
+
+
+def _tool_call(message: BaseMessage | Mapping[str, Any]) -> bool:
+    """An assistant's tool call: ``AIMessage.tool_calls``, or a dict's ``tool_calls`` (OpenAI's form)."""
+    return bool(getattr(message, "tool_calls", None) if isinstance(message, BaseMessage) else message.get("tool_calls"))
 
 
 class SAEMemoryRetriever(BaseRetriever):

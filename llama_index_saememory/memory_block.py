@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import math
+import numbers
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage
@@ -13,7 +14,7 @@ from llama_index.core.memory.memory import BaseMemoryBlock
 from pydantic import ConfigDict, Field, field_validator
 
 from saememory import SAEMemory, check_user
-from saememory.messages import new_record
+from saememory.messages import new_record, role_name
 from saememory.times import local_instant
 from llama_index_saememory.retriever import is_chat_turn, to_message_dicts
 
@@ -70,11 +71,11 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
     Raises:
         pydantic.ValidationError: On a setting this block does not have (a misspelt ``user_id``
             would otherwise read and write the default user), or a bad value, when the block is
-            made or a setting changed: ``k`` not a whole number >= 1, an empty ``user_id``, a
+            made or a setting changed: ``k`` not a whole number >= 1 (``True`` and ``2.0`` too), an empty ``user_id``, a
             ``min_score`` that is not finite, a ``now`` that is no time.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", validate_assignment=True)
 
     name: str = "saememory"
     description: str | None = "Relevant messages from earlier in the conversation."
@@ -84,10 +85,19 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
     min_score: float | None = None
     now: Any = None
 
+    @field_validator("k", mode="before")
+    @classmethod
+    def _check_k(cls, k: Any) -> Any:
+        # Before pydantic's conversion, which would take True for 1 and 2.0 for 2; "5" (from a
+        # setting's text) and numpy's integers are converted as usual.
+        if isinstance(k, (bool, float)) or (isinstance(k, numbers.Integral) and k < 1):
+            raise ValueError(f"k must be a whole number >= 1 (the past messages injected per turn), got {k!r}.")
+        return k
+
     @field_validator("k")
     @classmethod
-    def _check_k(cls, k: int) -> int:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    def _check_k_range(cls, k: int) -> int:
+        if k < 1:
             raise ValueError(f"k must be a whole number >= 1 (the past messages injected per turn), got {k!r}.")
         return k
 
@@ -152,7 +162,7 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
                 try:  # checked here, so that the error names the message in the conversation
                     new_record({**record, "id": mid}, position, user)
                 except ValueError as err:
-                    raise ValueError(f"{err} It is message {position} of the conversation "
+                    raise ValueError(f"{err} It is message {position} of the {len(messages)} the block was given "
                                      f"({getattr(message.role, 'value', message.role)}: {message.content[:60]!r}); "
                                      "until it is fixed or left out, the block stores none of the newer ones.") from None
                 new.append({**record, "id": mid})
@@ -172,7 +182,7 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
             return ""
         query = messages[-1].content if isinstance(messages[-1].content, str) else ""
         in_prompt = self._index(messages, session_id)  # the question too: a chat app stores what was asked
-        seen = {(getattr(m.role, "value", m.role), m.content) for m in messages}
+        seen = {(role_name(getattr(m.role, "value", m.role)), m.content) for m in messages}  # as stored: "model" is "assistant"
         if not query.strip() or len(self.memory) == 0:
             return ""
         hits = self.memory.search(query, k=self.k + len(messages), user_id=self.user_id, min_score=self.min_score,

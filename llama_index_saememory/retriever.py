@@ -39,9 +39,10 @@ def is_chat_turn(message: ChatMessage | Mapping[str, Any]) -> bool:
     """Whether a memory keeps the message (``saememory.messages.is_conversation``: no system
     prompt, tool result or tool call without text)."""
     if isinstance(message, ChatMessage):
-        return is_conversation(getattr(message.role, "value", message.role), message.content,
-                               bool(message.additional_kwargs.get("tool_calls")))
-    return is_conversation(message.get("role"), message.get("content"))
+        tool_call = bool(message.additional_kwargs.get("tool_calls")) or any(
+            type(block).__name__ == "ToolCallBlock" for block in getattr(message, "blocks", None) or ())
+        return is_conversation(getattr(message.role, "value", message.role), message.content, tool_call)
+    return is_conversation(message.get("role"), message.get("content"), bool(message.get("tool_calls")))
 
 
 def hit_to_node(hit: Hit) -> NodeWithScore:

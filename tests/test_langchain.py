@@ -214,6 +214,8 @@ def test_a_memory_is_not_pickled_or_copied_but_says_what_to_do(retriever):
                     lambda: retriever.model_copy(deep=True)):
         with pytest.raises(TypeError, match="save\\(path\\).*SAEMemory.load"):
             attempt()
+    handle = copy.copy(retriever.memory)  # a shallow copy is a second handle on the same memory
+    assert handle.backend is retriever.memory.backend and len(handle) == len(retriever.memory)
 
 
 def test_system_prompts_tool_calls_and_tool_results_are_not_stored(encoder):

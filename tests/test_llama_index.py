@@ -157,10 +157,14 @@ def test_memory_block_refuses_bad_settings_and_an_id_stored_with_other_text(enco
     from saememory import SAEMemory
 
     memory = SAEMemory(encoder)
-    for bad in ({"k": 0}, {"k": -2}, {"k": True}, {"k": "3"}, {"k": 2.0}, {"user_id": ""}, {"now": "garbage"},
+    for bad in ({"k": 0}, {"k": -2}, {"k": True}, {"k": 2.0}, {"k": "0"}, {"user_id": ""}, {"now": "garbage"},
                 {"min_score": float("nan")}, {"min_score": float("inf")}):
         with pytest.raises(pydantic.ValidationError):  # when the block is made, not at a chat's first turn
             SAEMemoryBlock(memory=memory, **bad)
+    import numpy as np
+
+    assert SAEMemoryBlock(memory=memory, k=np.int64(5)).k == 5 and SAEMemoryBlock(memory=memory, k="5").k == 5
+    assert SAEMemoryBlock(memory=memory, priority=1.0).priority == 1  # LlamaIndex's own settings as LlamaIndex takes them
     block = SAEMemoryBlock(memory=memory, user_id="alice")
     for name, bad in (("k", 0), ("user_id", ""), ("min_score", float("nan"))):
         with pytest.raises(pydantic.ValidationError):  # nor when a setting is changed later
@@ -202,8 +206,33 @@ def test_memory_block_names_a_bad_message_by_its_place_in_the_conversation(encod
     chat = [ChatMessage(role="system", content="Be kind."), ChatMessage(role="user", content="I live in Oslo."),
             ChatMessage(role="assistant", content="Got it", additional_kwargs={"timestamp": "5 minutes ago"}),
             ChatMessage(role="tool", content="12 degrees")]
-    with pytest.raises(ValueError, match="timestamp.*message 2 of the conversation \\(assistant: 'Got it'\\)"):
+    with pytest.raises(ValueError, match="timestamp.*message 2 of the 4 the block was given \\(assistant: 'Got it'\\)"):
         block.index(chat, session_id="c1")
     assert block.memory.messages("alice") == []  # nothing of the batch stored
     assert block.index([chat[0], chat[1], chat[3]], session_id="c1") and [m["content"] for m in
                                                                          block.memory.messages("alice")] == ["I live in Oslo."]
+
+
+def test_openai_style_tool_calls_and_developer_prompts_are_not_stored(encoder):
+    from llama_index_saememory import SAEMemoryRetriever
+
+    retriever = SAEMemoryRetriever.from_messages(
+        [{"role": "developer", "content": "Answer in French."}, {"role": "user", "content": "What's the weather?", "id": "q"},
+         {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "function": {"name": "weather"}}]},
+         {"role": "tool", "content": "12 degrees"}, {"role": "assistant", "content": "It is 12 degrees.", "id": "a"}],
+        encoder=encoder)
+    assert [m["id"] for m in retriever.memory.messages()] == ["q", "a"]
+
+
+def test_memory_block_does_not_inject_a_model_message_already_in_the_prompt(encoder):
+    import asyncio
+
+    from llama_index_saememory import SAEMemoryBlock
+    from saememory import SAEMemory
+
+    block = SAEMemoryBlock(memory=SAEMemory(encoder), user_id="alice", k=3)
+    said = "Your beagle Biscuit needs his shots in May."
+    block.index([ChatMessage(role="assistant", content=said)], session_id="old")
+    chat = [ChatMessage(role="model", content=said), ChatMessage(role="user", content="When are Biscuit's shots?")]
+    injected = asyncio.run(block._aget(chat, session_id="new"))
+    assert said not in injected  # stored as "assistant", in the prompt as "model": the same message

@@ -96,6 +96,12 @@ class SAEMemory:
     def __deepcopy__(self, memo: dict) -> Any:
         return self.__reduce__()
 
+    def __copy__(self) -> SAEMemory:
+        """A second handle on the same memory (encoder, backend and lock shared), as before."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
     def contains(self, message_id: str, *, user_id: str | None = None) -> bool:
         """Whether ``user_id`` (None: the default user) holds a message with this id."""
         user = check_user(user_id)

@@ -264,12 +264,12 @@ def ids_by_user(records: list[dict[str, Any]]) -> dict[str, list[str]]:
     return grouped
 
 
-NOT_CONVERSATION = ("system", "tool", "function")  # roles whose messages a chat memory does not keep
+NOT_CONVERSATION = ("system", "developer", "tool", "function")  # roles whose messages a chat memory does not keep
 
 
 def is_conversation(role: Any, content: Any, tool_call: bool = False) -> bool:
-    """Whether the adapters store a framework message: not a system prompt (instructions, or a
-    memory block's own injected text), a tool result or an assistant's tool call without text
+    """Whether the adapters store a framework message: not a system or developer prompt
+    (instructions, or a memory block's own injected text), a tool result or an assistant's tool call without text
     (``tool_call``), none of which a user said or was told. Other messages, even empty ones, are
     stored (and an empty one refused, naming it)."""
     blank = not isinstance(content, str) or not content.strip()
