@@ -10,10 +10,9 @@ So each listed feature of an explained hit (one read word by word: ``search(...,
 its feature fires: the words around the one where it fired (``CONTEXT_WORDS`` on each side) are
 embedded with the memory's own encoder, and ``fit`` is the share of the SAE's other labels (an
 even sample of ``REFERENCE_LABELS``) that are less similar to them than this feature's label is
-(1: none fits better). A
-label whose ``fit`` is below ``LABEL_FIT`` is withheld: the entry keeps its ids, contribution
-and ``word``, its ``label`` and ``phrase`` become None, and ``label_elsewhere`` (and
-``phrase_elsewhere``) keep what it was read as. A label that fits keeps its phrase only if the
+(1: none fits better). A label whose ``fit`` is below ``LABEL_FIT`` is withheld: the entry
+keeps its ids, contribution and ``word``, its ``label`` and ``phrase`` become None, and
+``label_elsewhere`` (and ``phrase_elsewhere``) keep what it was read as. A label that fits keeps its phrase only if the
 phrase fits as well, by the same measure against the labels ("class" at "lessons" fits,
 "economy class" does not). Its share of the score is unchanged: the feature still matched; only
 its name is not shown.
