@@ -51,14 +51,9 @@ def to_message_dicts(
 def _conversation(messages: Iterable[BaseMessage | Mapping[str, Any]], session_id: str | None) -> list[dict[str, Any]]:
     """The messages a memory keeps (``saememory.messages.is_conversation``: no system prompt, tool
     result or tool call without text), as message dicts."""
-    kept = [m for m in messages if is_conversation(*_role_and_text(m), _tool_call(m))]
-    return to_message_dicts(kept, session_id)
-
-
-def _role_and_text(message: BaseMessage | Mapping[str, Any]) -> tuple[Any, Any]:
-    if isinstance(message, BaseMessage):
-        return _role(message), message.text if isinstance(message.content, list) else message.content
-    return message.get("role"), message.get("content")
+    messages = list(messages)
+    return [d for m, d in zip(messages, to_message_dicts(messages, session_id))
+            if is_conversation(d.get("role"), d.get("content"), _tool_call(m))]
 
 
 def _tool_call(message: BaseMessage | Mapping[str, Any]) -> bool:

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import math
-import numbers
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage
@@ -87,16 +86,16 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
 
     @field_validator("k", mode="before")
     @classmethod
-    def _check_k(cls, k: Any) -> Any:
+    def _check_k_kind(cls, k: Any) -> Any:
         # Before pydantic's conversion, which would take True for 1 and 2.0 for 2; "5" (from a
-        # setting's text) and numpy's integers are converted as usual.
-        if isinstance(k, (bool, float)) or (isinstance(k, numbers.Integral) and k < 1):
+        # setting's text) and numpy's integers are converted as usual, then checked below.
+        if isinstance(k, (bool, float)):
             raise ValueError(f"k must be a whole number >= 1 (the past messages injected per turn), got {k!r}.")
         return k
 
     @field_validator("k")
     @classmethod
-    def _check_k_range(cls, k: int) -> int:
+    def _check_k(cls, k: int) -> int:
         if k < 1:
             raise ValueError(f"k must be a whole number >= 1 (the past messages injected per turn), got {k!r}.")
         return k

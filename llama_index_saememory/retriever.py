@@ -45,6 +45,11 @@ def is_chat_turn(message: ChatMessage | Mapping[str, Any]) -> bool:
     return is_conversation(message.get("role"), message.get("content"), bool(message.get("tool_calls")))
 
 
+def _conversation(messages: Iterable[ChatMessage | Mapping[str, Any]], session_id: str | None) -> list[dict[str, Any]]:
+    """The messages a memory keeps (``is_chat_turn``), as message dicts."""
+    return to_message_dicts([m for m in messages if is_chat_turn(m)], session_id)
+
+
 def hit_to_node(hit: Hit) -> NodeWithScore:
     """A node whose id is the message id; scores and features are kept from the LLM and embedder."""
     metadata = hit.to_metadata()
@@ -148,8 +153,7 @@ class SAEMemoryRetriever(BaseRetriever):
             **kwargs: Retriever arguments (``min_score``, ``steer``, ``max_chars``, ...).
         """
         memory = SAEMemory(encoder, backend=backend, config=config)
-        memory.add(to_message_dicts([m for m in messages if is_chat_turn(m)], session_id), show_progress=show_progress,
-                   user_id=user_id)
+        memory.add(_conversation(messages, session_id), show_progress=show_progress, user_id=user_id)
         return cls(memory, similarity_top_k=similarity_top_k, user_id=user_id, **kwargs)
 
     @classmethod
@@ -163,8 +167,7 @@ class SAEMemoryRetriever(BaseRetriever):
         Raises:
             ValueError: If a message names another user: a retriever writes only its own user's memory.
         """
-        return self.memory.add(to_message_dicts([m for m in messages if is_chat_turn(m)], session_id or self.session_id),
-                               user_id=check_user(self.user_id))
+        return self.memory.add(_conversation(messages, session_id or self.session_id), user_id=check_user(self.user_id))
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         hits = self.memory.search(
