@@ -76,11 +76,11 @@ def _defaults() -> tuple[tuple[str, Any], ...]:
 
 
 # SearchConfig settings that turn off every adjustment after fusion (saememory.current's for what
-# is current, and the search of the alternatives a query names): the rankings scored on cached
+# is current, the search of the alternatives a query names, and the reordering by words): the rankings scored on cached
 # matrices (fusion.py, longmemeval.py) are fusion alone, and benchmarks/current.py measures the
 # adjustments through SAEMemory itself.
 NO_ADJUSTMENTS = {"recency_weight": 0.0, "asks_penalty": 0.0, "time_weight": 0.0, "speaker_weight": 0.0,
-                  "supersede_depth": 0, "alternatives": False}
+                  "supersede_depth": 0, "alternatives": False, "word_weight": 0.0}
 
 
 def default_scores(signals: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -113,9 +113,9 @@ def wilson(share: float, n: int, z: float = 1.96) -> str:
 
 
 def variant(pairs: list[str]) -> dict[str, float]:
-    """Applies ``NAME=VALUE`` pairs: ``saememory.current`` constants are set at once, the
-    ``SearchConfig`` settings returned."""
-    from saememory import SearchConfig, current
+    """Applies ``NAME=VALUE`` pairs: ``saememory.current`` and ``saememory.ranking`` constants
+    are set at once, the ``SearchConfig`` settings returned."""
+    from saememory import SearchConfig, current, ranking
 
     settings = {}
     for pair in pairs:
@@ -126,12 +126,13 @@ def variant(pairs: list[str]) -> dict[str, float]:
             settings[name] = value.lower() in ("true", "1")
         elif name in SearchConfig.names():
             settings[name] = float(value) if "." in value else int(value)
-        elif name.isupper() and hasattr(current, name):
-            kind = type(getattr(current, name))
+        elif name.isupper() and (hasattr(current, name) or hasattr(ranking, name)):
+            module = current if hasattr(current, name) else ranking
+            kind = type(getattr(module, name))
             if kind is bool and value.lower() not in ("true", "false", "1", "0"):
                 raise SystemExit(f"--set {pair}: {name} is true or false, got {value!r}")
-            setattr(current, name, value.lower() in ("true", "1") if kind is bool else kind(value))
+            setattr(module, name, value.lower() in ("true", "1") if kind is bool else kind(value))
         else:
             raise SystemExit(f"--set {pair}: {name!r} is neither a SearchConfig setting nor a constant of "
-                             "saememory.current")
+                             "saememory.current or saememory.ranking")
     return settings

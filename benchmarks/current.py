@@ -43,8 +43,10 @@ from saememory.times import instant, query_window  # noqa: E402
 ROOT = bench.ROOT
 # The speaker hint is left at its default here: with the user's turns only, every candidate is on
 # one side, so "What did you suggest?" can move no ranking (its gain is the same for all). The
-# search of a query's alternatives is not an adjustment for what is current: its own row below.
-OFF = {name: value for name, value in NO_ADJUSTMENTS.items() if name not in ("speaker_weight", "alternatives")}
+# search of a query's alternatives and the reordering by words are not adjustments for what is
+# current: each has its own row below.
+OFF = {name: value for name, value in NO_ADJUSTMENTS.items()
+       if name not in ("speaker_weight", "alternatives", "word_weight")}
 GRID = {"recency_weight": (0.0, 0.5), "asks_penalty": (0.0, 8.0), "time_weight": (0.0, 1.0, 2.0),
         "supersede_depth": (0, 10)}
 # The fusion weights dense:SAE:BM25 tried on dev with the adjustments at their defaults (fusion.py's ten).
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         grid = [OFF, default] + [{**OFF, name: default[name]} for name in OFF if default[name]]
     grid.append({**default, "sparse_weight": 0.0})  # the SAE's own share: the default without it
     grid.append({**default, "alternatives": False})  # what searching a query's alternatives adds
+    grid.append({**default, "word_weight": 0.0})  # what reordering the best candidates by words adds
     grid = list({settings_name(g): g for g in grid}.values())
     rows = run(chosen, caches, grid)
     baseline = settings_name(OFF)

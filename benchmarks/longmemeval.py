@@ -149,6 +149,23 @@ class VectorCache:
             return dense, visible_codes(sparse, self.hidden)
         return dense, sp.csr_matrix(sparse)
 
+    def word_vectors(self, encoder: Encoder, texts: list[str], query: bool = False) -> list[np.ndarray] | None:
+        """``encoder.word_vectors`` of ``texts``, kept under ``words/`` as one float16 ``.npy``
+        per text (the model's token vectors: they do not depend on the SAE or its hygiene)."""
+        folder = self.directory / "words"
+        folder.mkdir(exist_ok=True)
+        paths = [folder / f"{text_key('query' if query else 'doc', t)}.npy" for t in texts]
+        todo = [i for i, path in enumerate(paths) if not path.exists()]
+        if todo:
+            read = encoder.word_vectors([texts[i] for i in todo], query=query)
+            if read is None:
+                return None
+            for i, vectors in zip(todo, read):
+                temporary = paths[i].with_suffix(f".{os.getpid()}.tmp.npy")
+                np.save(temporary, vectors.astype(np.float16), allow_pickle=False)
+                os.replace(temporary, paths[i])
+        return [np.load(path, allow_pickle=False).astype(np.float32) for path in paths]
+
 
 def cache_dir(root: Path, encoder: Encoder, derived_sae: Any = None) -> Path:
     """``<root>/<slug>-<hash of the encoder identity (and a derived SAE's)>``."""
@@ -247,6 +264,9 @@ class CachedEncoder:
 
     def steer(self, query: Encoded, strengths: dict[int, float]) -> Encoded:
         return self.encoder.steer(query, strengths)  # the query's code only: no text is read
+
+    def word_vectors(self, texts: list[str], query: bool = False) -> list[np.ndarray] | None:
+        return self.cache.word_vectors(self.encoder, texts, query)  # read by the model once, then from disk
 
 
 # Retrievers ------------------------------------------------------------------------------------

@@ -44,10 +44,10 @@ FEATURES_PER_HIT = 3
 # --stack: (sparse preset, dense preset) of saememory.encoders.lm; "minilm" is the bundled default.
 STACKS = {"minilm": None, "poster": ("gemma-2b-it-res-jb", "nomic-v1"), "gemma-scope": ("gemma-scope-2b-l12", "nomic-v1.5")}
 # --ranking: SAEMemory settings; "poster" is sqrt(max(dense, 0)² + sparse²) on raw scores, no BM25,
-# and none of the adjustments for what is current.
+# and none of the adjustments after fusion (what is current, a query's alternatives, words).
 RANKINGS = {"default": {}, "poster": {"fusion": "sqrt", "normalization": "none", "dense_weight": 1.0, "sparse_weight": 1.0,
                                       "bm25_weight": 0.0, "asks_penalty": 0.0, "time_weight": 0.0,
-                                      "supersede_depth": 0}}
+                                      "supersede_depth": 0, "alternatives": False, "word_weight": 0.0}}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -14,7 +14,8 @@ from saememory.current import speaker, adjustments, asks_without_telling, recenc
 from saememory.times import TimeWindow, instant, query_window
 
 NOW = instant("2023-05-30T14:00:00")  # a Tuesday
-OFF = {"recency_weight": 0.0, "asks_penalty": 0.0, "time_weight": 0.0, "speaker_weight": 0.0, "supersede_depth": 0}
+OFF = {"recency_weight": 0.0, "asks_penalty": 0.0, "time_weight": 0.0, "speaker_weight": 0.0, "supersede_depth": 0,
+       "word_weight": 0.0}
 
 
 def day(text: str) -> dt.datetime:

@@ -53,10 +53,15 @@ def test_hit_carries_scores_and_features(memory, make):
     hit = memory.search(QUESTION, k=1)[0]
     assert hit.content == PLANTED and hit.rank == 1 and hit.session_id == "s2"
     assert hit.timestamp == "2024-04-12" and hit.role == "user" and hit.user_id == "default"
-    # The default: z-scored signals, summed with weights dense 2, sparse 1, bm25 1.
-    assert set(hit.signals) == {"dense", "sparse", "bm25"}
+    # The default: z-scored signals, summed with weights dense 2, sparse 1, bm25 1, then reordered
+    # by words (its own adjustment; without it the score is the fusion alone).
+    assert set(hit.signals) == {"dense", "sparse", "bm25"} and set(hit.adjustments) == {"words"}
     weights = {"dense": 2.0, "sparse": 1.0, "bm25": 1.0}
-    assert hit.score == pytest.approx(sum(weights[n] * s["normalized"] for n, s in hit.signals.items()), abs=1e-6)
+    fused = make(word_weight=0.0)
+    fused.add(CONVERSATION)
+    plain = fused.search(QUESTION, k=1)[0]
+    assert plain.id == hit.id and plain.adjustments == {}
+    assert plain.score == pytest.approx(sum(weights[n] * s["normalized"] for n, s in plain.signals.items()), abs=1e-6)
     assert 0 < hit.sparse_score <= 1 and -1 <= hit.dense_score <= 1
     assert len(hit.features) == 5
     activations = [f["activation"] for f in hit.features]
@@ -88,7 +93,8 @@ def test_hit_carries_scores_and_features(memory, make):
 
 
 def test_poster_formula_on_raw_scores(make):
-    poster = make(fusion="sqrt", normalization="none", dense_weight=1.0, sparse_weight=1.0, bm25_weight=0.0)
+    poster = make(fusion="sqrt", normalization="none", dense_weight=1.0, sparse_weight=1.0, bm25_weight=0.0,
+                  word_weight=0.0)
     poster.add(CONVERSATION)
     for hit in poster.search(QUESTION, k=5):
         assert hit.score == pytest.approx(np.sqrt(max(hit.dense_score, 0) ** 2 + hit.sparse_score**2), abs=1e-6)
@@ -420,7 +426,8 @@ def test_concurrent_adds_and_searches(make):
 
 
 def test_every_signal_is_explained(make):
-    memory = make(dense_weight=1.0, bm25_weight=1.0, sparse_weight=1.0, normalization="minmax", fusion="weighted")
+    memory = make(dense_weight=1.0, bm25_weight=1.0, sparse_weight=1.0, normalization="minmax", fusion="weighted",
+                  word_weight=0.0)
     memory.add(CONVERSATION)
     hit = memory.search("Lisbon sister", k=1)[0]
     assert hit.id == "planted" and hit.bm25_score > 0
@@ -432,7 +439,7 @@ def test_every_signal_is_explained(make):
 
 
 def test_lexical_signal_alone(make):
-    memory = make(fusion="bm25", normalization="none")
+    memory = make(fusion="bm25", normalization="none", word_weight=0.0)
     memory.add(CONVERSATION)
     hits = memory.search("octopuses documentary", k=3)
     assert "octopuses" in hits[0].content and hits[0].score == pytest.approx(hits[0].bm25_score)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from saememory import SearchConfig
@@ -152,3 +153,125 @@ def test_scores_fall_with_rank_when_alternatives_and_adjustments_both_move_messa
                   "What did I say last week, dogs or cats?", "Where did Julie move, Lyon or Marseille?"):
         scores = [h.score for h in memory.search(query, k=len(records), now="2024-06-11")]
         assert scores == sorted(scores, reverse=True), query
+
+
+# Word by word -----------------------------------------------------------------------------------
+
+JEWELRY = [
+    {"id": "necklace", "content": "Spent Saturday at the flea market and came home with a silver necklace.", "session_id": "j1"},
+    {"id": "ring", "content": "My grandmother gave me her old ring, I had it resized this week.", "session_id": "j2"},
+    {"id": "store", "content": "I went to the store to return a pair of shoes that did not fit.", "session_id": "j3"},
+]
+
+
+def test_words_reorder_the_best_candidates_and_explain_agrees(make):
+    memory = make()
+    memory.add(CONVERSATION + JEWELRY)
+    query = "How many pieces of jewelry did I get?"
+    hits = memory.search(query, k=5)
+    assert {"necklace", "ring"} <= {h.id for h in hits[:3]}
+    assert all("words" in h.adjustments for h in hits)
+    assert hits[0].adjustments["words"] > 0 and min(h.adjustments["words"] for h in hits) < 0  # a z-score among them
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    hit = memory.explain(query, hits[1].id)  # explain ranks as search does
+    assert (hit.rank, hit.adjustments) == (2, hits[1].adjustments) and hit.score == pytest.approx(hits[1].score)
+    memory.config = memory.config.replace(word_weight=0.0)
+    assert all("words" not in h.adjustments for h in memory.search(query, k=5))
+
+
+def test_words_reorder_only_word_depth_candidates(make):
+    memory = make(word_depth=3)
+    memory.add(CONVERSATION + JEWELRY)
+    hits = memory.search("How many pieces of jewelry did I get?", k=6)
+    assert sum("words" in h.adjustments for h in hits) == 3
+
+
+def test_no_words_adjustment_when_steering_or_the_query_names_only_a_time(memory):
+    memory.add(JEWELRY)
+    assert all("words" not in h.adjustments for h in memory.search("jewelry", k=3, steer={"necklace": 0.5}))
+    assert all("words" not in h.adjustments for h in memory.search("What did I do last Saturday?", k=3))
+
+
+class _NoWords:
+    """An encoder without word_vectors (a custom EncoderProtocol): ranking goes on without the words adjustment."""
+
+    def __init__(self, inner):
+        self.inner, self.dim, self.d_sae, self.sae, self.config = inner, inner.dim, inner.d_sae, inner.sae, inner.config
+
+    def encode_documents(self, texts, show_progress=False):
+        return self.inner.encode_documents(texts, show_progress)
+
+    def encode_query(self, text):
+        return self.inner.encode_query(text)
+
+    def identity(self):
+        return self.inner.identity()
+
+
+class _WrongWords(_NoWords):
+    def word_vectors(self, texts, query=False):
+        return [np.ones((1, self.dim), np.float32)] if query else []
+
+
+def test_an_encoder_without_word_vectors_ranks_without_them_and_a_wrong_one_is_named(encoder):
+    from saememory import SAEMemory
+
+    plain = SAEMemory(_NoWords(encoder))
+    plain.add(JEWELRY)
+    assert all("words" not in h.adjustments for h in plain.search("jewelry", k=3))
+    wrong = SAEMemory(_WrongWords(encoder))
+    wrong.add(JEWELRY)
+    with pytest.raises(ValueError, match="_WrongWords.word_vectors returned 0 results for 3 texts"):
+        wrong.search("jewelry", k=3)
+
+
+@pytest.mark.parametrize("setting, value, error", [
+    ("word_weight", -1.0, "word_weight must be a finite number >= 0"),
+    ("word_weight", float("nan"), "word_weight must be a finite number >= 0"),
+    ("word_depth", 0, "word_depth must be > 0"),
+    ("word_depth", 2.5, "word_depth must be an integer"),
+])
+def test_word_settings_are_checked(setting, value, error):
+    with pytest.raises((ValueError, TypeError), match=error):
+        SearchConfig(**{setting: value})
+
+
+class _Counting:
+    """Counts the texts an encoder's word_vectors reads."""
+
+    def __init__(self):
+        self.read = []
+
+    def word_vectors(self, texts, query=False):
+        self.read.extend(texts)
+        return [np.full((len(t), 4), 0.5, np.float32) for t in texts]
+
+
+def test_word_cache_is_per_user_and_bounded():
+    from saememory.ranking import WordCache
+
+    encoder, cache = _Counting(), WordCache(max_bytes=200)
+    first = cache.read("alice", ["abcd", "xy"], encoder)
+    assert [v.shape for v in first] == [(4, 4), (2, 4)] and first[0].dtype == np.float32
+    cache.read("alice", ["abcd"], encoder)
+    assert encoder.read == ["abcd", "xy"]  # alice's second read is kept
+    cache.read("bob", ["abcd"], encoder)
+    assert encoder.read == ["abcd", "xy", "abcd"]  # bob's read never comes from alice's
+    cache.read("alice", ["z" * 30], encoder)  # 240 bytes of float16: past max_bytes, the oldest go
+    cache.read("alice", ["xy"], encoder)
+    assert encoder.read[-1] == "xy"
+
+
+def test_a_stored_copy_of_the_question_stays_below_its_answer_with_words(make):
+    """A copy of the query meets every word of it; the words adjustment is capped (WORD_LIMIT),
+    so the asks penalty still puts it below the answer, and a later statement still supersedes."""
+    memory = make()
+    memory.add(CONVERSATION + [
+        {"id": "job", "content": "My job? I'm a nurse.", "session_id": "a", "timestamp": "2024-01-02"},
+        {"id": "phone-old", "content": "My phone number is 555-0193.", "session_id": "b", "timestamp": "2024-02-01"},
+        {"id": "phone-new", "content": "I got a new number: 555-0142.", "session_id": "c", "timestamp": "2024-05-01"},
+        {"id": "asked", "content": "What do I do for work?", "session_id": "d", "timestamp": "2024-06-01"}])
+    hits = memory.search("What do I do for work?", k=3, now="2024-06-02")
+    assert hits[0].id == "job" and hits[0].adjustments["words"] > 0
+    phone = memory.search("What is my phone number?", k=2, now="2024-06-02")
+    assert [h.id for h in phone] == ["phone-new", "phone-old"]

@@ -35,7 +35,7 @@ from saememory.interpret.fit import check_fit
 from saememory.interpret.steering import resolve_steering, steer_dense
 from saememory.messages import (DEFAULT_USER, Message, changes_of, check_id, check_session, check_text, check_user,
                                 ids_by_user, merged, new_record, role_names)
-from saememory.ranking import Ranked, SearchConfig, alternatives, rank
+from saememory.ranking import Ranked, SearchConfig, WordCache, alternatives, rank, word_matcher
 from saememory.times import instant, iso, local_instant
 
 
@@ -71,6 +71,7 @@ class SAEMemory:
         # Encoding happens outside the lock; only backend calls take it, so one slow add never
         # blocks searches for long, and no search sees half of an add.
         self._lock = threading.RLock()
+        self._words = WordCache()  # word vectors of messages read lately, per user (ranking)
         self._closed = False
 
     def __len__(self) -> int:
@@ -431,9 +432,11 @@ class SAEMemory:
         for text in alternatives(query, config.bm25_stemmer) if config.alternatives and empty else ():
             encoded = self._checked(self.encoder.encode_query(text), 1, "an alternative of the query")
             choices.append((text, encoded.dense[0], encoded.sparse[0]))
+        # Word by word (not while steering: it reads the query's own words, which steering moves away from)
+        word_match = word_matcher(self.encoder, query, user, self._words) if config.word_weight and empty else None
         with self._lock:
             ranked = rank(self.backend, config, query, q_dense, q_sparse, user, session, k, min_score, max_chars, include,
-                          **(window or {}), choices=choices)
+                          **(window or {}), choices=choices, word_match=word_match)
         return ranked, q_sparse
 
     # Encoding with validation ----------------------------------------------------------------

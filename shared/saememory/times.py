@@ -22,6 +22,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+# Words that only name a time: an alternative made of them is read as a time, not searched alone
+# (ranking.alternatives), and a query's word match leaves them to the time adjustment
+# (Encoder.word_vectors): "January" must not meet "next month".
+TIME_WORDS = frozenset(
+    "today yesterday tomorrow tonight morning mornings afternoon afternoons evening evenings night nights noon "
+    "midnight weekend weekends week weeks month months year years day days hour hours minute minutes ago now last "
+    "next past recent recently lately "
+    "later earlier am pm monday tuesday wednesday thursday friday saturday sunday january february march april "
+    "may june july august september october november december spring summer autumn fall winter".split())
 _LONGMEMEVAL = "%Y/%m/%d (%a) %H:%M"
 _ACCEPTED = ("ISO 8601 (e.g. '2024-04-12T09:30:00+02:00' or '2024-04-12'), a datetime or date, epoch seconds, "
              "or '2023/05/20 (Sat) 02:21'")

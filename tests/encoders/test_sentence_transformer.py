@@ -124,6 +124,31 @@ def test_text_that_exactly_fills_the_window_is_not_truncated(encoder):
     assert out.truncated.tolist() == [False, True, False]
 
 
+def test_word_vectors_are_the_last_layer_states_of_content_words(encoder):
+    """Recompute by hand with the float32 model: the last layer's states of the tokens of
+    content words, unit length; a query leaves out time words, a message keeps every token
+    when it has no content word."""
+    exact = Encoder(EncoderConfig(quantize=False), sae=encoder.sae)
+    model = load_sentence_transformer("sentence-transformers/all-MiniLM-L6-v2")
+    tok = model.tokenizer(TEXTS[1], return_tensors="pt")
+    with torch.no_grad():
+        states = model[0].auto_model(**tok).last_hidden_state[0][1:-1]  # drop [CLS] and [SEP]
+    pieces = model.tokenizer.convert_ids_to_tokens(tok["input_ids"][0][1:-1])
+    assert pieces[:8] == ["i", "bought", "a", "new", "tennis", "rack", "##et", "yesterday"]
+    content = [1, 3, 4, 5, 6, 7, 10, 11]  # not "i", "a", "and", "it", "!"
+    expected = torch.nn.functional.normalize(states[content], dim=-1).numpy()
+    got = exact.word_vectors([TEXTS[1]])[0]
+    assert got.dtype == np.float32 and got.shape == (8, 384)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    query = exact.word_vectors([TEXTS[1]], query=True)[0]  # "yesterday" and "today" left to the time adjustment
+    np.testing.assert_allclose(query, expected[[0, 1, 2, 3, 4, 6]], atol=1e-4)
+    assert exact.word_vectors(["What did I do yesterday?"], query=True)[0].shape == (0, 384)
+    assert exact.word_vectors(["Is it?"])[0].shape == (3, 384)  # no content word: every token
+    again = exact.word_vectors([TEXTS[1], TEXTS[0]])  # a text's vectors do not depend on the batch
+    np.testing.assert_allclose(again[0], got, atol=1e-5)
+
+
 def test_dense_only_encoder(encoder):
     dense_only = Encoder(EncoderConfig(sae=None), model=encoder.model)
     out = dense_only.encode_documents(TEXTS)

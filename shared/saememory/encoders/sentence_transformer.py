@@ -38,6 +38,7 @@ from saememory.interpret.hygiene import visible_codes
 from saememory.interpret.labels import STOPWORDS
 from saememory.interpret.steering import steer_code, steer_embedding
 from saememory.sae import SparseAutoencoder
+from saememory.times import TIME_WORDS
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_SAE = "minilm-l4-res-topk4k"
@@ -449,6 +450,40 @@ class Encoder:
     def encode_query(self, text: str) -> Encoded:
         """Encodes one query (with the query prefix), whole."""
         return self._visible(self._encode([text], False, self.config.query_prefix))
+
+    def word_vectors(self, texts: list[str], query: bool = False) -> list[np.ndarray] | None:
+        """Per text, the model's last-layer vectors of the tokens of its content words, unit length.
+
+        They are what the text's embedding averages, kept apart, so that each query word can
+        meet its best match among a message's words (late interaction, as ColBERT does); the
+        ranking reorders its best candidates by it (``SearchConfig.word_weight``). A text is
+        read whole, up to the model's window, with the query or document prefix. A message
+        without a content word keeps every token; a query leaves out its time words too
+        (``saememory.times.TIME_WORDS``: the time adjustment reads them, and "January" must not
+        meet "next month"), and without other content words it has none.
+
+        Returns:
+            A ``(tokens, dim)`` float32 array per text (``(0, dim)`` for a query without content
+            words); None when the model gives no token states (a sentence-transformers model
+            loaded without hidden states).
+        """
+        prefix = self.config.query_prefix if query else self.config.document_prefix
+        skip = self._runtime.count_tokens(prefix.rstrip()) if prefix.strip() else 0
+        out = []
+        for start in range(0, len(texts), self.config.batch_size):
+            batch = self._runtime.forward([prefix + t for t in texts[start : start + self.config.batch_size]])
+            if batch.states.ndim != 4:
+                return None
+            for row in range(batch.ids.shape[0]):
+                real = np.flatnonzero(batch.real[row])
+                words, owner = _words(self._runtime.pieces(batch.ids[row][real].tolist()))
+                content = np.array([_content_word(words[o]) and not (query and words[o].lower() in TIME_WORDS)
+                                    for o in owner], dtype=bool)
+                content[:skip] = False
+                tokens = real[content] if content.any() or query else real[skip:] if real.size > skip else real
+                vectors = batch.states[-1, row][tokens].astype(np.float32)
+                out.append(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12))
+        return out
 
     def steer(self, query: Encoded, strengths: dict[int, float]) -> Encoded:
         """Boosts or suppresses SAE features of an encoded query before ranking.

@@ -73,8 +73,9 @@ class Hit:
             carry most, each with up to 3 message words (see ``match_words``); filled by ``explain`` and by
             ``search(..., words=True)`` with an ``Encoder`` and a residual SAE, else empty.
         words_share: The share of ``sparse_score`` the ``matched_words`` shown carry.
-        adjustments: What moved the message after fusion, in calibrated units:
-            ``alternatives`` (it matches one of the alternatives the query ends in better than
+        adjustments: What moved the message after fusion, in calibrated units: ``words``
+            (its words meet the query's better or worse than the other best candidates';
+            ``SearchConfig.word_weight``), ``alternatives`` (it matches one of the alternatives the query ends in better than
             the query; ``saememory.ranking.alternatives``) and, for what is current
             (``saememory.current``), ``supersedes`` (a later statement raised above an earlier
             one), ``echoes`` (negative: a reply repeating the user), ``asks`` (negative: it only
