@@ -275,3 +275,20 @@ def test_a_stored_copy_of_the_question_stays_below_its_answer_with_words(make):
     assert hits[0].id == "job" and hits[0].adjustments["words"] > 0
     phone = memory.search("What is my phone number?", k=2, now="2024-06-02")
     assert [h.id for h in phone] == ["phone-new", "phone-old"]
+
+
+def test_deleting_forgets_the_users_word_vectors(make):
+    memory = make()
+    memory.add(JEWELRY, user_id="alice")
+    memory.add(JEWELRY, user_id="bob")
+    for user in ("alice", "bob"):
+        memory.search("How many pieces of jewelry did I get?", k=3, user_id=user)
+    kept = lambda user: sum(key[0] == user for key in memory._words._kept)
+    assert kept("alice") == 3 and kept("bob") == 3
+    memory.update([{"id": "ring", "content": "My grandmother's ring is at the jeweller."}], user_id="alice")
+    assert kept("alice") == 0 and kept("bob") == 3
+    memory.search("How many pieces of jewelry did I get?", k=3, user_id="alice")
+    memory.delete("ring", user_id="alice")
+    assert kept("alice") == 0 and kept("bob") == 3
+    memory.delete_user("bob")
+    assert kept("bob") == 0

@@ -243,6 +243,8 @@ class SAEMemory:
                 raise ValueError(f"Messages {changed[:5]} changed while this update was encoding; nothing was "
                                  "updated. Call update() again.")
             self.backend.replace(records, encoded.dense, encoded.sparse)
+            for user in {r["user_id"] for r in records}:
+                self._words.forget(user)  # what was read from the old texts goes with them
         return [r["id"] for r in records]
 
     def delete(self, message_ids: str | Iterable[str], *, user_id: str | None = None) -> None:
@@ -261,6 +263,7 @@ class SAEMemory:
             if missing:
                 raise KeyError(f"No messages with ids {missing[:5]} for user {user!r}; nothing was deleted.")
             self.backend.delete(user, ids)
+            self._words.forget(user)  # nothing read from a deleted message stays behind
 
     def delete_user(self, user_id: str | None) -> int:
         """Deletes every message of one user (None: the default user); returns how many."""
@@ -269,6 +272,7 @@ class SAEMemory:
             ids = [r["id"] for r in self.backend.records(user)]
             if ids:
                 self.backend.delete(user, ids)
+            self._words.forget(user)
         return len(ids)
 
     def _refuse_stored(self, records: list[dict[str, Any]]) -> None:

@@ -409,6 +409,12 @@ class WordCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
+    def forget(self, user_id: str) -> None:
+        """Drops what is kept for ``user_id`` (their messages were deleted)."""
+        with self._lock:
+            for key in [key for key in self._kept if key[0] == user_id]:
+                self._bytes -= self._kept.pop(key).nbytes
+
     def read(self, user_id: str, texts: list[str], encoder: Any) -> list[np.ndarray] | None:
         """``encoder.word_vectors(texts)``, from what is kept where it can."""
         keys = [(user_id, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()) for text in texts]
