@@ -415,7 +415,7 @@ class WordCache:
             for key in [key for key in self._kept if key[0] == user_id]:
                 self._bytes -= self._kept.pop(key).nbytes
 
-    def read(self, user_id: str, texts: list[str], encoder: Any) -> list[np.ndarray] | None:
+    def read(self, user_id: str, texts: list[str], encoder: Any) -> list[np.ndarray]:
         """``encoder.word_vectors(texts)``, from what is kept where it can."""
         keys = [(user_id, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()) for text in texts]
         with self._lock:

@@ -468,18 +468,14 @@ class Encoder:
             loaded without hidden states).
         """
         prefix = self.config.query_prefix if query else self.config.document_prefix
-        skip = self._runtime.count_tokens(prefix.rstrip()) if prefix.strip() else 0
+        skip = self._prefix_tokens(prefix)
         out = []
         for start in range(0, len(texts), self.config.batch_size):
             batch = self._runtime.forward([prefix + t for t in texts[start : start + self.config.batch_size]])
             if batch.states.ndim != 4:
                 return None
             for row in range(batch.ids.shape[0]):
-                real = np.flatnonzero(batch.real[row])
-                words, owner = _words(self._runtime.pieces(batch.ids[row][real].tolist()))
-                content = np.array([_content_word(words[o]) and not (query and words[o].lower() in TIME_WORDS)
-                                    for o in owner], dtype=bool)
-                content[:skip] = False
+                real, content = self._content_tokens(batch, row, skip, TIME_WORDS if query else frozenset())
                 tokens = real[content] if content.any() or query else real[skip:] if real.size > skip else real
                 vectors = batch.states[-1, row][tokens].astype(np.float32)
                 out.append(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12))
@@ -684,20 +680,31 @@ class Encoder:
         plain = np.zeros(batch.ids.shape[0], dtype=bool)
         if self.config.pooling != CONTENT_POOLING:
             return batch.real, plain
-        # The prefix's real tokens come first. Its trailing space is left out of the count: a
-        # byte-level or SentencePiece tokenizer merges it into the text's first word.
-        skip = self._runtime.count_tokens(prefix.rstrip()) if prefix.strip() else 0
+        skip = self._prefix_tokens(prefix)
         pooled = batch.real.copy()
         for row in range(pooled.shape[0]):
-            real = np.flatnonzero(batch.real[row])
-            words, owner = _words(self._runtime.pieces(batch.ids[row][real].tolist()))
-            content = np.array([_content_word(words[o]) for o in owner], dtype=bool)
-            content[:skip] = False
+            real, content = self._content_tokens(batch, row, skip)
             if content.any():
                 pooled[row, real] = content
             else:
                 plain[row] = True
         return pooled, plain
+
+    def _prefix_tokens(self, prefix: str) -> int:
+        """How many real tokens ``prefix`` takes at the start of a text. Its trailing space is
+        left out of the count: a byte-level or SentencePiece tokenizer merges it into the text's
+        first word."""
+        return self._runtime.count_tokens(prefix.rstrip()) if prefix.strip() else 0
+
+    def _content_tokens(self, batch: Forward, row: int, skip: int,
+                        drop: frozenset[str] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+        """The positions of one text's real tokens in ``batch``, and which of them belong to its
+        content words (not the prefix's first ``skip`` tokens, nor a word in ``drop``)."""
+        real = np.flatnonzero(batch.real[row])
+        words, owner = _words(self._runtime.pieces(batch.ids[row][real].tolist()))
+        content = np.array([_content_word(words[o]) and words[o].lower() not in drop for o in owner], dtype=bool)
+        content[:skip] = False
+        return real, content
 
 
 def _kept_pieces(plain: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
