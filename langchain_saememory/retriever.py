@@ -85,7 +85,8 @@ class SAEMemoryRetriever(BaseRetriever):
             unless ``lock_user``.
         lock_user: Refuse ``invoke(query, user_id=...)`` naming another user than ``user_id``
             (a ``ValueError``), for a retriever handed to code that must read one user only.
-            Defaults to False.
+            Defaults to False. A ``user_id`` the application itself makes configurable
+            (``configurable_fields``) builds a retriever for that user, as it asked.
         session_id: Restrict to one session. Defaults to None (all sessions of the user).
         since, until: Only messages said in this window (any timestamp form; see
             ``saememory.Message``). Defaults to None; ``invoke(q, since=...)`` sets it per call.

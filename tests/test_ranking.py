@@ -262,6 +262,76 @@ def test_word_cache_is_per_user_and_bounded():
     assert encoder.read[-1] == "xy"
 
 
+def test_one_users_reads_never_push_out_anothers_word_vectors():
+    from saememory.ranking import WordCache
+
+    cache = WordCache(max_bytes=200, max_users=2)
+    cache.read("alice", ["ab"], _Counting())
+    cache.read("bob", ["x" * 20, "y" * 20, "z" * 20], _Counting())  # past bob's budget: only bob's go
+    assert cache.kept("alice") == 1 and cache.kept("bob") == 1
+    cache.read("carol", ["ab"], _Counting())  # past max_users: the user who read least recently goes whole
+    assert (cache.kept("alice"), cache.kept("bob"), cache.kept("carol")) == (0, 1, 1)
+
+
+class _Forgetting(_Counting):
+    """Calls forget while it reads, as a delete that lands during the model's read."""
+
+    def __init__(self, cache):
+        super().__init__()
+        self.cache = cache
+
+    def word_vectors(self, texts, query=False):
+        self.cache.forget("alice")
+        return super().word_vectors(texts, query)
+
+
+def test_a_forget_during_a_read_keeps_nothing_it_read():
+    from saememory.ranking import WordCache
+
+    cache = WordCache()
+    assert len(cache.read("alice", ["deleted meanwhile"], _Forgetting(cache))[0]) == 17  # the read is answered
+    assert cache.kept("alice") == 0
+    ticket = cache.start("alice")  # a read started where the texts were fetched ...
+    cache.forget("alice")  # ... then the message was deleted, before the model ran
+    cache.read("alice", ["deleted before the read"], _Counting(), ticket)
+    assert cache.kept("alice") == 0
+    cache.read("alice", ["kept"], _Counting())
+    assert cache.kept("alice") == 1
+
+
+def test_a_search_reads_words_without_holding_the_memory(encoder):
+    """The model reads a search's candidates with the memory's lock released: another user's
+    add finishes while it reads, and a delete of what it read leaves nothing in the cache."""
+    import threading
+
+    from saememory import SAEMemory
+
+    reading, release = threading.Event(), threading.Event()
+
+    class Slow(_NoWords):
+        def word_vectors(self, texts, query=False):
+            if not query:
+                reading.set()
+                assert release.wait(60)
+            return encoder.word_vectors(texts, query=query)
+
+    memory = SAEMemory(Slow(encoder))
+    memory.add(JEWELRY, user_id="alice")
+    found = []
+    search = threading.Thread(target=lambda: found.extend(memory.search("jewelry", k=3, user_id="alice")))
+    search.start()
+    assert reading.wait(60)
+    added = threading.Thread(target=memory.add, args=([{"content": "I adopted a cat."}],), kwargs={"user_id": "bob"})
+    added.start()
+    added.join(60)
+    assert not added.is_alive() and len(memory.messages("bob")) == 1  # done while alice's search read
+    memory.delete("ring", user_id="alice")
+    release.set()
+    search.join(60)
+    assert [h.id for h in found if h.id == "ring"] == []  # deleted meanwhile: not returned
+    assert found and memory._words.kept("alice") == 0  # and nothing read from it kept
+
+
 def test_a_stored_copy_of_the_question_stays_below_its_answer_with_words(make):
     """A copy of the query meets every word of it; the words adjustment is capped (WORD_LIMIT),
     so the asks penalty still puts it below the answer, and a later statement still supersedes."""
@@ -283,7 +353,7 @@ def test_deleting_forgets_the_users_word_vectors(make):
     memory.add(JEWELRY, user_id="bob")
     for user in ("alice", "bob"):
         memory.search("How many pieces of jewelry did I get?", k=3, user_id=user)
-    kept = lambda user: sum(key[0] == user for key in memory._words._kept)
+    kept = memory._words.kept
     assert kept("alice") == 3 and kept("bob") == 3
     memory.update([{"id": "ring", "content": "My grandmother's ring is at the jeweller."}], user_id="alice")
     assert kept("alice") == 0 and kept("bob") == 3

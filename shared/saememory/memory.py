@@ -69,7 +69,8 @@ class SAEMemory:
                           stemmer=self.config.bm25_stemmer)
         self.backend._saememory_claimed = True
         # Encoding happens outside the lock; only backend calls take it, so one slow add never
-        # blocks searches for long, and no search sees half of an add.
+        # blocks searches for long, and no search sees half of an add. A search takes it twice
+        # (ranking.rank): the model reads its best candidates' words in between.
         self._lock = threading.RLock()
         self._words = WordCache()  # word vectors of messages read lately, per user (ranking)
         self._closed = False
@@ -438,9 +439,8 @@ class SAEMemory:
             choices.append((text, encoded.dense[0], encoded.sparse[0]))
         # Word by word (not while steering: it reads the query's own words, which steering moves away from)
         word_match = word_matcher(self.encoder, query, user, self._words) if config.word_weight and empty else None
-        with self._lock:
-            ranked = rank(self.backend, config, query, q_dense, q_sparse, user, session, k, min_score, max_chars, include,
-                          **(window or {}), choices=choices, word_match=word_match)
+        ranked = rank(self.backend, config, query, q_dense, q_sparse, user, session, k, min_score, max_chars, include,
+                      **(window or {}), choices=choices, word_match=word_match, lock=self._lock)
         return ranked, q_sparse
 
     # Encoding with validation ----------------------------------------------------------------

@@ -16,6 +16,7 @@ import hashlib
 import re
 import threading
 from collections import OrderedDict
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, ClassVar
 
@@ -273,6 +274,7 @@ def rank(
     now: dt.datetime | None = None,
     choices: list[tuple[str, np.ndarray, sp.csr_matrix]] | None = None,
     word_match: Callable[[list[str]], np.ndarray] | None = None,
+    lock: AbstractContextManager[Any] = nullcontext(),
 ) -> list[Ranked]:
     """The best of one user's (and session's) messages for an encoded query, best first.
 
@@ -286,45 +288,83 @@ def rank(
             a message whose calibrated score is higher for one rises ``ALTERNATIVE_SHARE`` of the
             way to it. Defaults to None.
         word_match: Scores message texts by how well the query's words meet theirs (see
-            ``SearchConfig.word_weight``). Defaults to None: no reordering by words.
+            ``SearchConfig.word_weight`` and ``word_matcher``). Defaults to None: no reordering
+            by words.
+        lock: Held while the backend is read, released while ``word_match``'s read runs the
+            model. Defaults to none (the caller holds what it needs).
         Others: As ``SAEMemory.search``; arguments are already validated.
     """
-    ids, signals = backend.score(user_id, session_id, q_dense, q_sparse, config.candidates,
-                                 query_text=query if config.lexical else None, include=[include] if include else None,
-                                 since=since, until=until, roles=roles)
-    if not ids:
-        return []
-    scores, normalized, shares = fuse(signals, config.weights, config.fusion, config.normalization, config.rrf_k,
-                                      config.normalize_top)
-    calibrated = calibrate(scores)
-    adjusted: dict[str, np.ndarray] = {}
-    # Adjustments are in calibrated units, added to the fused scores in their own units with one
-    # standard deviation, taken before any: so scores fall with rank, as calibrated ones do.
-    sd = float(np.std(scores)) if len(ids) > 1 else 0.0
-    if choices:
-        gain = _alternatives_gain(backend, config, ids, calibrated, choices, user_id, session_id, since, until, roles)
-        if gain.any():
-            adjusted["alternatives"] = gain
-            scores, calibrated = scores + gain * sd, calibrated + gain
-    if word_match is not None and config.word_weight:
-        gain = _words_gain(backend, config, ids, calibrated, word_match, user_id)
-        if gain.any():
-            adjusted["words"] = gain
-            scores, calibrated = scores + gain * sd, calibrated + gain
-    if config.adjusts:
-        pool = top_k(scores, config.adjust_depth)
-        found = {record["id"]: record for record, _ in backend.fetch(user_id, [ids[p] for p in pool.tolist()], codes=False)}
-        pool = np.array([p for p in pool.tolist() if ids[p] in found], dtype=np.int64)
-        parts = adjustments([found[ids[p]] for p in pool.tolist()], calibrated[pool], query,
-                            now or dt.datetime.now(dt.timezone.utc), config, lambda wanted: backend.vectors(user_id, wanted))
-        current = {}
-        for name, values in parts.items():
-            current[name] = np.zeros(len(ids))
-            current[name][pool] = values
-        adjusted.update(current)
-        total = sum(current.values(), np.zeros(len(ids)))
-        # In the fused score's own units too; with all scores equal (sd 0) they only order.
-        scores, calibrated = scores + total * sd, calibrated + total
+    with lock:
+        ids, signals = backend.score(user_id, session_id, q_dense, q_sparse, config.candidates,
+                                     query_text=query if config.lexical else None,
+                                     include=[include] if include else None, since=since, until=until, roles=roles)
+        if not ids:
+            return []
+        scored = _Scored.fuse(ids, signals, config)
+        if choices:
+            scored.shift({"alternatives": _alternatives_gain(backend, config, ids, scored.calibrated, choices, user_id,
+                                                             session_id, since, until, roles)})
+        head, texts = (_word_head(backend, config, ids, scored.calibrated, user_id) if word_match is not None
+                       and config.word_weight else (np.zeros(0, dtype=np.int64), []))
+        reading = word_match(texts) if texts else None
+    # The model reads the candidates' words with the lock released: another user's add, delete
+    # or search does not wait for it. A message deleted meanwhile is left out by the fetches below.
+    match = np.asarray(reading(), dtype=np.float64) if reading is not None else None
+    with lock:
+        if match is not None:
+            scored.shift({"words": _words_gain(config, scored.calibrated, head, match)})
+        if config.adjusts:
+            pool = top_k(scored.scores, config.adjust_depth)
+            found = {record["id"]: record
+                     for record, _ in backend.fetch(user_id, [ids[p] for p in pool.tolist()], codes=False)}
+            pool = np.array([p for p in pool.tolist() if ids[p] in found], dtype=np.int64)
+            parts = adjustments([found[ids[p]] for p in pool.tolist()], scored.calibrated[pool], query,
+                                now or dt.datetime.now(dt.timezone.utc), config,
+                                lambda wanted: backend.vectors(user_id, wanted))
+            current = {}
+            for name, values in parts.items():
+                current[name] = np.zeros(len(ids))
+                current[name][pool] = values
+            scored.shift(current)
+        return _select(backend, config, user_id, k, min_score, max_chars, include, scored)
+
+
+@dataclass
+class _Scored:
+    """One query's candidates while they are ranked: the signals, their fusion, and the
+    adjustments so far, each in calibrated units (``adjusted``)."""
+
+    ids: list[str]
+    signals: dict[str, np.ndarray]
+    normalized: dict[str, np.ndarray]
+    shares: dict[str, np.ndarray]
+    scores: np.ndarray
+    calibrated: np.ndarray
+    sd: float  # of the fused scores, before any adjustment
+    adjusted: dict[str, np.ndarray]
+
+    @classmethod
+    def fuse(cls, ids: list[str], signals: dict[str, np.ndarray], config: SearchConfig) -> _Scored:
+        scores, normalized, shares = fuse(signals, config.weights, config.fusion, config.normalization,
+                                          config.rrf_k, config.normalize_top)
+        return cls(ids, signals, normalized, shares, scores, calibrate(scores),
+                   float(np.std(scores)) if len(ids) > 1 else 0.0, {})
+
+    def shift(self, gains: dict[str, np.ndarray]) -> None:
+        """Adds adjustments in calibrated units, and to the fused scores in their own units
+        with one standard deviation taken before any, so scores fall with rank as calibrated
+        ones do (with all scores equal, sd 0, they only order)."""
+        gains = {name: gain for name, gain in gains.items() if gain.any()}
+        if gains:
+            self.adjusted.update(gains)
+            total = sum(gains.values(), np.zeros(len(self.ids)))
+            self.scores, self.calibrated = self.scores + total * self.sd, self.calibrated + total
+
+
+def _select(backend: Backend, config: SearchConfig, user_id: str, k: int, min_score: float | None,
+            max_chars: int | None, include: str | None, scored: _Scored) -> list[Ranked]:
+    """The chosen: top k (or adaptive), above ``min_score``, still stored, within ``max_chars``."""
+    ids, scores, calibrated = scored.ids, scored.scores, scored.calibrated
     # calibrated orders as scores do (an increasing function of them, plus the adjustments)
     if config.selection == "adaptive" and include is None:  # explain ranks every message, even below the cut
         chosen = top_k(calibrated, k, config.threshold)
@@ -340,10 +380,10 @@ def rank(
         chosen, stored = [chosen[i] for i in kept], [stored[i] for i in kept]
     return [
         Ranked(record=record, code=code, rank=position, score=float(scores[p]), calibrated=float(calibrated[p]),
-               raw={name: float(values[p]) for name, values in signals.items()},
-               signals={name: {"raw": float(signals[name][p]), "normalized": float(normalized[name][p]),
-                               "share": float(shares[name][p])} for name in normalized},
-               adjustments={name: float(values[p]) for name, values in adjusted.items() if values[p]})
+               raw={name: float(values[p]) for name, values in scored.signals.items()},
+               signals={name: {"raw": float(scored.signals[name][p]), "normalized": float(scored.normalized[name][p]),
+                               "share": float(scored.shares[name][p])} for name in scored.normalized},
+               adjustments={name: float(values[p]) for name, values in scored.adjusted.items() if values[p]})
         for position, (p, (record, code)) in enumerate(zip(chosen, stored), start=1)
     ]
 
@@ -372,20 +412,22 @@ def _alternatives_gain(backend: Backend, config: SearchConfig, ids: list[str], c
     return gain
 
 
-def _words_gain(backend: Backend, config: SearchConfig, ids: list[str], calibrated: np.ndarray,
-                word_match: Callable[[list[str]], np.ndarray], user_id: str) -> np.ndarray:
-    """What each of the ``word_depth`` best candidates gains (or loses) by how well the query's
-    words meet its words: ``word_weight`` times the z-score of that match among them, in
-    standard deviations of their own calibrated scores. A whole-message embedding can miss the
-    one word that answers ("jewelry" met by "necklace" in a message about a weekend); a
-    word-by-word match finds it among messages that already rank near the top."""
-    gain = np.zeros(len(ids))
+def _word_head(backend: Backend, config: SearchConfig, ids: list[str], calibrated: np.ndarray,
+               user_id: str) -> tuple[np.ndarray, list[str]]:
+    """The ``word_depth`` best candidates still stored and their texts; none if fewer than two."""
     head = top_k(calibrated, config.word_depth)
     found = {record["id"]: record for record, _ in backend.fetch(user_id, [ids[p] for p in head.tolist()], codes=False)}
     head = np.array([p for p in head.tolist() if ids[p] in found], dtype=np.int64)
-    if head.size < 2:
-        return gain
-    match = np.asarray(word_match([found[ids[p]]["content"] for p in head.tolist()]), dtype=np.float64)
+    return (head, [found[ids[p]]["content"] for p in head.tolist()]) if head.size >= 2 else (head[:0], [])
+
+
+def _words_gain(config: SearchConfig, calibrated: np.ndarray, head: np.ndarray, match: np.ndarray) -> np.ndarray:
+    """What each of the ``head`` candidates gains (or loses) by how well the query's words meet
+    its words (``match``): ``word_weight`` times the z-score of that match among them, clipped
+    at ``WORD_LIMIT``, in standard deviations of their own calibrated scores. A whole-message
+    embedding can miss the one word that answers ("jewelry" met by "necklace" in a message
+    about a weekend); a word-by-word match finds it among messages that already rank near the top."""
+    gain = np.zeros(len(calibrated))
     spread = float(np.std(calibrated[head]))
     if match.std() > 0 and spread > 0:
         gain[head] = config.word_weight * spread * np.clip((match - match.mean()) / match.std(), -WORD_LIMIT, WORD_LIMIT)
@@ -396,56 +438,108 @@ class WordCache:
     """The word vectors of the messages read lately, float16, kept per user: a message that
     comes back among the best candidates of the next query is not read by the model again.
 
-    Keyed by the user and a hash of the text, so one user's reads never make another's faster
-    (a timing signal of what others store); the oldest go first past ``max_bytes``.
+    Each user has a budget of their own, keyed by a hash of the text, so one user's reads never
+    make another's faster nor push another's out (a timing signal of what others store or
+    ask); past ``max_bytes`` a user's oldest go first. Past ``max_users`` users, the one who
+    searched least recently is dropped whole, so a user can learn at most that many others
+    searched since.
 
     Args:
-        max_bytes: How much to keep. Defaults to 32 MiB (about 1,000 chat messages).
+        max_bytes: How much to keep per user. Defaults to 2 MiB: about 150 chat messages of
+            200 characters (14 kB each), the candidates of several queries.
+        max_users: How many users to keep. Defaults to 32 (at most 64 MiB in all).
     """
 
-    def __init__(self, max_bytes: int = 32 << 20) -> None:
-        self.max_bytes = max_bytes
-        self._kept: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-        self._bytes = 0
+    def __init__(self, max_bytes: int = 2 << 20, max_users: int = 32) -> None:
+        self.max_bytes, self.max_users = max_bytes, max_users
+        self._kept: OrderedDict[str, OrderedDict[str, np.ndarray]] = OrderedDict()
+        self._reading: dict[str, set[object]] = {}  # reads under way, per user; forget() voids them
         self._lock = threading.Lock()
 
-    def forget(self, user_id: str) -> None:
-        """Drops what is kept for ``user_id`` (their messages were deleted)."""
+    def kept(self, user_id: str) -> int:
+        """How many texts are kept for ``user_id``."""
         with self._lock:
-            for key in [key for key in self._kept if key[0] == user_id]:
-                self._bytes -= self._kept.pop(key).nbytes
+            return len(self._kept.get(user_id, ()))
 
-    def read(self, user_id: str, texts: list[str], encoder: Any) -> list[np.ndarray]:
-        """``encoder.word_vectors(texts)``, from what is kept where it can."""
-        keys = [(user_id, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()) for text in texts]
+    def forget(self, user_id: str) -> None:
+        """Drops what is kept for ``user_id`` (their messages were deleted or changed), and
+        what a read under way for them would have kept."""
         with self._lock:
-            found = {key: self._kept[key] for key in keys if key in self._kept}
+            self._kept.pop(user_id, None)
+            self._reading.pop(user_id, None)
+
+    def start(self, user_id: str) -> object:
+        """Begins a read for ``user_id``: a ``forget(user_id)`` from now on voids what it would
+        keep. Call it where the texts are fetched, under the lock that deletes take."""
+        ticket = object()
+        with self._lock:
+            self._reading.setdefault(user_id, set()).add(ticket)
+        return ticket
+
+    def read(self, user_id: str, texts: list[str], encoder: Any, ticket: object | None = None) -> list[np.ndarray]:
+        """``encoder.word_vectors(texts)``, from what is kept where it can.
+
+        The model runs without this cache's lock; what it read is kept only if no
+        ``forget(user_id)`` came since ``ticket`` (from ``start``; defaults to None: now), so
+        a message deleted during the read leaves nothing behind.
+        """
+        ticket = self.start(user_id) if ticket is None else ticket
+        keys = [hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest() for text in texts]
+        with self._lock:
+            mine = self._kept.get(user_id, {})
+            found = {key: mine[key] for key in keys if key in mine}
             for key in found:
-                self._kept.move_to_end(key)
+                mine.move_to_end(key)
         missing = {key: text for key, text in zip(keys, texts) if key not in found}
-        if missing:
-            read = encoder.word_vectors(list(missing.values()))
+        try:
+            read = encoder.word_vectors(list(missing.values())) if missing else []
             if read is None or len(read) != len(missing):
                 raise ValueError(f"{type(encoder).__name__}.word_vectors returned "
                                  f"{0 if read is None else len(read)} results for {len(missing)} texts; it must "
                                  "return one array per text.")
+            new = {key: np.asarray(vectors, dtype=np.float16) for key, vectors in zip(missing, read)}
+        except BaseException:
             with self._lock:
-                for key, vectors in zip(missing, read):
-                    found[key] = kept = np.asarray(vectors, dtype=np.float16)
-                    if key not in self._kept:
-                        self._kept[key] = kept
-                        self._bytes += kept.nbytes
-                while self._bytes > self.max_bytes and self._kept:
-                    self._bytes -= self._kept.popitem(last=False)[1].nbytes
+                self._end(user_id, ticket)
+            raise
+        with self._lock:
+            if self._end(user_id, ticket) and new:
+                self._keep(user_id, new)
+        found.update(new)
         return [found[key].astype(np.float32) for key in keys]
+
+    def _end(self, user_id: str, ticket: object) -> bool:
+        """Ends a read (the lock is held); False if a ``forget(user_id)`` voided it."""
+        reading = self._reading.get(user_id)
+        if reading is None or ticket not in reading:
+            return False
+        reading.discard(ticket)
+        if not reading:
+            del self._reading[user_id]
+        return True
+
+    def _keep(self, user_id: str, new: dict[str, np.ndarray]) -> None:
+        """Keeps ``new`` for ``user_id`` within the budgets (the lock is held)."""
+        mine = self._kept.setdefault(user_id, OrderedDict())
+        self._kept.move_to_end(user_id)
+        mine.update(new)
+        size = sum(vectors.nbytes for vectors in mine.values())
+        while size > self.max_bytes and mine:
+            size -= mine.popitem(last=False)[1].nbytes
+        while len(self._kept) > self.max_users:
+            self._kept.popitem(last=False)
 
 
 def word_matcher(encoder: Any, query: str, user_id: str,
-                 cache: WordCache | None = None) -> Callable[[list[str]], np.ndarray] | None:
+                 cache: WordCache | None = None) -> Callable[[list[str]], Callable[[], np.ndarray]] | None:
     """A scorer of ``user_id``'s message texts by how well each of ``query``'s words meets its
-    best match among theirs (the mean over the query's words of the best cosine of their
-    ``word_vectors``, read through ``cache`` if given); None if the encoder has no word vectors
-    or the query no words to match (only stopwords and time words)."""
+    best match among theirs: the mean over the query's words of the best cosine of their
+    ``word_vectors``, read through ``cache`` if given. None if the encoder has no word vectors
+    or the query no words to match (only stopwords and time words).
+
+    Called with the texts, under the lock that deletes take, it starts the read and returns it;
+    the read runs the model and may run without that lock (see ``WordCache.start``).
+    """
     read = getattr(encoder, "word_vectors", None)
     found = read([query], query=True) if callable(read) else None
     if not found or not len(found[0]):
@@ -453,8 +547,13 @@ def word_matcher(encoder: Any, query: str, user_id: str,
     asked = np.asarray(found[0], dtype=np.float32)
     cache = cache if cache is not None else WordCache(0)
 
-    def match(texts: list[str]) -> np.ndarray:
-        vectors = cache.read(user_id, texts, encoder)
-        return np.array([float((asked @ v.T).max(axis=1).mean()) if len(v) else 0.0 for v in vectors])
+    def start(texts: list[str]) -> Callable[[], np.ndarray]:
+        ticket = cache.start(user_id)
 
-    return match
+        def match() -> np.ndarray:
+            vectors = cache.read(user_id, texts, encoder, ticket)
+            return np.array([float((asked @ v.T).max(axis=1).mean()) if len(v) else 0.0 for v in vectors])
+
+        return match
+
+    return start
