@@ -452,3 +452,28 @@ def test_an_interrupted_update_keeps_the_old_version(encoder, tmp_path):
     assert [h.id for h in memory.search("Where do I live?", user_id="alice")] == ["city"]
     memory.save(tmp_path / "m")
     assert [m["content"] for m in SAEMemory.load(tmp_path / "m", encoder).messages("alice")] == ["I live in Lisbon."]
+
+
+@pytest.mark.parametrize("message", [
+    {"content": "x", "metadata": {"score": 1}},
+    {"content": "x", "rank": 1},  # an extra key travels as metadata
+    {"content": "x", "metadata": {"time": "noon", "mood": "ok"}},
+])
+def test_metadata_named_like_a_result_field_is_refused_and_nothing_is_lost(make, message):
+    """A hit's fields would hide such a key in a document's or node's metadata: refused, with the fix."""
+    memory = make()
+    memory.add([{"id": "kept", "content": "I keep this.", "metadata": {"mood": "ok"}}])
+    with pytest.raises(ValueError, match=r"names every search result already has .* rename them, e\.g\. 'my_"):
+        memory.add([message])
+    with pytest.raises(ValueError, match="rename them"):
+        memory.update([{**message, "id": "kept"}])
+    assert [m["metadata"] for m in memory.messages()] == [{"mood": "ok"}]
+
+
+def test_result_fields_name_every_field_a_hit_carries():
+    from dataclasses import fields
+
+    from saememory.interpret.explain import Hit
+    from saememory.messages import RESULT_FIELDS
+
+    assert RESULT_FIELDS == {f.name for f in fields(Hit)} - {"content", "metadata"}

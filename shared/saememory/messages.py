@@ -20,6 +20,11 @@ from saememory.times import stored_time
 DEFAULT_USER = "default"
 DEFAULT_SESSION = "default"
 FIELDS = ("id", "content", "role", "session_id", "timestamp", "user_id")
+# What every hit carries beside a message's metadata (``Hit``): a metadata key of the same name
+# would be hidden by it in a LangChain document or LlamaIndex node, so it is refused.
+RESULT_FIELDS = frozenset({*FIELDS, "time", "truncated", "score", "dense_score", "sparse_score", "bm25_score", "rank",
+                           "calibrated_score", "signals", "features", "shared_features", "adjustments",
+                           "explained_share", "matched_words", "words_share"}) - {"content"}
 
 
 @dataclass
@@ -39,7 +44,8 @@ class Message:
             ``datetime`` or ``date``, epoch seconds, or LongMemEval's ``2023/05/20 (Sat) 02:21``.
             Parsed when added; kept as given for display. Defaults to None: the time of adding.
         user_id: Whose memory it is. Defaults to None: the default user, ``"default"``.
-        metadata: Extra fields, returned with every hit; JSON values with string keys.
+        metadata: Extra fields, returned with every hit; JSON values with string keys, none
+            named like a field of the hit (``score``, ``rank``, ``time`` ...: ``RESULT_FIELDS``).
             Defaults to None: empty when added, the stored metadata when updated.
 
     Every string given must be non-empty; None stands for "not given".
@@ -219,6 +225,11 @@ def _check_storable(record: dict[str, Any], where: str) -> dict[str, Any]:
         raise ValueError(f"{where}: cannot be saved as JSON ({err}); metadata values must be str, int, float "
                          "(finite), bool, None, lists or dicts with str keys. Convert the value first, "
                          "e.g. a datetime with .isoformat().") from None
+    taken = sorted(set(record.get("metadata") or ()) & RESULT_FIELDS)
+    if taken:
+        raise ValueError(f"{where}: metadata keys {taken} are names every search result already has (its own "
+                         f"{', '.join(sorted(RESULT_FIELDS))}), so a hit would show the result's value, not yours; "
+                         f"rename them, e.g. {'my_' + taken[0]!r}.")
     copy = json.loads(text)
     if copy != record:
         raise ValueError(f"{where}: metadata would not come back unchanged from a save (keys must be str, "
