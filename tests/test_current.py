@@ -148,6 +148,27 @@ def test_settle_leaves_a_statement_far_below_and_one_of_the_same_session():
     assert raised.tolist() == [0.0, 0.0, 0.0]  # and c, though later, shares a's session
 
 
+def test_a_later_session_supersedes_an_earlier_statement_once(monkeypatch):
+    """"How many days did it take me to finish the book?": the later session's statement that
+    finished it already ranks above the start; another of that session about books must not climb
+    over the start too, which the question needs."""
+    from saememory import current
+
+    records = [record("I just started The Nightingale today.", time="2024-01-10", session="s1", mid="start"),
+               record("I just finished The Nightingale today.", time="2024-01-31", session="s2", mid="finish"),
+               record("I'm reading The Song of Achilles now.", time="2024-01-31T00:01", session="s2", mid="next")]
+    vectors = np.stack([unit(1, 0.1, 0), unit(1, 0.2, 0), unit(1, 0, 0.2)])
+    scores = np.array([3.0, 3.5, 2.5])
+    raised, _ = settle(records, vectors, scores)
+    assert raised.tolist() == [0.0, 0.0, 0.0]
+    monkeypatch.setattr(current, "ONE_PER_SESSION", False)
+    assert settle(records, vectors, scores)[0][2] > 0  # without the rule, the second climbs over the start
+    monkeypatch.setattr(current, "ONE_PER_SESSION", True)
+    below = np.array([3.0, 2.8, 2.5])  # neither of s2 above the start yet: the first of it still supersedes
+    raised, _ = settle(records, vectors, below)
+    assert (below + raised)[1] > below[0] and raised[2] == 0
+
+
 def test_a_statement_after_the_time_the_query_names_supersedes_nothing():
     records = [record("I work as a nurse at Rush.", time="2024-01-10T00:00:00+00:00", session="s1", mid="jan"),
                record("I accepted a new job at Denver Health.", time="2024-03-05T00:00:00+00:00", session="s2",

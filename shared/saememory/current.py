@@ -23,8 +23,10 @@ messages for this query) and is recorded on the hit, so a ranking can always be 
   the later one is raised just above the earlier one if it scores at most ``SUPERSEDE_MARGIN``
   below it, or ``CHANGE_MARGIN`` if it says that something changed (``states_change``: "our
   new", "moved", "switched", "these days" ...): "We adopted a new dog and called her Olive"
-  above "I have a dog named Rocky". When the query names a time, a statement said after it
-  does not supersede one said within it: "Where did I work in January?" asks what was true then.
+  above "I have a dog named Rocky". Once per later session (``ONE_PER_SESSION``): not when a
+  statement of the later one's session about the same subject already ranks above the earlier.
+  When the query names a time, a statement said after it does not supersede one said within
+  it: "Where did I work in January?" asks what was true then.
   When the query asks what was true before a change (``asks_before``: "before", "previous",
   "used to" ... in a question about the past), the earlier statement is raised above the later
   one instead.
@@ -75,6 +77,10 @@ BACKGROUND = 5  # statements besides itself a background cosine needs (fewer: th
 ECHO = 0.5  # dense cosine from which a reply repeats a user's statement of its session
 SUPERSEDE_MARGIN = 1.0  # how far (calibrated units) below an earlier statement a later one may be and still supersede it
 CHANGE_MARGIN = 3.0  # the same for a later statement that says something changed ("I moved to Oslo")
+# A later session supersedes an earlier statement once: when one of its statements about the same
+# subject already ranks above it, another of that session is not raised too (it would push down
+# history the query may ask for: "How many days did it take me to finish the book?").
+ONE_PER_SESSION = True
 # Words that say a state changed. A later statement with one of them supersedes from further
 # below: it is phrased as news, not in the question's words ("We just relocated to Lyon"
 # against "Which city do I live in?"). Narrow on purpose: "new" only after "my", "our", "a" or
@@ -310,9 +316,11 @@ def settle(records: list[dict[str, Any]], vectors: np.ndarray, scores: np.ndarra
                 new[b] = max(later) + 1e-3
     for b in sorted(users, key=times.__getitem__) if not past else ():  # earliest first: a chain of changes carries
         margin = CHANGE_MARGIN if states_change(records[b]["content"]) else SUPERSEDE_MARGIN
+        session = [c for c in users if c != b and records[c]["session_id"] == records[b]["session_id"]]
         earlier = [new[a] for a in users if times[a] < times[b] and same[a, b]
                    and not (window is not None and inside[a] and times[b] > end)
-                   and records[a]["session_id"] != records[b]["session_id"] and new[a] - new[b] <= margin]
+                   and records[a]["session_id"] != records[b]["session_id"] and new[a] - new[b] <= margin
+                   and not (ONE_PER_SESSION and any(new[c] > new[a] and same[a, c] for c in session))]
         if earlier and max(earlier) >= new[b]:
             new[b] = max(earlier) + 1e-3
     raised = new - scores
