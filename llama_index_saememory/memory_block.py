@@ -6,11 +6,12 @@ import asyncio
 import hashlib
 import json
 import math
+import warnings
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.memory.memory import BaseMemoryBlock
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
 from saememory import SAEMemory, check_user
 from saememory.messages import new_record, role_name
@@ -65,7 +66,10 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
 
     Identical text said twice by the same role in one conversation is stored once (a message
     without ``additional_kwargs["id"]`` is named by its user, session, role and text); give
-    messages ids of their own to keep every one.
+    messages ids of their own to keep every one. A message the memory refuses (text that is not
+    valid Unicode, an ``additional_kwargs`` timestamp that is no time) in a chat's turns is left
+    out with a ``UserWarning`` that names it, once per block, and the chat goes on; ``index``
+    raises instead.
 
     Raises:
         pydantic.ValidationError: On a setting this block does not have (a misspelt ``user_id``
@@ -83,6 +87,7 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
     user_id: str | None = None
     min_score: float | None = None
     now: Any = None
+    _refused: set[tuple[str, str]] = PrivateAttr(default_factory=set)  # messages it could not store, warned of
 
     @field_validator("k", mode="before")
     @classmethod
@@ -128,15 +133,21 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
             messages: The conversation, e.g. ``memory.get_all()`` when it ends.
             session_id: Their session: ``memory.session_id``, the one the block's reads store
                 them under, so a message read before is recognised and not stored twice.
+
+        Raises:
+            ValueError: If a message cannot be stored (named by its place); none is stored then.
+                In a chat's turns the block leaves such a message out with a warning instead.
         """
-        return sorted(self._index(list(messages), session_id))
+        return sorted(self._index(list(messages), session_id, strict=True))
 
     async def aindex(self, messages: list[ChatMessage], session_id: str) -> list[str]:
         """``index`` off the event loop (encoding is CPU-bound)."""
         return await asyncio.to_thread(self.index, list(messages), session_id)
 
-    def _index(self, messages: list[ChatMessage], session_id: str | None) -> set[str]:
-        """Adds the messages not stored yet; returns the ids of all of them."""
+    def _index(self, messages: list[ChatMessage], session_id: str | None, strict: bool = False) -> set[str]:
+        """Adds the messages not stored yet; returns the ids of all of them. A message the
+        memory refuses raises if ``strict`` (``index``), else it is left out with a warning
+        (a chat's turns)."""
         user = check_user(self.user_id)
         ids, new, pending = [], [], {}  # pending: id -> text, of the messages to add
         for position, message in enumerate(messages):
@@ -160,10 +171,19 @@ class SAEMemoryBlock(BaseMemoryBlock[str]):
                 (record,) = to_message_dicts([message], session_id)
                 try:  # checked here, so that the error names the message in the conversation
                     new_record({**record, "id": mid}, position, user)
-                except ValueError as err:
-                    raise ValueError(f"{err} It is message {position} of the {len(messages)} the block was given "
-                                     f"({getattr(message.role, 'value', message.role)}: {message.content[:60]!r}); "
-                                     "until it is fixed or left out, the block stores none of the newer ones.") from None
+                except (TypeError, ValueError) as err:
+                    where = (f"It is message {position} of the {len(messages)} the block was given "
+                             f"({getattr(message.role, 'value', message.role)}: {message.content[:60]!r})")
+                    if strict:
+                        raise type(err)(f"{err} {where}; nothing of them was stored.") from None
+                    # In a chat's turns, raising would fail every turn while the message stays in
+                    # the window, and keep the newer ones out: it is left out, said once per block.
+                    if (user, mid) not in self._refused:
+                        self._refused.add((user, mid))
+                        warnings.warn(f"{err} {where}; the block leaves it out of the memory and stores the others.",
+                                      UserWarning, stacklevel=3)
+                    ids.remove(mid)
+                    continue
                 new.append({**record, "id": mid})
                 pending[mid] = message.content
         if new:

@@ -206,7 +206,7 @@ def test_memory_block_names_a_bad_message_by_its_place_in_the_conversation(encod
     chat = [ChatMessage(role="system", content="Be kind."), ChatMessage(role="user", content="I live in Oslo."),
             ChatMessage(role="assistant", content="Got it", additional_kwargs={"timestamp": "5 minutes ago"}),
             ChatMessage(role="tool", content="12 degrees")]
-    with pytest.raises(ValueError, match="timestamp.*message 2 of the 4 the block was given \\(assistant: 'Got it'\\)"):
+    with pytest.raises(ValueError, match="timestamp.*message 2 of the 4 the block was given \\(assistant: .Got it.\\); nothing"):
         block.index(chat, session_id="c1")
     assert block.memory.messages("alice") == []  # nothing of the batch stored
     assert block.index([chat[0], chat[1], chat[3]], session_id="c1") and [m["content"] for m in
@@ -236,3 +236,33 @@ def test_memory_block_does_not_inject_a_model_message_already_in_the_prompt(enco
     chat = [ChatMessage(role="model", content=said), ChatMessage(role="user", content="When are Biscuit's shots?")]
     injected = asyncio.run(block._aget(chat, session_id="new"))
     assert said not in injected  # stored as "assistant", in the prompt as "model": the same message
+
+
+async def test_memory_block_leaves_out_a_message_it_cannot_store_and_the_chat_goes_on(encoder):
+    """A message the memory refuses must not fail every turn while it stays in the chat's window,
+    nor keep the newer ones out: it is left out with one warning that names it."""
+    import warnings
+
+    import pytest
+    from llama_index.core.memory import Memory
+
+    from llama_index_saememory import SAEMemoryBlock
+    from saememory import SAEMemory
+
+    block = SAEMemoryBlock(memory=SAEMemory(encoder), k=2, user_id="alice")
+    memory = Memory.from_defaults(session_id="s1", memory_blocks=[block])
+    await memory.aput(ChatMessage(role="user", content="My sister Ana lives in Lisbon.",
+                                  additional_kwargs={"timestamp": "5 minutes ago"}))  # no time it reads: refused
+    with pytest.warns(UserWarning, match=r"'5 minutes ago'.*message 0 of .*leaves it out"):
+        await memory.aget()
+    await memory.aput(ChatMessage(role="assistant", content="Lisbon is lovely in spring."))
+    await memory.aput(ChatMessage(role="user", content="I adopted a cat named Miso."))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not at every turn
+        await memory.aget()
+    assert sorted(m["content"] for m in block.memory.messages("alice")) == [
+        "I adopted a cat named Miso.", "Lisbon is lovely in spring."]
+    await memory.aput(ChatMessage(role="user", content="Store me for bob.", additional_kwargs={"user_id": "bob"}))
+    with pytest.warns(UserWarning, match="names user_id 'bob'"):
+        await memory.aget()
+    assert block.memory.messages("bob") == [] and len(block.memory.messages("alice")) == 2  # in nobody's memory
