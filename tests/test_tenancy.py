@@ -145,7 +145,10 @@ def test_memory_block_stores_under_its_user_and_ids_include_the_user(make):
     assert [m["content"] for m in memory.messages("alice")] == [m["content"] for m in memory.messages("bob")] == [said.content]
     block = SAEMemoryBlock(memory=memory, user_id="alice")
     with pytest.raises(ValueError, match="'bob'"):
+        block.index([ChatMessage(role="user", content="x", additional_kwargs={"user_id": "bob"})], "chat")
+    with pytest.warns(UserWarning, match="'bob'"):  # in a chat's turns: left out, in nobody's memory
         block._index([ChatMessage(role="user", content="x", additional_kwargs={"user_id": "bob"})], "chat")
+    assert len(memory.messages("alice")) == len(memory.messages("bob")) == 1
 
 
 # 7: whatever add() accepts, save() can write ----------------------------------------------------
@@ -345,13 +348,17 @@ def test_save_never_deletes_a_folder_it_did_not_make(two_users, tmp_path):
     assert {"snapshot-2024-holiday-photos", ".tmp-drafts", "snapshot-2024"} <= {p.name for p in tmp_path.iterdir()}
 
 
-def test_the_memory_block_stores_none_of_a_refused_batch(make):
+def test_the_memory_block_stores_none_of_a_refused_batch_given_to_index(make):
     memory = make()
     block = SAEMemoryBlock(memory=memory, user_id="alice")
+    batch = [ChatMessage(role="user", content="first"),
+             ChatMessage(role="user", content="x", additional_kwargs={"user_id": "bob"})]
     with pytest.raises(ValueError, match="'bob'"):
-        block._index([ChatMessage(role="user", content="first"),
-                      ChatMessage(role="user", content="x", additional_kwargs={"user_id": "bob"})], "chat")
+        block.index(batch, "chat")
     assert len(memory) == 0
+    with pytest.warns(UserWarning, match="'bob'"):  # a chat's turn stores the others
+        block._index(batch, "chat")
+    assert [m["content"] for m in memory.messages("alice")] == ["first"] and memory.messages("bob") == []
 
 
 def test_deleting_bytes_is_refused_clearly(two_users):
